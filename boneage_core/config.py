@@ -1,0 +1,94 @@
+"""The one frozen run configuration; train.py fills it from argparse and saves it with the run."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, fields, replace
+from pathlib import Path
+
+STAGE_ORDER = ("baseline", "regressor", "classifier", "evaluate")
+BACKBONES = ("tf_efficientnet_lite0", "tf_efficientnet_lite1", "tf_efficientnet_lite2")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Every knob of a training run. Defaults are the CPU-friendly full run."""
+
+    data_dir: str = ""
+    labels: str = ""  # optional explicit label CSV (else found in data_dir)
+    images: str = ""  # optional explicit image folder
+    out: str = "artifacts"
+    stages: tuple[str, ...] = STAGE_ORDER
+    seed: int = 42
+    quick: bool = False
+    limit: int = 0  # use at most this many labelled images (0 = all); --quick sets it
+    cache_dir: str = ".cache"
+    device: str = "auto"
+    workers: int = 0  # preprocessing processes (0 = cpu count, at most 4)
+    # CNN
+    backbone: str = "tf_efficientnet_lite0"
+    pretrained: bool = True
+    image_size: int = 256
+    epochs: int = 30
+    batch_size: int = 32
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    warmup_epochs: float = 1.0
+    optimizer: str = "adamw"  # adamw | sam
+    sam_rho: float = 0.05
+    ema_decay: float = 0.998
+    patience: int = 6
+    sex_embedding_dim: int = 16
+    augment: bool = True
+    freeze_blocks: int = 0  # freeze the stem and this many leading backbone stages (cheaper CPU training)
+    cpu_bf16: bool = False  # bf16 autocast on CPU too (CUDA always uses bf16 autocast)
+    max_train_minutes: float = 0.0  # stop training a model after this long (0 = no limit)
+    # HOG + XGBoost baseline
+    baseline_image_size: int = 128
+    hog_pixels_per_cell: int = 16
+    hog_cells_per_block: int = 2
+    hog_orientations: int = 9
+    xgb_estimators: int = 600
+    xgb_max_depth: int = 5
+    xgb_learning_rate: float = 0.05
+    # evaluation
+    bootstrap: int = 500
+    tta: bool = False
+
+    def __post_init__(self) -> None:
+        unknown = [s for s in self.stages if s not in STAGE_ORDER]
+        if unknown:
+            raise ValueError(f"unknown stage(s) {unknown}; choose from {STAGE_ORDER}")
+        if self.backbone not in BACKBONES:
+            raise ValueError(f"backbone must be one of {BACKBONES}, got {self.backbone!r}")
+        if self.optimizer not in ("adamw", "sam"):
+            raise ValueError(f"optimizer must be adamw or sam, got {self.optimizer!r}")
+
+    def to_dict(self) -> dict:
+        out = asdict(self)
+        out["stages"] = list(self.stages)
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "TrainConfig":
+        names = {f.name for f in fields(cls)}
+        kwargs = {k: v for k, v in data.items() if k in names}
+        if "stages" in kwargs:
+            kwargs["stages"] = tuple(kwargs["stages"])
+        return cls(**kwargs)
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(self.to_dict(), indent=2))
+
+    @classmethod
+    def load(cls, path: str | Path) -> "TrainConfig":
+        return cls.from_dict(json.loads(Path(path).read_text()))
+
+    def quick_version(self) -> "TrainConfig":
+        """Settings for a one-minute CPU smoke run on a few hundred images."""
+        return replace(
+            self, quick=True, limit=self.limit or 300, image_size=min(self.image_size, 96), epochs=min(self.epochs, 2),
+            batch_size=min(self.batch_size, 32), warmup_epochs=0.5, patience=2, baseline_image_size=64,
+            xgb_estimators=min(self.xgb_estimators, 60), xgb_max_depth=min(self.xgb_max_depth, 3), bootstrap=50,
+            sex_embedding_dim=min(self.sex_embedding_dim, 8),
+        )

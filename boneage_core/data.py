@@ -1,0 +1,309 @@
+"""RSNA data layout: label CSVs in any circulating format, image lookup, the 70/15/15 split, image caches."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import logging
+import os
+import re
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from sklearn.model_selection import train_test_split
+from tqdm.auto import tqdm
+
+from .imaging import ImageLoadError
+from .preprocess import PreprocessSpec, preprocess_source, to_uint8
+
+logger = logging.getLogger(__name__)
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".dcm")
+MAX_AGE_MONTHS = 240.0
+#: Age groups for bias analysis and split stratification: (label, lower, upper) in months.
+AGE_GROUPS: tuple[tuple[str, float, float], ...] = (
+    ("0-2 y", 0.0, 24.0),
+    ("2-5 y", 24.0, 60.0),
+    ("5-10 y", 60.0, 120.0),
+    ("10-15 y", 120.0, 180.0),
+    ("15-19 y", 180.0, float("inf")),
+)
+SPLITS = ("train", "val", "test")
+
+_ID_COLUMNS = {"id", "caseid", "imageid"}
+_AGE_COLUMNS = {"boneage", "boneagemonths", "groundtruthboneagemonths"}
+_MALE_COLUMNS = {"male"}
+_SEX_COLUMNS = {"sex", "gender"}
+_TRUE = {"true", "1", "m", "male", "yes", "t"}
+_FALSE = {"false", "0", "f", "female", "no"}
+
+
+class LabelError(ValueError):
+    """A label file or image folder does not match what is expected."""
+
+
+def _norm(name: str) -> str:
+    return re.sub(r"[^a-z0-9]", "", name.lower())
+
+
+def _find_column(columns: list[str], wanted: set[str]) -> str | None:
+    for col in columns:
+        if _norm(col) in wanted:
+            return col
+    return None
+
+
+def _parse_male(values: pd.Series, column: str) -> pd.Series:
+    text = values.astype(str).str.strip().str.lower()
+    bad = ~text.isin(_TRUE | _FALSE)
+    if bad.any():
+        examples = sorted(set(values[bad].astype(str)))[:5]
+        raise LabelError(f"column {column!r}: cannot read sex from values {examples} (expected True/False or M/F)")
+    return text.isin(_TRUE)
+
+
+def _clean_ids(values: pd.Series) -> pd.Series:
+    ids = values.astype(str).str.strip()
+    return ids.str.replace(r"^(\d+)\.0+$", r"\1", regex=True)
+
+
+def parse_labels(text: str, source: str = "labels") -> pd.DataFrame:
+    """Parse label CSV text in any known RSNA format into columns id (str), boneage (float), male (bool)."""
+    text = text.lstrip("\ufeff")
+    lines = [line for line in text.splitlines() if line.strip()]
+    if not lines:
+        raise LabelError(f"{source}: label file is empty")
+    raw = pd.read_csv(io.StringIO("\n".join(lines)), dtype=str, keep_default_na=False)
+    cols = list(raw.columns)
+    id_col = _find_column(cols, _ID_COLUMNS)
+    age_col = _find_column(cols, _AGE_COLUMNS)
+    male_col = _find_column(cols, _MALE_COLUMNS)
+    sex_col = _find_column(cols, _SEX_COLUMNS)
+    missing = [n for n, c in (("id", id_col), ("bone age", age_col), ("sex", male_col or sex_col)) if c is None]
+    if missing:
+        raise LabelError(
+            f"{source}: missing column(s) for {', '.join(missing)}; found columns {cols}. Expected one of "
+            "'id,boneage,male', 'Case ID,Sex,Ground truth bone age (months)' or 'Image ID,male,Bone Age (months)'"
+        )
+    ages = pd.to_numeric(raw[age_col].str.strip().replace("", np.nan), errors="coerce")
+    table = pd.DataFrame(
+        {
+            "id": _clean_ids(raw[id_col]),
+            "boneage": ages.astype(float),
+            "male": _parse_male(raw[male_col or sex_col], male_col or sex_col),
+        }
+    )
+    _validate_table(table, source)
+    return table.reset_index(drop=True)
+
+
+def _validate_table(table: pd.DataFrame, source: str) -> None:
+    empty_ids = table["id"].eq("") | table["id"].eq("nan")
+    if empty_ids.any():
+        raise LabelError(f"{source}: {int(empty_ids.sum())} row(s) have an empty id")
+    dup = table["id"][table["id"].duplicated()]
+    if len(dup):
+        raise LabelError(f"{source}: {len(dup)} duplicated id(s), e.g. {list(dup[:5])}")
+    bad = table["boneage"].isna() | (table["boneage"] < 0) | (table["boneage"] > MAX_AGE_MONTHS)
+    if bad.any():
+        rows = table[bad]
+        raise LabelError(
+            f"{source}: {len(rows)} bone age(s) empty or outside 0-{MAX_AGE_MONTHS:g} months, "
+            f"e.g. ids {list(rows['id'][:5])}"
+        )
+
+
+def read_labels(path: str | os.PathLike) -> pd.DataFrame:
+    """Read a label CSV file (BOM and CR-only line endings accepted)."""
+    path = Path(path)
+    if not path.is_file():
+        raise LabelError(f"label file not found: {path}")
+    return parse_labels(path.read_bytes().decode("utf-8-sig", errors="replace"), source=path.name)
+
+
+def index_images(image_dir: str | os.PathLike) -> dict[str, Path]:
+    """Map image id (file stem) to path for every supported image in a folder."""
+    image_dir = Path(image_dir)
+    if not image_dir.is_dir():
+        raise LabelError(f"image folder not found: {image_dir}")
+    found: dict[str, Path] = {}
+    for path in sorted(image_dir.iterdir()):
+        if path.suffix.lower() in IMAGE_EXTENSIONS and path.is_file():
+            found.setdefault(path.stem, path)
+    return found
+
+
+def attach_paths(labels: pd.DataFrame, image_dir: str | os.PathLike, allow_missing: bool = False) -> pd.DataFrame:
+    """Add a `path` column; ids without an image are an error (or dropped with a warning)."""
+    index = index_images(image_dir)
+    paths = labels["id"].map(index)
+    missing = labels.loc[paths.isna(), "id"].tolist()
+    if missing:
+        message = (
+            f"{len(missing)} of {len(labels)} id(s) have no image in {image_dir} "
+            f"(first: {', '.join(missing[:5])}); looked for {', '.join(IMAGE_EXTENSIONS)}"
+        )
+        if not allow_missing:
+            raise LabelError(message)
+        logger.warning(message)
+    out = labels.assign(path=paths.astype(object))
+    return out[out["path"].notna()].reset_index(drop=True)
+
+
+def find_dataset(data_dir: str | os.PathLike) -> tuple[Path, Path]:
+    """Locate (labels CSV, image folder) in an RSNA/Kaggle-style data folder."""
+    data_dir = Path(data_dir)
+    if not data_dir.is_dir():
+        raise LabelError(f"data folder not found: {data_dir}")
+    csvs = sorted(data_dir.glob("*.csv"))
+    preferred = [c for c in csvs if "train" in c.stem.lower()]
+    if not csvs:
+        raise LabelError(f"no label CSV in {data_dir}")
+    if len(csvs) > 1 and len(preferred) != 1:
+        raise LabelError(f"several label CSVs in {data_dir} ({[c.name for c in csvs]}); pass --labels")
+    csv = preferred[0] if preferred else csvs[0]
+    image_dir = data_dir / csv.stem
+    if not image_dir.is_dir():
+        dirs = [d for d in data_dir.iterdir() if d.is_dir()]
+        if len(dirs) != 1:
+            raise LabelError(f"cannot tell the image folder in {data_dir}; expected {image_dir.name}/")
+        image_dir = dirs[0]
+    nested = image_dir / image_dir.name  # the Kaggle zip nests the folder in itself
+    if nested.is_dir():
+        image_dir = nested
+    return csv, image_dir
+
+
+def age_group(age_months) -> np.ndarray:
+    """Age-group label (see AGE_GROUPS) for each bone age in months."""
+    age = np.asarray(age_months, dtype=np.float64)
+    bounds = np.array([g[1] for g in AGE_GROUPS[1:]])
+    labels = np.array([g[0] for g in AGE_GROUPS], dtype=object)
+    return labels[np.searchsorted(bounds, age, side="right")]
+
+
+def make_split(labels: pd.DataFrame, seed: int = 42, fractions=(0.70, 0.15, 0.15)) -> pd.DataFrame:
+    """Stratified (sex x age group) train/val/test split; returns columns id, split."""
+    if abs(sum(fractions) - 1.0) > 1e-6:
+        raise ValueError(f"split fractions must sum to 1, got {fractions}")
+    strata = labels["male"].map({True: "M", False: "F"}) + "|" + age_group(labels["boneage"])
+    counts = strata.value_counts()
+    strata = strata.where(strata.map(counts) >= 10, "rare")  # tiny strata cannot be split three ways
+    ids = labels["id"].to_numpy()
+    train_ids, rest_ids, _, rest_strata = train_test_split(
+        ids, strata, train_size=fractions[0], random_state=seed, stratify=strata
+    )
+    val_share = fractions[1] / (fractions[1] + fractions[2])
+    rest_counts = rest_strata.value_counts()
+    rest_strata = rest_strata.where(rest_strata.map(rest_counts) >= 2, "rare")
+    if rest_strata.value_counts().min() < 2:
+        rest_strata = None
+    val_ids, test_ids = train_test_split(rest_ids, train_size=val_share, random_state=seed, stratify=rest_strata)
+    split = pd.concat(
+        [pd.DataFrame({"id": part, "split": name}) for part, name in zip((train_ids, val_ids, test_ids), SPLITS)]
+    )
+    order = {id_: i for i, id_ in enumerate(ids)}
+    return split.sort_values("id", key=lambda s: s.map(order)).reset_index(drop=True)
+
+
+def load_or_make_split(labels: pd.DataFrame, path: str | os.PathLike, seed: int = 42) -> pd.DataFrame:
+    """Reuse the split at `path` when it covers every labelled id; otherwise make and save one."""
+    path = Path(path)
+    if path.is_file():
+        split = pd.read_csv(path, dtype={"id": str, "split": str})
+        known = set(split["id"])
+        missing = [i for i in labels["id"] if i not in known]
+        if missing:
+            raise LabelError(
+                f"existing split {path} does not cover {len(missing)} labelled id(s) (first: {missing[:5]}); "
+                "delete it or train into another --out folder"
+            )
+        logger.info("Reusing split %s", path)
+        return split[split["id"].isin(set(labels["id"]))].reset_index(drop=True)
+    split = make_split(labels, seed=seed)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    split.to_csv(path, index=False)
+    logger.info("Wrote new split %s (seed %d)", path, seed)
+    return split
+
+
+def with_split(labels: pd.DataFrame, split: pd.DataFrame) -> pd.DataFrame:
+    """Join the split column onto a label table."""
+    return labels.merge(split, on="id", how="inner", validate="one_to_one")
+
+
+@dataclass
+class ImageArray:
+    """Preprocessed images as uint8 (N, S, S), aligned with `ids`; failures listed, not fatal."""
+
+    ids: list[str]
+    images: np.ndarray
+    failures: list[tuple[str, str]] = field(default_factory=list)
+
+    def as_float(self, rows=None) -> np.ndarray:
+        data = self.images if rows is None else self.images[rows]
+        return data.astype(np.float32) / 255.0
+
+
+def _load_one(args: tuple[str, str, PreprocessSpec]) -> tuple[str, np.ndarray | None, str]:
+    id_, path, spec = args
+    try:
+        return id_, to_uint8(preprocess_source(path, spec)), ""
+    except ImageLoadError as exc:
+        return id_, None, str(exc)
+
+
+def _cache_key(ids: list[str], paths: list[str], spec: PreprocessSpec) -> str:
+    digest = hashlib.sha1(spec.key().encode())
+    for id_, p in zip(ids, paths):
+        st = os.stat(p)
+        digest.update(f"{id_}|{os.path.abspath(p)}|{st.st_size}|{int(st.st_mtime)}\n".encode())
+    return digest.hexdigest()[:16]
+
+
+def load_images(
+    ids: list[str],
+    paths: list[str],
+    spec: PreprocessSpec,
+    cache_dir: str | os.PathLike | None = None,
+    workers: int | None = None,
+) -> ImageArray:
+    """Preprocess images through the one pipeline into a uint8 array (cached on disk when asked).
+
+    Unreadable files are skipped with a warning and returned in `failures`.
+    """
+    ids = [str(i) for i in ids]
+    paths = [str(p) for p in paths]
+    cache_file = None
+    if cache_dir is not None:
+        cache_file = Path(cache_dir) / f"images-{spec.image_size}-{_cache_key(ids, paths, spec)}.npz"
+        if cache_file.is_file():
+            with np.load(cache_file, allow_pickle=False) as z:
+                failures = [tuple(x.split("\t", 1)) for x in z["failures"].tolist()]
+                logger.info("Loaded %d cached images from %s", len(z["ids"]), cache_file)
+                return ImageArray(z["ids"].tolist(), z["images"], failures)  # type: ignore[arg-type]
+    workers = workers or min(4, os.cpu_count() or 1)
+    jobs = [(i, p, spec) for i, p in zip(ids, paths)]
+    results: list[tuple[str, np.ndarray | None, str]]
+    desc = f"preprocess {spec.image_size}px"
+    if workers > 1 and len(jobs) > 64:
+        with ProcessPoolExecutor(workers) as pool:
+            results = list(tqdm(pool.map(_load_one, jobs, chunksize=32), total=len(jobs), desc=desc))
+    else:
+        results = [_load_one(j) for j in tqdm(jobs, desc=desc, disable=len(jobs) < 64)]
+    ok = [(i, a) for i, a, _ in results if a is not None]
+    failures = [(i, msg) for i, a, msg in results if a is None]
+    for id_, msg in failures:
+        logger.warning("Skipping unreadable image %s: %s", id_, msg)
+    size = spec.image_size
+    images = np.stack([a for _, a in ok]) if ok else np.zeros((0, size, size), np.uint8)
+    out = ImageArray([i for i, _ in ok], images, failures)
+    if cache_file is not None:
+        cache_file.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache_file.with_suffix(".tmp.npz")
+        np.savez(tmp, ids=np.array(out.ids), images=images, failures=np.array([f"{i}\t{m}" for i, m in failures]))
+        os.replace(tmp, cache_file)
+    return out

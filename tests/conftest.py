@@ -1,0 +1,69 @@
+"""Shared fixtures: paths to ../shared (missing data is a failure, never a skip) and small synthetic images."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("BONEAGE_SHARED", REPO.parent / "shared"))
+DATA_299 = SHARED / "data" / "rsna-bone-age-299"
+FULLRES = SHARED / "data" / "samples-fullres"
+GP_TABLE = SHARED / "reference" / "greulich-pyle-brush-foundation.csv"
+ARTIFACTS = REPO / "artifacts"
+
+
+def require(path: Path) -> Path:
+    """Return path, failing the test (in CI and locally alike) when shared data is missing."""
+    assert path.exists(), f"required shared data missing: {path} (tests read ../shared at run time)"
+    return path
+
+
+@pytest.fixture(scope="session")
+def data_299() -> Path:
+    return require(DATA_299)
+
+
+@pytest.fixture(scope="session")
+def fullres_dir() -> Path:
+    return require(FULLRES)
+
+
+@pytest.fixture(scope="session")
+def gp_table() -> Path:
+    return require(GP_TABLE)
+
+
+@pytest.fixture(scope="session")
+def fullres_sample(fullres_dir: Path) -> Path:
+    return require(fullres_dir / "1377.png")
+
+
+@pytest.fixture
+def hand_like() -> np.ndarray:
+    """A synthetic 'radiograph': dark background, bright blob with bony stripes, float in [0, 1]."""
+    rng = np.random.default_rng(0)
+    h, w = 200, 150
+    yy, xx = np.mgrid[0:h, 0:w]
+    img = 0.05 + 0.02 * rng.random((h, w))
+    hand = ((yy - 120) / 70.0) ** 2 + ((xx - 75) / 45.0) ** 2 < 1
+    img[hand] += 0.4
+    for x0 in (45, 65, 85, 105):
+        img[(abs(xx - x0) < 4) & (yy > 30) & (yy < 150)] += 0.4
+    return np.clip(img, 0, 1).astype(np.float32)
+
+
+@pytest.fixture(scope="session")
+def quick_run(tmp_path_factory, data_299: Path) -> Path:
+    """One real end-to-end `train.py --quick` run on a few hundred 299 px images (no pretrained weights)."""
+    import train
+
+    out = tmp_path_factory.mktemp("quick") / "artifacts"
+    cache = tmp_path_factory.mktemp("cache")
+    code = train.main(["--data-dir", str(data_299), "--quick", "--no-pretrained", "--limit", "240",
+                       "--out", str(out), "--cache-dir", str(cache), "--workers", "1"])
+    assert code == 0, "train.py --quick failed"
+    return out
