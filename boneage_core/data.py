@@ -192,6 +192,8 @@ def make_split(labels: pd.DataFrame, seed: int = 42, fractions=(0.70, 0.15, 0.15
     strata = labels["male"].map({True: "M", False: "F"}) + "|" + age_group(labels["boneage"])
     counts = strata.value_counts()
     strata = strata.where(strata.map(counts) >= 10, "rare")  # tiny strata cannot be split three ways
+    if (strata == "rare").sum() == 1:  # a lone rare row cannot be stratified: join it to the largest stratum
+        strata = strata.replace("rare", counts.index[0])
     ids = labels["id"].to_numpy()
     train_ids, rest_ids, _, rest_strata = train_test_split(
         ids, strata, train_size=fractions[0], random_state=seed, stratify=strata

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import BinaryIO, Union
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
 logger = logging.getLogger(__name__)
 
@@ -73,7 +73,7 @@ def is_dicom(data: bytes) -> bool:
 def _check_shape(shape: tuple[int, ...], name: str) -> None:
     h, w = shape[:2]
     if h * w > MAX_PIXELS:
-        raise ImageLoadError(f"{name}: {w}x{h} px is more than the {MAX_PIXELS // 1_000_000} MP limit")
+        raise ImageLoadError(f"{name}: {w}x{h} px is more than the {MAX_PIXELS / 1e6:g} MP limit")
     if min(h, w) < MIN_SIDE:
         raise ImageLoadError(f"{name}: {w}x{h} px is too small to be a hand radiograph (min side {MIN_SIDE} px)")
 
@@ -125,7 +125,9 @@ def _load_raster(data: bytes, name: str) -> np.ndarray:
         with Image.open(io.BytesIO(data)) as img:
             _check_shape((img.height, img.width), name)
             img.load()
-            return _pil_to_gray(img, name)
+            # Phone photos of films carry an EXIF orientation; apply it so the hand is upright.
+            upright = ImageOps.exif_transpose(img)
+            return _pil_to_gray(upright, name)
     except Image.DecompressionBombError as exc:
         raise ImageLoadError(f"{name}: refused as a decompression bomb ({exc})") from exc
     except UnidentifiedImageError as exc:

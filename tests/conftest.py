@@ -67,3 +67,9 @@ def quick_run(tmp_path_factory, data_299: Path) -> Path:
                        "--out", str(out), "--cache-dir", str(cache), "--workers", "1"])
     assert code == 0, "train.py --quick failed"
     return out
+
+
+@pytest.fixture(scope="session")
+def committed_artifacts() -> Path:
+    """The trained artifacts committed with the repo (the app runs on these)."""
+    return require(ARTIFACTS / "regressor.pt").parent

@@ -1,0 +1,85 @@
+"""Training throughput (images/s) of the real input pipeline against the model's own forward+backward on random tensors.
+
+python -m benchmarks.bench_train_throughput --data-dir ../shared/data/rsna-bone-age-299 --image-size 160 --steps 20
+If the two numbers are close, the input pipeline (uint8 tensor -> device -> augment) is not the bottleneck.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from dataclasses import replace
+
+import numpy as np
+import torch
+
+from boneage_core.config import TrainConfig
+from boneage_core.data import attach_paths, find_dataset, load_images, read_labels
+from boneage_core.models import ModelSpec, build_model, freeze_blocks
+from boneage_core.preprocess import PreprocessSpec
+from boneage_core.training import _autocast, _to_input, augment, resolve_device
+
+
+def _step(net, opt, x, m, y, device, cpu_bf16):
+    with _autocast(device, cpu_bf16):
+        loss = torch.nn.functional.l1_loss(net(x, m).float(), y)
+    loss.backward()
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+
+
+def _timed(fn, steps: int, batch: int, device) -> float:
+    fn()  # warm-up
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return steps * batch / (time.perf_counter() - t0)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--data-dir", required=True)
+    p.add_argument("--image-size", type=int, default=160)
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--freeze-blocks", type=int, default=3)
+    p.add_argument("--cpu-bf16", action="store_true")
+    p.add_argument("--threads", type=int, default=2)
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+    device = resolve_device("auto")
+    cfg = replace(TrainConfig(), image_size=args.image_size, batch_size=args.batch_size)
+    csv, image_dir = find_dataset(args.data_dir)
+    labels = attach_paths(read_labels(csv), image_dir).head(args.batch_size * 8)
+    spec = PreprocessSpec(image_size=args.image_size)
+    images = torch.from_numpy(load_images(labels["id"].tolist(), labels["path"].tolist(), spec).images)
+    net = build_model(ModelSpec(task="regression", preprocess=spec), pretrained=False).to(device)
+    net.to(memory_format=torch.channels_last)
+    freeze_blocks(net, args.freeze_blocks)
+    opt = torch.optim.AdamW([q for q in net.parameters() if q.requires_grad], lr=1e-4)
+    b = cfg.batch_size
+    m = torch.ones(b, dtype=torch.long, device=device)
+    y = torch.zeros(b, device=device)
+    rand = torch.rand(b, 1, args.image_size, args.image_size, device=device).contiguous(memory_format=torch.channels_last)
+    gen = torch.Generator().manual_seed(0)
+
+    def pipeline_step():
+        idx = torch.randint(0, len(images), (b,), generator=gen)
+        _step(net, opt, augment(_to_input(images[idx], device), gen), m, y, device, args.cpu_bf16)
+
+    model_only = _timed(lambda: _step(net, opt, rand, m, y, device, args.cpu_bf16), args.steps, b, device)
+    full = _timed(pipeline_step, args.steps, b, device)
+    print(f"device={device} image_size={args.image_size} batch={b} freeze_blocks={args.freeze_blocks} "
+          f"threads={torch.get_num_threads()} cpu_bf16={args.cpu_bf16}")
+    print(f"model forward+backward on random tensors: {model_only:8.1f} img/s")
+    print(f"real pipeline (uint8 -> device -> augment -> step): {full:8.1f} img/s "
+          f"({100 * full / model_only:.0f}% of model-only)")
+
+
+if __name__ == "__main__":
+    np.random.seed(0)
+    main()

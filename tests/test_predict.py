@@ -1,0 +1,30 @@
+"""The predict CLI: one line or JSON object per image, errors per file, exit codes."""
+
+from __future__ import annotations
+
+import json
+
+from boneage_core import predict
+
+
+def test_json_output_per_image_and_per_file_errors(quick_run, fullres_sample, tmp_path, capsys):
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+    code = predict.main(["--artifacts", str(quick_run), "--sex", "F", "--json", str(fullres_sample), str(broken)])
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert code == 1
+    assert lines[0]["name"] == fullres_sample.name and 0 <= lines[0]["bone_age_months"] <= 240
+    assert lines[0]["sex"] == "F"
+    assert lines[1]["name"] == "broken.png" and "error" in lines[1]
+
+
+def test_text_output_and_success_code(quick_run, fullres_sample, capsys):
+    code = predict.main(["--artifacts", str(quick_run), "--sex", "male", str(fullres_sample)])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert out.startswith(fullres_sample.name) and "bone_age=" in out and "stage=" in out
+
+
+def test_missing_models_exit_2(tmp_path, fullres_sample, capsys):
+    assert predict.main(["--artifacts", str(tmp_path), "--sex", "M", str(fullres_sample)]) == 2
+    assert "no trained CNN" in capsys.readouterr().err
