@@ -179,6 +179,11 @@ def _val_score(net: BoneAgeNet, images, male, target, device, batch_size) -> tup
     return loss, loss
 
 
+def _over_budget(elapsed_s: float, last_epoch_s: float, max_minutes: float) -> bool:
+    """True when another epoch as long as the last one would end past the limit (0 = no limit)."""
+    return bool(max_minutes) and (elapsed_s + last_epoch_s) / 60 > max_minutes
+
+
 def fit(net: BoneAgeNet, train: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
         val: tuple[torch.Tensor, torch.Tensor, torch.Tensor], cfg, device: torch.device) -> FitResult:
     """Train `net` on (uint8 images, male, target) tensors; keep the best EMA weights by validation score.
@@ -254,8 +259,8 @@ def fit(net: BoneAgeNet, train: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
         if since_best >= cfg.patience:
             stopped = f"early stop: no improvement for {cfg.patience} epochs"
             break
-        if cfg.max_train_minutes and (time.time() - t0) / 60 > cfg.max_train_minutes:
-            stopped = f"time limit of {cfg.max_train_minutes:g} min reached"
+        if epoch + 1 < cfg.epochs and _over_budget(time.time() - t0, row["seconds"], cfg.max_train_minutes):
+            stopped = f"time limit of {cfg.max_train_minutes:g} min: no room for another epoch"
             break
     return FitResult(best_state or net.state_dict(), pd.DataFrame(history), best_epoch, best, stopped,
                      time.time() - t0)

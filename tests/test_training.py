@@ -185,3 +185,11 @@ def test_fit_tiny_run(task, optimizer):
         np.testing.assert_allclose(np.exp(out).sum(1), 1.0, atol=1e-4)
     tta = predict_outputs(fresh, val[0], val[1], torch.device("cpu"), batch_size=4, tta=True)
     assert tta.shape == out.shape
+
+
+def test_time_budget_leaves_room_for_one_more_epoch():
+    from boneage_core.training import _over_budget
+
+    assert not _over_budget(elapsed_s=600, last_epoch_s=300, max_minutes=20)  # 15 min < 20
+    assert _over_budget(elapsed_s=900, last_epoch_s=400, max_minutes=20)  # would end at 21.7 min
+    assert not _over_budget(elapsed_s=10_000, last_epoch_s=10_000, max_minutes=0)  # no limit
