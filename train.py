@@ -27,8 +27,9 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
     p.add_argument("--stages", default=",".join(STAGE_ORDER), help=f"comma list of {STAGE_ORDER}")
     p.add_argument("--quick", action="store_true", help="a few hundred images at small size (~1 min on CPU)")
     p.add_argument("--backbone", choices=BACKBONES, default=defaults.backbone)
-    p.add_argument("--no-pretrained", dest="pretrained", action="store_false", help="random init (tests)")
-    p.add_argument("--no-augment", dest="augment", action="store_false")
+    p.add_argument("--no-pretrained", dest="pretrained", action="store_false",
+                   help="random init instead of the shipped ImageNet weights (tests); pretrained=%(default)s")
+    p.add_argument("--no-augment", dest="augment", action="store_false", help="augment=%(default)s")
     p.add_argument("--cpu-bf16", action="store_true", help="bf16 autocast on CPU (faster on CPUs with bf16 units)")
     p.add_argument("--tta", action="store_true", help="test-time augmentation in the evaluate stage")
     skip = {"data_dir", "stages", "quick", "backbone", "pretrained", "augment", "cpu_bf16", "tta"}

@@ -1,0 +1,31 @@
+"""Library hygiene: every boneage_core module has a docstring and a logger, and none pulls in Streamlit."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import boneage_core
+
+MODULES = sorted(p for p in Path(boneage_core.__file__).parent.glob("*.py") if p.name != "__init__.py")
+
+
+@pytest.mark.parametrize("path", MODULES, ids=lambda p: p.stem)
+def test_module_has_docstring_and_no_streamlit(path):
+    tree = ast.parse(path.read_text())
+    doc = ast.get_docstring(tree)
+    assert doc and doc.strip(), f"{path.name} has no module docstring"
+    imported = {alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
+    imported |= {node.module.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module}
+    assert "streamlit" not in imported, f"{path.name} imports streamlit"
+
+
+def test_importing_the_library_does_not_load_streamlit():
+    names = ", ".join(f"boneage_core.{p.stem}" for p in MODULES)
+    code = f"import sys, {names}; print('streamlit' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
