@@ -155,6 +155,27 @@ def result_json(prediction: Prediction, readout: ClinicalReadout | None = None) 
     return json.dumps(payload, indent=2)
 
 
+#: Longest side of images sent to the browser (full resolution stays in the downloads).
+DISPLAY_MAX_SIDE = 1024
+
+
+def display_image(image: np.ndarray, max_side: int = DISPLAY_MAX_SIDE, like: np.ndarray | None = None) -> np.ndarray:
+    """A float gray/map downscaled for the screen (to `like`'s shape when given); small images pass unchanged."""
+    h, w = image.shape[:2]
+    if like is not None:
+        size = (like.shape[1], like.shape[0])
+    else:
+        scale = max_side / max(h, w)
+        if scale >= 1:
+            return image
+        size = (max(1, round(w * scale)), max(1, round(h * scale)))
+    if (w, h) == size:
+        return image
+    resized = Image.fromarray(np.ascontiguousarray(image, dtype=np.float32), mode="F").resize(
+        size, Image.Resampling.BILINEAR)
+    return np.asarray(resized, dtype=np.float32)
+
+
 def png_bytes(image: np.ndarray) -> bytes:
     """Encode a uint8 RGB/gray array (or a float gray array in [0, 1]) as PNG."""
     arr = np.asarray(image)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+from collections.abc import Callable
 
 import pandas as pd
 import streamlit as st
@@ -116,8 +117,8 @@ def _stage_and_input(pred: Prediction, predictor: Predictor) -> None:
             st.caption("No classifier loaded: the stage is derived from the predicted bone age.")
 
 
-def _gradcam(pred: Prediction, predictor: Predictor, data: bytes) -> bytes | None:
-    """The Grad-CAM section; returns the overlay as PNG for download."""
+def _gradcam(pred: Prediction, predictor: Predictor, data: bytes) -> Callable[[], bytes] | None:
+    """The Grad-CAM section; returns a callable making the full-resolution overlay PNG (run only on download)."""
     st.subheader("Where the model looked (Grad-CAM)")
     targets = [t for t in ("regressor", "classifier") if t in predictor.models]
     c1, c2 = st.columns(2)
@@ -128,13 +129,14 @@ def _gradcam(pred: Prediction, predictor: Predictor, data: bytes) -> bytes | Non
     if explanation.is_blank:
         st.info("Grad-CAM found no region that raised this output (its map is empty), so there is nothing to "
                 "highlight for this image.")
-    overlay = overlay_heatmap(pred.original, explanation.heatmap, alpha)
+    shown = dashboard.display_image(pred.original)  # screen-sized copies: fast to blend and to send
+    overlay = overlay_heatmap(shown, dashboard.display_image(explanation.heatmap, like=shown), alpha)
     left, right = st.columns(2)
-    left.image(pred.original, clamp=True, width="stretch", caption="Original")
+    left.image(shown, clamp=True, width="stretch", caption="Original")
     right.image(overlay, width="stretch", caption=f"Grad-CAM of the {TARGET_LABELS[target].lower()}")
     st.caption("Red areas contributed most to the output. Grad-CAM is a coarse, model-specific hint, "
                "not a finding: it can highlight image borders or labels.")
-    return dashboard.png_bytes(overlay)
+    return lambda: dashboard.png_bytes(overlay_heatmap(pred.original, explanation.heatmap, alpha))
 
 
 def _clinical(pred: Prediction, chrono: float | None) -> ClinicalReadout | None:
@@ -172,7 +174,7 @@ def _clinical(pred: Prediction, chrono: float | None) -> ClinicalReadout | None:
     return readout
 
 
-def _downloads(pred: Prediction, readout: ClinicalReadout | None, overlay_png: bytes | None) -> None:
+def _downloads(pred: Prediction, readout: ClinicalReadout | None, overlay_png: Callable[[], bytes] | None) -> None:
     st.subheader("Download")
     stem = pred.name.rsplit(".", 1)[0] or "result"
     c1, c2, c3 = st.columns(3)

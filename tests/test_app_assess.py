@@ -180,3 +180,12 @@ def test_missing_reference_table_is_explained_and_can_be_uploaded(fullres_sample
     assert not at.exception and not at.error, [e.value for e in at.error]
     assert _metric(at, "z-score")
     assert not any("unavailable" in w.value for w in at.warning)
+
+
+def test_display_image_downscales_only_large_images():
+    big = np.random.default_rng(0).random((2044, 1514)).astype(np.float32)
+    small = dashboard.display_image(big)
+    assert max(small.shape) == dashboard.DISPLAY_MAX_SIDE
+    assert abs(small.shape[0] / small.shape[1] - 2044 / 1514) < 0.01  # aspect ratio kept on screen
+    assert dashboard.display_image(small) is small
+    assert dashboard.display_image(big, like=small).shape == small.shape
