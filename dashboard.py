@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import json
@@ -27,7 +28,7 @@ logger = logging.getLogger(__name__)
 ARTIFACTS_ENV = "BONEAGE_ARTIFACTS"
 APP_DIR = Path(__file__).resolve().parent
 DISCLAIMER = "Research demo, not a medical device: not for diagnosis or treatment decisions."
-IMAGE_TYPES = ["png", "jpg", "jpeg", "webp", "dcm"]
+IMAGE_TYPES = ["png", "jpg", "jpeg", "webp", "dcm", "dicom"]
 #: How many uploads' results one browser session keeps (each holds the full-size image).
 RESULT_CACHE_SIZE = 4
 _RESULTS_KEY = "_assess_results"
@@ -39,11 +40,6 @@ def artifacts_dir() -> Path:
     """The artifacts folder: $BONEAGE_ARTIFACTS, else artifacts/ beside the app."""
     env = os.environ.get(ARTIFACTS_ENV)
     return Path(env).expanduser() if env else APP_DIR / "artifacts"
-
-
-def history_file(model: str) -> str:
-    """File name of a model's training history (written by boneage_core.pipeline)."""
-    return f"history_{model}.csv"
 
 
 def show_error(exc: BaseException, what: str) -> None:
@@ -86,7 +82,7 @@ def assess(predictor: Predictor, data: bytes, name: str, male: bool,
         prediction = predictor.predict(data, male=male, name=name)
         explanation = None
         if target is not None:
-            explanation = predictor.explain(prediction.original, male, target=target)
+            explanation = predictor.explain(prediction.original, male, target=target, class_index=prediction.stage)
     return prediction, explanation
 
 
@@ -111,7 +107,7 @@ def cached_prediction(predictor: Predictor, data: bytes, name: str, male: bool) 
     cache = _results()
     if key in cache:
         cache.move_to_end(key)
-        return cache[key]
+        return dataclasses.replace(cache[key], name=name)  # same bytes, maybe uploaded under a new name
     with _MODEL_LOCK:
         prediction = predictor.predict(data, male=male, name=name)
     return _remember(key, prediction)
@@ -125,7 +121,8 @@ def cached_explanation(predictor: Predictor, data: bytes, prediction: Prediction
         cache.move_to_end(key)
         return cache[key]
     with _MODEL_LOCK:
-        explanation = predictor.explain(prediction.original, prediction.male, target=target)
+        explanation = predictor.explain(prediction.original, prediction.male, target=target,
+                                        class_index=prediction.stage)
     return _remember(key, explanation)
 
 
@@ -271,7 +268,7 @@ def load_histories(models: tuple[str, ...] = ("regressor", "classifier")) -> dic
     """Training histories that exist, by model name (a message shown for each missing one)."""
     out = {}
     for model in models:
-        frame = _load(history_file(model), _read_csv)
+        frame = _load(art.history_file(model), _read_csv)
         if frame is not None and {"epoch", "train_loss", "val_loss"} <= set(frame.columns):
             out[model] = frame
     return out
@@ -302,12 +299,16 @@ def parse_sex_table(data: bytes) -> dict[str, bool]:
     frame.columns = [str(c).strip().lower() for c in frame.columns]
     if not {"id", "sex"} <= set(frame.columns):
         raise ValueError(f"the CSV needs columns id and sex; found {', '.join(frame.columns)}")
-    out = {}
-    for ident, sex in zip(frame["id"], frame["sex"]):
-        word = str(sex).strip().lower()
+    out: dict[str, bool] = {}
+    for ident, sex in zip(frame["id"].fillna(""), frame["sex"].fillna("")):
+        key, word = str(ident).strip(), str(sex).strip().lower()
+        if not key:
+            raise ValueError("the CSV has a row without an id")
         if word not in _SEX_WORDS:
             raise ValueError(f"unknown sex {sex!r} for id {ident!r} (use M or F)")
-        out[str(ident).strip()] = _SEX_WORDS[word]
+        if key in out and out[key] != _SEX_WORDS[word]:
+            raise ValueError(f"id {key!r} is listed with both sexes")
+        out[key] = _SEX_WORDS[word]
     return out
 
 

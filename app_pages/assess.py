@@ -24,8 +24,9 @@ TARGET_LABELS = {"regressor": "Bone-age regressor", "classifier": "Stage classif
 
 def _defaults() -> None:
     today = dt.date.today()
+    ten_years_ago = dt.date(today.year - 10, today.month, min(today.day, 28))  # 29 February safe
     for key, value in (("assess_sex", SEXES[0]), ("assess_age_mode", AGE_MODES[0]), ("assess_age_years", 10),
-                       ("assess_age_months", 0), ("assess_birth_date", today.replace(year=today.year - 10)),
+                       ("assess_age_months", 0), ("assess_birth_date", ten_years_ago),
                        ("assess_study_date", today)):
         st.session_state.setdefault(key, value)
 
@@ -36,6 +37,7 @@ def _prefill_from_dicom(data: bytes, name: str) -> None:
     if st.session_state.get("assess_prefilled") == digest:
         return
     st.session_state["assess_prefilled"] = digest
+    st.session_state.pop("assess_prefill_note", None)  # a note from an earlier upload no longer applies
     try:
         info = read_dicom_info(data, name)
     except ValueError as exc:  # unreadable DICOM: predict() will report it
@@ -93,6 +95,8 @@ def _headline(pred: Prediction, predictor: Predictor) -> None:
             f"**Uncertainty: {iv.level:.0%} interval {iv.low:.0f}–{iv.high:.0f} months.** It spans the middle "
             f"{iv.level:.0%} of the errors the model made on the {iv.n_reference} holdout cases whose prediction "
             f"was within ±{iv.window_months:g} months of this one.")
+    for warning in pred.warnings:
+        st.warning(f"Check the input: {warning}.")
     if pred.stages_agree is False and pred.stage_from_age is not None:
         st.warning(
             f"The models disagree: the classifier says **{pred.stage_name}**, but the predicted bone age "

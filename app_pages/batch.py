@@ -29,6 +29,19 @@ def _sex_table() -> dict[str, bool] | None:
     return table
 
 
+def _report_unmatched(jobs: list, table: dict[str, bool]) -> None:
+    """Say which files took the batch default and which CSV ids matched no file."""
+    defaulted = [upload.name for upload, _, source in jobs if source != "CSV"]
+    used = {key for upload, _, _ in jobs for key in (upload.name, upload.name.rsplit(".", 1)[0])}
+    unused = sorted(set(table) - used)
+    if defaulted:
+        st.warning(f"{len(defaulted)} file(s) are not in the sex CSV and use the batch sex: "
+                   f"{', '.join(defaulted[:10])}{' …' if len(defaulted) > 10 else ''}")
+    if unused:
+        st.info(f"{len(unused)} id(s) in the sex CSV match no uploaded file: "
+                f"{', '.join(unused[:10])}{' …' if len(unused) > 10 else ''}")
+
+
 def main() -> None:
     st.title("Batch assessment")
     st.caption(f"Bone age and stage for many radiographs at once (no Grad-CAM). {dashboard.DISCLAIMER}")
@@ -45,6 +58,8 @@ def main() -> None:
     for upload in uploads:
         male, source = dashboard.sex_for(upload.name, table, default_male)
         jobs.append((upload, male, source))
+    if table:
+        _report_unmatched(jobs, table)
     signature = tuple((dashboard.file_digest(u.getvalue()), u.name, male) for u, male, _ in jobs)
     stored = st.session_state.get("batch_result")
     if stored is None or stored[0] != signature:

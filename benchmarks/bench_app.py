@@ -1,4 +1,7 @@
-"""Dashboard timings: server cold start to first HTTP render, and upload-to-result (bytes -> prediction + Grad-CAM).
+"""Dashboard timings: server cold start (health, and the static page shell over HTTP), and upload-to-result.
+
+The page script itself runs only once a browser connects: tools/screenshot.py times that in headless
+Chromium. Upload-to-result here is the assess page's own call, bytes -> prediction + Grad-CAM.
 
 python -m benchmarks.bench_app --image ../shared/data/samples-fullres/1377.png
 """
@@ -79,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.set_num_threads(args.threads)
     health, page, status = cold_start()
-    print(f"cold start       health ok {health:.2f} s, GET / -> HTTP {status} at {page:.2f} s")
+    print(f"cold start       health ok {health:.2f} s, static shell GET / -> HTTP {status} at {page:.2f} s")
     load, first, warm = upload_to_result(args.image, args.repeats)
     print(f"model load       {load:.2f} s (once per server, st.cache_resource)")
     print(f"upload->result   first {first:.2f} s, then median {statistics.median(warm):.2f} s "

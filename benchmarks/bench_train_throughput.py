@@ -82,4 +82,5 @@ def main() -> None:
 
 if __name__ == "__main__":
     np.random.seed(0)
+    torch.manual_seed(0)
     main()

@@ -21,6 +21,11 @@ REGRESSOR_FILE = "regressor.pt"
 CLASSIFIER_FILE = "classifier.pt"
 
 
+def history_file(model: str) -> str:
+    """File name of a model's per-epoch training history, e.g. history_regressor.csv."""
+    return f"history_{model}.csv"
+
+
 def swap_in(staging: Path, target: Path) -> None:
     """Replace `target` by `staging`; the old folder is removed only once the new one is in place."""
     old = None

@@ -11,6 +11,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from .imaging import DAYS_PER_MONTH
+
 logger = logging.getLogger(__name__)
 
 #: Environment variable naming the Greulich-Pyle/Brush reference CSV.
@@ -20,7 +22,6 @@ DEFAULT_REFERENCE = Path(__file__).resolve().parent.parent.parent / "shared" / "
 REFERENCE_COLUMNS = ("sex", "chronological_age_months", "mean_bone_age_months", "sd_months")
 #: |z| above this is reported as advanced / delayed.
 Z_LIMIT = 2.0
-DAYS_PER_MONTH = 30.4375
 
 
 class ReferenceError(ValueError):
@@ -43,18 +44,25 @@ def load_reference(source: str | os.PathLike | None = None) -> pd.DataFrame:
             raise ReferenceError(
                 f"no Greulich-Pyle reference table found; set {REFERENCE_ENV} to a CSV with columns "
                 f"{', '.join(REFERENCE_COLUMNS)}")
+    name = getattr(source, "name", None) or (str(source) if isinstance(source, (str, os.PathLike)) else "uploaded table")
     try:
         table = pd.read_csv(source)
-    except (OSError, pd.errors.ParserError, UnicodeDecodeError) as exc:
-        raise ReferenceError(f"cannot read reference table {source}: {exc}") from exc
+    except (OSError, ValueError, UnicodeDecodeError) as exc:  # pandas' parser and empty-data errors are ValueErrors
+        raise ReferenceError(f"cannot read reference table {name}: {exc}") from exc
     missing = [c for c in REFERENCE_COLUMNS if c not in table.columns]
     if missing:
-        raise ReferenceError(f"reference table lacks column(s) {missing}; found {list(table.columns)}")
+        raise ReferenceError(f"reference table {name} lacks column(s) {missing}; found {list(table.columns)}")
     table = table[list(REFERENCE_COLUMNS)].copy()
     table["sex"] = table["sex"].astype(str).str.strip().str.upper()
-    if not set(table["sex"]) <= {"M", "F"} or table.isna().any().any() or (table["sd_months"] <= 0).any():
-        raise ReferenceError("reference table must have sex M/F, no empty cells and positive SDs")
-    return table.sort_values(["sex", "chronological_age_months"]).reset_index(drop=True)
+    for column in REFERENCE_COLUMNS[1:]:
+        table[column] = pd.to_numeric(table[column], errors="coerce")
+    if table.isna().any().any() or not set(table["sex"]) == {"M", "F"} or (table["sd_months"] <= 0).any():
+        raise ReferenceError(f"reference table {name} must have rows for both sexes (M/F), numbers in every "
+                             "cell and positive SDs")
+    table = table.sort_values(["sex", "chronological_age_months"]).reset_index(drop=True)
+    if table.duplicated(["sex", "chronological_age_months"]).any():
+        raise ReferenceError(f"reference table {name} repeats a chronological age for one sex")
+    return table
 
 
 @dataclass(frozen=True)
@@ -137,7 +145,7 @@ class PredictionInterval:
 class ErrorModel:
     """Holdout residuals (true - predicted) indexed by prediction, for intervals around new predictions."""
 
-    def __init__(self, predicted, true, min_cases: int = 100):
+    def __init__(self, predicted: np.ndarray | list[float], true: np.ndarray | list[float], min_cases: int = 100):
         self.predicted = np.asarray(predicted, dtype=float)
         self.residual = np.asarray(true, dtype=float) - self.predicted
         if len(self.predicted) < 20:

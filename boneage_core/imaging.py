@@ -24,6 +24,8 @@ MIN_SIDE = 32
 MAX_FILE_BYTES = 200 * 1024 * 1024
 
 _DICOM_MAGIC_OFFSET = 128
+#: Average month length in days (365.25 / 12), for ages in months.
+DAYS_PER_MONTH = 30.4375
 
 
 class ImageLoadError(ValueError):
@@ -44,7 +46,7 @@ class DicomInfo:
         if self.birth_date is None or self.study_date is None:
             return None
         days = (self.study_date - self.birth_date).days
-        return None if days < 0 else days / 30.4375
+        return None if days < 0 else days / DAYS_PER_MONTH
 
 
 def _read_bytes(source: ImageSource) -> bytes:

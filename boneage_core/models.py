@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as _dt
 import importlib
 import logging
+import pickle
 import re
 import subprocess
 from dataclasses import dataclass, field
@@ -219,11 +220,25 @@ def save_checkpoint(path: str | Path, net: BoneAgeNet, config: dict, extra: dict
     torch.save(payload, path)
 
 
+def _read_payload(path: str | Path) -> dict:
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except (OSError, RuntimeError, EOFError, pickle.UnpicklingError) as exc:
+        raise ValueError(f"{path}: not a readable checkpoint ({exc})") from exc
+    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
+        found = payload.get("format") if isinstance(payload, dict) else type(payload).__name__
+        raise ValueError(f"{path}: not a bone-age checkpoint (format {found!r})")
+    return payload
+
+
+def read_checkpoint_meta(path: str | Path) -> dict:
+    """A checkpoint's metadata (spec, config, commit, training summary) without building the network."""
+    return {k: v for k, v in _read_payload(path).items() if k != "state_dict"}
+
+
 def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tuple[BoneAgeNet, dict]:
     """Rebuild a network from a checkpoint alone; returns (model in eval mode, checkpoint metadata)."""
-    payload = torch.load(path, map_location="cpu", weights_only=True)
-    if payload.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(f"{path}: not a bone-age checkpoint (format {payload.get('format')!r})")
+    payload = _read_payload(path)
     net = BoneAgeNet(ModelSpec.from_dict(payload["spec"]))
     net.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in payload["state_dict"].items()},
                         strict=True)

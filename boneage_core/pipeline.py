@@ -18,7 +18,7 @@ from .baseline import HogParams, fit_baseline
 from .config import TrainConfig
 from .data import attach_paths, find_dataset, load_images, load_or_make_split, read_labels, with_split
 from .evaluate import predict_frame, score_predictions, summary_table
-from .models import ModelSpec, build_model, freeze_blocks, save_checkpoint
+from .models import ModelSpec, build_model, freeze_blocks, read_checkpoint_meta, save_checkpoint
 from .preprocess import PreprocessSpec
 from .stages import DEFAULT_SCHEME
 from .training import fit, resolve_device
@@ -110,7 +110,7 @@ def train_cnn_stage(cfg: TrainConfig, ds: Dataset, staging: Path, task: str) -> 
                "train_seconds": round(result.seconds, 1), "device": str(device),
                "device_name": torch.cuda.get_device_name() if device.type == "cuda" else platform.processor() or "cpu"}
     save_checkpoint(staging / f"{name}.pt", net.cpu(), cfg.to_dict(), extra=summary)
-    result.history.to_csv(staging / f"history_{name}.csv", index=False)
+    result.history.to_csv(staging / art.history_file(name), index=False)
     return summary
 
 
@@ -125,6 +125,20 @@ def evaluate_stage(cfg: TrainConfig, ds: Dataset, staging: Path) -> dict:
     return metrics
 
 
+def _kept_model_lines(staging: Path, trained: dict) -> list[str]:
+    """Report lines for CNNs kept from an earlier run: when and how they were trained (from their checkpoints)."""
+    lines = []
+    for name, filename in (("regressor", art.REGRESSOR_FILE), ("classifier", art.CLASSIFIER_FILE)):
+        if name in trained or not (staging / filename).is_file():
+            continue
+        meta = read_checkpoint_meta(staging / filename)
+        cfg = meta.get("config", {})
+        lines.append(f"- {name} (kept from the run of {meta.get('created', '?')}, commit {str(meta.get('git_commit'))[:10]}; "
+                     f"{cfg.get('backbone')} at {cfg.get('image_size')} px, {cfg.get('epochs')} epochs): "
+                     f"{meta.get('extra', {})}")
+    return lines
+
+
 def write_report(cfg: TrainConfig, ds: Dataset, staging: Path, metrics: dict | None, summaries: dict) -> None:
     """A short markdown run report: data, timings, unreadable images, headline metrics."""
     lines = ["# Run report", "", f"- stages: {', '.join(cfg.stages)}", f"- quick: {cfg.quick}",
@@ -134,6 +148,7 @@ def write_report(cfg: TrainConfig, ds: Dataset, staging: Path, metrics: dict | N
         lines.append(f"- {stage}: {seconds:.0f} s")
     for name, summary in summaries.items():
         lines.append(f"- {name}: {summary}")
+    lines += _kept_model_lines(staging, summaries)
     lines += ["", f"## Unreadable images ({len(ds.failures)})", ""]
     lines += [f"- {i}: {msg}" for i, msg in sorted(ds.failures.items())] or ["none"]
     if metrics:

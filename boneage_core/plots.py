@@ -239,7 +239,7 @@ def with_errors(predictions: pd.DataFrame, column: str = "regressor") -> pd.Data
 def error_vs_age_by_sex(predictions: pd.DataFrame, column: str = "regressor", bin_months: int = 24) -> go.Figure:
     """Mean absolute error per true-age bin for each sex (points scattered faintly behind)."""
     frame = with_errors(predictions, column).dropna(subset=["error"])
-    edges = np.arange(0, frame["boneage"].max() + bin_months, bin_months)
+    edges = np.arange(0, (np.floor(frame["boneage"].max() / bin_months) + 2) * bin_months, bin_months)  # max included
     frame["bin"] = pd.cut(frame["boneage"], edges, right=False)
     fig = go.Figure()
     for sex, colour in SEX_COLOURS.items():

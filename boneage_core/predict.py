@@ -25,6 +25,7 @@ def _line(pred: Prediction) -> str:
         parts.append(f"90%=[{pred.interval.low:.0f}, {pred.interval.high:.0f}]")
     prob = "" if pred.stage_probabilities is None else f" p={pred.stage_probabilities[pred.stage_name]:.2f}"
     parts.append(f"stage={pred.stage} {pred.stage_name}{prob}")
+    parts += [f"WARNING: {w}" for w in pred.warnings]
     return "  ".join(parts)
 
 
@@ -45,22 +46,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--artifacts", default="artifacts")
     parser.add_argument("--sex", required=True, type=parse_sex, help="M or F (applies to every image)")
     parser.add_argument("--json", action="store_true", help="one JSON object per line")
-    parser.add_argument("--tta", action="store_true", help="test-time augmentation")
+    parser.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
+                        help="test-time augmentation (default: as the artifacts were evaluated)")
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
         predictor = Predictor.load(args.artifacts, args.device)
-    except (FileNotFoundError, ValueError) as exc:
+    except (FileNotFoundError, ValueError, RuntimeError) as exc:  # RuntimeError: e.g. --device cuda without a GPU
         print(f"error: {exc}", file=sys.stderr)
         return 2
     failed = 0
     for path in args.images:
         try:
             pred = predictor.predict(path, args.sex, tta=args.tta)
-        except (ImageLoadError, OSError) as exc:
+        except Exception as exc:  # noqa: BLE001 - one bad file must not stop the others; reported, counted
             failed += 1
-            message = str(exc)
+            message = str(exc) if isinstance(exc, (ImageLoadError, OSError)) else f"{type(exc).__name__}: {exc}"
+            if not isinstance(exc, (ImageLoadError, OSError)):
+                logger.exception("unexpected failure on %s", path)
             if args.json:
                 print(json.dumps({"name": path.name, "error": message}))
             else:

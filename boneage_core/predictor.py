@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +17,7 @@ from . import artifacts as art
 from .clinical import ErrorModel, PredictionInterval
 from .imaging import ImageLoadError, ImageSource, load_gray, source_name
 from .models import BoneAgeNet, SexBound, load_checkpoint
-from .preprocess import contrast_stretch, preprocess
+from .preprocess import input_warnings, preprocess
 from .stages import StageScheme
 from .training import tta_views
 
@@ -45,6 +47,7 @@ class Prediction:
     interval: PredictionInterval | None
     model_input: np.ndarray = field(repr=False)  # (S, S) float in [0, 1], the preprocessed image
     original: np.ndarray = field(repr=False)  # float gray in [0, 1] at the file's own size
+    warnings: list[str] = field(default_factory=list)  # why this result may be unreliable
 
     @property
     def years_months(self) -> str | None:
@@ -68,18 +71,25 @@ class Prediction:
                 k: round(v, 4) for k, v in self.stage_probabilities.items()},
             "stage_from_age": self.stage_from_age,
             "interval": None if self.interval is None else self.interval.to_dict(),
+            "warnings": list(self.warnings),
         }
 
 
 @dataclass
 class Explanation:
-    """A Grad-CAM heatmap aligned to the input image, and an overlay to show."""
+    """A Grad-CAM heatmap aligned to the input image; the overlay is blended on first use."""
 
     target: str
     heatmap: np.ndarray  # (H, W) float in [0, 1], same shape as Prediction.original
     model_heatmap: np.ndarray  # (S, S), on the model input
-    overlay: np.ndarray  # (H, W, 3) uint8 RGB
-    alpha: float
+    gray: np.ndarray = field(repr=False)  # the image it explains (Prediction.original)
+    alpha: float = 0.4
+    class_index: int | None = None  # the explained stage, for the classifier
+
+    @cached_property
+    def overlay(self) -> np.ndarray:
+        """(H, W, 3) uint8 RGB: the heatmap blended over the image at `alpha`."""
+        return overlay_heatmap(self.gray, self.heatmap, self.alpha)
 
     @property
     def is_blank(self) -> bool:
@@ -108,7 +118,8 @@ def overlay_heatmap(gray: np.ndarray, heatmap: np.ndarray, alpha: float = 0.4) -
 
     if not 0.0 <= alpha <= 1.0:
         raise ValueError("alpha must be in [0, 1]")
-    shown = contrast_stretch(gray, 0.5, 99.5) if np.ptp(gray) > 0 else gray
+    lo, hi = float(gray.min()), float(gray.max())
+    shown = (gray - lo) / (hi - lo) if hi > lo else gray  # display only: a plain min-max stretch
     rgb = np.repeat(shown[..., None], 3, axis=2).astype(np.float32)
     return show_cam_on_image(rgb, heatmap.astype(np.float32), use_rgb=True, image_weight=1.0 - alpha)
 
@@ -117,15 +128,20 @@ class Predictor:
     """The saved CNNs (regressor and/or classifier) of an artifacts folder, ready for single images."""
 
     def __init__(self, models: dict[str, BoneAgeNet], meta: dict[str, dict], device: torch.device,
-                 error_model: ErrorModel | None = None):
+                 error_model: ErrorModel | None = None, tta: bool = False):
         if not models:
             raise ValueError("a Predictor needs at least one model")
         self.models = models
         self.meta = meta
         self.device = device
         self.error_model = error_model
+        self.tta = tta  # default test-time augmentation: as the holdout metrics were computed
         first = next(iter(models.values()))
         self.scheme: StageScheme = first.spec.scheme
+        if any(net.spec.scheme != self.scheme for net in models.values()):
+            raise ValueError("the regressor and the classifier use different stage schemes")
+        if "classifier" in models and models["classifier"].spec.n_outputs != self.scheme.n_classes:
+            raise ValueError("the classifier's outputs do not match its stage scheme")
 
     @classmethod
     def load(cls, artifacts_dir: str | Path = "artifacts", device: str | torch.device = "cpu") -> "Predictor":
@@ -139,6 +155,7 @@ class Predictor:
         if not models:
             raise FileNotFoundError(f"no trained CNN in {folder} (expected {art.REGRESSOR_FILE} and/or "
                                     f"{art.CLASSIFIER_FILE}); run train.py first")
+        tta = _evaluated_with_tta(folder)
         error_model = None
         predictions = folder / art.PREDICTIONS_FILE
         if "regressor" in models and predictions.is_file():
@@ -146,8 +163,8 @@ class Predictor:
                 error_model = ErrorModel.from_predictions(pd.read_csv(predictions))
             except (ValueError, KeyError) as exc:
                 logger.warning("No prediction intervals: %s", exc)
-        logger.info("Loaded %s from %s on %s", ", ".join(models), folder, dev)
-        return cls(models, meta, dev, error_model)
+        logger.info("Loaded %s from %s on %s (TTA %s)", ", ".join(models), folder, dev, "on" if tta else "off")
+        return cls(models, meta, dev, error_model, tta)
 
     @property
     def has_regressor(self) -> bool:
@@ -172,9 +189,13 @@ class Predictor:
             return torch.stack(outs).mean(0).cpu().numpy()
         return torch.stack([torch.softmax(o, dim=1) for o in outs]).mean(0)[0].cpu().numpy()
 
-    def predict(self, source: ImageSource | np.ndarray, male: bool, tta: bool = False,
+    def predict(self, source: ImageSource | np.ndarray, male: bool, tta: bool | None = None,
                 name: str | None = None) -> Prediction:
-        """Bone age (months), stage with probabilities, and the model's input for one image or gray array."""
+        """Bone age (months), stage with probabilities, and the model's input for one image or gray array.
+
+        tta=None uses the artifacts' own setting (how their holdout metrics and intervals were made).
+        """
+        tta = self.tta if tta is None else tta
         gray, name = _gray_of(source, name)
         try:
             age, model_input = None, None
@@ -198,11 +219,15 @@ class Predictor:
             raise ImageLoadError(f"{name}: {exc}") from exc
         interval = None if (age is None or self.error_model is None) else self.error_model.interval(age)
         return Prediction(name, bool(male), age, stage, self.scheme.names[stage], probs, source_kind, stage_from_age,
-                          interval, model_input, gray)
+                          interval, model_input, gray, input_warnings(model_input))
 
     def explain(self, source: ImageSource | np.ndarray, male: bool, target: str = "regressor",
-                alpha: float = 0.4, name: str | None = None) -> Explanation:
-        """Grad-CAM on conv_head: raw score for the regressor, the predicted class for the classifier."""
+                alpha: float = 0.4, name: str | None = None, class_index: int | None = None) -> Explanation:
+        """Grad-CAM on conv_head: raw score for the regressor, a stage for the classifier.
+
+        For the classifier, pass the predicted stage (Prediction.stage) as class_index so the map explains
+        the stage shown; without it the single-view argmax is used.
+        """
         from pytorch_grad_cam import GradCAM
         from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget, RawScoresOutputTarget
 
@@ -213,12 +238,22 @@ class Predictor:
         _, x = self._input(net, gray)
         wrapped = SexBound(net, self._male(male)).eval()
         if target == "classifier":
-            with torch.inference_mode():
-                cls_index = int(net(x, self._male(male)).argmax(1)[0])
-            targets = [ClassifierOutputTarget(cls_index)]
+            if class_index is None:
+                with torch.inference_mode():
+                    class_index = int(net(x, self._male(male)).argmax(1)[0])
+            targets = [ClassifierOutputTarget(int(class_index))]
         else:
+            class_index = None
             targets = [RawScoresOutputTarget()]
         with GradCAM(model=wrapped, target_layers=[net.target_layer]) as cam:
             model_heatmap = cam(input_tensor=x, targets=targets)[0]
         heatmap = np.clip(_resize(model_heatmap, gray.shape), 0.0, 1.0)
-        return Explanation(target, heatmap, model_heatmap, overlay_heatmap(gray, heatmap, alpha), alpha)
+        return Explanation(target, heatmap, model_heatmap, gray, alpha, class_index)
+
+
+def _evaluated_with_tta(folder: Path) -> bool:
+    """Whether the artifacts' holdout predictions were made with TTA (config.json), so the app matches them."""
+    try:
+        return bool(json.loads((folder / art.CONFIG_FILE).read_text()).get("tta", False))
+    except (OSError, ValueError, AttributeError):
+        return False

@@ -128,6 +128,7 @@ def test_corrupt_upload_shows_an_error_not_a_traceback():
     at.file_uploader(key="assess_upload").set_value(("noise.png", buffer.getvalue(), "image/png")).run()
     assert not at.exception and not at.error, [e.value for e in at.error]
     assert _metric(at, "Predicted bone age")
+    assert any("does not look like a radiograph" in w.value for w in at.warning)
 
 
 def _dicom_from(png: Path, **tags) -> bytes:

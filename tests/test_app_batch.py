@@ -50,6 +50,7 @@ def test_batch_of_real_and_broken_files(fullres_dir):
     expected = predictor.predict(paths[1], male=True).bone_age_months
     assert ok.iloc[1]["bone_age_months"] == pytest.approx(expected, abs=0.01)
     assert any("1 of 3" in w.value for w in at.warning)
+    assert any("use the batch sex" in w.value and paths[0].name in w.value for w in at.warning)
     assert [b.label for b in at.download_button] == ["Results (CSV)"]
 
 
@@ -67,3 +68,10 @@ def test_parse_sex_table():
         dashboard.parse_sex_table(b"id,sex\n12,X\n")
     assert dashboard.sex_for("12.png", {"12": True}, False) == (True, "CSV")
     assert dashboard.sex_for("99.png", {"12": True}, False) == (False, "batch default")
+
+
+@pytest.mark.parametrize("csv,match", [(b"id,sex\n12,M\n12,F\n", "both sexes"), (b"id,sex\n,M\n", "without an id"),
+                                       (b"name,sex\n12,M\n", "needs columns id and sex")])
+def test_parse_sex_table_refuses_ambiguous_rows(csv, match):
+    with pytest.raises(ValueError, match=match):
+        dashboard.parse_sex_table(csv)

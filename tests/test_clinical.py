@@ -83,3 +83,16 @@ def test_interval_covers_the_holdout_at_its_level():
 def test_interval_needs_enough_cases():
     with pytest.raises(ValueError, match="at least 20"):
         ErrorModel([1.0, 2.0], [1.0, 2.0])
+
+
+@pytest.mark.parametrize("text,match", [
+    ("", "cannot read"),
+    ("sex,chronological_age_months,mean_bone_age_months,sd_months\nM,12,12,x\nF,12,12,1\n", "numbers in every cell"),
+    ("sex,chronological_age_months,mean_bone_age_months,sd_months\nM,12,12,1\nM,24,24,2\n", "both sexes"),
+    ("sex,chronological_age_months,mean_bone_age_months,sd_months\nM,12,12,1\nM,12,13,1\nF,12,12,1\n", "repeats"),
+])
+def test_bad_uploaded_tables_raise_reference_errors(text, match):
+    import io
+
+    with pytest.raises(ReferenceError, match=match):
+        load_reference(io.BytesIO(text.encode()))

@@ -1,4 +1,4 @@
-"""Library hygiene: every boneage_core module has a docstring and a logger, and none pulls in Streamlit."""
+"""Library hygiene: every boneage_core module has a docstring, and none pulls in Streamlit."""
 
 from __future__ import annotations
 

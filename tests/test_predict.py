@@ -28,3 +28,9 @@ def test_text_output_and_success_code(quick_run, fullres_sample, capsys):
 def test_missing_models_exit_2(tmp_path, fullres_sample, capsys):
     assert predict.main(["--artifacts", str(tmp_path), "--sex", "M", str(fullres_sample)]) == 2
     assert "no trained CNN" in capsys.readouterr().err
+
+
+def test_corrupt_checkpoint_exit_2(tmp_path, fullres_sample, capsys):
+    (tmp_path / "regressor.pt").write_bytes(b"not a checkpoint at all")
+    assert predict.main(["--artifacts", str(tmp_path), "--sex", "F", str(fullres_sample)]) == 2
+    assert "not a readable checkpoint" in capsys.readouterr().err

@@ -46,7 +46,7 @@ def test_sex_input_is_used(predictor, fullres_sample):
 
 
 def test_tta_runs_and_stays_close(predictor, fullres_sample):
-    plain = predictor.predict(fullres_sample, male=True)
+    plain = predictor.predict(fullres_sample, male=True, tta=False)
     tta = predictor.predict(fullres_sample, male=True, tta=True)
     assert abs(plain.bone_age_months - tta.bone_age_months) < 30
 
@@ -108,3 +108,37 @@ def test_committed_artifacts_load_and_predict(committed_artifacts, fullres_sampl
 @pytest.mark.parametrize("months,text", [(0, "0 y 0 m"), (124.6, "10 y 5 m"), (239.7, "20 y 0 m")])
 def test_years_months(months, text):
     assert years_months(months) == text
+
+
+def test_default_tta_follows_how_the_artifacts_were_evaluated(quick_run, tmp_path, fullres_sample):
+    import shutil
+
+    folder = tmp_path / "artifacts"
+    shutil.copytree(quick_run, folder)
+    config = json.loads((folder / "config.json").read_text())
+    for tta in (False, True):
+        (folder / "config.json").write_text(json.dumps({**config, "tta": tta}))
+        predictor = Predictor.load(folder)
+        assert predictor.tta is tta
+        default = predictor.predict(fullres_sample, male=True)
+        explicit = predictor.predict(fullres_sample, male=True, tta=tta)
+        assert default.bone_age_months == pytest.approx(explicit.bone_age_months)
+
+
+def test_classifier_gradcam_explains_the_given_stage(predictor, fullres_sample):
+    pred = predictor.predict(fullres_sample, male=False)
+    other = (pred.stage + 1) % predictor.scheme.n_classes
+    assert predictor.explain(pred.original, False, "classifier", class_index=other).class_index == other
+    assert predictor.explain(pred.original, False, "regressor").class_index is None
+
+
+def test_mismatched_stage_schemes_are_refused(quick_run):
+    from dataclasses import replace
+
+    from boneage_core.stages import StageScheme
+
+    loaded = Predictor.load(quick_run)
+    net = loaded.models["classifier"]
+    net.spec = replace(net.spec, scheme=StageScheme(female_cutoffs=(12.0, 84.0, 156.0, 180.0)))
+    with pytest.raises(ValueError, match="different stage schemes"):
+        Predictor(loaded.models, loaded.meta, loaded.device)

@@ -9,7 +9,6 @@ from PIL import Image
 from boneage_core.imaging import ImageLoadError, load_gray
 from boneage_core.preprocess import (
     PreprocessSpec,
-    contrast_stretch,
     preprocess,
     preprocess_source,
     squash_resize,
@@ -147,3 +146,14 @@ def test_padding_geometry_would_fail_the_bound(fullres_sample, data_299):
     small = preprocess_source(data_299 / "boneage-training-dataset" / f"{fullres_sample.stem}.webp", spec)
     mad, r = _compare(preprocess(padded, spec), small)
     assert mad > MAX_MEAN_ABS_DIFF and r < MIN_PEARSON_R, (mad, r)
+
+
+def test_noise_is_flagged_and_radiographs_are_not(data_299, fullres_sample):
+    from boneage_core.preprocess import input_warnings
+
+    spec = PreprocessSpec(image_size=192)
+    noise = preprocess(np.random.default_rng(0).random((300, 240)).astype(np.float32), spec)
+    assert input_warnings(noise) and "radiograph" in input_warnings(noise)[0]
+    assert input_warnings(preprocess_source(fullres_sample, spec)) == []
+    some = sorted((data_299 / "boneage-training-dataset").glob("*.webp"))[:20]
+    assert all(input_warnings(preprocess_source(p, spec)) == [] for p in some)

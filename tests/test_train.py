@@ -62,6 +62,8 @@ def test_rerun_reuses_split_and_keeps_untouched_models(quick_run, data_299, tmp_
     assert code == 0
     assert (out / "split.csv").read_text() == before
     assert (out / "regressor.pt").read_bytes() == reg_bytes
+    report = (out / "run_report.md").read_text()
+    assert "regressor (kept from the run of" in report and "best_epoch" in report  # kept models still described
 
 
 def test_interrupted_run_leaves_previous_artifacts_intact(quick_run, data_299, tmp_path, monkeypatch):
