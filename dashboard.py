@@ -20,6 +20,7 @@ from PIL import Image
 
 from boneage_core import artifacts as art
 from boneage_core.clinical import ClinicalReadout, ReferenceError, load_reference, reference_path
+from boneage_core.imaging import read_dicom_info
 from boneage_core.predictor import Explanation, Prediction, Predictor
 
 logger = logging.getLogger(__name__)
@@ -312,12 +313,19 @@ def parse_sex_table(data: bytes) -> dict[str, bool]:
     return out
 
 
-def sex_for(file_name: str, table: dict[str, bool], default: bool) -> tuple[bool, str]:
-    """Sex of an upload from the id table (matched on the full name or the name without extension), else default."""
+def sex_for(file_name: str, table: dict[str, bool], default: bool, data: bytes | None = None) -> tuple[bool, str]:
+    """Sex of an upload: the id table (full name or name without extension), else its DICOM PatientSex, else default."""
     stem = file_name.rsplit(".", 1)[0]
     for key in (file_name, stem):
         if key in table:
             return table[key], "CSV"
+    if data is not None:
+        try:
+            info = read_dicom_info(data, file_name)
+        except ValueError:  # an unreadable DICOM: the prediction will report it
+            info = None
+        if info is not None and info.male is not None:
+            return info.male, "DICOM"
     return default, "batch default"
 
 

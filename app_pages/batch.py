@@ -31,7 +31,7 @@ def _sex_table() -> dict[str, bool] | None:
 
 def _report_unmatched(jobs: list, table: dict[str, bool]) -> None:
     """Say which files took the batch default and which CSV ids matched no file."""
-    defaulted = [upload.name for upload, _, source in jobs if source != "CSV"]
+    defaulted = [upload.name for upload, _, source in jobs if source == "batch default"]
     used = {key for upload, _, _ in jobs for key in (upload.name, upload.name.rsplit(".", 1)[0])}
     unused = sorted(set(table) - used)
     if defaulted:
@@ -56,7 +56,7 @@ def main() -> None:
         return
     jobs = []
     for upload in uploads:
-        male, source = dashboard.sex_for(upload.name, table, default_male)
+        male, source = dashboard.sex_for(upload.name, table, default_male, upload.getvalue())
         jobs.append((upload, male, source))
     if table:
         _report_unmatched(jobs, table)

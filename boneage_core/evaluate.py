@@ -135,12 +135,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", help="write metrics JSON here")
     parser.add_argument("--predictions", help="also write per-image predictions CSV here")
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--tta", action="store_true", help="test-time augmentation for the CNNs")
+    parser.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
+                        help="test-time augmentation for the CNNs (default: as the artifacts were evaluated)")
     parser.add_argument("--bootstrap", type=int, default=500)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
-        metrics, frame = evaluate_folder(args.artifacts, args.images, args.labels, device=args.device, tta=args.tta,
+        tta = art.evaluated_with_tta(args.artifacts) if args.tta is None else args.tta
+        metrics, frame = evaluate_folder(args.artifacts, args.images, args.labels, device=args.device, tta=tta,
                                          n_boot=args.bootstrap)
     except (LabelError, FileNotFoundError) as exc:
         logger.error("%s", exc)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -155,7 +154,7 @@ class Predictor:
         if not models:
             raise FileNotFoundError(f"no trained CNN in {folder} (expected {art.REGRESSOR_FILE} and/or "
                                     f"{art.CLASSIFIER_FILE}); run train.py first")
-        tta = _evaluated_with_tta(folder)
+        tta = art.evaluated_with_tta(folder)
         error_model = None
         predictions = folder / art.PREDICTIONS_FILE
         if "regressor" in models and predictions.is_file():
@@ -250,10 +249,3 @@ class Predictor:
         heatmap = np.clip(_resize(model_heatmap, gray.shape), 0.0, 1.0)
         return Explanation(target, heatmap, model_heatmap, gray, alpha, class_index)
 
-
-def _evaluated_with_tta(folder: Path) -> bool:
-    """Whether the artifacts' holdout predictions were made with TTA (config.json), so the app matches them."""
-    try:
-        return bool(json.loads((folder / art.CONFIG_FILE).read_text()).get("tta", False))
-    except (OSError, ValueError, AttributeError):
-        return False

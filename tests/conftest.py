@@ -73,3 +73,38 @@ def quick_run(tmp_path_factory, data_299: Path) -> Path:
 def committed_artifacts() -> Path:
     """The trained artifacts committed with the repo (the app runs on these)."""
     return require(ARTIFACTS / "regressor.pt").parent
+
+
+@pytest.fixture(scope="session")
+def dicom_from():
+    """Factory: DICOM bytes made from a PNG with given tags, as a scanner would send them."""
+    import io
+
+    from PIL import Image
+
+    def _dicom_from(png: Path, **tags) -> bytes:
+        """A 16-bit MONOCHROME2 DICOM of a PNG, with extra tags (PatientSex=..., dates)."""
+        from pydicom.dataset import FileDataset, FileMetaDataset
+        from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
+
+        pixels = np.asarray(Image.open(png).convert("L"), dtype=np.uint16) * 16
+        meta = FileMetaDataset()
+        meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
+        meta.MediaStorageSOPInstanceUID = generate_uid()
+        meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        ds = FileDataset("upload.dcm", {}, file_meta=meta, preamble=b"\0" * 128)
+        ds.SOPClassUID = meta.MediaStorageSOPClassUID
+        ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+        ds.Modality = "CR"
+        ds.Rows, ds.Columns = pixels.shape
+        ds.SamplesPerPixel = 1
+        ds.PhotometricInterpretation = "MONOCHROME2"
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
+        ds.PixelData = pixels.astype("<u2").tobytes()
+        for key, value in tags.items():
+            setattr(ds, key, value)
+        buffer = io.BytesIO()
+        ds.save_as(buffer, enforce_file_format=True)
+        return buffer.getvalue()
+
+    return _dicom_from

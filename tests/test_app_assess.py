@@ -131,33 +131,8 @@ def test_corrupt_upload_shows_an_error_not_a_traceback():
     assert any("does not look like a radiograph" in w.value for w in at.warning)
 
 
-def _dicom_from(png: Path, **tags) -> bytes:
-    from pydicom.dataset import FileDataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
-
-    pixels = np.asarray(Image.open(png).convert("L"), dtype=np.uint16) * 16
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = FileDataset("upload.dcm", {}, file_meta=meta, preamble=b"\0" * 128)
-    ds.SOPClassUID = meta.MediaStorageSOPClassUID
-    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
-    ds.Modality = "CR"
-    ds.Rows, ds.Columns = pixels.shape
-    ds.SamplesPerPixel = 1
-    ds.PhotometricInterpretation = "MONOCHROME2"
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
-    ds.PixelData = pixels.astype("<u2").tobytes()
-    for key, value in tags.items():
-        setattr(ds, key, value)
-    buffer = io.BytesIO()
-    ds.save_as(buffer, enforce_file_format=True)
-    return buffer.getvalue()
-
-
-def test_dicom_upload_prefills_sex_and_chronological_age(fullres_sample):
-    data = _dicom_from(fullres_sample, PatientSex="M", PatientBirthDate="20100115", StudyDate="20250115")
+def test_dicom_upload_prefills_sex_and_chronological_age(fullres_sample, dicom_from):
+    data = dicom_from(fullres_sample, PatientSex="M", PatientBirthDate="20100115", StudyDate="20250115")
     at = _assess_page()
     assert at.radio(key="assess_sex").value == "Female"
     at.file_uploader(key="assess_upload").set_value(("case.dcm", data, "application/dicom")).run()

@@ -75,3 +75,10 @@ def test_parse_sex_table():
 def test_parse_sex_table_refuses_ambiguous_rows(csv, match):
     with pytest.raises(ValueError, match=match):
         dashboard.parse_sex_table(csv)
+
+
+def test_sex_comes_from_csv_then_dicom_then_default(fullres_sample, dicom_from):
+    data = dicom_from(fullres_sample, PatientSex="M")
+    assert dashboard.sex_for("a.dcm", {"a": False}, default=False, data=data) == (False, "CSV")
+    assert dashboard.sex_for("b.dcm", {}, default=False, data=data) == (True, "DICOM")
+    assert dashboard.sex_for("c.png", {}, default=True, data=fullres_sample.read_bytes()) == (True, "batch default")

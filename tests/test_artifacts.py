@@ -37,3 +37,13 @@ def test_new_target_is_created(tmp_path):
     with staged_folder(tmp_path / "new") as staging:
         (staging / "x").write_text("1")
     assert (tmp_path / "new" / "x").read_text() == "1"
+
+
+def test_evaluated_with_tta_reads_config(tmp_path):
+    from boneage_core.artifacts import evaluated_with_tta
+
+    assert evaluated_with_tta(tmp_path) is False  # no config
+    (tmp_path / "config.json").write_text('{"tta": true}')
+    assert evaluated_with_tta(tmp_path) is True
+    (tmp_path / "config.json").write_text("not json")
+    assert evaluated_with_tta(tmp_path) is False
