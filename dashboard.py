@@ -22,6 +22,7 @@ from boneage_core import artifacts as art
 from boneage_core.clinical import ClinicalReadout, ReferenceError, load_reference, reference_path
 from boneage_core.imaging import read_dicom_info
 from boneage_core.predictor import Explanation, Prediction, Predictor
+from boneage_core.preprocess import resize_to
 
 logger = logging.getLogger(__name__)
 
@@ -161,17 +162,13 @@ def display_image(image: np.ndarray, max_side: int = DISPLAY_MAX_SIDE, like: np.
     """A float gray/map downscaled for the screen (to `like`'s shape when given); small images pass unchanged."""
     h, w = image.shape[:2]
     if like is not None:
-        size = (like.shape[1], like.shape[0])
+        shape = like.shape[:2]
     else:
         scale = max_side / max(h, w)
         if scale >= 1:
             return image
-        size = (max(1, round(w * scale)), max(1, round(h * scale)))
-    if (w, h) == size:
-        return image
-    resized = Image.fromarray(np.ascontiguousarray(image, dtype=np.float32), mode="F").resize(
-        size, Image.Resampling.BILINEAR)
-    return np.asarray(resized, dtype=np.float32)
+        shape = (max(1, round(h * scale)), max(1, round(w * scale)))
+    return image if (h, w) == tuple(shape) else resize_to(image, shape)
 
 
 def png_bytes(image: np.ndarray) -> bytes:

@@ -23,21 +23,16 @@ def _styled(table: pd.DataFrame):
 
 def _tables(metrics: dict) -> None:
     st.subheader("Holdout metrics")
-    regression = plots.regression_table(metrics)
-    classification = plots.classification_table(metrics)
-    c1, c2 = st.columns(2)
-    with c1:
-        st.markdown("**Bone age (regression)**")
-        if regression.empty:
-            st.info("No regression metrics in metrics.json.")
-        else:
-            st.dataframe(_styled(regression), key="perf_reg_table")
-    with c2:
-        st.markdown("**Developmental stage (classification)**")
-        if classification.empty:
-            st.info("No classification metrics in metrics.json.")
-        else:
-            st.dataframe(_styled(classification), key="perf_cls_table")
+    sections = (("Bone age (regression)", plots.regression_table(metrics), "regression", "perf_reg_table"),
+                ("Developmental stage (classification)", plots.classification_table(metrics), "classification",
+                 "perf_cls_table"))
+    for column, (title, table, kind, key) in zip(st.columns(2), sections):
+        with column:
+            st.markdown(f"**{title}**")
+            if table.empty:
+                st.info(f"No {kind} metrics in metrics.json.")
+            else:
+                st.dataframe(_styled(table), key=key)
     st.caption("MAE/RMSE/bias in months; bias = mean(predicted − true). Within N months = share of images whose "
                "prediction is at most N months off. QWK = quadratic weighted kappa (1 = perfect, 0 = chance).")
 

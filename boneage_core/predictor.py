@@ -10,13 +10,12 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from PIL import Image
 
 from . import artifacts as art
 from .clinical import ErrorModel, PredictionInterval
 from .imaging import ImageLoadError, ImageSource, load_gray, source_name
 from .models import BoneAgeNet, SexBound, load_checkpoint
-from .preprocess import input_warnings, preprocess
+from .preprocess import input_warnings, preprocess, resize_to
 from .stages import StageScheme
 from .training import tta_views
 
@@ -103,12 +102,6 @@ def _gray_of(source: ImageSource | np.ndarray, name: str | None) -> tuple[np.nda
         return source.astype(np.float32, copy=False), name or "array"
     name = name or source_name(source)
     return load_gray(source, name=name), name
-
-
-def _resize(map_: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    """Resize a float map to (H, W): the inverse of the squash, so it lies on the original image."""
-    img = Image.fromarray(np.ascontiguousarray(map_, dtype=np.float32), mode="F")
-    return np.asarray(img.resize((shape[1], shape[0]), Image.Resampling.BILINEAR), dtype=np.float32)
 
 
 def overlay_heatmap(gray: np.ndarray, heatmap: np.ndarray, alpha: float = 0.4) -> np.ndarray:
@@ -246,6 +239,6 @@ class Predictor:
             targets = [RawScoresOutputTarget()]
         with GradCAM(model=wrapped, target_layers=[net.target_layer]) as cam:
             model_heatmap = cam(input_tensor=x, targets=targets)[0]
-        heatmap = np.clip(_resize(model_heatmap, gray.shape), 0.0, 1.0)
+        heatmap = np.clip(resize_to(model_heatmap, gray.shape), 0.0, 1.0)  # inverse of the squash
         return Explanation(target, heatmap, model_heatmap, gray, alpha, class_index)
 

@@ -55,12 +55,17 @@ class PreprocessSpec:
         return hashlib.sha1(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:10]
 
 
-def squash_resize(gray: np.ndarray, size: int) -> np.ndarray:
-    """Resize to size x size without keeping the aspect ratio (antialiased bilinear)."""
-    img = Image.fromarray(np.ascontiguousarray(gray, dtype=np.float32), mode="F")
-    if img.size == (size, size):
+def resize_to(image: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """Resize a float 2-D array to (H, W) with antialiased bilinear interpolation (a copy, float32)."""
+    img = Image.fromarray(np.ascontiguousarray(image, dtype=np.float32), mode="F")
+    if img.size == (shape[1], shape[0]):
         return np.asarray(img, dtype=np.float32).copy()
-    return np.asarray(img.resize((size, size), Image.Resampling.BILINEAR), dtype=np.float32)
+    return np.asarray(img.resize((shape[1], shape[0]), Image.Resampling.BILINEAR), dtype=np.float32)
+
+
+def squash_resize(gray: np.ndarray, size: int) -> np.ndarray:
+    """Resize to size x size without keeping the aspect ratio; resize_to(map, original shape) undoes it."""
+    return resize_to(gray, (size, size))
 
 
 def contrast_stretch(gray: np.ndarray, low_percentile: float, high_percentile: float) -> np.ndarray:

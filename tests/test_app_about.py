@@ -2,20 +2,16 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 
-from streamlit.testing.v1 import AppTest
 
 import dashboard
 
-APP = Path(__file__).resolve().parents[1] / "streamlit_app.py"
 
 
-def test_about_page_describes_the_loaded_models():
+def test_about_page_describes_the_loaded_models(open_page):
     predictor = dashboard.get_predictor(str(dashboard.artifacts_dir()))
     spec = next(iter(predictor.models.values())).spec
-    at = AppTest.from_file(str(APP), default_timeout=120).run()
-    at.switch_page("app_pages/about.py").run()
+    at = open_page("about")
     assert not at.exception, [e.value for e in at.exception]
     assert not at.error
     text = " ".join(m.value for m in at.markdown)

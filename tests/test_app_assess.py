@@ -15,16 +15,6 @@ import dashboard
 from boneage_core.clinical import gp_zscore, load_reference
 from boneage_core.predictor import Predictor
 
-APP = Path(__file__).resolve().parents[1] / "streamlit_app.py"
-TIMEOUT = 180
-
-
-def _assess_page() -> AppTest:
-    at = AppTest.from_file(str(APP), default_timeout=TIMEOUT).run()
-    at.switch_page("app_pages/assess.py").run()
-    assert not at.exception, [e.value for e in at.exception]
-    return at
-
 
 def _metric(at: AppTest, label: str) -> str:
     values = [m.value for m in at.metric if m.label == label]
@@ -50,18 +40,18 @@ def predictor() -> Predictor:
 
 
 @pytest.fixture(scope="module")
-def assessed(fullres_sample: Path, fullres_dir: Path) -> tuple[AppTest, pd.Series]:
+def assessed(fullres_sample: Path, fullres_dir: Path, open_page) -> tuple[AppTest, pd.Series]:
     """The Assess page after uploading the real full-size 1377.png with its recorded sex."""
     label = _sample_label(fullres_dir, fullres_sample.stem)
-    at = _assess_page()
+    at = open_page("assess")
     at.radio(key="assess_sex").set_value("Male" if _is_male(label) else "Female")
     at.file_uploader(key="assess_upload").set_value((fullres_sample.name, fullres_sample.read_bytes(), "image/png"))
     at.run()
     return at, label
 
 
-def test_empty_page_runs_and_asks_for_an_upload():
-    at = _assess_page()
+def test_empty_page_runs_and_asks_for_an_upload(open_page):
+    at = open_page("assess")
     assert at.file_uploader(key="assess_upload").allowed_type  # the uploader is there
     assert any("Upload a radiograph" in i.value for i in at.info)
     assert not at.error
@@ -115,8 +105,8 @@ def test_clinical_readout_matches_the_reference(assessed, gp_table, predictor, f
     assert any(f"Category: {expected.category}." in a and "|z| > 2" in a for a in alerts), alerts
 
 
-def test_corrupt_upload_shows_an_error_not_a_traceback():
-    at = _assess_page()
+def test_corrupt_upload_shows_an_error_not_a_traceback(open_page):
+    at = open_page("assess")
     at.file_uploader(key="assess_upload").set_value(("broken.png", b"not an image", "image/png")).run()
     assert not at.exception, [e.value for e in at.exception]
     assert at.error, "expected an st.error for a corrupt upload"
@@ -131,9 +121,9 @@ def test_corrupt_upload_shows_an_error_not_a_traceback():
     assert any("does not look like a radiograph" in w.value for w in at.warning)
 
 
-def test_dicom_upload_prefills_sex_and_chronological_age(fullres_sample, dicom_from):
+def test_dicom_upload_prefills_sex_and_chronological_age(fullres_sample, dicom_from, open_page):
     data = dicom_from(fullres_sample, PatientSex="M", PatientBirthDate="20100115", StudyDate="20250115")
-    at = _assess_page()
+    at = open_page("assess")
     assert at.radio(key="assess_sex").value == "Female"
     at.file_uploader(key="assess_upload").set_value(("case.dcm", data, "application/dicom")).run()
     assert not at.exception and not at.error, [e.value for e in at.error]
@@ -144,9 +134,9 @@ def test_dicom_upload_prefills_sex_and_chronological_age(fullres_sample, dicom_f
     assert _metric(at, "Predicted bone age")
 
 
-def test_missing_reference_table_is_explained_and_can_be_uploaded(fullres_sample, gp_table, tmp_path, monkeypatch):
+def test_missing_reference_table_is_explained_and_can_be_uploaded(fullres_sample, gp_table, tmp_path, monkeypatch, open_page):
     monkeypatch.setenv("BONEAGE_GP_TABLE", str(tmp_path / "absent.csv"))
-    at = _assess_page()
+    at = open_page("assess")
     at.file_uploader(key="assess_upload").set_value((fullres_sample.name, fullres_sample.read_bytes(), "image/png"))
     at.radio(key="assess_age_mode").set_value("Years and months").run()
     assert not at.exception and not at.error, [e.value for e in at.error]

@@ -2,35 +2,23 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import pytest
-from streamlit.testing.v1 import AppTest
 
 import dashboard
 
-APP = Path(__file__).resolve().parents[1] / "streamlit_app.py"
-TIMEOUT = 180
 
-
-def _batch_page() -> AppTest:
-    at = AppTest.from_file(str(APP), default_timeout=TIMEOUT).run()
-    at.switch_page("app_pages/batch.py").run()
-    assert not at.exception, [e.value for e in at.exception]
-    return at
-
-
-def test_empty_batch_page_runs():
-    at = _batch_page()
+def test_empty_batch_page_runs(open_page):
+    at = open_page("batch")
     assert any("Upload one or more" in i.value for i in at.info)
     assert not at.error
 
 
-def test_batch_of_real_and_broken_files(fullres_dir):
+def test_batch_of_real_and_broken_files(fullres_dir, open_page):
     paths = sorted(fullres_dir.glob("*.png"))[:2]
     assert len(paths) == 2, "need two full-size samples"
     files = [(p.name, p.read_bytes(), "image/png") for p in paths] + [("broken.png", b"not an image", "image/png")]
-    at = _batch_page()
+    at = open_page("batch")
     at.file_uploader(key="batch_uploads").set_value(files)
     at.file_uploader(key="batch_sex_csv").set_value(("sex.csv", f"id,sex\n{paths[1].stem},M\n".encode(), "text/csv"))
     at.radio(key="batch_sex").set_value("Female")
@@ -54,8 +42,8 @@ def test_batch_of_real_and_broken_files(fullres_dir):
     assert [b.label for b in at.download_button] == ["Results (CSV)"]
 
 
-def test_malformed_sex_csv_is_reported():
-    at = _batch_page()
+def test_malformed_sex_csv_is_reported(open_page):
+    at = open_page("batch")
     at.file_uploader(key="batch_uploads").set_value([("broken.png", b"xx", "image/png")])
     at.file_uploader(key="batch_sex_csv").set_value(("sex.csv", b"name,gender\na,b\n", "text/csv")).run()
     assert not at.exception

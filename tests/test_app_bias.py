@@ -6,22 +6,14 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from streamlit.testing.v1 import AppTest
 
 
 REPO = Path(__file__).resolve().parents[1]
-APP = REPO / "streamlit_app.py"
 ARTIFACTS = REPO / "artifacts"
 
 
-def _bias_page() -> AppTest:
-    at = AppTest.from_file(str(APP), default_timeout=120).run()
-    at.switch_page("app_pages/bias.py").run()
-    return at
-
-
-def test_bias_page_runs_with_groups_explanation_and_worst_cases():
-    at = _bias_page()
+def test_bias_page_runs_with_groups_explanation_and_worst_cases(open_page):
+    at = open_page("bias")
     assert not at.exception, [e.value for e in at.exception]
     assert not at.error and not at.warning
     assert len(at.get("plotly_chart")) == 5  # MAE + accuracy by sex and by age group, error vs age

@@ -6,23 +6,15 @@ import json
 from pathlib import Path
 
 import pytest
-from streamlit.testing.v1 import AppTest
 
 
 REPO = Path(__file__).resolve().parents[1]
-APP = REPO / "streamlit_app.py"
 ARTIFACTS = REPO / "artifacts"
 
 
-def _page(name: str) -> AppTest:
-    at = AppTest.from_file(str(APP), default_timeout=120).run()
-    at.switch_page(f"app_pages/{name}.py").run()
-    return at
-
-
-def test_performance_page_shows_every_model():
+def test_performance_page_shows_every_model(open_page):
     metrics = json.loads((ARTIFACTS / "metrics.json").read_text())
-    at = _page("performance")
+    at = open_page("performance")
     assert not at.exception, [e.value for e in at.exception]
     assert not at.error and not at.warning, [e.value for e in list(at.error) + list(at.warning)]
     regression = at.dataframe[0].value
@@ -37,12 +29,12 @@ def test_performance_page_shows_every_model():
     assert not at.exception
 
 
-def test_pages_degrade_without_artifacts(tmp_path, monkeypatch):
+def test_pages_degrade_without_artifacts(tmp_path, monkeypatch, open_page):
     monkeypatch.setenv("BONEAGE_ARTIFACTS", str(tmp_path))
     for name in ("performance", "bias", "about", "assess", "batch"):
-        at = _page(name)
+        at = open_page(name)
         assert not at.exception, (name, [e.value for e in at.exception])
         assert not at.error, (name, [e.value for e in at.error])
-    at = _page("performance")
+    at = open_page("performance")
     assert any("metrics.json" in i.value for i in at.info)
 

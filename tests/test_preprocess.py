@@ -157,3 +157,15 @@ def test_noise_is_flagged_and_radiographs_are_not(data_299, fullres_sample):
     assert input_warnings(preprocess_source(fullres_sample, spec)) == []
     some = sorted((data_299 / "boneage-training-dataset").glob("*.webp"))[:20]
     assert all(input_warnings(preprocess_source(p, spec)) == [] for p in some)
+
+
+def test_resize_to_undoes_the_squash_geometry():
+    from boneage_core.preprocess import resize_to
+
+    image = np.zeros((400, 300), dtype=np.float32)
+    image[100:200, 150:300] = 1.0  # a block in the upper right
+    square = squash_resize(image, 64)
+    back = resize_to(square, image.shape)
+    assert back.shape == image.shape
+    assert np.abs(back - image).mean() < 0.03
+    assert back[150, 225] > 0.9 and back[300, 50] < 0.1
