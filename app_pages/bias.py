@@ -8,6 +8,7 @@ import streamlit as st
 
 import dashboard
 from boneage_core import plots
+from boneage_core.metrics import subgroup_findings
 
 logger = logging.getLogger(__name__)
 
@@ -33,33 +34,7 @@ def _groups(metrics: dict, group: str, title: str) -> None:
 
 
 def _explain(metrics: dict) -> None:
-    reg = metrics.get("regressor") or {}
-    sexes = reg.get("by_sex") or {}
-    ages = reg.get("by_age_group") or {}
-    lines = []
-    if {"female", "male"} <= set(sexes):
-        f, m = sexes["female"], sexes["male"]
-        overlap = (f.get("mae_ci95") and m.get("mae_ci95")
-                   and f["mae_ci95"][0] <= m["mae_ci95"][1] and m["mae_ci95"][0] <= f["mae_ci95"][1])
-        lines.append(f"- **Sex:** the CNN's MAE is {f['mae']:.1f} months for girls (n={f['n']}) and "
-                     f"{m['mae']:.1f} months for boys (n={m['n']}). "
-                     + ("The 95% intervals overlap, so this holdout does not show a clear difference."
-                        if overlap else "The 95% intervals do not overlap: the gap is unlikely to be chance alone."))
-    if ages:
-        smallest = min(ages, key=lambda k: ages[k].get("n", 0))
-        s = ages[smallest]
-        ci = s.get("mae_ci95") or [float("nan"), float("nan")]
-        lines.append(f"- **Small groups are uncertain:** only {s['n']} holdout images fall in {smallest}; its MAE "
-                     f"of {s['mae']:.1f} months has a 95% interval of {ci[0]:.1f}–{ci[1]:.1f} months. Wide error "
-                     "bars mean the group is too small to rank it against the others.")
-        worst = max(ages, key=lambda k: ages[k].get("mae", 0))
-        lines.append(f"- **Largest error:** {worst} (MAE {ages[worst]['mae']:.1f} months, bias "
-                     f"{ages[worst].get('bias', float('nan')):+.1f} months); look at the bias as well as the MAE.")
-        first, last = ages[next(iter(ages))], ages[list(ages)[-1]]
-        if first.get("bias", 0) > 0 > last.get("bias", 0):
-            lines.append(f"- **Regression to the middle:** the youngest group is over-estimated (bias "
-                         f"{first['bias']:+.1f} months) and the oldest under-estimated ({last['bias']:+.1f} "
-                         "months), typical of a model trained mostly on mid-range ages.")
+    lines = [f"- {finding}" for finding in subgroup_findings(metrics.get("regressor") or {})]
     lines.append("- Confidence intervals are 95% bootstrap intervals over holdout images. They describe this "
                  "sample of the RSNA data only; other hospitals, scanners and populations can differ more.")
     st.markdown("\n".join(lines))

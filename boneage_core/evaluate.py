@@ -45,7 +45,7 @@ def _cnn_outputs(path: Path, frame: pd.DataFrame, cache_dir, device, tta: bool, 
     out = predict_outputs(net, torch.from_numpy(pixels), torch.tensor(rows["male"].to_numpy(), dtype=torch.long),
                           device, tta=tta, progress=True)
     if spec.task == "regression":
-        ages = np.clip(out * spec.age_std + spec.age_mean, 0.0, 240.0)
+        ages = spec.ages_from_output(out)
         return spec.task, pd.Series(ages, index=rows.index), None
     probs = np.exp(out)
     return spec.task, pd.Series(probs.argmax(1), index=rows.index), probs

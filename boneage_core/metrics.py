@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -153,3 +153,39 @@ def classification_breakdown(frame: pd.DataFrame, n_classes: int, n_boot: int = 
             )
             out[kind][name] = stats
     return out
+
+
+def _cis_overlap(a: Sequence[float] | None, b: Sequence[float] | None) -> bool | None:
+    if not a or not b:
+        return None
+    return a[0] <= b[1] and b[0] <= a[1]
+
+
+def subgroup_findings(regression: dict) -> list[str]:
+    """Plain-language findings (markdown) from a regressor's by-sex / by-age-group breakdown."""
+    sexes, ages = regression.get("by_sex") or {}, regression.get("by_age_group") or {}
+    lines = []
+    if {"female", "male"} <= set(sexes):
+        f, m = sexes["female"], sexes["male"]
+        overlap = _cis_overlap(f.get("mae_ci95"), m.get("mae_ci95"))
+        verdict = {True: "The 95% intervals overlap, so this holdout does not show a clear difference.",
+                   False: "The 95% intervals do not overlap: the gap is unlikely to be chance alone.",
+                   None: "No confidence intervals were computed."}[overlap]
+        lines.append(f"**Sex:** the CNN's MAE is {f['mae']:.1f} months for girls (n={f['n']}) and "
+                     f"{m['mae']:.1f} months for boys (n={m['n']}). {verdict}")
+    if ages:
+        smallest = min(ages, key=lambda k: ages[k].get("n", 0))
+        s = ages[smallest]
+        ci = s.get("mae_ci95") or [float("nan"), float("nan")]
+        lines.append(f"**Small groups are uncertain:** only {s['n']} holdout images fall in {smallest}; its MAE "
+                     f"of {s['mae']:.1f} months has a 95% interval of {ci[0]:.1f}-{ci[1]:.1f} months. Wide error "
+                     "bars mean the group is too small to rank it against the others.")
+        worst = max(ages, key=lambda k: ages[k].get("mae", 0))
+        lines.append(f"**Largest error:** {worst} (MAE {ages[worst]['mae']:.1f} months, bias "
+                     f"{ages[worst].get('bias', float('nan')):+.1f} months); look at the bias as well as the MAE.")
+        first, last = ages[next(iter(ages))], ages[list(ages)[-1]]
+        if first.get("bias", 0) > 0 > last.get("bias", 0):
+            lines.append(f"**Regression to the middle:** the youngest group is over-estimated (bias "
+                         f"{first['bias']:+.1f} months) and the oldest under-estimated ({last['bias']:+.1f} "
+                         "months), typical of a model trained mostly on mid-range ages.")
+    return lines

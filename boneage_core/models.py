@@ -11,6 +11,7 @@ import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -35,6 +36,10 @@ class ModelSpec:
     age_mean: float = 0.0  # regression target = (age - age_mean) / age_std
     age_std: float = 1.0
     scheme: StageScheme = DEFAULT_SCHEME
+
+    def ages_from_output(self, scaled: np.ndarray | float) -> np.ndarray:
+        """Regressor output (scaled) -> bone age in months, clipped to the 0-240 label range."""
+        return np.clip(np.asarray(scaled, dtype=np.float64) * self.age_std + self.age_mean, 0.0, 240.0)
 
     def to_dict(self) -> dict:
         return {

@@ -195,7 +195,7 @@ class Predictor:
                 net = self.models["regressor"]
                 model_input, x = self._input(net, gray)
                 scaled = float(self._run(net, x, male, tta)[0])
-                age = float(np.clip(scaled * net.spec.age_std + net.spec.age_mean, 0.0, 240.0))
+                age = float(net.spec.ages_from_output(scaled))
             stage_from_age = None if age is None else int(self.scheme.stage_of(age, male))
             probs = None
             if self.has_classifier:

@@ -155,3 +155,20 @@ def test_classification_breakdown_counts_and_empty_groups():
         cohen_kappa_score(females["stage"], females["pred_stage"], weights="quadratic"))
     lo, hi = out["by_sex"]["female"]["accuracy_ci95"]
     assert lo <= out["by_sex"]["female"]["accuracy"] <= hi
+
+
+def test_subgroup_findings_read_the_breakdown():
+    from boneage_core.metrics import subgroup_findings
+
+    reg = {"by_sex": {"female": {"n": 10, "mae": 9.0, "mae_ci95": [8.0, 10.0]},
+                      "male": {"n": 12, "mae": 12.0, "mae_ci95": [11.0, 13.0]}},
+           "by_age_group": {"0-2 y": {"n": 3, "mae": 15.0, "bias": 10.0, "mae_ci95": [5.0, 25.0]},
+                            "10-15 y": {"n": 50, "mae": 7.0, "bias": 0.5, "mae_ci95": [6.5, 7.5]},
+                            "15-19 y": {"n": 20, "mae": 9.0, "bias": -6.0, "mae_ci95": [8.0, 10.0]}}}
+    text = " ".join(subgroup_findings(reg))
+    assert "do not overlap" in text
+    assert "only 3 holdout images fall in 0-2 y" in text and "Largest error:** 0-2 y" in text
+    assert "Regression to the middle" in text
+    reg["by_sex"]["male"]["mae_ci95"] = [9.5, 13.0]
+    assert "intervals overlap" in " ".join(subgroup_findings(reg))
+    assert subgroup_findings({}) == []
