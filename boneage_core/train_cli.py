@@ -1,0 +1,83 @@
+"""Command line of training: argparse -> TrainConfig -> pipeline.run (also `python train.py`, `boneage-train`).
+
+Examples:
+    python train.py --data-dir ../shared/data/rsna-bone-age-299 --stages baseline,evaluate
+    python train.py --data-dir ../shared/data/rsna-bone-age-299 --stages multihead,evaluate --phases 192:4:1e-3:3,224:2:5e-4:3
+    python train.py --data-dir ../shared/data/rsna-bone-age-299 --stages multihead,evaluate --init-from artifacts/multihead.pt --phases 256:2:3e-4
+    python train.py --data-dir ../shared/data/rsna-bone-age-299 --quick            # smoke run into runs/quick
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from dataclasses import fields, replace
+
+from .config import BACKBONES, QUICK_OUT, STAGE_ORDER, TrainConfig
+from .data import LabelError
+from .errors import BoneAgeError
+from .models import INIT_SCRATCH
+from .pipeline import run, seed_everything
+
+logger = logging.getLogger(__name__)
+
+_SPECIAL = {"data_dir", "stages", "quick", "backbone", "augment", "cpu_bf16", "tta", "members", "out"}
+
+
+def _parser() -> argparse.ArgumentParser:
+    defaults = TrainConfig()
+    p = argparse.ArgumentParser(prog="train.py", description=__doc__.splitlines()[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--data-dir", required=True, help="RSNA layout: <name>.csv + <name>/ image folder")
+    p.add_argument("--stages", default=",".join(defaults.stages), help=f"comma list of {STAGE_ORDER}")
+    p.add_argument("--out", default=None, help=f"artifacts folder (default {defaults.out}; {QUICK_OUT} with --quick)")
+    p.add_argument("--quick", action="store_true", help="a few hundred images at small size (a CPU smoke run)")
+    p.add_argument("--backbone", choices=BACKBONES, default=defaults.backbone)
+    p.add_argument("--no-pretrained", dest="init_from", action="store_const", const=INIT_SCRATCH,
+                   help="same as --init-from scratch")
+    p.add_argument("--no-augment", dest="augment", action="store_false", help="augment=%(default)s")
+    p.add_argument("--cpu-bf16", action="store_true", help="bf16 autocast on CPU (faster on CPUs with bf16 units)")
+    p.add_argument("--tta", action="store_true", help="test-time augmentation in the evaluate stage")
+    p.add_argument("--members", default="", help="comma list of model files to serve and evaluate "
+                   "(default: the ones this run trains)")
+    for f in fields(TrainConfig):
+        if f.name not in _SPECIAL:
+            p.add_argument("--" + f.name.replace("_", "-"), type=type(getattr(defaults, f.name)),
+                           default=getattr(defaults, f.name))
+    return p
+
+
+def parse_args(argv: list[str] | None = None) -> TrainConfig:
+    """argparse -> TrainConfig (every config field has a flag; defaults come from the dataclass)."""
+    args = vars(_parser().parse_args(argv))
+    args["stages"] = tuple(s.strip() for s in args["stages"].split(",") if s.strip())
+    args["members"] = tuple(s.strip() for s in args["members"].split(",") if s.strip())
+    explicit_out = args["out"]
+    args["out"] = explicit_out or (QUICK_OUT if args["quick"] else TrainConfig.out)
+    cfg = TrainConfig(**args)
+    return replace(cfg.quick_version(), out=args["out"]) if cfg.quick else cfg
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run training; exit 0 on success, 2 for bad settings or data, 130 when interrupted."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        cfg = parse_args(argv)
+    except ValueError as exc:
+        logger.error("%s", exc)
+        return 2
+    seed_everything(cfg.seed)
+    try:
+        run(cfg)
+    except (LabelError, BoneAgeError, FileNotFoundError) as exc:
+        logger.error("%s", exc)
+        return 2
+    except KeyboardInterrupt:
+        logger.error("Interrupted; previous artifacts in %s are unchanged", cfg.out)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
