@@ -127,8 +127,11 @@ def _search(small: np.ndarray, region: np.ndarray | None) -> tuple[np.ndarray | 
 def segment_hand(gray: np.ndarray) -> HandSegmentation:
     """The hand (with forearm) of a gray radiograph; the whole image when no plausible hand is found.
 
-    Never returns a small wrong component: a candidate whose area lies outside MIN_AREA-MAX_AREA or which
-    touches all four borders is replaced by the whole image (found=False).
+    Candidates, most generous first: the soft-tissue threshold, then Otsu; when a candidate is too large (the
+    exposed field of a film with dark margins), the same again inside that field. The first plausible one wins:
+    area within MIN_AREA-MAX_AREA, not touching all four borders, holding at least MIN_BRIGHT_SHARE of the
+    brightest 10 % of pixels (bone). When none is plausible the mask is the whole image (found=False), so a hand
+    is never replaced by a small wrong component.
     """
     gray = np.asarray(gray, dtype=np.float32)
     if gray.ndim != 2 or min(gray.shape) < 8:

@@ -52,6 +52,14 @@ def test_no_plausible_hand_falls_back_to_the_whole_image():
         assert hand_mask(image).all()
 
 
+def test_a_dim_component_without_the_bright_structure_is_never_the_hand():
+    image = np.zeros((200, 200), np.float32)
+    image[10:120, 10:120] = 0.4  # the largest component: dim, no bone
+    image[130:198, 115:198] = 1.0  # smaller (14 %), bright, apart
+    seg = segment_hand(image)
+    assert seg.mask[140:190, 135:190].all()
+
+
 def test_bad_input_is_refused():
     with pytest.raises(ValueError, match="2-D gray image"):
         segment_hand(np.zeros((10, 10, 3)))
