@@ -65,17 +65,33 @@ def load_reference(source: str | os.PathLike | None = None) -> pd.DataFrame:
     return table
 
 
+#: The categories of a read-out, defined once (see categorise for the rule).
+ADVANCED = "advanced"
+DELAYED = "delayed"
+NORMAL = "within normal limits"
+INDETERMINATE = "indeterminate (uncertainty too wide)"
+CATEGORIES = (ADVANCED, NORMAL, DELAYED, INDETERMINATE)
+#: The rule in words, for a user interface.
+RULE_TEXT = (f"advanced only when the whole interval of z lies above +{Z_LIMIT:g}, delayed only when it lies "
+             f"wholly below -{Z_LIMIT:g}, within normal limits when z of the estimate is within +/-{Z_LIMIT:g}; "
+             "otherwise indeterminate (the estimate is beyond the limit but its interval reaches back inside)")
+
+
 @dataclass(frozen=True)
 class ClinicalReadout:
-    """Bone age against the reference for the patient's sex and chronological age."""
+    """Bone age and its prediction interval against the reference for the patient's sex and chronological age."""
 
     bone_age_months: float
+    interval_low_months: float
+    interval_high_months: float
     chronological_age_months: float
     expected_bone_age_months: float
     sd_months: float
     difference_months: float
     z_score: float
-    category: str  # "advanced", "within normal limits" or "delayed"
+    z_low: float
+    z_high: float
+    category: str  # one of CATEGORIES
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -83,36 +99,123 @@ class ClinicalReadout:
     @property
     def text(self) -> str:
         sign = "+" if self.difference_months >= 0 else "-"
-        return (f"Bone age {self.bone_age_months:.1f} m vs chronological age {self.chronological_age_months:.1f} m "
+        return (f"Bone age {self.bone_age_months:.1f} m (interval {self.interval_low_months:.1f}-"
+                f"{self.interval_high_months:.1f} m) vs chronological age {self.chronological_age_months:.1f} m "
                 f"({sign}{abs(self.difference_months):.1f} m); reference mean {self.expected_bone_age_months:.1f} m, "
-                f"SD {self.sd_months:.1f} m; z = {self.z_score:+.2f}: {self.category}.")
+                f"SD {self.sd_months:.1f} m; z = {self.z_score:+.2f} (interval {self.z_low:+.2f} to "
+                f"{self.z_high:+.2f}): {self.category}.")
 
 
-def categorise(z: float, limit: float = Z_LIMIT) -> str:
-    """'advanced' for z > limit, 'delayed' for z < -limit, else 'within normal limits'."""
-    if z > limit:
-        return "advanced"
-    if z < -limit:
-        return "delayed"
-    return "within normal limits"
+def categorise(z: float, z_low: float, z_high: float, limit: float = Z_LIMIT) -> str:
+    """The read-out category of a z-score and the z-scores of its interval ends.
+
+    The rule, in this order:
+      1. ADVANCED when z_low > +limit (the whole interval of z lies above the limit);
+      2. DELAYED when z_high < -limit (the whole interval lies below -limit);
+      3. NORMAL when -limit <= z <= +limit (the point estimate is within the limits; by 1 and 2 the interval
+         does not lie wholly beyond them);
+      4. otherwise INDETERMINATE: the point estimate is beyond a limit but its interval reaches back inside.
+    With z_low == z == z_high (no uncertainty) this is the plain |z| > limit rule.
+    """
+    if z_low > z_high:
+        raise ValueError(f"z interval is reversed: {z_low} > {z_high}")
+    if z_low > limit:
+        return ADVANCED
+    if z_high < -limit:
+        return DELAYED
+    if -limit <= z <= limit:
+        return NORMAL
+    return INDETERMINATE
 
 
-def gp_zscore(bone_age_months: float, chronological_age_months: float, male: bool,
-              reference: pd.DataFrame) -> ClinicalReadout:
-    """z-score of a bone age at a chronological age, interpolating the reference linearly between rows."""
+def _sex_curve(reference: pd.DataFrame, male: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(chronological ages, mean bone ages, SDs) of one sex's reference rows."""
     rows = reference[reference["sex"] == ("M" if male else "F")]
-    ages = rows["chronological_age_months"].to_numpy(dtype=float)
-    if len(ages) == 0:
+    if rows.empty:
         raise ReferenceError(f"reference table has no rows for sex {'M' if male else 'F'}")
+    ages, means, sds = (rows[c].to_numpy(dtype=float) for c in REFERENCE_COLUMNS[1:])
+    return ages, means, sds
+
+
+def _interval_ends(interval: tuple[float, float] | PredictionInterval) -> tuple[float, float]:
+    """(low, high) of a pair or of an object with .low/.high; refuses anything else and reversed intervals."""
+    if hasattr(interval, "low") and hasattr(interval, "high"):
+        low, high = interval.low, interval.high
+    elif isinstance(interval, (tuple, list)) and len(interval) == 2:
+        low, high = interval
+    else:
+        raise TypeError(f"interval must be a (low, high) pair or a PredictionInterval, got {interval!r}; "
+                        "pass (age, age) explicitly when there is no interval")
+    if not float(low) <= float(high):
+        raise ValueError(f"interval low {low} is above high {high}")
+    return float(low), float(high)
+
+
+def gp_zscore(bone_age_months: float, interval: tuple[float, float] | PredictionInterval,
+              chronological_age_months: float, male: bool, reference: pd.DataFrame) -> ClinicalReadout:
+    """z-scores of a bone age and of its interval ends at a chronological age, categorised by `categorise`.
+
+    The reference is interpolated linearly between rows; an age outside the table raises ReferenceError.
+    `interval` is required: pass (bone_age, bone_age) explicitly when there is none.
+    """
+    low, high = _interval_ends(interval)
+    ages, means, sds = _sex_curve(reference, male)
     if not ages[0] <= chronological_age_months <= ages[-1]:
         raise ReferenceError(
             f"chronological age {chronological_age_months:.1f} months is outside the reference table "
             f"({ages[0]:g}-{ages[-1]:g} months for {'boys' if male else 'girls'})")
-    mean = float(np.interp(chronological_age_months, ages, rows["mean_bone_age_months"].to_numpy(dtype=float)))
-    sd = float(np.interp(chronological_age_months, ages, rows["sd_months"].to_numpy(dtype=float)))
-    z = (bone_age_months - mean) / sd
-    return ClinicalReadout(float(bone_age_months), float(chronological_age_months), mean, sd,
-                           float(bone_age_months - chronological_age_months), float(z), categorise(z))
+    mean = float(np.interp(chronological_age_months, ages, means))
+    sd = float(np.interp(chronological_age_months, ages, sds))
+    z, z_low, z_high = ((v - mean) / sd for v in (bone_age_months, low, high))
+    return ClinicalReadout(float(bone_age_months), low, high, float(chronological_age_months), mean, sd,
+                           float(bone_age_months - chronological_age_months), float(z), float(z_low),
+                           float(z_high), categorise(z, z_low, z_high))
+
+
+def _call_counts(categories: list[str]) -> dict:
+    """Counts of each category and the share called advanced or delayed."""
+    counts = {c: categories.count(c) for c in CATEGORIES}
+    n = len(categories)
+    false_calls = counts[ADVANCED] + counts[DELAYED]
+    return {"n": n, "counts": counts, "false_calls": false_calls,
+            "advanced_rate": counts[ADVANCED] / n if n else float("nan"),
+            "delayed_rate": counts[DELAYED] / n if n else float("nan"),
+            "false_call_rate": false_calls / n if n else float("nan")}
+
+
+#: The age group reported on its own by false_call_rate (months of true bone age).
+YOUNG_MONTHS = 24.0
+
+
+def false_call_rate(predicted: np.ndarray, low: np.ndarray, high: np.ndarray, true_age: np.ndarray,
+                    male: np.ndarray, reference: pd.DataFrame) -> dict:
+    """How often a normal child is called advanced or delayed: chronological age is set to the true bone age.
+
+    Every case is normal by construction, so any ADVANCED or DELAYED call is a false call. Cases whose true age
+    lies outside the reference table for their sex are skipped and counted (`n_outside_reference`).
+    Returns {"n", "n_outside_reference", "overall": counts, "under_2y": counts (true age < 24 months)}, where
+    counts = {"n", "counts" per category, "false_calls", "advanced_rate", "delayed_rate", "false_call_rate"}.
+    Pass low = high = predicted for the rule without uncertainty (|z| > limit on the point estimate).
+    """
+    arrays = [np.asarray(a, dtype=float) for a in (predicted, low, high, true_age)]
+    male = np.asarray(male, dtype=bool)
+    if len({len(a) for a in arrays} | {len(male)}) != 1:
+        raise ValueError("predicted, low, high, true_age and male must have the same length")
+    predicted, low, high, true_age = arrays
+    categories = np.full(len(true_age), "", dtype=object)
+    for sex in (False, True):
+        ages, means, sds = _sex_curve(reference, sex)
+        rows = (male == sex) & (true_age >= ages[0]) & (true_age <= ages[-1])
+        mean, sd = np.interp(true_age[rows], ages, means), np.interp(true_age[rows], ages, sds)
+        z, z_low, z_high = ((v[rows] - mean) / sd for v in (predicted, low, high))
+        categories[rows] = [categorise(*zs) for zs in zip(z, z_low, z_high)]
+    scored = categories != ""
+    young = scored & (true_age < YOUNG_MONTHS)
+    outside = int((~scored).sum())
+    if outside:
+        logger.info("false_call_rate: %d case(s) outside the reference table skipped", outside)
+    return {"n": int(len(true_age)), "n_outside_reference": outside,
+            "overall": _call_counts(list(categories[scored])), "under_2y": _call_counts(list(categories[young]))}
 
 
 def chronological_age_months(birth_date: date, study_date: date) -> float:
@@ -170,3 +273,21 @@ class ErrorModel:
         lo_q, hi_q = np.quantile(near, [(1 - level) / 2, (1 + level) / 2])
         return PredictionInterval(float(max(0.0, prediction + lo_q)), float(prediction + hi_q), level, int(len(near)),
                                   round(window, 1))
+
+
+def holdout_false_calls(frame: pd.DataFrame, reference: pd.DataFrame, column: str = "regressor",
+                        level: float = 0.9) -> dict[str, dict]:
+    """false_call_rate on a predictions table (evaluate's CSV, test split) without and with today's interval.
+
+    "point": the |z| > limit rule on the point estimate; "interval": the rule of `categorise` with the
+    ErrorModel interval at `level` built from the same table (as the app does).
+    """
+    model = ErrorModel.from_predictions(frame, column)
+    test = frame[frame["split"] == "test"] if "split" in frame else frame
+    test = test[test[column].notna()]
+    predicted = test[column].to_numpy(dtype=float)
+    intervals = [model.interval(p, level) for p in predicted]
+    low, high = np.array([iv.low for iv in intervals]), np.array([iv.high for iv in intervals])
+    true, male = test["boneage"].to_numpy(dtype=float), test["male"].astype(str).str.lower() == "true"
+    return {"point": false_call_rate(predicted, predicted, predicted, true, male.to_numpy(), reference),
+            "interval": false_call_rate(predicted, low, high, true, male.to_numpy(), reference)}

@@ -8,8 +8,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from boneage_core.clinical import (ErrorModel, ReferenceError, categorise, chronological_age_months, gp_zscore,
-                                   load_reference)
+from boneage_core.clinical import (ADVANCED, CATEGORIES, DELAYED, INDETERMINATE, NORMAL, ErrorModel,
+                                   PredictionInterval, ReferenceError, categorise, chronological_age_months,
+                                   false_call_rate, gp_zscore, holdout_false_calls, load_reference)
 
 
 @pytest.fixture(scope="module")
@@ -25,9 +26,10 @@ def test_real_table_loads_both_sexes(reference):
 def test_zscore_on_a_table_row_matches_the_formula(reference):
     row = reference[(reference["sex"] == "M") & (reference["chronological_age_months"] == 120)].iloc[0]
     bone_age = row["mean_bone_age_months"] + 2.5 * row["sd_months"]
-    out = gp_zscore(bone_age, 120, True, reference)
+    out = gp_zscore(bone_age, (bone_age, bone_age), 120, True, reference)
     assert out.z_score == pytest.approx(2.5)
-    assert out.category == "advanced"
+    assert out.z_low == out.z_high == pytest.approx(2.5)
+    assert out.category == ADVANCED
     assert out.difference_months == pytest.approx(bone_age - 120)
 
 
@@ -35,22 +37,100 @@ def test_zscore_interpolates_between_rows(reference):
     girls = reference[reference["sex"] == "F"].set_index("chronological_age_months")
     mean = (girls.loc[96, "mean_bone_age_months"] + girls.loc[108, "mean_bone_age_months"]) / 2
     sd = (girls.loc[96, "sd_months"] + girls.loc[108, "sd_months"]) / 2
-    out = gp_zscore(mean - 3 * sd, 102, False, reference)
+    out = gp_zscore(mean - 3 * sd, (mean - 3.5 * sd, mean - 2.5 * sd), 102, False, reference)
     assert out.expected_bone_age_months == pytest.approx(mean)
     assert out.z_score == pytest.approx(-3.0)
-    assert out.category == "delayed"
-    assert "delayed" in out.text
+    assert (out.z_low, out.z_high) == (pytest.approx(-3.5), pytest.approx(-2.5))
+    assert out.category == DELAYED
+    assert DELAYED in out.text and "-2.50" in out.text
 
 
 def test_age_outside_table_is_refused(reference):
     with pytest.raises(ReferenceError, match="outside the reference table"):
-        gp_zscore(100, 300, True, reference)
+        gp_zscore(100, (90, 110), 300, True, reference)
 
 
-@pytest.mark.parametrize("z,expected", [(2.01, "advanced"), (2.0, "within normal limits"), (-1.0, "within normal limits"),
-                                        (-2.5, "delayed")])
-def test_categories(z, expected):
-    assert categorise(z) == expected
+@pytest.mark.parametrize("z,z_low,z_high,expected", [
+    (2.01, 2.01, 2.01, ADVANCED),  # no uncertainty: the plain |z| > 2 rule
+    (2.0, 2.0, 2.0, NORMAL),
+    (-2.5, -2.5, -2.5, DELAYED),
+    (3.0, 2.1, 4.0, ADVANCED),  # whole interval above +2
+    (-3.0, -4.0, -2.1, DELAYED),  # whole interval below -2
+    (2.5, 1.5, 3.5, INDETERMINATE),  # beyond +2, interval reaches back inside
+    (-2.5, -3.5, -1.9, INDETERMINATE),
+    (-2.5, -2.5, 2.0, INDETERMINATE),
+    (1.0, -0.5, 3.0, NORMAL),  # point within, interval reaching beyond: no evidence of abnormality
+    (0.0, -3.0, 3.0, NORMAL),
+    (1.5, 2.2, 3.0, ADVANCED),  # an interval not around its point (biased region) still decides first
+])
+def test_categories(z, z_low, z_high, expected):
+    assert categorise(z, z_low, z_high) == expected
+
+
+def test_categories_are_distinct_and_a_reversed_interval_is_refused():
+    assert len(set(CATEGORIES)) == 4
+    with pytest.raises(ValueError, match="reversed"):
+        categorise(0.0, 1.0, -1.0)
+
+
+def test_zscore_of_a_wide_interval_is_indeterminate(reference):
+    row = reference[(reference["sex"] == "F") & (reference["chronological_age_months"] == 120)].iloc[0]
+    mean, sd = row["mean_bone_age_months"], row["sd_months"]
+    out = gp_zscore(mean + 2.4 * sd, PredictionInterval(mean + 1.0 * sd, mean + 3.0 * sd, 0.9, 100, 12.0), 120,
+                    False, reference)
+    assert out.category == INDETERMINATE
+    assert out.z_low == pytest.approx(1.0) and out.z_high == pytest.approx(3.0)
+    assert (out.interval_low_months, out.interval_high_months) == (pytest.approx(mean + sd), pytest.approx(mean + 3 * sd))
+
+
+@pytest.mark.parametrize("interval,error", [(120.0, TypeError), (None, TypeError), ((130, 110), ValueError)])
+def test_zscore_requires_an_interval(reference, interval, error):
+    with pytest.raises(error):
+        gp_zscore(120, interval, 120, True, reference)
+
+
+def _synthetic_reference() -> pd.DataFrame:
+    """Mean bone age = chronological age, SD 10 months, 12-120 months for both sexes."""
+    ages = [12.0, 120.0]
+    return pd.DataFrame({"sex": ["M", "M", "F", "F"], "chronological_age_months": ages * 2,
+                         "mean_bone_age_months": ages * 2, "sd_months": [10.0] * 4})
+
+
+def test_false_call_rate_counts_known_cases():
+    true = np.array([18, 18, 18, 60, 60, 60, 100, 100, 5, 130])  # the last two lie outside 12-120 months
+    pred = np.array([45, 18, -5, 85, 60, 60, 70, 100, 60, 0])  # z: +2.7, 0, -2.3, +2.5, 0, 0, -3, 0
+    half = np.array([5, 5, 5, 20, 5, 5, 5, 5, 5, 5])
+    male = np.array([1, 0, 1, 0, 1, 0, 1, 0, 1, 0], dtype=bool)
+    ref = _synthetic_reference()
+    point = false_call_rate(pred, pred, pred, true, male, ref)
+    assert point["n"] == 10 and point["n_outside_reference"] == 2
+    assert point["overall"]["n"] == 8
+    assert point["overall"]["counts"] == {ADVANCED: 2, NORMAL: 4, DELAYED: 2, INDETERMINATE: 0}
+    assert point["overall"]["false_call_rate"] == pytest.approx(4 / 8)
+    assert point["under_2y"]["n"] == 3
+    assert point["under_2y"]["counts"][ADVANCED] == 1 and point["under_2y"]["counts"][DELAYED] == 1
+    assert point["under_2y"]["false_call_rate"] == pytest.approx(2 / 3)
+    wide = false_call_rate(pred, pred - half, pred + half, true, male, ref)
+    # z intervals: [+2.2, +3.2] advanced, [-2.8, -1.8] indeterminate, [+0.5, +4.5] indeterminate, [-3.5, -2.5] delayed
+    assert wide["overall"]["counts"] == {ADVANCED: 1, NORMAL: 4, DELAYED: 1, INDETERMINATE: 2}
+    assert wide["overall"]["advanced_rate"] == pytest.approx(1 / 8)
+    assert wide["under_2y"]["false_calls"] == 1
+
+
+def test_false_call_rate_refuses_mismatched_lengths():
+    with pytest.raises(ValueError, match="same length"):
+        false_call_rate([1.0, 2.0], [1.0], [1.0, 2.0], [1.0, 2.0], [True, False], _synthetic_reference())
+
+
+def test_holdout_false_calls_fall_with_the_interval(reference):
+    rng = np.random.default_rng(1)
+    true = rng.uniform(6, 190, 600)
+    frame = pd.DataFrame({"boneage": true, "regressor": true + rng.normal(0, 15, 600), "male": rng.random(600) < 0.5,
+                          "split": "test"})
+    out = holdout_false_calls(frame, reference)
+    assert out["point"]["overall"]["counts"][INDETERMINATE] == 0
+    assert out["interval"]["overall"]["false_call_rate"] < out["point"]["overall"]["false_call_rate"]
+    assert out["interval"]["overall"]["counts"][NORMAL] == out["point"]["overall"]["counts"][NORMAL]
 
 
 def test_malformed_tables_are_refused(tmp_path):

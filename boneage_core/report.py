@@ -1,0 +1,298 @@
+"""One assessment as a report: a frozen record (JSON/CSV), a one-page PDF and a heatmap PNG with its colour scale."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from .clinical import RULE_TEXT, ClinicalReadout
+
+logger = logging.getLogger(__name__)
+
+DISCLAIMER = "Research demo, not a medical device: not for diagnosis or treatment decisions."
+REFERENCE_NAME = "Greulich & Pyle (Brush Foundation)"
+#: DICOM tags a report may carry: study identifiers only, never patient identity (name, ID, birth date).
+STUDY_TAGS = ("StudyInstanceUID", "AccessionNumber", "StudyDate")
+#: Where a stage came from, in a report's words, keyed by Prediction.stage_source.
+STAGE_SOURCES = {"classifier": "stage head", "regressor": "derived from predicted age"}
+COLOUR_SCALE_LABEL = "low → high contribution"
+HEATMAP_CMAP = "jet"  # the colour map of the Grad-CAM overlays (pytorch_grad_cam's default)
+#: Longest side (px) of the images embedded in a PDF.
+PDF_IMAGE_SIDE = 900
+#: Where (mm from the top of the A4 page) the footer (model version, time, study, warnings) starts.
+FOOTER_TOP = 250.0
+
+
+def years_months(months: float) -> str:
+    """124.6 -> '10 y 5 m' (rounded to whole months)."""
+    total = int(round(months))
+    return f"{total // 12} y {total % 12} m"
+
+
+def utc_timestamp(when: datetime | None = None) -> str:
+    """ISO 8601 UTC time to the second (now when not given; a naive datetime is taken as UTC)."""
+    when = when or datetime.now(timezone.utc)
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=timezone.utc)
+    return when.astimezone(timezone.utc).isoformat(timespec="seconds")
+
+
+def study_identifiers(dicom: Any) -> tuple[tuple[str, str], ...]:
+    """The STUDY_TAGS present in a mapping or a pydicom Dataset (anything with .get), as (tag, text) pairs."""
+    if dicom is None:
+        return ()
+    pairs = []
+    for tag in STUDY_TAGS:
+        value = dicom.get(tag) if isinstance(dicom, Mapping) or hasattr(dicom, "get") else None
+        value = getattr(value, "value", value)  # a pydicom DataElement
+        if value not in (None, ""):
+            pairs.append((tag, str(value).strip()))
+    return tuple(pairs)
+
+
+@dataclass(frozen=True)
+class AssessmentReport:
+    """Everything a report of one radiograph shows; no patient name or identity, only study identifiers."""
+
+    name: str  # file name / id
+    sex: str  # "M" or "F"
+    bone_age_months: float | None  # exact; displayed rounded to whole months
+    interval_low: float | None
+    interval_high: float | None
+    interval_level: float | None
+    stage_name: str
+    stage_source: str  # "stage head" or "derived from predicted age"
+    model_version: str
+    timestamp: str  # UTC ISO 8601
+    stage_probabilities: tuple[tuple[str, float], ...] | None = None
+    readout: ClinicalReadout | None = None
+    study: tuple[tuple[str, str], ...] = ()
+    warnings: tuple[str, ...] = ()
+    reference_name: str = REFERENCE_NAME
+    disclaimer: str = field(default=DISCLAIMER)
+
+    def __post_init__(self) -> None:
+        if self.sex not in ("M", "F"):
+            raise ValueError(f"sex must be 'M' or 'F', got {self.sex!r}")
+        if any(tag not in STUDY_TAGS for tag, _ in self.study):
+            raise ValueError(f"a report carries only the study tags {STUDY_TAGS}")
+
+    @classmethod
+    def from_prediction(cls, prediction: Any, readout: ClinicalReadout | None, model_version: str,
+                        dicom: Any = None, timestamp: datetime | str | None = None) -> "AssessmentReport":
+        """From a Prediction-like object (name, male, bone_age_months, interval, stage_name, stage_source,
+        stage_probabilities, warnings); `dicom` is a mapping or pydicom Dataset, of which only STUDY_TAGS are kept."""
+        interval = getattr(prediction, "interval", None)
+        probabilities = getattr(prediction, "stage_probabilities", None)
+        source = str(getattr(prediction, "stage_source", ""))
+        return cls(
+            name=str(prediction.name), sex="M" if prediction.male else "F",
+            bone_age_months=None if prediction.bone_age_months is None else float(prediction.bone_age_months),
+            interval_low=None if interval is None else float(interval.low),
+            interval_high=None if interval is None else float(interval.high),
+            interval_level=None if interval is None else float(interval.level),
+            stage_name=str(prediction.stage_name), stage_source=STAGE_SOURCES.get(source, source),
+            model_version=str(model_version),
+            timestamp=timestamp if isinstance(timestamp, str) else utc_timestamp(timestamp),
+            stage_probabilities=None if probabilities is None else tuple(
+                (str(k), float(v)) for k, v in probabilities.items()),
+            readout=readout, study=study_identifiers(dicom),
+            warnings=tuple(str(w) for w in (getattr(prediction, "warnings", None) or ())))
+
+    @property
+    def bone_age_whole_months(self) -> int | None:
+        return None if self.bone_age_months is None else int(round(self.bone_age_months))
+
+    @property
+    def bone_age_text(self) -> str:
+        """'125 months (10 y 5 m)', or a note when no bone age was predicted."""
+        if self.bone_age_months is None:
+            return "not available (no regressor)"
+        return f"{self.bone_age_whole_months} months ({years_months(self.bone_age_months)})"
+
+    @property
+    def interval_text(self) -> str | None:
+        if self.interval_low is None or self.interval_high is None:
+            return None
+        return f"{self.interval_level:.0%} interval {self.interval_low:.0f}–{self.interval_high:.0f} months"
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-friendly nested dict."""
+        return {
+            "name": self.name, "sex": self.sex, "bone_age_months": self.bone_age_months,
+            "bone_age_whole_months": self.bone_age_whole_months,
+            "bone_age_years_months": None if self.bone_age_months is None else years_months(self.bone_age_months),
+            "interval": None if self.interval_low is None else {
+                "low": self.interval_low, "high": self.interval_high, "level": self.interval_level},
+            "stage_name": self.stage_name, "stage_source": self.stage_source,
+            "stage_probabilities": None if self.stage_probabilities is None else dict(self.stage_probabilities),
+            "clinical": None if self.readout is None else self.readout.to_dict(),
+            "reference": self.reference_name, "model_version": self.model_version, "timestamp": self.timestamp,
+            "study": dict(self.study), "warnings": list(self.warnings), "disclaimer": self.disclaimer,
+        }
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
+
+    def csv_row(self) -> dict[str, Any]:
+        """A flat row: stage by name, probabilities as p_<stage>, the read-out (chronological age, z) when given."""
+        row: dict[str, Any] = {
+            "name": self.name, "sex": self.sex,
+            "bone_age_months": None if self.bone_age_months is None else round(self.bone_age_months, 2),
+            "bone_age_whole_months": self.bone_age_whole_months,
+            "interval_low_months": self.interval_low, "interval_high_months": self.interval_high,
+            "interval_level": self.interval_level, "stage_name": self.stage_name, "stage_source": self.stage_source,
+        }
+        row.update({f"p_{stage}": round(p, 4) for stage, p in (self.stage_probabilities or ())})
+        if self.readout is not None:
+            r = self.readout
+            row.update(chronological_age_months=round(r.chronological_age_months, 2), z_score=round(r.z_score, 3),
+                       z_low=round(r.z_low, 3), z_high=round(r.z_high, 3), clinical_category=r.category)
+        row.update(reference=self.reference_name, model_version=self.model_version, timestamp=self.timestamp)
+        row.update(dict(self.study))
+        row.update(warnings="; ".join(self.warnings), disclaimer=self.disclaimer)
+        return row
+
+    def readout_lines(self) -> list[str]:
+        """The clinical read-out in words, naming the reference."""
+        if self.readout is None:
+            return [f"Not computed: no chronological age given (reference: {self.reference_name})."]
+        r = self.readout
+        return [f"Chronological age {r.chronological_age_months:.1f} months; reference ({self.reference_name}) "
+                f"mean bone age {r.expected_bone_age_months:.1f} months, SD {r.sd_months:.1f} months.",
+                f"z = {r.z_score:+.2f} (interval {r.z_low:+.2f} to {r.z_high:+.2f}): {r.category}.",
+                f"Rule: {RULE_TEXT}."]
+
+
+# --- images --------------------------------------------------------------------------------------------------
+
+def _fit(image: np.ndarray, max_side: int) -> Image.Image:
+    """A PIL copy of a uint8 RGB or float [0, 1] gray array, downscaled to max_side."""
+    arr = np.asarray(image)
+    if arr.dtype != np.uint8:
+        arr = (np.clip(arr, 0.0, 1.0) * 255).round().astype(np.uint8)
+    img = Image.fromarray(arr)
+    img.thumbnail((max_side, max_side), Image.Resampling.LANCZOS)
+    return img
+
+
+def heatmap_png_with_colorbar(overlay: np.ndarray, bone_age_text: str, sex: str, title: str = "Grad-CAM",
+                              max_side: int = 1024, dpi: int = 150) -> bytes:
+    """PNG of a heatmap overlay (uint8 RGB) with bone age, sex and the jet colour scale burnt in."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.colors import Normalize
+    from matplotlib.figure import Figure
+
+    img = _fit(overlay, max_side)
+    aspect = img.height / img.width
+    fig = Figure(figsize=(5.0, 5.0 * aspect + 1.1), dpi=dpi)
+    FigureCanvasAgg(fig)
+    ax = fig.add_axes((0.02, 0.2, 0.96, 0.72))
+    ax.imshow(np.asarray(img))
+    ax.set_axis_off()
+    ax.set_title(f"{title}: bone age {bone_age_text}, sex {sex}", fontsize=9)
+    bar = fig.colorbar(ScalarMappable(Normalize(0, 1), cmap=HEATMAP_CMAP), cax=fig.add_axes((0.15, 0.1, 0.7, 0.03)),
+                       orientation="horizontal", ticks=[0, 1])
+    bar.ax.set_xticklabels(["low", "high"], fontsize=7)
+    bar.set_label(COLOUR_SCALE_LABEL, fontsize=8)
+    fig.text(0.5, 0.015, DISCLAIMER, ha="center", fontsize=6)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    return buffer.getvalue()
+
+
+# --- PDF -----------------------------------------------------------------------------------------------------
+
+def _unicode_font() -> Path:
+    """DejaVu Sans as shipped with matplotlib (arrows, en dashes and ± in PDF text)."""
+    import matplotlib
+
+    return Path(matplotlib.get_data_path()) / "fonts" / "ttf" / "DejaVuSans.ttf"
+
+
+def _pdf_lines(report: AssessmentReport) -> list[tuple[str, str]]:
+    """(label, text) rows of the result block."""
+    rows = [("File", report.name), ("Sex", {"M": "male", "F": "female"}[report.sex]),
+            ("Bone age", report.bone_age_text),
+            ("Uncertainty", report.interval_text or "no interval available"),
+            ("Stage", f"{report.stage_name} ({report.stage_source})")]
+    if report.stage_probabilities:
+        rows.append(("Stage probabilities", ", ".join(f"{k} {p:.0%}" for k, p in report.stage_probabilities)))
+    return rows
+
+
+def render_pdf(report: AssessmentReport, thumbnail: np.ndarray | None = None,
+               overlay: np.ndarray | None = None) -> bytes:
+    """A one-page A4 PDF of a report, with the input thumbnail (float gray) and the heatmap overlay (uint8 RGB)."""
+    from fpdf import FPDF
+
+    pdf = FPDF(format="A4", unit="mm")
+    pdf.set_auto_page_break(False)
+    pdf.set_margins(15, 12, 15)
+    pdf.add_page()
+    pdf.add_font("DejaVu", fname=str(_unicode_font()))
+    pdf.set_font("DejaVu", size=16)
+    pdf.cell(0, 9, "Bone-age assessment report", new_x="LMARGIN", new_y="NEXT")
+    pdf.set_font("DejaVu", size=8)
+    pdf.set_text_color(160, 0, 0)
+    pdf.multi_cell(0, 4, report.disclaimer, new_x="LMARGIN", new_y="NEXT")
+    pdf.set_text_color(0, 0, 0)
+    pdf.ln(2)
+    pdf.set_font("DejaVu", size=10)
+    for label, text in _pdf_lines(report):
+        pdf.cell(38, 6, f"{label}:")
+        pdf.multi_cell(0, 6, text, new_x="LMARGIN", new_y="NEXT")
+    pdf.ln(1)
+    pdf.set_font("DejaVu", size=11)
+    pdf.cell(0, 7, "Clinical read-out (z-score)", new_x="LMARGIN", new_y="NEXT")
+    pdf.set_font("DejaVu", size=9)
+    for line in report.readout_lines():
+        pdf.multi_cell(0, 4.5, line, new_x="LMARGIN", new_y="NEXT")
+    _pdf_images(pdf, report, thumbnail, overlay, top=pdf.get_y() + 3)
+    _pdf_footer(pdf, report)
+    return bytes(pdf.output())
+
+
+def _pdf_images(pdf: Any, report: AssessmentReport, thumbnail: np.ndarray | None, overlay: np.ndarray | None,
+                top: float) -> None:
+    """Input thumbnail (left) and heatmap with its colour bar (right), each in an 85 mm wide box down to the footer."""
+    heatmap = None if overlay is None else Image.open(io.BytesIO(
+        heatmap_png_with_colorbar(overlay, report.bone_age_text, report.sex, max_side=PDF_IMAGE_SIDE)))
+    boxes = ((15.0, None if thumbnail is None else _fit(thumbnail, PDF_IMAGE_SIDE), "Input image"),
+             (110.0, heatmap, f"Grad-CAM heatmap (colour scale: {COLOUR_SCALE_LABEL})"))
+    pdf.set_font("DejaVu", size=8)
+    for x, picture, caption in boxes:
+        pdf.set_xy(x, top)
+        pdf.cell(85, 4, caption)
+        if picture is None:
+            pdf.set_xy(x, top + 6)
+            pdf.cell(85, 4, "not available")
+        else:
+            pdf.image(picture, x=x, y=top + 5, keep_aspect_ratio=True, w=85, h=FOOTER_TOP - top - 8)
+
+
+def _pdf_footer(pdf: Any, report: AssessmentReport) -> None:
+    """Model version, time, study identifiers, warnings and the disclaimer at the foot of the page."""
+    pdf.set_xy(15, FOOTER_TOP)
+    pdf.set_font("DejaVu", size=8)
+    lines = [f"Model version: {report.model_version}", f"Generated: {report.timestamp}",
+             "Study: " + ("; ".join(f"{tag} {value}" for tag, value in report.study) or "no DICOM study identifiers")]
+    lines += [f"Warning: {w}" for w in report.warnings[:3]]
+    if len(report.warnings) > 3:
+        lines.append(f"... and {len(report.warnings) - 3} more warning(s) (see the JSON result)")
+    for line in lines:
+        pdf.multi_cell(0, 4, line, new_x="LMARGIN", new_y="NEXT")
+    pdf.set_xy(15, 282)
+    pdf.set_font("DejaVu", size=9)
+    pdf.set_text_color(160, 0, 0)
+    pdf.multi_cell(0, 4.5, report.disclaimer, align="C", new_x="LMARGIN", new_y="NEXT")
