@@ -16,6 +16,8 @@ import pandas as pd
 from tqdm import tqdm
 
 from .imaging import read_dicom_info
+from .report import AssessmentReport
+from .vocab import SexError, parse_sex, sex_code, sex_missing
 
 logger = logging.getLogger(__name__)
 
@@ -24,9 +26,8 @@ IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".webp", ".dcm", ".tif", 
 #: Columns every output row starts with; `error` is always the last column.
 BASE_COLUMNS = ("id", "sex", "sex_from")
 ERROR_COLUMN = "error"
-
-_SEX_WORDS = {"m": True, "male": True, "1": True, "true": True, "boy": True,
-              "f": False, "female": False, "0": False, "false": False, "girl": False}
+#: The error written for a row without a sex: it is reported, never scored with a guessed sex.
+SEX_MISSING = "sex missing"
 
 Predict = Callable[[Path, bool], dict]
 
@@ -69,30 +70,14 @@ class BatchSummary:
 # --- sex --------------------------------------------------------------------------------------------------------
 
 
-def parse_sex(value: object) -> bool | None:
-    """M/F, male/female, 1/0, true/false, boy/girl (any case) -> True for male; None when empty.
-
-    Raises ValueError("sex not understood: ...") for anything else.
-    """
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return None
-    if isinstance(value, bool):
-        return value
-    word = str(value).strip().lower()
-    if not word:
-        return None
-    if word not in _SEX_WORDS:
-        raise ValueError(f"sex not understood: {str(value).strip()!r}")
-    return _SEX_WORDS[word]
-
-
 def _sex_of(value: object) -> tuple[bool | None, str | None]:
     """(male, None) for a usable value, else (None, the reason written to the error column)."""
+    if sex_missing(value):
+        return None, SEX_MISSING
     try:
-        male = parse_sex(value)
-    except ValueError as exc:
+        return parse_sex(value), None
+    except SexError as exc:
         return None, str(exc)
-    return male, None if male is not None else "sex missing"
 
 
 def _dicom_sex(path: Path) -> bool | None:
@@ -106,7 +91,7 @@ def _dicom_sex(path: Path) -> bool | None:
 
 def _make_row(ident: str, path: Path, sex_value: object) -> BatchRow:
     male, reason = _sex_of(sex_value)
-    if male is None and reason == "sex missing" and path.suffix.lower() == ".dcm":
+    if male is None and sex_missing(sex_value) and path.suffix.lower() == ".dcm":
         dicom_male = _dicom_sex(path)
         if dicom_male is not None:
             return BatchRow(ident, path, dicom_male, "dicom")
@@ -203,30 +188,14 @@ def check_rows(rows: Sequence[BatchRow]) -> None:
 # --- scoring ----------------------------------------------------------------------------------------------------
 
 
-def _flatten(value: object, prefix: str, out: dict[str, object]) -> None:
-    if isinstance(value, dict):
-        for key, sub in value.items():
-            _flatten(sub, f"{prefix}_{key}" if prefix else str(key), out)
-    elif isinstance(value, (list, tuple)):
-        out[prefix] = "; ".join(str(v) for v in value)
-    else:
-        out[prefix] = value
-
-
-def flatten(record: dict) -> dict[str, object]:
-    """Nested dicts -> key_sub columns, lists -> '; '-joined text."""
-    out: dict[str, object] = {}
-    _flatten(record, "", out)
-    return out
-
-
 def predictor_scorer(predictor) -> Predict:
     """A predict(path, male) -> flat dict callable from a boneage_core.predictor.Predictor."""
 
     def predict(path: Path, male: bool) -> dict:
-        record = flatten(predictor.predict(path, male=male).to_dict())
-        record.pop("name", None)  # the batch writes its own id and sex
-        record.pop("sex", None)
+        prediction = predictor.predict(path, male=male)
+        record = AssessmentReport.from_prediction(prediction, None, predictor.version).csv_row()
+        for key in ("name", "sex"):  # the batch writes its own id and sex
+            record.pop(key, None)
         return record
 
     return predict
@@ -238,9 +207,9 @@ def error_message(exc: Exception) -> str:
 
 
 def _score_one(row: BatchRow, predict: Predict) -> dict[str, object]:
-    base = {"id": row.id, "sex": "" if row.male is None else ("M" if row.male else "F"), "sex_from": row.sex_from}
+    base = {"id": row.id, "sex": "" if row.male is None else sex_code(row.male), "sex_from": row.sex_from}
     if row.male is None:
-        return {**base, ERROR_COLUMN: row.sex_error or "sex missing"}
+        return {**base, ERROR_COLUMN: row.sex_error or SEX_MISSING}
     try:
         result = predict(row.path, row.male)
     except Exception as exc:  # noqa: BLE001 - one bad file never stops the batch; the message goes to the CSV

@@ -26,19 +26,10 @@ from .manifest import (PREDICTIONS_FILE, evaluated_path, manifest_version, model
 from .models import BoneAgeNet, HeadOutput, load_model
 from .preprocess import input_warnings, resize_to
 from .stages import StageScheme
-from .vocab import parse_sex, sex_code
+from .report import years_months
+from .vocab import STAGE_FROM_AGE, STAGE_FROM_HEAD, parse_sex, sex_code
 
 logger = logging.getLogger(__name__)
-
-#: Where a shown stage comes from.
-STAGE_FROM_HEAD, STAGE_FROM_AGE = "stage head", "predicted bone age"
-
-
-def years_months(months: float) -> str:
-    """124.6 -> '10 y 5 m' (rounded to whole months)."""
-    total = int(round(months))
-    return f"{total // 12} y {total % 12} m"
-
 
 @dataclass
 class Prediction:

@@ -15,6 +15,7 @@ import numpy as np
 from PIL import Image
 
 from .clinical import RULE_TEXT, ClinicalReadout
+from .vocab import FEMALE, MALE, sex_code
 
 logger = logging.getLogger(__name__)
 
@@ -23,7 +24,6 @@ REFERENCE_NAME = "Greulich & Pyle (Brush Foundation)"
 #: DICOM tags a report may carry: study identifiers only, never patient identity (name, ID, birth date).
 STUDY_TAGS = ("StudyInstanceUID", "AccessionNumber", "StudyDate")
 #: Where a stage came from, in a report's words, keyed by Prediction.stage_source.
-STAGE_SOURCES = {"classifier": "stage head", "regressor": "derived from predicted age"}
 COLOUR_SCALE_LABEL = "low → high contribution"
 HEATMAP_CMAP = "jet"  # the colour map of the Grad-CAM overlays (pytorch_grad_cam's default)
 #: Longest side (px) of the images embedded in a PDF.
@@ -81,7 +81,7 @@ class AssessmentReport:
     disclaimer: str = field(default=DISCLAIMER)
 
     def __post_init__(self) -> None:
-        if self.sex not in ("M", "F"):
+        if self.sex not in (MALE, FEMALE):
             raise ValueError(f"sex must be 'M' or 'F', got {self.sex!r}")
         if any(tag not in STUDY_TAGS for tag, _ in self.study):
             raise ValueError(f"a report carries only the study tags {STUDY_TAGS}")
@@ -95,12 +95,12 @@ class AssessmentReport:
         probabilities = getattr(prediction, "stage_probabilities", None)
         source = str(getattr(prediction, "stage_source", ""))
         return cls(
-            name=str(prediction.name), sex="M" if prediction.male else "F",
+            name=str(prediction.name), sex=sex_code(prediction.male),
             bone_age_months=None if prediction.bone_age_months is None else float(prediction.bone_age_months),
             interval_low=None if interval is None else float(interval.low),
             interval_high=None if interval is None else float(interval.high),
             interval_level=None if interval is None else float(interval.level),
-            stage_name=str(prediction.stage_name), stage_source=STAGE_SOURCES.get(source, source),
+            stage_name=str(prediction.stage_name), stage_source=source,
             model_version=str(model_version),
             timestamp=timestamp if isinstance(timestamp, str) else utc_timestamp(timestamp),
             stage_probabilities=None if probabilities is None else tuple(

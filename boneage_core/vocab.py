@@ -12,6 +12,9 @@ logger = logging.getLogger(__name__)
 AGE_MIN_MONTHS = 0.0
 AGE_MAX_MONTHS = 240.0
 
+#: Where the one stage shown for an image comes from: the network's stage head, or the predicted age.
+STAGE_FROM_HEAD, STAGE_FROM_AGE = "stage head", "derived from the predicted bone age"
+
 #: Codes written to files and shown to users.
 MALE, FEMALE = "M", "F"
 _SEX_WORDS = {
@@ -34,16 +37,19 @@ def parse_sex(value: object) -> bool:
     """
     if isinstance(value, (bool, np.bool_)):
         return bool(value)
-    if value is None or (isinstance(value, float) and np.isnan(value)):
+    if sex_missing(value):
         raise SexError(f"sex missing: give {SEX_HELP}")
     if isinstance(value, (int, np.integer, float)) and value in (0, 1):
         return bool(value)
     word = str(value).strip().lower()
-    if not word:
-        raise SexError(f"sex missing: give {SEX_HELP}")
     if word not in _SEX_WORDS:
         raise SexError(f"sex not understood: {value!r}; give {SEX_HELP}")
     return _SEX_WORDS[word]
+
+
+def sex_missing(value: object) -> bool:
+    """True for None, NaN and blank text: no sex was given at all (as opposed to an unreadable one)."""
+    return value is None or (isinstance(value, float) and np.isnan(value)) or (isinstance(value, str) and not value.strip())
 
 
 def sex_code(male: bool) -> str:
