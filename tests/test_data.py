@@ -78,7 +78,9 @@ def test_ages_out_of_range_or_empty_list_the_ids():
     with pytest.raises(LabelError) as info:
         parse_labels(text)
     msg = str(info.value)
-    assert "4 bone age(s)" in msg
+    assert "4 bad bone age(s)" in msg
+    assert "1 not a number: line 6 (id '10'): 'abc'" in msg and "1 empty: line 5 (id '9')" in msg
+    assert "2 outside 0-240 months: line 3 (id '7'): '300', line 4 (id '8'): '-1'" in msg
     for id_ in ("7", "8", "9", "10"):
         assert f"'{id_}'" in msg
     for ok in ("1", "11", "12"):
