@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import codecs
+import csv
 import hashlib
 import io
 import logging
@@ -93,11 +94,12 @@ def _read_table(text: str, source: str) -> tuple[pd.DataFrame, list[int], str]:
     sep = _separator(numbered[0][1])
     if sep != ",":
         logger.info("%s: reading %s-separated labels", source, _SEPARATORS[sep])
-    try:
-        raw = pd.read_csv(io.StringIO("\n".join(line for _, line in numbered)), sep=sep, dtype=str,
-                          keep_default_na=False)
-    except pd.errors.ParserError as exc:
-        raise LabelError(f"{source}: not a valid {_SEPARATORS[sep]}-separated file ({exc})") from exc
+    header, *rows = csv.reader((line for _, line in numbered), delimiter=sep)
+    ragged = [(n, len(row)) for (n, _), row in zip(numbered[1:], rows) if len(row) != len(header)]
+    if ragged:
+        raise LabelError(f"{source}: not a valid {_SEPARATORS[sep]}-separated file: line {ragged[0][0]} has "
+                         f"{ragged[0][1]} fields, the header {len(header)} ({len(ragged)} such line(s))")
+    raw = pd.DataFrame(rows, columns=header, dtype=str)
     if raw.empty:
         raise LabelError(f"{source}: label file has a header ({numbered[0][1][:60]!r}) but no rows")
     return raw, [n for n, _ in numbered[1:]], sep
