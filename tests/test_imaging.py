@@ -450,3 +450,9 @@ def test_dicom_without_preamble_reads_like_with_it():
     assert raw[128:132] != b"DICM" and is_dicom(raw)
     np.testing.assert_array_equal(load_gray(raw), load_gray(corpus.dicom_bytes(corpus.dicom_gray())))
     assert read_dicom_info(corpus.dicom_bytes(corpus.dicom_gray(), preamble=False, PatientSex="F")).male is False
+
+
+def test_blank_rule_matches_the_preprocessing_one():
+    from boneage_core.preprocess import MIN_CONTRAST
+
+    assert imaging.BLANK_SPREAD == MIN_CONTRAST
