@@ -6,9 +6,13 @@ import contextlib
 import logging
 import os
 import shutil
+import signal
 import tempfile
+import threading
 from pathlib import Path
 from typing import Iterator
+
+from .errors import ArtifactError
 
 logger = logging.getLogger(__name__)
 
@@ -25,14 +29,72 @@ def history_file(model: str) -> str:
     return f"history_{model}.csv"
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM received inside handle_sigterm(): unwinds like Ctrl-C, so staged work is cleaned up."""
+
+
+@contextlib.contextmanager
+def handle_sigterm() -> Iterator[None]:
+    """Within the block, SIGTERM raises Terminated (a KeyboardInterrupt); the previous handler is restored after.
+
+    Signal handlers can only be set from the main thread; elsewhere this is a no-op.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def _raise(signum: int, frame: object) -> None:
+        raise Terminated(f"terminated by signal {signum} (SIGTERM)")
+
+    previous = signal.signal(signal.SIGTERM, _raise)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def check_writable(target: str | os.PathLike) -> Path:
+    """Fail early (ArtifactError) when `target` cannot be written: its parent is not a writable folder.
+
+    Call it at the start of a run, before any work; returns the resolved target.
+    """
+    target = Path(target).resolve()
+    for path in (target, target.parent):
+        if path.exists() and not path.is_dir():
+            raise ArtifactError(f"cannot write the output folder {target}: {path} exists and is not a folder; "
+                                "choose another output folder")
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        probe = tempfile.mkdtemp(prefix=f".{target.name}.probe-", dir=target.parent)
+        os.rmdir(probe)
+    except OSError as exc:
+        raise ArtifactError(
+            f"cannot write the output folder {target}: {target.parent} is not writable "
+            f"({exc.strerror or exc}); choose another output folder"
+        ) from exc
+    return target
+
+
 def swap_in(staging: Path, target: Path) -> None:
-    """Replace `target` by `staging`; the old folder is removed only once the new one is in place."""
+    """Replace `target` by `staging`; the old folder is removed only once the new one is in place.
+
+    If the swap fails (read-only mount, folder busy, permission), the old target is put back and
+    ArtifactError says where the finished results are: `staging` is kept, never deleted.
+    """
     old = None
-    if target.exists():
-        old = Path(tempfile.mkdtemp(prefix=f"{target.name}.old-", dir=target.parent))
-        os.rmdir(old)
-        os.replace(target, old)
-    os.replace(staging, target)
+    try:
+        if target.exists():
+            old = Path(tempfile.mkdtemp(prefix=f"{target.name}.old-", dir=target.parent))
+            os.rmdir(old)
+            os.replace(target, old)
+        os.replace(staging, target)
+    except OSError as exc:
+        if old is not None and old.exists() and not target.exists():
+            os.replace(old, target)
+        raise ArtifactError(
+            f"the run finished but its results could not be moved into {target} ({exc.strerror or exc}); "
+            f"they are complete in {staging}: move that folder there yourself"
+        ) from exc
     if old is not None:
         shutil.rmtree(old, ignore_errors=False)
 
@@ -41,15 +103,16 @@ def swap_in(staging: Path, target: Path) -> None:
 def staged_folder(target: str | os.PathLike) -> Iterator[Path]:
     """Yield a staging copy of `target` (existing files kept); swap it in on success, discard it on error.
 
-    Models a run does not retrain stay as they were, so stages can be run one at a time.
+    Models a run does not retrain stay as they were, so stages can be run one at a time. SIGTERM and
+    Ctrl-C alike discard the staging copy; a failed swap keeps it (see swap_in).
     """
-    target = Path(target).resolve()
-    target.parent.mkdir(parents=True, exist_ok=True)
+    target = check_writable(target)
     staging = Path(tempfile.mkdtemp(prefix=f"{target.name}.tmp-", dir=target.parent))
-    if target.is_dir():
-        shutil.copytree(target, staging, dirs_exist_ok=True)
     try:
-        yield staging
+        with handle_sigterm():
+            if target.is_dir():
+                shutil.copytree(target, staging, dirs_exist_ok=True)
+            yield staging
     except BaseException:
         logger.warning("Run did not finish; %s left unchanged", target)
         shutil.rmtree(staging, ignore_errors=True)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import codecs
+import csv
 import hashlib
 import io
 import logging
@@ -16,7 +18,7 @@ import pandas as pd
 from sklearn.model_selection import train_test_split
 from tqdm.auto import tqdm
 
-from .imaging import ImageLoadError
+from .errors import ImageLoadError, LabelError
 from .preprocess import PreprocessSpec, preprocess_source, to_uint8
 
 logger = logging.getLogger(__name__)
@@ -40,9 +42,12 @@ _SEX_COLUMNS = {"sex", "gender"}
 _TRUE = {"true", "1", "m", "male", "yes", "t"}
 _FALSE = {"false", "0", "f", "female", "no"}
 
-
-class LabelError(ValueError):
-    """A label file or image folder does not match what is expected."""
+#: Ages that all lie at or below this many "months", most of them fractional, are years typed as months.
+YEARS_MAX_AGE = 20.0
+#: Share of fractional ages (with every age <= YEARS_MAX_AGE) from which the column counts as years.
+YEARS_MIN_FRACTIONAL = 0.5
+#: Separators read besides the comma (European Excel writes ';' with decimal commas; TSV uses tabs).
+_SEPARATORS = {",": "comma", ";": "semicolon", "\t": "tab"}
 
 
 def _norm(name: str) -> str:
@@ -70,13 +75,95 @@ def _clean_ids(values: pd.Series) -> pd.Series:
     return ids.str.replace(r"^(\d+)\.0+$", r"\1", regex=True)
 
 
-def parse_labels(text: str, source: str = "labels") -> pd.DataFrame:
-    """Parse label CSV text in any known RSNA format into columns id (str), boneage (float), male (bool)."""
+def _separator(header: str) -> str:
+    """The separator of a label file, from its header line: comma, semicolon or tab (the most frequent)."""
+    counts = {sep: header.count(sep) for sep in _SEPARATORS}
+    best = max(counts, key=counts.get)
+    return best if counts[best] else ","
+
+
+def _read_table(text: str, source: str) -> tuple[pd.DataFrame, list[int], str]:
+    """CSV text -> (raw string table, file line number of each row, separator)."""
     text = text.lstrip("\ufeff")
-    lines = [line for line in text.splitlines() if line.strip()]
-    if not lines:
+    if "\x00" in text:
+        raise LabelError(f"{source}: holds NUL characters (UTF-16 read as UTF-8?); save it as UTF-8 CSV "
+                         "or read the file with read_labels")
+    numbered = [(n, line) for n, line in enumerate(text.splitlines(), start=1) if line.strip()]
+    if not numbered:
         raise LabelError(f"{source}: label file is empty")
-    raw = pd.read_csv(io.StringIO("\n".join(lines)), dtype=str, keep_default_na=False)
+    sep = _separator(numbered[0][1])
+    if sep != ",":
+        logger.info("%s: reading %s-separated labels", source, _SEPARATORS[sep])
+    header, *rows = csv.reader((line for _, line in numbered), delimiter=sep)
+    ragged = [(n, len(row)) for (n, _), row in zip(numbered[1:], rows) if len(row) != len(header)]
+    if ragged:
+        raise LabelError(f"{source}: not a valid {_SEPARATORS[sep]}-separated file: line {ragged[0][0]} has "
+                         f"{ragged[0][1]} fields, the header {len(header)} ({len(ragged)} such line(s))")
+    raw = pd.DataFrame(rows, columns=header, dtype=str)
+    if raw.empty:
+        raise LabelError(f"{source}: label file has a header ({numbered[0][1][:60]!r}) but no rows")
+    return raw, [n for n, _ in numbered[1:]], sep
+
+
+def _where(lines: list[int], ids: pd.Series, mask: pd.Series, values: pd.Series | None = None) -> str:
+    """'line 3 (id '7'): 300, ...' for the first five rows flagged by mask."""
+    rows = np.flatnonzero(mask.to_numpy())[:5]
+    parts = [f"line {lines[i]} (id {ids.iloc[i]!r})" + ("" if values is None else f": {values.iloc[i]!r}")
+             for i in rows]
+    return ", ".join(parts) + (", ..." if mask.sum() > 5 else "")
+
+
+def _parse_ages(text: pd.Series, ids: pd.Series, lines: list[int], sep: str, source: str) -> pd.Series:
+    """Bone ages in months; non-numbers, empty cells and out-of-range ages are named by line and id."""
+    text = text.str.strip()
+    numeric = text.str.replace(",", ".", regex=False) if sep != "," else text  # ';'-files use decimal commas
+    ages = pd.to_numeric(numeric.replace("", np.nan), errors="coerce").astype(float)
+    empty = text.eq("")
+    checks = (
+        (ages.isna() & ~empty, "not a number", text),
+        (empty, "empty", None),
+        (ages.notna() & ((ages < 0) | (ages > MAX_AGE_MONTHS)), f"outside 0-{MAX_AGE_MONTHS:g} months", text),
+    )
+    problems = [f"{int(mask.sum())} {what}: {_where(lines, ids, mask, shown)}" for mask, what, shown in checks
+                if mask.any()]
+    if problems:
+        bad = int(sum(mask.sum() for mask, _, _ in checks))
+        raise LabelError(f"{source}: {bad} bad bone age(s): " + "; ".join(problems))
+    return ages
+
+
+def _refuse_years(ages: pd.Series, source: str) -> None:
+    """Ages typed in years (e.g. 10.5) instead of months: every age <= 20, most of them fractional."""
+    fractional = float((ages % 1 != 0).mean())
+    if len(ages) >= 5 and ages.max() <= YEARS_MAX_AGE and fractional >= YEARS_MIN_FRACTIONAL:
+        examples = ", ".join(f"{a:g}" for a in ages.iloc[:3])
+        raise LabelError(
+            f"{source}: bone ages look like years, not months (all <= {YEARS_MAX_AGE:g}, {fractional:.0%} "
+            f"fractional, e.g. {examples}); bone age must be in months: multiply by 12"
+        )
+
+
+def _parse_sex(raw: pd.DataFrame, male_col: str | None, sex_col: str | None, lines: list[int],
+               ids: pd.Series, source: str) -> pd.Series:
+    """The male flag from a 'male' and/or 'sex' column; both present must agree row by row."""
+    male = _parse_male(raw[male_col or sex_col], male_col or sex_col)
+    if male_col and sex_col:
+        disagree = male != _parse_male(raw[sex_col], sex_col)
+        if disagree.any():
+            shown = raw[sex_col] + " vs " + raw[male_col]
+            raise LabelError(
+                f"{source}: columns {sex_col!r} and {male_col!r} disagree on {int(disagree.sum())} row(s): "
+                f"{_where(lines, ids, disagree, shown)}; fix them or drop one of the two columns"
+            )
+    return male
+
+
+def parse_labels(text: str, source: str = "labels") -> pd.DataFrame:
+    """Parse label CSV text in any known RSNA format into columns id (str), boneage (float), male (bool).
+
+    Comma-, semicolon- or tab-separated (from the header line; ';'-files may use decimal commas).
+    """
+    raw, lines, sep = _read_table(text, source)
     cols = list(raw.columns)
     id_col = _find_column(cols, _ID_COLUMNS)
     age_col = _find_column(cols, _AGE_COLUMNS)
@@ -88,14 +175,9 @@ def parse_labels(text: str, source: str = "labels") -> pd.DataFrame:
             f"{source}: missing column(s) for {', '.join(missing)}; found columns {cols}. Expected one of "
             "'id,boneage,male', 'Case ID,Sex,Ground truth bone age (months)' or 'Image ID,male,Bone Age (months)'"
         )
-    ages = pd.to_numeric(raw[age_col].str.strip().replace("", np.nan), errors="coerce")
-    table = pd.DataFrame(
-        {
-            "id": _clean_ids(raw[id_col]),
-            "boneage": ages.astype(float),
-            "male": _parse_male(raw[male_col or sex_col], male_col or sex_col),
-        }
-    )
+    ids = _clean_ids(raw[id_col])
+    ages = _parse_ages(raw[age_col], ids, lines, sep, source)
+    table = pd.DataFrame({"id": ids, "boneage": ages, "male": _parse_sex(raw, male_col, sex_col, lines, ids, source)})
     _validate_table(table, source)
     return table.reset_index(drop=True)
 
@@ -107,21 +189,39 @@ def _validate_table(table: pd.DataFrame, source: str) -> None:
     dup = table["id"][table["id"].duplicated()]
     if len(dup):
         raise LabelError(f"{source}: {len(dup)} duplicated id(s), e.g. {list(dup[:5])}")
-    bad = table["boneage"].isna() | (table["boneage"] < 0) | (table["boneage"] > MAX_AGE_MONTHS)
-    if bad.any():
-        rows = table[bad]
-        raise LabelError(
-            f"{source}: {len(rows)} bone age(s) empty or outside 0-{MAX_AGE_MONTHS:g} months, "
-            f"e.g. ids {list(rows['id'][:5])}"
-        )
+    _refuse_years(table["boneage"], source)
+
+
+def _decode(data: bytes, source: str) -> str:
+    """Label file bytes -> text: UTF-8 (BOM optional), UTF-16/32 with a BOM, or BOM-less UTF-16."""
+    for bom, encoding in ((codecs.BOM_UTF32_LE, "utf-32"), (codecs.BOM_UTF32_BE, "utf-32"),
+                          (codecs.BOM_UTF16_LE, "utf-16"), (codecs.BOM_UTF16_BE, "utf-16")):
+        if data.startswith(bom):
+            return _decode_as(data, encoding, source)
+    head = data[:200]
+    if head[1::2].count(0) > len(head) // 4 and not head[0::2].count(0):
+        return _decode_as(data, "utf-16-le", source)
+    if head[0::2].count(0) > len(head) // 4 and not head[1::2].count(0):
+        return _decode_as(data, "utf-16-be", source)
+    if 0 in head:
+        raise LabelError(f"{source}: binary file, not a CSV text file")
+    return data.decode("utf-8-sig", errors="replace")
+
+
+def _decode_as(data: bytes, encoding: str, source: str) -> str:
+    try:
+        return data.decode(encoding)
+    except UnicodeDecodeError as exc:
+        raise LabelError(f"{source}: not valid {encoding.upper()} text ({exc.reason} at byte {exc.start}); "
+                         "save it as CSV UTF-8") from exc
 
 
 def read_labels(path: str | os.PathLike) -> pd.DataFrame:
-    """Read a label CSV file (BOM and CR-only line endings accepted)."""
+    """Read a label CSV file: UTF-8 or UTF-16 (BOM optional), CR-only line endings, ',' ';' or tab separated."""
     path = Path(path)
     if not path.is_file():
         raise LabelError(f"label file not found: {path}")
-    return parse_labels(path.read_bytes().decode("utf-8-sig", errors="replace"), source=path.name)
+    return parse_labels(_decode(path.read_bytes(), path.name), source=path.name)
 
 
 def index_images(image_dir: str | os.PathLike) -> dict[str, Path]:

@@ -1,22 +1,30 @@
-"""The project's exception hierarchy: every refusal is a BoneAgeError (and a ValueError or TypeError)."""
+"""The project's error hierarchy: every refusal a user can cause is a BoneAgeError with a readable message."""
 
 from __future__ import annotations
 
 
 class BoneAgeError(Exception):
-    """Base class of every error this project raises on purpose."""
+    """Base of every error this package raises on purpose."""
 
 
 class InputError(BoneAgeError, ValueError):
-    """Bad user input: an image, an array, a table or an argument value."""
+    """Bad user input: an image, an array, a label file or an argument value that cannot be used."""
 
 
-class InputTypeError(BoneAgeError, TypeError):
-    """An argument of the wrong type (e.g. None or an int where an image source is expected)."""
+class LabelError(InputError):
+    """A label file or image folder does not match what is expected."""
+
+
+class ImageLoadError(InputError):
+    """An image could not be read or is not a usable radiograph."""
 
 
 class ArtifactError(BoneAgeError, ValueError):
-    """An artifacts folder that is missing, corrupt, or whose files do not belong together (stale)."""
+    """An artifacts folder is missing, corrupt, stale or cannot be written."""
+
+
+class InputTypeError(BoneAgeError, TypeError):
+    """An argument of the wrong type, e.g. None, an int or a text-mode file given as an image source."""
 
 
 class MissingArtifactError(ArtifactError, FileNotFoundError):

@@ -47,3 +47,103 @@ def test_evaluated_with_tta_reads_config(tmp_path):
     assert evaluated_with_tta(tmp_path) is True
     (tmp_path / "config.json").write_text("not json")
     assert evaluated_with_tta(tmp_path) is False
+
+
+# --- signals, failed swaps, unwritable outputs ---
+
+
+def test_sigterm_unwinds_like_ctrl_c_and_cleans_up(tmp_path):
+    import os
+    import signal
+
+    from boneage_core.artifacts import Terminated
+
+    target = tmp_path / "artifacts"
+    target.mkdir()
+    (target / "a.txt").write_text("old")
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(KeyboardInterrupt) as info:
+        with staged_folder(target) as staging:
+            (staging / "a.txt").write_text("half-written")
+            os.kill(os.getpid(), signal.SIGTERM)
+            raise AssertionError("SIGTERM did not interrupt the run")
+    assert isinstance(info.value, Terminated)
+    assert (target / "a.txt").read_text() == "old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["artifacts"]  # staging copy removed
+    assert signal.getsignal(signal.SIGTERM) == before  # handler restored
+
+
+def test_handle_sigterm_restores_the_previous_handler():
+    import signal
+
+    from boneage_core.artifacts import handle_sigterm
+
+    def mine(signum, frame):
+        raise RuntimeError("mine")
+
+    previous = signal.signal(signal.SIGTERM, mine)
+    try:
+        with handle_sigterm():
+            assert signal.getsignal(signal.SIGTERM) is not mine
+        assert signal.getsignal(signal.SIGTERM) is mine
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+@pytest.mark.parametrize("fail_on", ["first", "second"])
+def test_failed_swap_keeps_the_results_and_says_where(tmp_path, monkeypatch, fail_on):
+    import os
+
+    from boneage_core import artifacts
+    from boneage_core.errors import ArtifactError
+
+    target = tmp_path / "artifacts"
+    target.mkdir()
+    (target / "a.txt").write_text("old")
+    real_replace = os.replace
+    calls = []
+
+    def flaky_replace(src, dst):
+        calls.append((src, dst))
+        if len(calls) == (1 if fail_on == "first" else 2):
+            raise OSError(30, "Read-only file system")
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(artifacts.os, "replace", flaky_replace)
+    with pytest.raises(ArtifactError) as info:
+        with staged_folder(target) as staging:
+            (staging / "a.txt").write_text("new")
+    staging_dirs = [p for p in tmp_path.iterdir() if p.name.startswith("artifacts.tmp-")]
+    assert len(staging_dirs) == 1 and (staging_dirs[0] / "a.txt").read_text() == "new"
+    assert str(info.value) == (f"the run finished but its results could not be moved into {target.resolve()} "
+                               f"(Read-only file system); they are complete in {staging_dirs[0]}: "
+                               "move that folder there yourself")
+    assert (target / "a.txt").read_text() == "old"  # the previous artifacts are back in place
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["artifacts", staging_dirs[0].name])
+
+
+def test_check_writable_refuses_before_any_work(tmp_path, monkeypatch):
+    import tempfile
+
+    from boneage_core import artifacts
+    from boneage_core.artifacts import check_writable
+    from boneage_core.errors import ArtifactError
+
+    assert check_writable(tmp_path / "new" / "artifacts") == (tmp_path / "new" / "artifacts").resolve()
+    blocker = tmp_path / "file.txt"
+    blocker.write_text("x")
+    for target in (blocker / "artifacts", blocker):  # real failures, even for root
+        with pytest.raises(ArtifactError, match=r"file.txt exists and is not a folder; choose another output folder"):
+            check_writable(target)
+
+    def denied(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(artifacts.tempfile, "mkdtemp", denied)  # root ignores chmod: simulate a read-only parent
+    with pytest.raises(ArtifactError) as info:
+        with staged_folder(tmp_path / "ro" / "artifacts"):
+            raise AssertionError("the run started although the output cannot be written")
+    assert str(info.value) == (f"cannot write the output folder {(tmp_path / 'ro' / 'artifacts').resolve()}: "
+                               f"{(tmp_path / 'ro').resolve()} is not writable (Permission denied); "
+                               "choose another output folder")
+    assert tempfile.mkdtemp is denied

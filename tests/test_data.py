@@ -78,7 +78,9 @@ def test_ages_out_of_range_or_empty_list_the_ids():
     with pytest.raises(LabelError) as info:
         parse_labels(text)
     msg = str(info.value)
-    assert "4 bone age(s)" in msg
+    assert "4 bad bone age(s)" in msg
+    assert "1 not a number: line 6 (id '10'): 'abc'" in msg and "1 empty: line 5 (id '9')" in msg
+    assert "2 outside 0-240 months: line 3 (id '7'): '300', line 4 (id '8'): '-1'" in msg
     for id_ in ("7", "8", "9", "10"):
         assert f"'{id_}'" in msg
     for ok in ("1", "11", "12"):
@@ -282,3 +284,72 @@ def test_cache_key_changes_with_spec_and_files(tmp_path):
     assert key != data_mod._cache_key(["2"], [str(img)], PreprocessSpec(image_size=64))
     Image.fromarray(np.zeros((70, 70), np.uint8)).save(img)  # a different size on disk
     assert key != data_mod._cache_key(["1"], [str(img)], PreprocessSpec(image_size=64))
+
+
+# --- bad label files ---
+
+
+def test_label_error_is_the_project_input_error():
+    from boneage_core.errors import InputError
+    from boneage_core.errors import LabelError as CoreLabelError
+
+    assert LabelError is CoreLabelError and issubclass(LabelError, InputError) and issubclass(LabelError, ValueError)
+
+
+@pytest.mark.parametrize("sep", [";", "\t"])
+def test_semicolon_and_tab_files_are_read(sep):
+    text = "Case ID{0}Sex{0}Ground truth bone age (months)\n4360{0}M{0}168,934\n4361{0}F{0}12\n".format(sep)
+    if sep == "\t":
+        text = text.replace("168,934", "168.934")
+    table = parse_labels(text)
+    assert table["id"].tolist() == ["4360", "4361"] and table["boneage"].tolist() == [168.934, 12.0]
+    assert table["male"].tolist() == [True, False]
+
+
+def test_decimal_comma_is_not_read_in_comma_files():
+    with pytest.raises(LabelError):  # "1,12,5,True" has four fields for three columns
+        parse_labels('id,boneage,male\n1,"12,5",True\n')
+
+
+@pytest.mark.parametrize("encoding", ["utf-16", "utf-16-le", "utf-16-be", "utf-32", "utf-8-sig"])
+def test_utf16_and_utf32_files_are_decoded(tmp_path, encoding):
+    path = tmp_path / "labels.csv"
+    path.write_bytes("id,boneage,male\r\n1377,180,False\r\n".encode(encoding))
+    assert read_labels(path).to_dict("list") == {"id": ["1377"], "boneage": [180.0], "male": [False]}
+
+
+def test_nul_characters_and_broken_rows_are_named():
+    with pytest.raises(LabelError, match=r"^x.csv: holds NUL characters \(UTF-16 read as UTF-8\?\)"):
+        parse_labels("i\x00d\x00,\x00", source="x.csv")
+    with pytest.raises(LabelError, match=r"^y.csv: not a valid comma-separated file: line 2 has 5 fields, the hea"):
+        parse_labels("id,boneage,male\n1,2,True,4,5\n3,4,False\n", source="y.csv")
+
+
+def test_header_only_has_no_rows():
+    with pytest.raises(LabelError, match=r"^labels: label file has a header \('id,boneage,male'\) but no rows$"):
+        parse_labels("id,boneage,male\n\n")
+
+
+def test_years_rule_boundaries():
+    years = "id,boneage,male\n" + "".join(f"{i},{a},True\n" for i, a in enumerate([10.5, 12.25, 7.5, 15.75, 9]))
+    with pytest.raises(LabelError, match="multiply by 12"):
+        parse_labels(years)
+    parse_labels(years.replace("15.75", "25.75"))  # one age above 20: months
+    parse_labels(years.replace("10.5", "10").replace("12.25", "12"))  # 2 of 5 fractional: months
+    parse_labels("id,boneage,male\n1,10.5,True\n2,12.25,False\n3,7.5,True\n4,15.75,False\n")  # too few rows to tell
+
+
+def test_sex_and_male_columns_must_agree():
+    agree = parse_labels("id,male,sex,boneage\n1,True,M,10\n2,False,F,20\n")
+    assert agree["male"].tolist() == [True, False]
+    with pytest.raises(LabelError) as info:
+        parse_labels("id,male,Sex,boneage\n1,True,M,10\n2,True,F,20\n", source="s.csv")
+    assert str(info.value) == ("s.csv: columns 'Sex' and 'male' disagree on 1 row(s): line 3 (id '2'): 'F vs True'; "
+                               "fix them or drop one of the two columns")
+
+
+def test_non_numbers_are_not_called_out_of_range():
+    with pytest.raises(LabelError) as info:
+        parse_labels("id,boneage,male\n1,ten,True\n2,20,False\n", source="n.csv")
+    assert str(info.value) == "n.csv: 1 bad bone age(s): 1 not a number: line 2 (id '1'): 'ten'"
+    assert "outside" not in str(info.value)

@@ -3,17 +3,21 @@
 from __future__ import annotations
 
 import io
+import logging
 import struct
+import warnings
 import zlib
 from datetime import date
 from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageFile
 
+import corpus
 from boneage_core import imaging
-from boneage_core.imaging import DicomInfo, ImageLoadError, is_dicom, load_gray, read_dicom_info
+from boneage_core.errors import BoneAgeError, InputTypeError
+from boneage_core.imaging import DicomInfo, ImageLoadError, check_gray_array, is_dicom, load_gray, read_dicom_info
 
 
 def _png_bytes(arr: np.ndarray) -> bytes:
@@ -128,9 +132,9 @@ def test_truncated_png_is_refused(tmp_path):
     data = _png_bytes(rng.integers(0, 256, size=(200, 200), dtype=np.uint8))
     path = tmp_path / "cut.png"
     path.write_bytes(data[: len(data) // 2])
-    with pytest.raises(ImageLoadError, match="corrupt or truncated") as info:
+    with pytest.raises(ImageLoadError, match=r"^cut.png: the PNG file is truncated \(its data ends early") as info:
         load_gray(path)
-    assert "cut.png" in str(info.value)
+    assert "copy or upload it again" in str(info.value)
 
 
 def test_empty_and_missing_and_text_files(tmp_path):
@@ -142,7 +146,7 @@ def test_empty_and_missing_and_text_files(tmp_path):
         load_gray(tmp_path / "nope.png")
     text = tmp_path / "notes.png"
     text.write_text("id,boneage,male\n1,100,True\n")
-    with pytest.raises(ImageLoadError, match="not a readable image"):
+    with pytest.raises(ImageLoadError, match="not a readable image but a text file"):
         load_gray(text)
 
 
@@ -157,12 +161,126 @@ def test_too_many_pixels_refused_before_decoding(tmp_path, monkeypatch):
     path = tmp_path / "big.png"
     Image.fromarray(_gradient_u8(100, 100)).save(path)
     monkeypatch.setattr(imaging, "MAX_PIXELS", 5_000)
-    decoded = []
-    original_load = Image.Image.load
-    monkeypatch.setattr(Image.Image, "load", lambda self: decoded.append(1) or original_load(self))
+    decoded = _spy_decoding(monkeypatch)
     with pytest.raises(ImageLoadError, match="limit"):
         load_gray(path)
     assert not decoded, "pixels were decoded before the size check"
+
+
+def _spy_decoding(monkeypatch) -> list:
+    """Record every pixel decode (ImageFile.load is what PNG/JPEG/... files run; Image.load the rest)."""
+    decoded = []
+    for cls in (Image.Image, ImageFile.ImageFile):
+        original = cls.load
+        monkeypatch.setattr(cls, "load", lambda self, original=original: decoded.append(self.size) or original(self))
+    return decoded
+
+
+def test_pillow_follows_our_pixel_limit():
+    assert Image.MAX_IMAGE_PIXELS is None or Image.MAX_IMAGE_PIXELS >= imaging.MAX_PIXELS
+
+
+@pytest.mark.parametrize("side, loads", [(70, True), (80, False), (110, False)])
+def test_size_limit_messages_are_ours_and_no_pillow_warning(side, loads, monkeypatch):
+    # Scaled-down model of the real limits: Pillow warns above its limit and refuses above twice that.
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 5_000)
+    monkeypatch.setattr(imaging, "MAX_PIXELS", 5_000)
+    data = _png_bytes(_gradient_u8(side, side))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        if loads:
+            assert load_gray(data, name="big.png").shape == (side, side)
+            return
+        with pytest.raises(ImageLoadError) as info:
+            load_gray(data, name="big.png")
+    assert str(info.value) == (f"big.png: {side * side / 1e6:g} MP is more than the 0.005 MP limit "
+                               "(imaging.MAX_PIXELS); downscale it first")
+
+
+def test_huge_blank_png_is_refused_from_its_header(tmp_path, monkeypatch):
+    path = corpus.blank_png(tmp_path / "blank.png", 12_000, 12_000)  # 144 MP in 140 kB
+    decoded = _spy_decoding(monkeypatch)
+    with pytest.raises(ImageLoadError, match=r"12000x12000 px stored in 140 kB \(compressed 1028:1\)"):
+        load_gray(path)
+    assert not decoded, "a blank 144 MP image was decoded"
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG"])
+def test_large_images_are_checked_on_a_reduced_view(fmt, monkeypatch):
+    monkeypatch.setattr(imaging, "LARGE_PIXELS", 1_000)
+    monkeypatch.setattr(imaging, "MIN_BYTES_PER_PIXEL", 0.0)
+    blank, hand = (np.full((256, 256), 7, np.uint8), np.kron(_gradient_u8(64, 64), np.ones((4, 4), np.uint8)))
+    encoded = []
+    for arr in (blank, hand):
+        buf = io.BytesIO()
+        Image.fromarray(arr).save(buf, format=fmt)
+        encoded.append(buf.getvalue())
+    decoded = _spy_decoding(monkeypatch)
+    with pytest.raises(ImageLoadError, match="256x256 px image is blank or nearly uniform"):
+        load_gray(encoded[0], name="blank")
+    if fmt == "JPEG":  # DCT-scaled draft: the blank JPEG was never decoded at full size
+        assert decoded and set(decoded) == {(32, 32)}
+    out = load_gray(encoded[1], name="hand")
+    assert out.shape == (256, 256) and float(np.abs(out - hand / 255.0).mean()) < 0.02
+
+
+def test_tiff_16bit_and_float_nan(tmp_path):
+    full = np.tile(np.linspace(0, 65535, 100).round().astype(np.uint16), (40, 1))
+    Image.fromarray(full).save(tmp_path / "g16.tiff")
+    np.testing.assert_allclose(load_gray(tmp_path / "g16.tiff"), full / 65535.0, atol=1e-6)
+    bad = np.full((40, 40), 0.5, np.float32)
+    bad[3, 3] = np.nan
+    Image.fromarray(bad, mode="F").save(tmp_path / "nan.tiff")
+    with pytest.raises(ImageLoadError, match="nan.tiff: image holds non-finite values"):
+        load_gray(tmp_path / "nan.tiff")
+
+
+def test_multi_frame_gif_reads_the_first_frame(tmp_path, caplog):
+    path = tmp_path / "anim.gif"
+    path.write_bytes(corpus.frames("GIF"))
+    with caplog.at_level(logging.WARNING, logger="boneage_core.imaging"):
+        out = load_gray(path)
+    np.testing.assert_allclose(out, corpus.gradient() / 255.0, atol=1e-6)
+    assert "anim.gif: GIF with 2 frames, using the first" in caplog.text
+
+
+def test_unsupported_format_lists_what_is_accepted(tmp_path):
+    path = tmp_path / "a.ico"
+    Image.fromarray(_gradient_u8(64, 64)).save(path)
+    with pytest.raises(ImageLoadError) as info:
+        load_gray(path)
+    assert str(info.value) == f"a.ico: not a readable image; accepted: {imaging.ACCEPTED}"
+
+
+# --- arrays ---
+
+
+def test_check_gray_array_scales_and_validates():
+    u8 = _gradient_u8()
+    np.testing.assert_allclose(check_gray_array(u8), u8 / 255.0, atol=1e-7)
+    u16 = u8.astype(np.uint16) * 257
+    np.testing.assert_allclose(check_gray_array(u16[..., None]), u16 / 65535.0, atol=1e-7)
+    f32 = u8.astype(np.float32) / 255
+    assert check_gray_array(f32) is f32  # valid float32 is passed through, not copied
+    assert check_gray_array(f32.astype(np.float64)).dtype == np.float32
+    with pytest.raises(ImageLoadError, match=r"^x: 31x64 px is too small"):
+        check_gray_array(np.zeros((64, 31)), "x")
+    with pytest.raises(InputTypeError, match="got dtype bool"):
+        check_gray_array(np.zeros((64, 64), bool))
+
+
+def test_load_gray_ends_with_the_array_check(monkeypatch):
+    seen = []
+    original = imaging.check_gray_array
+    monkeypatch.setattr(imaging, "check_gray_array", lambda arr, name="array": seen.append(name) or original(arr, name))
+    load_gray(_png_bytes(_gradient_u8()), name="a.png")
+    assert seen == ["a.png"]
+
+
+def test_error_types():
+    assert issubclass(ImageLoadError, ValueError) and issubclass(ImageLoadError, BoneAgeError)
+    assert issubclass(InputTypeError, TypeError) and issubclass(InputTypeError, BoneAgeError)
+    assert imaging.ImageLoadError is ImageLoadError
 
 
 def _png_header_only(width: int, height: int) -> bytes:
@@ -177,8 +295,8 @@ def test_decompression_bomb_header_is_refused():
     # A tiny file that claims 30000 x 30000 px (900 MP).
     with pytest.raises(ImageLoadError) as info:
         load_gray(_png_header_only(30_000, 30_000), name="bomb.png")
-    assert "bomb.png" in str(info.value)
-    assert "decompression bomb" in str(info.value) or "limit" in str(info.value)
+    assert str(info.value).startswith("bomb.png: 900 MP is more than the 150 MP limit (imaging.MAX_PIXELS)")
+    assert "decompression bomb" not in str(info.value)
 
 
 def test_oversized_file_is_refused(tmp_path, monkeypatch):
@@ -306,3 +424,35 @@ def test_read_dicom_info_on_png_is_none(tmp_path):
 
 def test_birth_after_study_gives_no_age():
     assert DicomInfo(True, date(2020, 1, 1), date(2019, 1, 1)).chronological_age_months is None
+
+
+def test_colour_dicom_is_refused_and_gray_rgb_dicom_reads_as_luma(tmp_path):
+    with pytest.raises(ImageLoadError, match=r"^colour.dcm \(DICOM RGB\): this looks like a colour photograph"):
+        load_gray(corpus.colour_dicom(), name="colour.dcm")
+    out = load_gray(corpus.gray_rgb_dicom(), name="gray.dcm")
+    np.testing.assert_allclose(out, corpus.gradient() / 255.0, atol=1e-6)
+
+
+def test_saturating_window_is_refused_a_sane_one_is_not():
+    raw = corpus.dicom_gray()  # 0..4000 along x
+    with pytest.raises(ImageLoadError, match=r"clips 88% of the pixels to white, more than 50%"):
+        load_gray(corpus.dicom_bytes(raw, WindowCenter=400.0, WindowWidth=200.0), name="sat.dcm")
+    # 40 % clipped (window top at 2400) is a hard window but still shows most of the hand
+    out = load_gray(corpus.dicom_bytes(raw, WindowCenter=1200.0, WindowWidth=2400.0), name="ok.dcm")
+    assert 0.35 < float((out >= 1.0).mean()) < 0.45
+    # MONOCHROME1: the window's clipped end is black after inversion, the white share is what counts
+    with pytest.raises(ImageLoadError, match="to white"):
+        load_gray(corpus.dicom_bytes(raw, "MONOCHROME1", WindowCenter=3700.0, WindowWidth=200.0), name="m1.dcm")
+
+
+def test_dicom_without_preamble_reads_like_with_it():
+    raw = corpus.raw_dicom()
+    assert raw[128:132] != b"DICM" and is_dicom(raw)
+    np.testing.assert_array_equal(load_gray(raw), load_gray(corpus.dicom_bytes(corpus.dicom_gray())))
+    assert read_dicom_info(corpus.dicom_bytes(corpus.dicom_gray(), preamble=False, PatientSex="F")).male is False
+
+
+def test_blank_rule_matches_the_preprocessing_one():
+    from boneage_core.preprocess import MIN_CONTRAST
+
+    assert imaging.BLANK_SPREAD == MIN_CONTRAST
