@@ -12,6 +12,8 @@ from pathlib import Path
 
 import torch
 
+from .errors import ArtifactError
+
 logger = logging.getLogger(__name__)
 
 CHECKPOINT_FORMAT = "boneage-checkpoint/2"
@@ -19,7 +21,7 @@ _V1_FORMAT = "boneage-checkpoint/1"
 _V1_TASK_HEAD = {"regression": "age", "classification": "stage"}
 
 
-class CheckpointError(ValueError):
+class CheckpointError(ArtifactError):
     """A file that is not a readable bone-age checkpoint."""
 
 

@@ -20,11 +20,12 @@ from tqdm.auto import tqdm
 
 from .errors import ImageLoadError, LabelError
 from .preprocess import PreprocessSpec, preprocess_source, to_uint8
+from .vocab import AGE_MAX_MONTHS, SEX_HELP, SexError, parse_sex
 
 logger = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".dcm")
-MAX_AGE_MONTHS = 240.0
+MAX_AGE_MONTHS = AGE_MAX_MONTHS
 #: Age groups for bias analysis and split stratification: (label, lower, upper) in months.
 AGE_GROUPS: tuple[tuple[str, float, float], ...] = (
     ("0-2 y", 0.0, 24.0),
@@ -39,8 +40,6 @@ _ID_COLUMNS = {"id", "caseid", "imageid"}
 _AGE_COLUMNS = {"boneage", "boneagemonths", "groundtruthboneagemonths"}
 _MALE_COLUMNS = {"male"}
 _SEX_COLUMNS = {"sex", "gender"}
-_TRUE = {"true", "1", "m", "male", "yes", "t"}
-_FALSE = {"false", "0", "f", "female", "no"}
 
 #: Ages that all lie at or below this many "months", most of them fractional, are years typed as months.
 YEARS_MAX_AGE = 20.0
@@ -62,12 +61,15 @@ def _find_column(columns: list[str], wanted: set[str]) -> str | None:
 
 
 def _parse_male(values: pd.Series, column: str) -> pd.Series:
-    text = values.astype(str).str.strip().str.lower()
-    bad = ~text.isin(_TRUE | _FALSE)
-    if bad.any():
-        examples = sorted(set(values[bad].astype(str)))[:5]
-        raise LabelError(f"column {column!r}: cannot read sex from values {examples} (expected True/False or M/F)")
-    return text.isin(_TRUE)
+    parsed, bad = [], []
+    for value in values:
+        try:
+            parsed.append(parse_sex(value))
+        except SexError:
+            bad.append(str(value))
+    if bad:
+        raise LabelError(f"column {column!r}: cannot read sex from values {sorted(set(bad))[:5]} (expected {SEX_HELP})")
+    return pd.Series(parsed, index=values.index, dtype=bool)
 
 
 def _clean_ids(values: pd.Series) -> pd.Series:

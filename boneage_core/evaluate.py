@@ -17,10 +17,11 @@ import pandas as pd
 import torch
 
 from .baseline import META_FILE as BASELINE_META, HogXGBoost
-from .data import LabelError, attach_paths, load_images, read_labels
-from .errors import ArtifactError, MissingArtifactError
+from .data import attach_paths, load_images, read_labels
+from .errors import BoneAgeError, MissingArtifactError
 from .heads import AGE, BASELINE, CNN, STAGE, age_stage_column, get_head, head_metrics, system_column
-from .inference import ensemble_outputs, member_outputs, resolve_device
+from .gate import load_gate
+from .inference import ensemble_outputs, member_features, member_outputs, resolve_device
 from .manifest import model_files, read_manifest, verify_models
 from .models import load_model
 from .stages import DEFAULT_SCHEME, StageScheme
@@ -76,6 +77,24 @@ def cnn_columns(artifacts_dir: Path, members: list[str], frame: pd.DataFrame, ca
             _add_columns(out, common, stem, {head: ensemble_outputs([o])[head]}, columns)
 
 
+def gate_columns(artifacts_dir: Path, member: str, frame: pd.DataFrame, cache_dir, device,
+                 out: pd.DataFrame) -> None:
+    """The input gate's verdict per image (score, refused, turn, mirrored): how often it would stop a real radiograph."""
+    net, meta = load_model(artifacts_dir / member, device)
+    gate = load_gate(artifacts_dir, member, meta["sha256"])
+    if gate is None:
+        return
+    images = load_images(frame["id"].tolist(), frame["path"].tolist(), net.spec.preprocess, cache_dir)
+    rows, pixels = _aligned(frame, images)
+    verdicts = gate.verdicts(member_features(net, torch.from_numpy(pixels), device, progress=True))
+    out.loc[rows.index, "gate_score"] = [v.score for v in verdicts]
+    out.loc[rows.index, "gate_refused"] = [v.refused for v in verdicts]
+    out.loc[rows.index, "gate_turn"] = [v.turn for v in verdicts]
+    out.loc[rows.index, "gate_mirrored"] = [v.mirrored for v in verdicts]
+    logger.info("Input gate: %d of %d images would be refused, %d turned, %d mirrored", sum(v.refused for v in verdicts),
+                len(verdicts), sum(bool(v.turn) for v in verdicts), sum(v.mirrored for v in verdicts))
+
+
 def baseline_columns(artifacts_dir: Path, frame: pd.DataFrame, cache_dir, out: pd.DataFrame,
                      columns: dict[str, str], failures: dict) -> None:
     """baseline_age and baseline_stage from the HOG + XGBoost models, when present."""
@@ -108,6 +127,7 @@ def predict_frame(artifacts_dir: str | Path, frame: pd.DataFrame, cache_dir=None
     out, columns, failures = frame.copy(), {}, {}
     if members:
         cnn_columns(artifacts_dir, members, frame, cache_dir, resolve_device(device), tta, out, columns, failures)
+        gate_columns(artifacts_dir, members[0], frame, cache_dir, resolve_device(device), out)
     if (artifacts_dir / BASELINE_META).is_file():
         baseline_columns(artifacts_dir, frame, cache_dir, out, columns, failures)
     return out, columns, failures
@@ -161,7 +181,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         metrics, frame = evaluate_folder(args.artifacts, args.images, args.labels, device=args.device, tta=args.tta,
                                          n_boot=args.bootstrap)
-    except (LabelError, ArtifactError, FileNotFoundError) as exc:
+    except (BoneAgeError, FileNotFoundError) as exc:
         logger.error("%s", exc)
         return 2
     print(summary_table(metrics))

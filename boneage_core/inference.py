@@ -90,3 +90,15 @@ def ensemble_outputs(members: Sequence[Mapping[str, list[np.ndarray]]]) -> dict[
     """Every view of every member combined per head (members without a head do not vote on it)."""
     heads = list(dict.fromkeys(h for m in members for h in m))
     return {h: combine([view for m in members for view in m.get(h, [])]) for h in heads}
+
+
+@torch.no_grad()
+def member_features(net: torch.nn.Module, images: torch.Tensor | np.ndarray, device: torch.device,
+                    batch_size: int = 64, progress: bool = False) -> np.ndarray:
+    """Pooled backbone features (N, F) of uint8 (N, S, S) model inputs, one view (what the input gate reads)."""
+    net.eval()
+    images = torch.as_tensor(np.ascontiguousarray(images)) if isinstance(images, np.ndarray) else images
+    starts = range(0, len(images), batch_size)
+    out = [net.features(to_input(images[i:i + batch_size], device)).float().cpu().numpy()
+           for i in tqdm(starts, desc="features", disable=not progress or len(starts) < 3)]
+    return np.concatenate(out).astype(np.float64) if out else np.zeros((0, 0))

@@ -17,6 +17,7 @@ from pathlib import Path
 from .artifacts import MANIFEST_FILE, METRICS_FILE, PREDICTIONS_FILE
 from .checkpoint import file_sha256, read_meta
 from .errors import ArtifactError
+from .gate import GATE_FILE
 
 logger = logging.getLogger(__name__)
 
@@ -87,15 +88,18 @@ def build_manifest(folder: str | os.PathLike, members: list[str] | None = None, 
         raise ArtifactError(f"{folder}: member file(s) {missing} not found (have {files})")
     if not members:
         raise ArtifactError(f"{folder}: no model files ({MODEL_SUFFIX}) to describe")
-    return Manifest(members, {name: _model_entry(folder / name) for name in files}, tta, evaluation)
+    extra = {}
+    if (folder / GATE_FILE).is_file():
+        extra["gate"] = {"file": GATE_FILE, "sha256": file_sha256(folder / GATE_FILE)}
+    return Manifest(members, {name: _model_entry(folder / name) for name in files}, tta, evaluation, extra)
 
 
 def evaluation_record(folder: str | os.PathLike, manifest: Manifest, split: str, n_images: int,
-                      files: tuple[str, ...] = EVALUATED_FILES) -> dict:
+                      files: tuple[str, ...] = EVALUATED_FILES, gate_refused: int | None = None) -> dict:
     """What an evaluation of the manifest's members wrote: settings, member hashes and output-file hashes."""
     folder = Path(folder)
     return {"created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), "split": split,
-            "n_images": int(n_images), "tta": manifest.tta, "members": list(manifest.members),
+            "n_images": int(n_images), "gate_refused": gate_refused, "tta": manifest.tta, "members": list(manifest.members),
             "model_sha256": manifest.member_hashes(),
             "files": {name: file_sha256(folder / name) for name in files if (folder / name).is_file()}}
 

@@ -85,9 +85,12 @@ class BoneAgeNet(nn.Module):
         """The last convolution, for Grad-CAM."""
         return self.backbone.conv_head
 
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """Pooled backbone features (B, F) of preprocessed images (B, 1, H, W): what the heads and the input gate read."""
+        return self.backbone(((x - self.mean) / self.std).expand(-1, 3, -1, -1))
+
     def forward(self, x: torch.Tensor, male: torch.Tensor) -> dict[str, torch.Tensor]:
-        x = ((x - self.mean) / self.std).expand(-1, 3, -1, -1)
-        features = self.backbone(x)
+        features = self.features(x)
         sex = self.sex_embedding(male.long().view(-1)).to(features.dtype)
         joint = torch.cat([features, sex], dim=1)
         return {name: head(joint) for name, head in self.heads.items()}

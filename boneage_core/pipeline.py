@@ -20,10 +20,12 @@ from .config import MODEL_LAYOUTS, TrainConfig
 from .data import attach_paths, find_dataset, load_images, load_or_make_split, read_labels, with_split
 from .evaluate import predict_frame, score_predictions, summary_table
 from .heads import AGE
-from .inference import resolve_device
+from .errors import MissingArtifactError
+from .gate import GATE_FILE, fit_gate
+from .inference import member_features, resolve_device
 from .manifest import (MODEL_SUFFIX, build_manifest, evaluation_record, model_files, read_manifest,
                        write_manifest)
-from .models import ModelSpec, create_model, parent_spec, save_model
+from .models import ModelSpec, create_model, load_model, parent_spec, save_model
 from .preprocess import PreprocessSpec
 from .stages import DEFAULT_SCHEME
 from .training import Split, fit
@@ -134,9 +136,31 @@ def evaluate_stage(cfg: TrainConfig, ds: Dataset, staging: Path, members: list[s
     (staging / art.METRICS_FILE).write_text(json.dumps(metrics, indent=2))
     frame.drop(columns=["path"]).to_csv(staging / art.PREDICTIONS_FILE, index=False)
     if manifest is not None:
-        manifest.evaluation = evaluation_record(staging, manifest, "test", int(frame[list(columns)].notna().any(axis=1).sum()))
+        refused = int(frame["gate_refused"].fillna(False).astype(bool).sum()) if "gate_refused" in frame else None
+        manifest.evaluation = evaluation_record(staging, manifest, "test", int(frame[list(columns)].notna().any(axis=1).sum()),
+                                                gate_refused=refused)
         write_manifest(staging, manifest)
     return metrics
+
+
+def gate_stage(cfg: TrainConfig, ds: Dataset, staging: Path, members: list[str], n_fit: int = 3000,
+               n_turned: int = 1000) -> None:
+    """Fit the input gate on the first member's features: training images (some turned and mirrored), validation limit."""
+    if not members:
+        raise MissingArtifactError(f"{staging}: the input gate needs a trained CNN; train one first")
+    net, meta = load_model(staging / members[0])
+    device = resolve_device(cfg.device)
+    _, train_img = _images_for(ds, ds.part("train"), net.spec.preprocess, cfg)
+    _, val_img = _images_for(ds, ds.part("val"), net.spec.preprocess, cfg)
+    pick = np.random.default_rng(cfg.seed).permutation(len(train_img))[:n_fit]
+    train_f = member_features(net, train_img[pick], device, progress=True)
+    base = train_img[pick[:n_turned]]
+    turned = {k: member_features(net, np.rot90(base, k, axes=(1, 2)), device, progress=True) for k in (1, 2, 3)}
+    mirrored = member_features(net, base[:, :, ::-1], device, progress=True)
+    gate = fit_gate(train_f, member_features(net, val_img, device, progress=True), turned, mirrored,
+                    train_f[:n_turned], seed=cfg.seed)
+    gate.member, gate.member_sha256 = members[0], meta["sha256"]
+    gate.save(staging / GATE_FILE)
 
 
 def choose_members(cfg: TrainConfig, staging: Path, trained: list[str]) -> list[str]:
@@ -204,6 +228,8 @@ def run(cfg: TrainConfig) -> dict:
                 train_baseline_stage(cfg, ds, staging)
             elif stage in MODEL_LAYOUTS:
                 summaries[stage] = train_cnn_stage(cfg, ds, staging, stage)
+            elif stage == "gate":
+                gate_stage(cfg, ds, staging, choose_members(cfg, staging, list(summaries)))
             elif stage == "evaluate":
                 metrics = evaluate_stage(cfg, ds, staging, choose_members(cfg, staging, list(summaries)))
             ds.timings[stage] = time.time() - t0

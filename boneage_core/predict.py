@@ -1,6 +1,7 @@
 """Command-line bone-age prediction for one or more radiographs; errors are reported per file.
 
 python -m boneage_core.predict --artifacts DIR --sex M|F [--json] [--tta] IMAGE...
+(for folders or CSV lists of many images with a sex per row, use ``python -m boneage_core.batch``)
 """
 
 from __future__ import annotations
@@ -11,66 +12,74 @@ import logging
 import sys
 from pathlib import Path
 
-from .imaging import ImageLoadError
-from .predictor import Prediction, Predictor
+from .errors import BoneAgeError
+from .predictor import Predictor
+from .report import AssessmentReport
+from .vocab import SEX_HELP, SexError, parse_sex
 
 logger = logging.getLogger(__name__)
 
 
-def _line(pred: Prediction) -> str:
-    parts = [pred.name, f"sex={'M' if pred.male else 'F'}"]
-    if pred.bone_age_months is not None:
-        parts.append(f"bone_age={pred.bone_age_months:.1f} months ({pred.years_months})")
-    if pred.interval is not None:
-        parts.append(f"90%=[{pred.interval.low:.0f}, {pred.interval.high:.0f}]")
-    prob = "" if pred.stage_probabilities is None else f" p={pred.stage_probabilities[pred.stage_name]:.2f}"
-    parts.append(f"stage={pred.stage} {pred.stage_name}{prob}")
-    parts += [f"WARNING: {w}" for w in pred.warnings]
+def _line(report: AssessmentReport) -> str:
+    parts = [report.name, f"sex={report.sex}", f"bone_age={report.bone_age_text}"]
+    if report.interval_text:
+        parts.append(report.interval_text)
+    probs = dict(report.stage_probabilities or ())
+    prob = f" p={probs[report.stage_name]:.2f}" if report.stage_name in probs else ""
+    parts.append(f"stage={report.stage_name}{prob} ({report.stage_source})")
+    parts += [f"WARNING: {w}" for w in report.warnings]
     return "  ".join(parts)
 
 
-def parse_sex(value: str) -> bool:
-    """'M'/'male' -> True, 'F'/'female' -> False."""
-    v = value.strip().lower()
-    if v in ("m", "male"):
-        return True
-    if v in ("f", "female"):
-        return False
-    raise argparse.ArgumentTypeError(f"sex must be M or F, got {value!r}")
+def sex_argument(value: str) -> bool:
+    """argparse type for --sex: the shared vocabulary (M/F, male/female, ...)."""
+    try:
+        return parse_sex(value)
+    except SexError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Print one line (or JSON object) per image; exit 1 if any image failed, 2 if the models can't load."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="boneage-predict", description=__doc__.splitlines()[0])
     parser.add_argument("images", nargs="+", type=Path)
     parser.add_argument("--artifacts", default="artifacts")
-    parser.add_argument("--sex", required=True, type=parse_sex, help="M or F (applies to every image)")
-    parser.add_argument("--json", action="store_true", help="one JSON object per line")
+    parser.add_argument("--sex", required=True, type=sex_argument, help=f"{SEX_HELP}; applies to every image")
+    parser.add_argument("--json", action="store_true", help="one JSON report per line")
     parser.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
                         help="test-time augmentation (default: as the artifacts were evaluated)")
     parser.add_argument("--device", default="cpu")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def _report_error(path: Path, exc: Exception, as_json: bool) -> None:
+    expected = isinstance(exc, (BoneAgeError, OSError))
+    message = str(exc) if expected else f"{type(exc).__name__}: {exc}"
+    if not expected:
+        logger.exception("unexpected failure on %s", path)
+    print(json.dumps({"name": path.name, "error": message}) if as_json else f"{path.name}  error: {message}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Print one line (or JSON report) per image; exit 1 if any image failed, 2 if the models can't load."""
+    args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
         predictor = Predictor.load(args.artifacts, args.device)
-    except (FileNotFoundError, ValueError, RuntimeError) as exc:  # RuntimeError: e.g. --device cuda without a GPU
+    except (BoneAgeError, FileNotFoundError, RuntimeError) as exc:  # RuntimeError: e.g. --device cuda without a GPU
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    for note in predictor.notes:
+        print(f"note: {note}", file=sys.stderr)
     failed = 0
     for path in args.images:
         try:
             pred = predictor.predict(path, args.sex, tta=args.tta)
         except Exception as exc:  # noqa: BLE001 - one bad file must not stop the others; reported, counted
             failed += 1
-            message = str(exc) if isinstance(exc, (ImageLoadError, OSError)) else f"{type(exc).__name__}: {exc}"
-            if not isinstance(exc, (ImageLoadError, OSError)):
-                logger.exception("unexpected failure on %s", path)
-            if args.json:
-                print(json.dumps({"name": path.name, "error": message}))
-            else:
-                print(f"{path.name}  error: {message}")
+            _report_error(path, exc, args.json)
             continue
-        print(json.dumps(pred.to_dict()) if args.json else _line(pred))
+        report = AssessmentReport.from_prediction(pred, None, predictor.version)
+        print(json.dumps(report.to_dict()) if args.json else _line(report))
     return 1 if failed else 0
 
 

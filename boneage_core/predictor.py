@@ -19,8 +19,9 @@ import torch
 from .clinical import ErrorModel, PredictionInterval
 from .errors import ArtifactError, InputError, MissingArtifactError
 from .heads import AGE, CNN, STAGE, system_column
-from .imaging import ImageLoadError, ImageSource, load_gray, source_name
-from .inference import ensemble_outputs, member_outputs, prepare
+from .imaging import ImageLoadError, ImageSource, check_gray_array, load_gray, source_name
+from .gate import GateVerdict, InputGate, NotARadiographError, load_gate
+from .inference import ensemble_outputs, member_features, member_outputs, prepare
 from .manifest import (PREDICTIONS_FILE, evaluated_path, manifest_version, model_files, read_manifest,
                        verify_models)
 from .models import BoneAgeNet, HeadOutput, load_model
@@ -47,6 +48,7 @@ class Prediction:
     model_input: np.ndarray = field(repr=False)  # (S, S) float in [0, 1], the first member's input
     original: np.ndarray = field(repr=False)  # float gray in [0, 1] at the file's own size
     warnings: list[str] = field(default_factory=list)  # why this result may be unreliable
+    gate: GateVerdict | None = None  # the input gate's verdict (None without a gate)
 
     @property
     def years_months(self) -> str | None:
@@ -71,6 +73,7 @@ class Prediction:
             "stage_from_age": self.stage_from_age,
             "interval": None if self.interval is None else self.interval.to_dict(),
             "warnings": list(self.warnings),
+            "input_gate_score": None if self.gate is None else round(self.gate.score, 3),
         }
 
 
@@ -99,9 +102,8 @@ class Explanation:
 def gray_of(source: ImageSource | np.ndarray, name: str | None = None) -> tuple[np.ndarray, str]:
     """An image source or a 2-D array -> (float gray image, display name); InputError for bad arrays."""
     if isinstance(source, np.ndarray):
-        if source.ndim != 2:
-            raise ImageLoadError(f"expected a 2-D grayscale array, got shape {source.shape}")
-        return source.astype(np.float32, copy=False), name or "array"
+        name = name or "array"
+        return check_gray_array(source, name), name
     name = name or source_name(source)
     return load_gray(source, name=name), name
 
@@ -131,12 +133,28 @@ def _error_model(folder: Path, manifest, heads: list[str], notes: list[str]) -> 
         return None
 
 
+def _gate(folder: Path, member: str, sha256: str, notes: list[str]) -> InputGate | None:
+    """The input gate fitted on this first member; its absence is a note (images are then scored unchecked)."""
+    try:
+        gate = load_gate(folder, member, sha256)
+    except ArtifactError as exc:
+        gate = None
+        notes.append(f"No input gate: {exc}")
+    else:
+        if gate is None:
+            notes.append(f"No input gate in {folder}: images are scored without checking that they are hand "
+                         "radiographs (run `train.py --stages gate`)")
+    if gate is None:
+        logger.warning("%s", notes[-1])
+    return gate
+
+
 class Predictor:
     """The CNN ensemble of an artifacts folder, ready for single images."""
 
     def __init__(self, members: dict[str, BoneAgeNet], device: torch.device, error_model: ErrorModel | None = None,
                  tta: bool = False, version: str = "unversioned", notes: list[str] | None = None,
-                 meta: dict[str, dict] | None = None):
+                 meta: dict[str, dict] | None = None, gate: InputGate | None = None):
         if not members:
             raise MissingArtifactError("a Predictor needs at least one model")
         self.members = members
@@ -146,6 +164,7 @@ class Predictor:
         self.tta = tta  # default test-time augmentation: as the holdout metrics were computed
         self.version = version  # the manifest hash: the model version on every report
         self.notes = notes or []  # what the folder lacks (shown by front ends)
+        self.gate = gate  # refuses non-radiographs, turns / mirrors images that need it
         self.scheme: StageScheme = next(iter(members.values())).spec.scheme
         if any(net.spec.scheme != self.scheme for net in members.values()):
             raise ArtifactError("the ensemble members use different stage schemes")
@@ -174,13 +193,39 @@ class Predictor:
             members[name], meta[name] = load_model(folder / name, dev)
         heads = list(dict.fromkeys(h for net in members.values() for h in net.spec.heads))
         error_model = _error_model(folder, manifest, heads, notes)
+        gate = _gate(folder, names[0], meta[names[0]]["sha256"], notes)
         logger.info("Loaded %s from %s on %s (TTA %s)", ", ".join(names), folder, dev, "on" if tta else "off")
-        return cls(members, dev, error_model, tta, manifest_version(folder), notes, meta)
+        return cls(members, dev, error_model, tta, manifest_version(folder), notes, meta, gate)
 
     @property
     def heads(self) -> list[str]:
         """The heads the ensemble provides (age, stage), in member order."""
         return list(dict.fromkeys(h for net in self.members.values() for h in net.spec.heads))
+
+    def check_input(self, gray: np.ndarray, name: str) -> tuple[np.ndarray, GateVerdict | None, list[str]]:
+        """The input gate on one image: (image turned / mirrored if needed, verdict, warnings); refuses non-radiographs."""
+        if self.gate is None:
+            return gray, None, []
+        net, notes = next(iter(self.members.values())), []
+
+        def verdict_of(image: np.ndarray) -> GateVerdict:
+            x = torch.from_numpy(prepare(image, net.spec.preprocess))[None]
+            return self.gate.verdicts(member_features(net, x, self.device))[0]
+
+        verdict = verdict_of(gray)
+        if verdict.turn:
+            gray = np.ascontiguousarray(np.rot90(gray, verdict.turn))
+            notes.append(f"the image looked rotated (p = {verdict.turn_probability:.2f}); it was turned by "
+                         f"{90 * verdict.turn} degrees counter-clockwise before scoring")
+            verdict = verdict_of(gray)
+        if verdict.mirrored:
+            gray = np.ascontiguousarray(gray[:, ::-1])
+            notes.append(f"the image looked like a right hand or a mirrored film (p = {verdict.mirror_probability:.2f}); "
+                         "it was mirrored to a left hand before scoring")
+            verdict = verdict_of(gray)
+        if verdict.refused:
+            raise NotARadiographError(f"{name}: {verdict.reason()}")
+        return gray, verdict, notes
 
     def outputs(self, gray: np.ndarray, male: bool, tta: bool | None = None) -> tuple[dict[str, np.ndarray], np.ndarray]:
         """Combined decoded outputs per head for one gray image, and the first member's model input."""
@@ -203,6 +248,7 @@ class Predictor:
         """
         male = parse_sex(male)
         gray, name = gray_of(source, name)
+        gray, verdict, gate_notes = self.check_input(gray, name)
         try:
             combined, model_input = self.outputs(gray, male, tta)
         except ImageLoadError as exc:
@@ -218,7 +264,7 @@ class Predictor:
             stage, source_kind = int(stage_from_age), STAGE_FROM_AGE
         interval = None if (age is None or self.error_model is None) else self.error_model.interval(age)
         return Prediction(name, male, age, stage, self.scheme.names[stage], probs, source_kind, stage_from_age,
-                          interval, model_input, gray, input_warnings(model_input))
+                          interval, model_input, gray, gate_notes + input_warnings(model_input), verdict)
 
     def member_for(self, head: str) -> BoneAgeNet:
         """The first member with this head (the one Grad-CAM explains)."""

@@ -15,7 +15,7 @@ import sys
 from dataclasses import fields, replace
 
 from .config import BACKBONES, QUICK_OUT, STAGE_ORDER, TrainConfig
-from .data import LabelError
+from .artifacts import Terminated
 from .errors import BoneAgeError
 from .models import INIT_SCRATCH
 from .pipeline import run, seed_everything
@@ -70,9 +70,12 @@ def main(argv: list[str] | None = None) -> int:
     seed_everything(cfg.seed)
     try:
         run(cfg)
-    except (LabelError, BoneAgeError, FileNotFoundError) as exc:
+    except (BoneAgeError, FileNotFoundError) as exc:
         logger.error("%s", exc)
         return 2
+    except Terminated:
+        logger.error("Terminated; previous artifacts in %s are unchanged", cfg.out)
+        return 143
     except KeyboardInterrupt:
         logger.error("Interrupted; previous artifacts in %s are unchanged", cfg.out)
         return 130
