@@ -61,19 +61,26 @@ def save_checkpoint(path: str | os.PathLike, state_dict: dict, spec: dict, confi
                        for k, v in state_dict.items()},
     }
     tmp = path.with_name(f".{path.name}.partial")
-    torch.save(payload, tmp)
-    os.replace(tmp, path)
+    try:
+        torch.save(payload, tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
     return file_sha256(path)
 
 
 def _upgrade_v1(payload: dict) -> dict:
     """A format-1 (one task per file) checkpoint in the current layout: its task becomes its one head."""
-    spec = dict(payload["spec"])
-    head = _V1_TASK_HEAD[spec.pop("task")]
+    try:
+        spec = dict(payload["spec"])
+        head = _V1_TASK_HEAD[spec.pop("task")]
+        weights = payload["state_dict"]
+    except (KeyError, TypeError, ValueError) as exc:
+        raise CheckpointError(f"format-1 checkpoint without a known task, spec or weights ({exc!r})") from exc
     spec.pop("n_outputs", None)
     spec["heads"] = [head]
     state = {(f"heads.{head}.{k[len('head.'):]}" if k.startswith("head.") else k): v
-             for k, v in payload["state_dict"].items()}
+             for k, v in weights.items()}
     lineage = {"init_from": payload.get("config", {}).get("pretrained") and "imagenet" or "scratch",
                "upgraded_from": _V1_FORMAT}
     return {**payload, "format": CHECKPOINT_FORMAT, "spec": spec, "state_dict": state, "lineage": lineage}
@@ -83,11 +90,15 @@ def read_payload(path: str | os.PathLike) -> dict:
     """The whole checkpoint (weights as stored), upgraded to the current format; CheckpointError if unreadable."""
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
-    except (OSError, RuntimeError, EOFError, pickle.UnpicklingError) as exc:
-        raise CheckpointError(f"{path}: not a readable checkpoint ({exc})") from exc
+    except (OSError, RuntimeError, EOFError, pickle.UnpicklingError, KeyError, ValueError, TypeError,
+            AttributeError) as exc:  # what torch's restricted unpickler raises for arbitrary bytes
+        raise CheckpointError(f"{path}: not a readable checkpoint ({exc!r})") from exc
     found = payload.get("format") if isinstance(payload, dict) else type(payload).__name__
     if found == _V1_FORMAT:
-        payload = _upgrade_v1(payload)
+        try:
+            payload = _upgrade_v1(payload)
+        except CheckpointError as exc:
+            raise CheckpointError(f"{path}: {exc}") from exc
     elif found != CHECKPOINT_FORMAT:
         raise CheckpointError(f"{path}: not a bone-age checkpoint (format {found!r})")
     return payload

@@ -298,7 +298,7 @@ def fit(net: BoneAgeNet, data: Callable[[int], tuple[Split, Split]], cfg: FitCon
                        net.spec.preprocess.image_size)
     epoch_total = 0
     for p_index, phase in enumerate(phases):
-        if clock.run_left() <= 0:
+        if p_index and clock.run_left() <= 0:  # the first phase always runs (at least one step)
             result.notes.append(f"phases {p_index + 1}-{len(phases)} skipped: time budget spent")
             break
         for spec_holder in (net, ema.module):

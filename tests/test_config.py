@@ -1,4 +1,4 @@
-"""config: TrainConfig validation, JSON round trip and the quick variant."""
+"""config: TrainConfig validation, training phases, the fit subset, JSON round trip and the quick variant."""
 
 from __future__ import annotations
 
@@ -7,54 +7,124 @@ from dataclasses import fields, replace
 
 import pytest
 
-from boneage_core.config import BACKBONES, STAGE_ORDER, TrainConfig
-
-
-def test_round_trip_via_file(tmp_path):
-    cfg = replace(TrainConfig(), data_dir="/data/rsna", stages=("regressor", "evaluate"), seed=3, lr=3e-4,
-                  backbone="tf_efficientnet_lite1", optimizer="sam", tta=True)
-    path = tmp_path / "config.json"
-    cfg.save(path)
-    data = json.loads(path.read_text())
-    assert data["stages"] == ["regressor", "evaluate"] and data["lr"] == 3e-4
-    loaded = TrainConfig.load(path)
-    assert loaded == cfg
-    assert isinstance(loaded.stages, tuple)
-    assert {f.name for f in fields(TrainConfig)} == set(data)
-
-
-def test_from_dict_ignores_unknown_keys():
-    cfg = TrainConfig.from_dict({"epochs": 5, "no_such_option": 1})
-    assert cfg.epochs == 5 and cfg == replace(TrainConfig(), epochs=5)
+from boneage_core.config import DEFAULT_STAGES, MODEL_LAYOUTS, STAGE_ORDER, TrainConfig
+from boneage_core.heads import AGE, STAGE
+from boneage_core.imagenet import BACKBONES
+from boneage_core.models import INIT_IMAGENET
+from boneage_core.training import FitConfig, Phase
 
 
 def test_defaults_are_valid():
     cfg = TrainConfig()
-    assert cfg.stages == STAGE_ORDER and cfg.backbone in BACKBONES
+    assert cfg.stages == DEFAULT_STAGES and set(cfg.stages) <= set(STAGE_ORDER)
+    assert cfg.backbone in BACKBONES and cfg.optimizer == "adamw" and cfg.init_from == INIT_IMAGENET
+    assert cfg.training_phases() == (Phase(cfg.image_size, cfg.epochs, cfg.lr, cfg.freeze_blocks),)
+    assert cfg.members == () and cfg.phases == ""
 
 
-@pytest.mark.parametrize("bad", [dict(stages=("regressor", "deploy")), dict(backbone="resnet50"),
-                                 dict(optimizer="sgd")])
-def test_invalid_values_raise(bad):
-    key = next(iter(bad))
-    with pytest.raises(ValueError, match=str(bad[key][-1] if key == "stages" else bad[key])):
+def test_stage_order_and_model_layouts():
+    assert STAGE_ORDER[0] == "baseline" and STAGE_ORDER[-1] == "evaluate"
+    assert set(MODEL_LAYOUTS) <= set(STAGE_ORDER)
+    assert MODEL_LAYOUTS["multihead"] == (AGE, STAGE)
+    assert MODEL_LAYOUTS["regressor"] == (AGE,) and MODEL_LAYOUTS["classifier"] == (STAGE,)
+
+
+@pytest.mark.parametrize("bad,match", [(dict(stages=("regressor", "deploy")), "deploy"),
+                                       (dict(backbone="resnet50"), "resnet50"),
+                                       (dict(optimizer="sgd"), "sgd"),
+                                       (dict(phases="64"), "64"),
+                                       (dict(phases="16:2"), "16:2"),
+                                       (dict(phases="64:1:fast"), "fast")])
+def test_invalid_values_raise(bad, match):
+    with pytest.raises(ValueError, match=match):
         TrainConfig(**bad)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=match):
         replace(TrainConfig(), **bad)
+
+
+def test_training_phases_from_fields():
+    cfg = replace(TrainConfig(), image_size=128, epochs=4, lr=3e-4, freeze_blocks=2)
+    assert cfg.training_phases() == (Phase(128, 4, 3e-4, 2, 0.0),)
+
+
+def test_training_phases_from_text_override_the_fields():
+    cfg = replace(TrainConfig(), image_size=128, epochs=4, phases="176:2:1e-3:3,224:1:5e-4:0:10")
+    assert cfg.training_phases() == (Phase(176, 2, 1e-3, 3, 0.0), Phase(224, 1, 5e-4, 0, 10.0))
+
+
+def test_fit_config_carries_exactly_the_training_fields():
+    renamed = {"max_minutes": "max_train_minutes"}
+    train_fields = {f.name for f in fields(TrainConfig)}
+    fit_fields = [f.name for f in fields(FitConfig)]
+    assert all(renamed.get(name, name) in train_fields for name in fit_fields)
+    # every value differs from FitConfig's default, so a field left at its default would show
+    cfg = replace(TrainConfig(), batch_size=7, weight_decay=0.02, warmup_epochs=0.25, optimizer="sam", sam_rho=0.1,
+                  ema_decay=0.9, patience=2, augment=False, cpu_bf16=True, seed=11, max_train_minutes=12.5)
+    fit = cfg.fit_config()
+    assert isinstance(fit, FitConfig)
+    default = FitConfig()
+    for name in fit_fields:
+        value = getattr(fit, name)
+        assert value == getattr(cfg, renamed.get(name, name)), name
+        assert value != getattr(default, name), name
+
+
+def test_round_trip_via_file(tmp_path):
+    cfg = replace(TrainConfig(), data_dir="/data/rsna", stages=("regressor", "multihead", "evaluate"), seed=3,
+                  lr=3e-4, backbone="tf_efficientnet_lite1", optimizer="sam", tta=True, init_from="runs/a/multihead.pt",
+                  phases="64:1:1e-3:2,96:2", members=("multihead.pt", "regressor.pt"), max_train_minutes=3.5)
+    path = tmp_path / "config.json"
+    cfg.save(path)
+    data = json.loads(path.read_text())
+    assert data["stages"] == ["regressor", "multihead", "evaluate"] and data["lr"] == 3e-4
+    assert data["members"] == ["multihead.pt", "regressor.pt"] and data["phases"] == "64:1:1e-3:2,96:2"
+    assert {f.name for f in fields(TrainConfig)} == set(data)
+    loaded = TrainConfig.load(path)
+    assert loaded == cfg
+    assert isinstance(loaded.stages, tuple) and isinstance(loaded.members, tuple)
+    assert loaded.training_phases() == cfg.training_phases()
+
+
+def test_from_dict_ignores_unknown_keys():
+    """Old configs (e.g. format-1 checkpoints' `pretrained`) still load."""
+    cfg = TrainConfig.from_dict({"epochs": 5, "no_such_option": 1, "pretrained": True})
+    assert cfg == replace(TrainConfig(), epochs=5)
+
+
+def test_from_dict_validates():
+    with pytest.raises(ValueError, match="deploy"):
+        TrainConfig.from_dict({"stages": ["deploy"]})
 
 
 def test_quick_version_shrinks():
     full = TrainConfig()
     quick = full.quick_version()
     assert quick.quick and not full.quick
-    assert quick.image_size <= 96 < full.image_size
-    assert quick.epochs <= 2 < full.epochs
+    (phase,) = quick.training_phases()
+    (full_phase,) = full.training_phases()
+    assert phase.image_size <= 96 < full_phase.image_size
+    assert phase.epochs <= 2 < full_phase.epochs
+    assert phase.lr == full_phase.lr and phase.freeze_blocks == full_phase.freeze_blocks
     assert quick.limit == 300
     assert quick.baseline_image_size < full.baseline_image_size
     assert quick.xgb_estimators < full.xgb_estimators and quick.bootstrap < full.bootstrap
     assert quick.patience < full.patience
-    # explicit limits and smaller settings survive
-    small = replace(TrainConfig(), limit=120, image_size=64, epochs=1).quick_version()
-    assert small.limit == 120 and small.image_size == 64 and small.epochs == 1
     # everything else is untouched
     assert quick.seed == full.seed and quick.backbone == full.backbone and quick.stages == full.stages
+    assert quick.init_from == full.init_from and quick.members == full.members
+    assert TrainConfig.from_dict(quick.to_dict()) == quick  # a valid config
+
+
+def test_quick_version_shrinks_every_phase_and_keeps_freezing():
+    cfg = replace(TrainConfig(), phases="176:3:1e-3:3,224:4:5e-4:1,64:1:2e-4:0")
+    quick = cfg.quick_version().training_phases()
+    assert [p.image_size for p in quick] == [96, 96, 64]
+    assert [p.epochs for p in quick] == [2, 2, 1]
+    assert [p.lr for p in quick] == [1e-3, 5e-4, 2e-4]
+    assert [p.freeze_blocks for p in quick] == [3, 1, 0]
+
+
+def test_quick_version_keeps_explicit_small_settings():
+    small = replace(TrainConfig(), limit=120, image_size=64, epochs=1, freeze_blocks=2).quick_version()
+    assert small.limit == 120
+    assert small.training_phases() == (Phase(64, 1, TrainConfig().lr, 2),)

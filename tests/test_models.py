@@ -1,166 +1,267 @@
-"""models: ImageNet weight remapping, BoneAgeNet shapes and sex input, self-describing checkpoints."""
+"""models: ModelSpec, the multi-head BoneAgeNet, freezing, create_model's three starting points, save/load."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
-import timm
 import torch
 
-from boneage_core.models import (
-    BoneAgeNet,
-    ModelSpec,
-    SexBound,
-    build_model,
-    freeze_blocks,
-    imagenet_weights_path,
-    load_checkpoint,
-    remap_lukemelas_state_dict,
-    save_checkpoint,
-)
+from boneage_core.checkpoint import file_sha256, read_payload
+from boneage_core.heads import AGE, STAGE
+from boneage_core.imagenet import imagenet_weights_path
+from boneage_core.models import (INIT_IMAGENET, INIT_SCRATCH, BoneAgeNet, HeadOutput, ModelSpec, count_parameters,
+                                 create_model, freeze_blocks, load_model, parent_spec, save_model)
 from boneage_core.preprocess import PreprocessSpec
-from boneage_core.stages import DEFAULT_SCHEME
+from boneage_core.stages import DEFAULT_SCHEME, StageScheme
 
 BACKBONE = "tf_efficientnet_lite0"
+SIZE = 32
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_torch_thread():  # on the shared 2-core machine two intra-op threads contend and run ~10x slower
+    threads, _ = torch.get_num_threads(), torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _spec(heads=(AGE, STAGE), sex_dim: int = 4, **kwargs) -> ModelSpec:
+    return ModelSpec(heads=heads, backbone=BACKBONE, sex_embedding_dim=sex_dim,
+                     preprocess=PreprocessSpec(image_size=SIZE), age_mean=120.0, age_std=40.0, **kwargs)
+
+
+def _net(seed: int = 0, **kwargs) -> BoneAgeNet:
+    torch.manual_seed(seed)
+    return create_model(_spec(**kwargs), INIT_SCRATCH)[0].eval()
+
+
+def _inputs(b: int = 3, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand(b, 1, SIZE, SIZE, generator=g), torch.tensor([0, 1, 1, 0][:b])
 
 
 @pytest.fixture(scope="module")
-def lukemelas_state() -> dict:
-    path = imagenet_weights_path(BACKBONE)
-    assert path.is_file(), path
-    return torch.load(path, map_location="cpu", weights_only=True)
+def net() -> BoneAgeNet:
+    return _net()
 
 
-@pytest.fixture(scope="module")
-def reference_timm():
-    return timm.create_model(BACKBONE, pretrained=False)
+def _fp16(state: dict) -> dict:
+    return {k: v.half().float() if v.is_floating_point() else v for k, v in state.items()}
 
 
-def _spec(task: str = "regression", size: int = 64) -> ModelSpec:
-    n = 1 if task == "regression" else DEFAULT_SCHEME.n_classes
-    return ModelSpec(task=task, backbone=BACKBONE, n_outputs=n, sex_embedding_dim=4,
-                     preprocess=PreprocessSpec(image_size=size), age_mean=120.0, age_std=40.0)
+def test_spec_round_trip_through_json():
+    scheme = StageScheme(names=("a", "b", "c"), female_cutoffs=(50.0, 100.0), male_cutoffs=(60.0, 110.0))
+    spec = ModelSpec(heads=(STAGE, AGE), backbone="tf_efficientnet_lite1", sex_embedding_dim=8,
+                     preprocess=PreprocessSpec(image_size=96, low_percentile=1.0, high_percentile=99.0),
+                     age_mean=127.5, age_std=41.25, scheme=scheme)
+    data = json.loads(json.dumps(spec.to_dict()))
+    assert data["heads"] == [STAGE, AGE] and data["age_scaling"] == {"mean": 127.5, "std": 41.25}
+    assert ModelSpec.from_dict(data) == spec
+    assert ModelSpec.from_dict(ModelSpec().to_dict()) == ModelSpec()
 
 
-def test_remap_is_complete_and_strict(lukemelas_state, reference_timm):
-    remapped = remap_lukemelas_state_dict(lukemelas_state, reference_timm)
-    target = reference_timm.state_dict()
-    assert len(remapped) == len(lukemelas_state)  # every source key placed, none merged
-    assert set(remapped) == set(target)  # every timm key covered
-    for key, value in remapped.items():
-        assert value.shape == target[key].shape, key
-    result = reference_timm.load_state_dict(remapped, strict=True)
-    assert not result.missing_keys and not result.unexpected_keys
+def test_spec_defaults():
+    spec = ModelSpec()
+    assert spec.heads == (AGE,) and spec.backbone == BACKBONE and spec.scheme == DEFAULT_SCHEME
 
 
-def test_pretrained_backbone_holds_the_source_tensors(lukemelas_state):
-    net = build_model(_spec(), pretrained=True)
-    bb = net.backbone.state_dict()
-    # lite0 stages have 1, 2, 2, 3, 3, 4, 1 blocks: lukemelas numbers them 0..15 in that order
-    pairs = {
-        "conv_stem.weight": "_conv_stem.weight",
-        "bn1.running_var": "_bn0.running_var",
-        "blocks.0.0.conv_dw.weight": "_blocks.0._depthwise_conv.weight",
-        "blocks.0.0.conv_pw.weight": "_blocks.0._project_conv.weight",
-        "blocks.1.1.conv_pw.weight": "_blocks.2._expand_conv.weight",
-        "blocks.3.2.bn3.running_mean": "_blocks.7._bn2.running_mean",
-        "blocks.5.3.conv_dw.weight": "_blocks.14._depthwise_conv.weight",
-        "blocks.6.0.conv_pwl.weight": "_blocks.15._project_conv.weight",
-        "conv_head.weight": "_conv_head.weight",
-        "bn2.bias": "_bn1.bias",
-    }
-    for timm_key, src_key in pairs.items():
-        assert torch.equal(bb[timm_key], lukemelas_state[src_key]), timm_key
-    assert not any(k.startswith("classifier") for k in bb)
-    fresh = build_model(_spec(), pretrained=False).backbone.state_dict()
-    assert not torch.equal(fresh["conv_stem.weight"], lukemelas_state["_conv_stem.weight"])
+@pytest.mark.parametrize("kwargs,match", [(dict(heads=(AGE, "segmentation")), "segmentation"),
+                                          (dict(heads=("Age",)), "Age"),
+                                          (dict(backbone="resnet50"), "resnet50")])
+def test_spec_refuses_unknown_head_or_backbone(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        ModelSpec(**kwargs)
 
 
-def test_pretrained_reference_classifies_like_imagenet(lukemelas_state):
-    """The remapped network keeps the source classifier: logits equal the source _fc applied to features."""
-    model = timm.create_model(BACKBONE, pretrained=False)
-    model.load_state_dict(remap_lukemelas_state_dict(lukemelas_state, model), strict=True)
-    model.eval()
-    x = torch.rand(1, 3, 64, 64)
+def test_forward_gives_one_output_per_head(net):
+    x, male = _inputs(3)
     with torch.no_grad():
-        feats = model.forward_head(model.forward_features(x), pre_logits=True)
-        logits = model(x)
-    expected = feats @ lukemelas_state["_fc.weight"].T + lukemelas_state["_fc.bias"]
-    torch.testing.assert_close(logits, expected, rtol=1e-4, atol=1e-4)
-
-
-def test_remap_unknown_key_raises(lukemelas_state, reference_timm):
-    w = lukemelas_state["_conv_stem.weight"]
-    with pytest.raises(KeyError, match="_mystery"):
-        remap_lukemelas_state_dict({"_mystery.weight": w}, reference_timm)
-    with pytest.raises(KeyError, match="_se_reduce"):
-        remap_lukemelas_state_dict({"_blocks.1._se_reduce.weight": w}, reference_timm)
-
-
-@pytest.mark.parametrize("task,shape", [("regression", (3,)), ("classification", (3, 5))])
-def test_forward_shapes(task, shape):
-    torch.manual_seed(0)
-    net = build_model(_spec(task)).eval()
+        out = net(x, male)
+    assert isinstance(out, dict) and list(out) == [AGE, STAGE]
+    assert out[AGE].shape == (3, 1) and out[STAGE].shape == (3, DEFAULT_SCHEME.n_classes)
+    assert all(torch.isfinite(v).all() for v in out.values())
+    single = _net(heads=(STAGE,))
     with torch.no_grad():
-        out = net(torch.rand(3, 1, 64, 64), torch.tensor([0, 1, 1]))
-    assert out.shape == shape and torch.isfinite(out).all()
-    bound = SexBound(net, torch.tensor([1]))
-    with torch.no_grad():
-        wrapped = bound(torch.rand(2, 1, 64, 64))
-    assert wrapped.shape == ((2, 1) if task == "regression" else (2, 5))
+        assert list(single(x, male)) == [STAGE]
 
 
-def test_bad_task_is_refused():
-    with pytest.raises(ValueError, match="task"):
-        BoneAgeNet(ModelSpec(task="segmentation"))
+def test_one_backbone_pass_serves_every_head(net):
+    calls = []
+    handle = net.backbone.register_forward_hook(lambda module, args, output: calls.append(output.shape))
+    try:
+        with torch.no_grad():
+            net(*_inputs(2))
+    finally:
+        handle.remove()
+    assert len(calls) == 1
 
 
-def test_sex_input_changes_the_output():
-    torch.manual_seed(0)
-    net = build_model(_spec()).eval()
-    x = torch.rand(2, 1, 64, 64)
+def test_sex_input_changes_the_output(net):
+    x, _ = _inputs(2)
     with torch.no_grad():
         female = net(x, torch.zeros(2))
         male = net(x, torch.ones(2))
-        female_again = net(x, torch.zeros(2))
-    assert torch.equal(female, female_again)
-    assert not torch.allclose(female, male)
+        female_again = net(x, torch.zeros(2, dtype=torch.long))
+    for head in (AGE, STAGE):
+        assert torch.equal(female[head], female_again[head])
+        assert not torch.allclose(female[head], male[head]), head
 
 
-def test_freeze_blocks():
-    net = build_model(_spec())
-    freeze_blocks(net, 2)
-    assert not any(p.requires_grad for p in net.backbone.conv_stem.parameters())
-    assert not any(p.requires_grad for p in net.backbone.blocks[1].parameters())
-    assert all(p.requires_grad for p in net.backbone.blocks[2].parameters())
-    assert all(p.requires_grad for p in net.head.parameters())
-
-
-def test_checkpoint_round_trip(tmp_path):
-    torch.manual_seed(0)
-    net = build_model(_spec("classification")).eval()
-    path = tmp_path / "model.pt"
-    save_checkpoint(path, net, config={"epochs": 3}, extra={"val_score": 0.5})
-    loaded, meta = load_checkpoint(path)
-    assert not loaded.training
-    x, m = torch.rand(2, 1, 64, 64), torch.tensor([0, 1])
+def test_normalisation_comes_from_the_spec():
+    """The network normalises with the spec's mean/std, so the same image under another spec reads differently."""
+    a = _net(seed=3)
+    torch.manual_seed(3)
+    b = create_model(ModelSpec(heads=(AGE, STAGE), sex_embedding_dim=4, age_mean=120.0, age_std=40.0,
+                               preprocess=PreprocessSpec(image_size=SIZE, mean=0.3, std=0.2)), INIT_SCRATCH)[0].eval()
+    assert torch.equal(a.backbone.conv_stem.weight, b.backbone.conv_stem.weight)
+    x, male = _inputs(2)
     with torch.no_grad():
-        a, b = net(x, m), loaded(x, m)
-    torch.testing.assert_close(b, a, rtol=2e-2, atol=2e-2)  # weights stored in fp16
-    for key, value in net.state_dict().items():
-        expected = value.half().float() if value.is_floating_point() else value
-        assert torch.equal(loaded.state_dict()[key], expected), key
-    spec = meta["spec"]
-    assert spec["backbone"] == BACKBONE and spec["task"] == "classification" and spec["n_outputs"] == 5
-    assert spec["preprocess"] == PreprocessSpec(image_size=64).to_dict()
-    assert spec["age_scaling"] == {"mean": 120.0, "std": 40.0}
-    assert spec["stage_scheme"] == DEFAULT_SCHEME.to_dict()
-    assert isinstance(meta["git_commit"], str) and meta["git_commit"]
+        assert not torch.allclose(a(x, male)[AGE], b(x, male)[AGE])
+        torch.testing.assert_close(a(x, male)[AGE], b((x - 0.5) / 0.5 * 0.2 + 0.3, male)[AGE], rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("head,n", [(AGE, 1), (STAGE, 5)])
+def test_head_output_binds_sex_and_head(net, head, n):
+    x, _ = _inputs(2)
+    bound = HeadOutput(net, torch.tensor([1]), head)
+    with torch.no_grad():
+        out = bound(x)
+        full = net(x, torch.ones(2))[head]
+    assert out.shape == (2, n)
+    assert torch.equal(out, full)
+
+
+def test_head_output_refuses_a_missing_head():
+    age_only = _net(heads=(AGE,))
+    with pytest.raises(ValueError, match="no 'stage' head"):
+        HeadOutput(age_only, torch.tensor([0]), STAGE)
+
+
+def test_target_layer_is_the_last_convolution(net):
+    assert net.target_layer is net.backbone.conv_head
+
+
+def _frozen_names(model: BoneAgeNet) -> set[str]:
+    return {n for n, p in model.named_parameters() if not p.requires_grad}
+
+
+def test_freeze_blocks_and_unfreeze():
+    model = _net()
+    n_all = count_parameters(model)
+    assert count_parameters(model, trainable_only=True) == n_all
+    freeze_blocks(model, 2)
+    stem = {f"backbone.{n}" for n, _ in model.backbone.conv_stem.named_parameters(prefix="conv_stem")}
+    stem |= {f"backbone.{n}" for n, _ in model.backbone.bn1.named_parameters(prefix="bn1")}
+    blocks = {f"backbone.blocks.{n}" for n, _ in model.backbone.blocks[:2].named_parameters()}
+    assert stem and blocks
+    assert _frozen_names(model) == stem | blocks
+    assert all(p.requires_grad for p in model.backbone.blocks[2].parameters())
+    assert all(p.requires_grad for p in model.heads.parameters())
+    assert all(p.requires_grad for p in model.sex_embedding.parameters())
+    assert count_parameters(model, trainable_only=True) < n_all
+    freeze_blocks(model, 1)  # a later phase freezes less: block 1 trains again
+    assert all(p.requires_grad for p in model.backbone.blocks[1].parameters())
+    assert not any(p.requires_grad for p in model.backbone.blocks[0].parameters())
+    freeze_blocks(model, 0)
+    assert _frozen_names(model) == set() and count_parameters(model, trainable_only=True) == n_all
+
+
+def test_create_model_scratch():
+    model, lineage = create_model(_spec(), INIT_SCRATCH)
+    assert lineage == {"init_from": INIT_SCRATCH}
+    assert isinstance(model, BoneAgeNet) and model.spec == _spec()
+
+
+def test_create_model_imagenet_holds_the_source_tensors():
+    model, lineage = create_model(_spec(), INIT_IMAGENET)
+    assert lineage == {"init_from": INIT_IMAGENET}
+    source = torch.load(imagenet_weights_path(BACKBONE), map_location="cpu", weights_only=True)
+    bb = model.backbone.state_dict()
+    assert torch.equal(bb["conv_stem.weight"], source["_conv_stem.weight"])
+    assert torch.equal(bb["blocks.6.0.conv_pwl.weight"], source["_blocks.15._project_conv.weight"])
+    assert torch.equal(bb["conv_head.weight"], source["_conv_head.weight"])
+
+
+@pytest.fixture(scope="module")
+def parent(tmp_path_factory):
+    """An age-only checkpoint (what a previous run saved) and the network it was saved from."""
+    path = tmp_path_factory.mktemp("parent") / "regressor.pt"
+    model = _net(seed=1, heads=(AGE,))
+    sha = save_model(path, model, {"lr": 0.01}, {"init_from": INIT_SCRATCH}, extra={"best_epoch": 1})
+    return path, model, sha
+
+
+def test_create_model_from_a_checkpoint_copies_matching_tensors(parent):
+    path, source, sha = parent
+    torch.manual_seed(7)
+    child, lineage = create_model(_spec(heads=(AGE, STAGE)), str(path))
+    torch.manual_seed(7)
+    fresh = BoneAgeNet(_spec(heads=(AGE, STAGE)))  # what the child's weights were before loading
+    expected = _fp16(source.state_dict())
+    state = child.state_dict()
+    for key, value in state.items():
+        if key.startswith(("backbone.", "sex_embedding.", "heads.age.")):
+            assert torch.equal(value, expected[key]), key
+        else:
+            assert key.startswith("heads.stage.") and torch.equal(value, fresh.state_dict()[key]), key
+    assert not torch.equal(state["backbone.conv_stem.weight"], fresh.state_dict()["backbone.conv_stem.weight"])
+    assert lineage["init_from"] == str(path) and lineage["parent_sha256"] == sha == file_sha256(path)
+    assert lineage["parent_config"] == {"lr": 0.01} and lineage["parent_spec"]["heads"] == [AGE]
+    assert lineage["parent_lineage"] == {"init_from": INIT_SCRATCH}
+
+
+def test_create_model_from_a_checkpoint_skips_mismatched_shapes(parent):
+    path, source, _ = parent
+    torch.manual_seed(8)
+    child, _ = create_model(_spec(heads=(AGE,), sex_dim=8), str(path))  # other embedding, so other head inputs
+    torch.manual_seed(8)
+    fresh = BoneAgeNet(_spec(heads=(AGE,), sex_dim=8))
+    expected = _fp16(source.state_dict())
+    state = child.state_dict()
+    assert torch.equal(state["backbone.conv_head.weight"], expected["backbone.conv_head.weight"])
+    assert torch.equal(state["sex_embedding.weight"], fresh.state_dict()["sex_embedding.weight"])
+    assert torch.equal(state["heads.age.0.weight"], fresh.state_dict()["heads.age.0.weight"])
+    assert torch.equal(state["heads.age.3.weight"], expected["heads.age.3.weight"])  # (1, 256) matches
+
+
+def test_create_model_from_a_missing_path(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nothing.pt"):
+        create_model(_spec(), str(tmp_path / "nothing.pt"))
+
+
+def test_save_and_load_round_trip(tmp_path):
+    model = _net(seed=2)
+    path = tmp_path / "multihead.pt"
+    sha = save_model(path, model, {"epochs": 3}, {"init_from": INIT_SCRATCH}, extra={"val_score": 0.5})
+    loaded, meta = load_model(path)
+    assert not loaded.training and loaded.spec == model.spec
+    assert meta["sha256"] == sha and "state_dict" not in meta
     assert meta["config"] == {"epochs": 3} and meta["extra"] == {"val_score": 0.5}
-    assert ModelSpec.from_dict(spec) == net.spec
+    assert meta["lineage"] == {"init_from": INIT_SCRATCH} and meta["spec"] == model.spec.to_dict()
+    expected = _fp16(model.state_dict())
+    for key, value in loaded.state_dict().items():
+        assert value.dtype == model.state_dict()[key].dtype and torch.equal(value, expected[key]), key
+    x, male = _inputs(2)
+    with torch.no_grad():
+        a, b = model(x, male), loaded(x, male)
+    for head in (AGE, STAGE):
+        torch.testing.assert_close(b[head], a[head], rtol=2e-2, atol=2e-2)  # weights stored in fp16
 
 
-def test_load_refuses_foreign_file(tmp_path):
-    path = tmp_path / "other.pt"
-    torch.save({"state_dict": {}}, path)
-    with pytest.raises(ValueError, match="not a bone-age checkpoint"):
-        load_checkpoint(path)
+@pytest.mark.parametrize("name,heads", [("regressor.pt", (AGE,)), ("classifier.pt", (STAGE,))])
+def test_committed_format_1_models_load(committed_artifacts, name, heads):
+    model, meta = load_model(committed_artifacts / name)
+    assert model.spec.heads == heads and not model.training
+    assert meta["sha256"] == file_sha256(committed_artifacts / name)
+    assert parent_spec(str(committed_artifacts / name)) == model.spec
+    with torch.no_grad():
+        out = model(torch.full((1, 1, 64, 64), 0.5), torch.tensor([1]))
+    assert list(out) == list(heads) and torch.isfinite(out[heads[0]]).all()
+
+
+def test_parent_spec(parent):
+    path, source, _ = parent
+    assert parent_spec(INIT_IMAGENET) is None and parent_spec(INIT_SCRATCH) is None
+    assert parent_spec(str(path)) == source.spec
+    assert ModelSpec.from_dict(read_payload(path)["spec"]) == source.spec

@@ -1,8 +1,9 @@
-"""training: SAM, augmentation, TTA views, and a tiny real fit() run."""
+"""training: SAM, augmentation, phases, the learning-rate schedule and tiny real fit() runs."""
 
 from __future__ import annotations
 
-from dataclasses import replace
+import math
+import types
 
 import numpy as np
 import pandas as pd
@@ -10,11 +11,25 @@ import pytest
 import torch
 from torch import nn
 
-from boneage_core.config import TrainConfig
-from boneage_core.models import BoneAgeNet, ModelSpec, build_model
+from boneage_core import training
+from boneage_core.heads import AGE, STAGE, get_head
+from boneage_core.inference import member_outputs
+from boneage_core.models import INIT_SCRATCH, BoneAgeNet, ModelSpec, create_model
 from boneage_core.preprocess import PreprocessSpec
-from boneage_core.training import SAM, augment, fit, predict_outputs, resolve_device, tta_views
+from boneage_core.training import SAM, FitConfig, Phase, Split, augment, fit, lr_factor, parse_phases, validate
 
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_torch_thread():  # on the shared 2-core machine two intra-op threads contend and run ~10x slower
+    threads, _ = torch.get_num_threads(), torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+CPU = torch.device("cpu")
+
+
+# --- SAM -------------------------------------------------------------------------------------------------
 
 def _regression_problem(seed: int = 0):
     g = torch.Generator().manual_seed(seed)
@@ -96,6 +111,8 @@ def test_sam_closure_step_and_argument_checks():
         SAM(model.parameters(), torch.optim.SGD, rho=-1.0, lr=0.1)
 
 
+# --- augmentation ----------------------------------------------------------------------------------------
+
 def _batch(b: int = 4, size: int = 32, seed: int = 0) -> torch.Tensor:
     return torch.rand(b, 1, size, size, generator=torch.Generator().manual_seed(seed))
 
@@ -123,73 +140,234 @@ def test_augment_brightness_only_shifts_by_a_constant():
     x = _batch() * 0.5 + 0.25  # away from the clamp
     out = augment(x, torch.Generator().manual_seed(0), max_rotation=0.0, scale=(1.0, 1.0), max_shift=0.0,
                   brightness=0.1, contrast=(1.0, 1.0))
-    shift = out - x
-    per_image = shift.flatten(1)
+    per_image = (out - x).flatten(1)
     assert (per_image.max(1).values - per_image.min(1).values).max() < 1e-5
     assert per_image.abs().max() <= 0.1 + 1e-6
 
 
-def test_tta_views():
-    x = _batch(3, 32)
-    views = tta_views(x)
-    assert len(views) == 3 and all(v.shape == x.shape for v in views)
-    assert views[0] is x
-    # s = 0.94 samples a smaller area (zoom in), so the image border region changes but the centre stays
-    assert not torch.allclose(views[1], x) and not torch.allclose(views[2], x)
-    ones = torch.ones(1, 1, 32, 32)
-    zoom_out = tta_views(ones)[2]
-    assert zoom_out[0, 0, 0, 0] < 1 and zoom_out[0, 0, 16, 16] == pytest.approx(1.0)
+# --- phases and schedule ---------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("text,expected", [
+    ("64:1", (Phase(64, 1, 1e-3, 0, 0.0),)),
+    ("176:2:1e-3:3,224:2:5e-4:3", (Phase(176, 2, 1e-3, 3), Phase(224, 2, 5e-4, 3))),
+    (" 32:3:0.01:0:2.5 , 96:1 ,", (Phase(32, 3, 0.01, 0, 2.5), Phase(96, 1))),
+])
+def test_parse_phases(text, expected):
+    assert parse_phases(text) == expected
 
 
-def test_resolve_device():
-    assert resolve_device("cpu") == torch.device("cpu")
-    assert resolve_device("auto").type in ("cpu", "cuda")
+@pytest.mark.parametrize("text", ["", " , ", "64", "64:1:1e-3:0:1:9", "x:1", "64:1.5", "64:1:fast", "64:1:1e-3:0.5",
+                                  "31:1", "64:0", "64:1:0", "64:1:-1e-3", "64:1:1e-3:-1", "64:1:1e-3:0:-1",
+                                  "64:1,48"])
+def test_parse_phases_refuses(text):
+    with pytest.raises(ValueError, match="phase"):
+        parse_phases(text)
 
 
-def _tiny_data(n: int, size: int, task: str, seed: int):
-    g = torch.Generator().manual_seed(seed)
-    images = torch.randint(0, 256, (n, size, size), dtype=torch.uint8, generator=g)
-    male = torch.randint(0, 2, (n,), generator=g)
-    if task == "regression":
-        target = torch.randn(n, generator=g)
-    else:
-        target = torch.randint(0, 5, (n,), generator=g)
-    return images, male, target
+def test_phase_to_dict():
+    assert Phase(96, 2, 5e-4, 1, 3.0).to_dict() == {"image_size": 96, "epochs": 2, "lr": 5e-4, "freeze_blocks": 1,
+                                                    "minutes": 3.0}
 
 
-@pytest.mark.parametrize("task,optimizer", [("regression", "adamw"), ("classification", "sam")])
-def test_fit_tiny_run(task, optimizer):
-    size = 64
-    n_out = 1 if task == "regression" else 5
-    spec = ModelSpec(task=task, n_outputs=n_out, sex_embedding_dim=4, preprocess=PreprocessSpec(image_size=size),
-                     age_mean=100.0, age_std=50.0)
-    cfg = replace(TrainConfig(), image_size=size, epochs=2, batch_size=8, warmup_epochs=0.5, patience=5,
-                  pretrained=False, optimizer=optimizer, ema_decay=0.9, seed=0)
-    torch.manual_seed(0)
-    net = build_model(spec)
-    train = _tiny_data(32, size, task, 1)
-    val = _tiny_data(8, size, task, 2)
-    result = fit(net, train, val, cfg, torch.device("cpu"))
-    assert isinstance(result.history, pd.DataFrame)
-    assert result.history["epoch"].tolist() == [1, 2]
-    assert {"train_loss", "val_loss", "val_score", "lr", "seconds", "images_per_s"} <= set(result.history)
-    assert np.isfinite(result.history[["train_loss", "val_loss", "val_score"]].to_numpy()).all()
-    assert result.best_epoch in (1, 2)
-    assert result.best_score == pytest.approx(result.history["val_score"].min())
-    assert result.stopped == "completed all epochs"
-    fresh = BoneAgeNet(spec)
+def test_lr_factor_warm_up_and_cosine():
+    warmup = 0.2
+    assert lr_factor(0.0, warmup) == pytest.approx(1e-3 / warmup)  # starts near zero, not at zero
+    assert lr_factor(0.1, warmup) == pytest.approx((0.1 + 1e-3) / warmup)
+    assert lr_factor(warmup, warmup) == pytest.approx(1.0)  # peak at the end of the warm-up
+    assert lr_factor(0.6, warmup) == pytest.approx(0.5)  # half-way down the cosine
+    assert lr_factor(1.0, warmup) == pytest.approx(0.0, abs=1e-12)
+    assert lr_factor(1.5, warmup) == pytest.approx(0.0, abs=1e-12)  # past the end: stays at zero
+    assert lr_factor(0.0, 0.0) == pytest.approx(1.0)  # no warm-up: the cosine from its top
+    warm = [lr_factor(p, warmup) for p in np.linspace(0, warmup - 1e-6, 20)]
+    cool = [lr_factor(p, warmup) for p in np.linspace(warmup, 1.0, 20)]
+    assert np.all(np.diff(warm) > 0) and np.all(np.diff(cool) < 0)
+
+
+# --- fit -------------------------------------------------------------------------------------------------
+
+def _split(n: int, size: int, g: torch.Generator) -> Split:
+    return Split(torch.randint(0, 256, (n, size, size), dtype=torch.uint8, generator=g),
+                 torch.randint(0, 2, (n,), generator=g),
+                 (torch.rand(n, generator=g, dtype=torch.float64) * 200 + 10).numpy())
+
+
+def _data(n_train: int, n_val: int, calls: list | None = None):
+    """data(image_size) -> (train, val) of random images; records the sizes asked for."""
+    def data(size: int) -> tuple[Split, Split]:
+        if calls is not None:
+            calls.append(size)
+        g = torch.Generator().manual_seed(size)
+        return _split(n_train, size, g), _split(n_val, size, g)
+    return data
+
+
+def _net(heads=(AGE,), seed: int = 0) -> BoneAgeNet:
+    torch.manual_seed(seed)
+    spec = ModelSpec(heads=heads, sex_embedding_dim=4, preprocess=PreprocessSpec(image_size=32),
+                     age_mean=120.0, age_std=40.0)
+    return create_model(spec, INIT_SCRATCH)[0]
+
+
+def _cfg(**kwargs) -> FitConfig:
+    return FitConfig(**{"batch_size": 4, "warmup_epochs": 0.5, "ema_decay": 0.9, "patience": 5, "seed": 0, **kwargs})
+
+
+@pytest.fixture(scope="module")
+def two_phase():
+    """A multi-head net trained 32 px (two frozen stages) then 48 px, one epoch each, on 24 images."""
+    net, calls = _net((AGE, STAGE)), []
+    result = fit(net, _data(24, 8, calls), _cfg(), parse_phases("32:1:1e-3:2,48:1:5e-4"), CPU)
+    return net, result, calls
+
+
+def test_fit_runs_every_phase_at_its_size(two_phase):
+    net, result, calls = two_phase
+    assert calls == [32, 48]
+    assert result.phases_run == 2 and result.image_size == 48
+    assert net.spec.preprocess.image_size == 48  # the checkpoint's input size is the last phase's
+    assert result.stopped == "completed 1 epoch(s)" and result.notes == []
+    assert result.seconds > 0
+
+
+def test_fit_history_has_one_row_per_epoch(two_phase):
+    _, result, _ = two_phase
+    history = result.history
+    assert isinstance(history, pd.DataFrame) and len(history) == 2
+    assert history["epoch"].tolist() == [1, 2]
+    assert history["phase"].tolist() == [1, 2] and history["image_size"].tolist() == [32, 48]
+    assert history["lr"].tolist() == [1e-3, 5e-4]
+    assert {"train_loss", "val_score", "val_age", "val_stage", "seconds", "images_per_s"} <= set(history)
+    assert np.isfinite(history[["train_loss", "val_score", "val_age", "val_stage"]].to_numpy()).all()
+    assert history["val_score"].tolist() == history["val_age"].tolist()  # the first head decides
+    # the best weights are the last phase's
+    assert result.best_epoch == 2 and result.best_score == pytest.approx(history["val_age"].iloc[-1])
+
+
+def test_fit_result_weights_load_into_the_final_spec(two_phase):
+    net, result, _ = two_phase
+    fresh = BoneAgeNet(net.spec)
     fresh.load_state_dict(result.state_dict, strict=True)
-    out = predict_outputs(fresh, val[0], val[1], torch.device("cpu"), batch_size=4)
-    assert out.shape == ((8,) if task == "regression" else (8, 5))
-    if task == "classification":  # log-probabilities
-        np.testing.assert_allclose(np.exp(out).sum(1), 1.0, atol=1e-4)
-    tta = predict_outputs(fresh, val[0], val[1], torch.device("cpu"), batch_size=4, tta=True)
-    assert tta.shape == out.shape
+    val = _data(24, 8)(48)[1]
+    scores = validate(fresh, val, CPU, batch_size=4)
+    assert scores[AGE] == pytest.approx(result.best_score, rel=1e-4)
 
 
-def test_time_budget_leaves_room_for_one_more_epoch():
-    from boneage_core.training import _over_budget
+def test_fit_sets_freezing_per_phase(two_phase):
+    net, _, _ = two_phase
+    assert all(p.requires_grad for p in net.parameters())  # phase 1 froze two stages, the last phase none
 
-    assert not _over_budget(elapsed_s=600, last_epoch_s=300, max_minutes=20)  # 15 min < 20
-    assert _over_budget(elapsed_s=900, last_epoch_s=400, max_minutes=20)  # would end at 21.7 min
-    assert not _over_budget(elapsed_s=10_000, last_epoch_s=10_000, max_minutes=0)  # no limit
+
+def test_frozen_stages_do_not_train():
+    net = _net(seed=1)
+    before = {k: v.detach().clone() for k, v in net.named_parameters()}
+    fit(net, _data(8, 4), _cfg(), parse_phases("32:1:1e-2:2"), CPU)
+    after = dict(net.named_parameters())
+    assert torch.equal(after["backbone.blocks.1.0.conv_dw.weight"], before["backbone.blocks.1.0.conv_dw.weight"])
+    assert not torch.equal(after["backbone.blocks.2.0.conv_pw.weight"], before["backbone.blocks.2.0.conv_pw.weight"])
+    assert not torch.equal(after["heads.age.3.weight"], before["heads.age.3.weight"])
+
+
+def test_validate_scores_every_head_through_the_inference_path():
+    net = _net((STAGE, AGE), seed=2)
+    val = _data(4, 6)(32)[1]
+    scores = validate(net, val, CPU, batch_size=4)
+    outs = member_outputs(net, val.images, val.male, CPU)
+    assert list(scores) == [STAGE, AGE]
+    assert scores[AGE] == pytest.approx(np.abs(outs[AGE][0] - val.boneage).mean())
+    assert scores[STAGE] == pytest.approx(get_head(STAGE).val_score(outs[STAGE][0], val.boneage, val.male.numpy(),
+                                                                     net.spec.scheme))
+
+
+def _count_steps(monkeypatch, after_step=None) -> list:
+    """Count optimizer steps (and how many training forwards each took); after_step() runs after each."""
+    steps = []
+    real = training._train_step
+
+    def counting(net, *args, **kwargs):
+        forwards = []
+        handle = net.backbone.register_forward_hook(lambda m, i, o: forwards.append(m.training))
+        try:
+            loss = real(net, *args, **kwargs)
+        finally:
+            handle.remove()
+        steps.append(len(forwards))
+        if after_step:
+            after_step()
+        return loss
+
+    monkeypatch.setattr(training, "_train_step", counting)
+    return steps
+
+
+def test_time_budget_stops_inside_the_first_epoch(monkeypatch):
+    """A clock that jumps an hour after the first step: the run stops there and skips the second phase."""
+    now = [1_000.0]
+    monkeypatch.setattr(training, "time", types.SimpleNamespace(time=lambda: now[0]))
+    steps = _count_steps(monkeypatch, after_step=lambda: now.__setitem__(0, now[0] + 3600.0))
+    calls = []
+    result = fit(_net(seed=3), _data(24, 4, calls), _cfg(max_minutes=5.0), parse_phases("32:2,48:1"), CPU)
+    assert len(steps) == 1  # of 6 steps per epoch
+    assert calls == [32]
+    assert len(result.history) == 1 and result.phases_run == 1 and result.image_size == 32
+    assert "time budget" in result.stopped and "5 min" in result.stopped
+    assert any("2-2 skipped" in note and "time budget" in note for note in result.notes)
+    assert result.best_epoch == 1 and math.isfinite(result.best_score)
+
+
+def test_tiny_time_budget_still_stops_inside_the_first_epoch():
+    """Real clock, a budget shorter than the setup: the run should still train (and stop) in the first epoch."""
+    result = fit(_net(seed=3), _data(24, 4), _cfg(max_minutes=1e-9), parse_phases("32:2,48:1"), CPU)
+    assert "time budget" in result.stopped
+    assert len(result.history) == 1 and result.phases_run == 1
+    assert any("skipped" in note for note in result.notes)
+
+
+def test_phase_minutes_end_a_phase(monkeypatch):
+    now = [1_000.0]
+    monkeypatch.setattr(training, "time", types.SimpleNamespace(time=lambda: now[0]))
+    steps = _count_steps(monkeypatch, after_step=lambda: now.__setitem__(0, now[0] + 30.0))
+    result = fit(_net(seed=3), _data(8, 4), _cfg(), parse_phases("32:5:1e-3:0:1,48:1"), CPU)
+    assert len(steps) == 2 + 2  # two 30 s steps fill phase 1's minute; phase 2 has one 2-step epoch
+    assert result.history["phase"].tolist() == [1, 2] and result.phases_run == 2
+    assert result.stopped == "completed 1 epoch(s)"
+
+
+def test_early_stopping_by_patience(monkeypatch):
+    scores = iter([5.0, 4.0, 4.5, 4.0, 6.0, 1.0, 0.5])
+
+    def worsening(net, val, device, batch_size):
+        return {AGE: next(scores)}
+
+    monkeypatch.setattr(training, "validate", worsening)
+    result = fit(_net(seed=4), _data(8, 4), _cfg(patience=3), parse_phases("32:7"), CPU)
+    assert result.history["val_age"].tolist() == [5.0, 4.0, 4.5, 4.0, 6.0]
+    assert result.stopped == "early stop: no improvement for 3 epochs"
+    assert result.best_epoch == 2 and result.best_score == 4.0
+
+
+def test_sam_path_runs_two_forwards_a_step(monkeypatch):
+    steps = _count_steps(monkeypatch)
+    net = _net((AGE, STAGE), seed=5)
+    before = net.heads["stage"][3].weight.detach().clone()
+    result = fit(net, _data(8, 4), _cfg(optimizer="sam"), parse_phases("32:1"), CPU)
+    assert steps == [2, 2]  # one epoch of 8 images in batches of 4; SAM's closure runs twice
+    assert np.isfinite(result.history["train_loss"]).all() and math.isfinite(result.best_score)
+    assert not torch.equal(net.heads["stage"][3].weight, before)
+
+
+def test_adamw_path_runs_one_forward_a_step(monkeypatch):
+    steps = _count_steps(monkeypatch)
+    fit(_net(seed=5), _data(8, 4), _cfg(optimizer="adamw"), parse_phases("32:1"), CPU)
+    assert steps == [1, 1]
+
+
+def _final_state(seed: int, net_seed: int = 6) -> dict:
+    result = fit(_net(seed=net_seed), _data(8, 4), _cfg(seed=seed), parse_phases("32:1"), CPU)
+    return result.state_dict
+
+
+def test_fit_is_deterministic_for_a_seed():
+    a, b, c = _final_state(0), _final_state(0), _final_state(1)
+    assert set(a) == set(b)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not all(torch.equal(a[k], c[k]) for k in a)  # the seed matters (shuffle, augmentation, dropout)

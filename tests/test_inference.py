@@ -1,0 +1,164 @@
+"""inference: the one path from a gray image to combined, decoded head outputs."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from boneage_core import data
+from boneage_core.heads import AGE, STAGE, combine, get_head
+from boneage_core.imaging import load_gray
+from boneage_core.inference import (TTA_SCALES, autocast, ensemble_outputs, member_outputs, prepare, resolve_device,
+                                    to_input, tta_views)
+from boneage_core.models import INIT_SCRATCH, ModelSpec, create_model
+from boneage_core.preprocess import PreprocessSpec, preprocess, preprocess_source, to_uint8
+
+SIZE = 32
+CPU = torch.device("cpu")
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_torch_thread():  # on the shared 2-core machine two intra-op threads contend and run ~10x slower
+    threads, _ = torch.get_num_threads(), torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _net(heads=(AGE, STAGE), seed: int = 0):
+    torch.manual_seed(seed)
+    spec = ModelSpec(heads=heads, sex_embedding_dim=4, preprocess=PreprocessSpec(image_size=SIZE),
+                     age_mean=120.0, age_std=40.0)
+    return create_model(spec, INIT_SCRATCH)[0].eval()
+
+
+@pytest.fixture(scope="module")
+def net():
+    return _net()
+
+
+@pytest.fixture(scope="module")
+def images() -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    return (torch.randint(0, 256, (7, SIZE, SIZE), dtype=torch.uint8, generator=g),
+            torch.tensor([0, 1, 1, 0, 1, 0, 0]))
+
+
+def test_prepare_is_the_training_cache_path(fullres_sample):
+    spec = PreprocessSpec(image_size=64)
+    gray = load_gray(fullres_sample)
+    assert min(gray.shape) > 500  # a real full-size radiograph
+    prepared = prepare(gray, spec)
+    assert prepared.dtype == np.uint8 and prepared.shape == (64, 64)
+    np.testing.assert_array_equal(prepared, to_uint8(preprocess(gray, spec)))
+    np.testing.assert_array_equal(prepared, to_uint8(preprocess_source(fullres_sample, spec)))
+    id_, cached, error = data._load_one(("1377", str(fullres_sample), spec))
+    assert (id_, error) == ("1377", "")
+    np.testing.assert_array_equal(prepared, cached)
+    assert prepared.min() == 0 and prepared.max() == 255  # contrast stretched
+
+
+def test_to_input():
+    batch = torch.tensor([[[0, 255], [51, 128]], [[255, 0], [1, 2]]], dtype=torch.uint8)
+    original = batch.clone()
+    x = to_input(batch, CPU)
+    assert x.shape == (2, 1, 2, 2) and x.dtype == torch.float32 and x.device.type == "cpu"
+    assert x.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(x[:, 0], original.float() / 255.0, rtol=0, atol=0)
+    assert x.min() == 0.0 and x.max() == 1.0
+    assert torch.equal(batch, original)  # the cache is not modified
+
+
+def test_tta_views():
+    x = torch.rand(3, 1, SIZE, SIZE, generator=torch.Generator().manual_seed(1))
+    assert len(tta_views(x, tta=False)) == 1 and tta_views(x, tta=False)[0] is x
+    views = tta_views(x)
+    assert len(views) == len(TTA_SCALES) == 3 and TTA_SCALES[0] == 1.0
+    assert views[0] is x
+    assert all(v.shape == x.shape and v.dtype == x.dtype for v in views)
+    assert not torch.allclose(views[1], x) and not torch.allclose(views[2], x)
+    ones = torch.ones(1, 1, SIZE, SIZE)
+    zoom_in, zoom_out = tta_views(ones)[1:]
+    assert TTA_SCALES[2] > 1 > TTA_SCALES[1]
+    assert zoom_out[0, 0, 0, 0] < 1 and zoom_out[0, 0, -1, -1] < 1  # zoom-out: borders partly empty
+    assert zoom_out[0, 0, SIZE // 2, SIZE // 2] == pytest.approx(1.0)
+    torch.testing.assert_close(zoom_in, ones)  # zoom-in samples inside the image only
+
+
+def test_resolve_device_and_autocast():
+    assert resolve_device("cpu") == CPU
+    assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    with autocast(CPU):
+        assert not torch.is_autocast_enabled("cpu")
+    with autocast(CPU, cpu_bf16=True):
+        assert torch.is_autocast_enabled("cpu")
+
+
+def test_member_outputs_are_decoded_views(net, images):
+    x, male = images
+    out = member_outputs(net, x, male, CPU, tta=False, batch_size=3)
+    assert list(out) == [AGE, STAGE]
+    assert len(out[AGE]) == len(out[STAGE]) == 1
+    assert out[AGE][0].shape == (7,) and out[STAGE][0].shape == (7, 5)
+    np.testing.assert_allclose(out[STAGE][0].sum(axis=1), 1.0, atol=1e-6)
+    with torch.no_grad():
+        raw = net(to_input(x, CPU), male)
+    for head in (AGE, STAGE):
+        np.testing.assert_allclose(out[head][0], get_head(head).decode(raw[head], net.spec), rtol=1e-5, atol=1e-5)
+    tta = member_outputs(net, x, male, CPU, tta=True, batch_size=3)
+    assert len(tta[AGE]) == len(tta[STAGE]) == 3
+    assert all(v.shape == (7,) for v in tta[AGE]) and all(v.shape == (7, 5) for v in tta[STAGE])
+    np.testing.assert_allclose(tta[AGE][0], out[AGE][0], rtol=0, atol=1e-5)
+    assert not np.allclose(tta[AGE][1], tta[AGE][0])
+
+
+def test_member_outputs_ignore_batch_size(net, images):
+    x, male = images
+    whole = member_outputs(net, x, male, CPU, tta=True, batch_size=64)
+    pieces = member_outputs(net, x, male, CPU, tta=True, batch_size=2)  # 2 + 2 + 2 + 1
+    for head in (AGE, STAGE):
+        for a, b in zip(whole[head], pieces[head], strict=True):
+            np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-5)
+
+
+def test_member_outputs_follow_the_images(net, images):
+    x, male = images
+    order = torch.tensor([6, 2, 0, 5, 1, 4, 3])
+    base = member_outputs(net, x, male, CPU, tta=True, batch_size=4)
+    shuffled = member_outputs(net, x[order], male[order], CPU, tta=True, batch_size=4)
+    for head in (AGE, STAGE):
+        for a, b in zip(base[head], shuffled[head], strict=True):
+            np.testing.assert_allclose(b, a[order.numpy()], rtol=1e-5, atol=1e-5)
+
+
+def test_member_outputs_put_the_net_in_eval_mode(images):
+    model = _net(seed=1).train()
+    x, male = images
+    first = member_outputs(model, x, male, CPU)
+    assert not model.training
+    np.testing.assert_array_equal(member_outputs(model, x, male, CPU)[AGE][0], first[AGE][0])  # no dropout
+
+
+def test_ensemble_members_without_a_head_do_not_vote():
+    a1, a2, b1 = np.array([100.0, 10.0]), np.array([110.0, 20.0]), np.array([30.0, 30.0])
+    s1 = np.array([[0.2, 0.2, 0.2, 0.2, 0.2], [0.0, 0.0, 1.0, 0.0, 0.0]])
+    out = ensemble_outputs([{AGE: [a1, a2]}, {AGE: [b1], STAGE: [s1]}])
+    assert list(out) == [AGE, STAGE]
+    np.testing.assert_allclose(out[AGE], [80.0, 20.0])  # the mean of every view of every member
+    np.testing.assert_array_equal(out[STAGE], s1)  # only the second member has a stage head
+    assert list(ensemble_outputs([{STAGE: [s1]}, {AGE: [a1]}])) == [STAGE, AGE]
+
+
+def test_ensemble_of_real_members_is_combine_of_all_views(net, images):
+    x, male = images
+    members = [member_outputs(net, x, male, CPU, tta=True),
+               member_outputs(_net(seed=2), x, male, CPU, tta=False),
+               member_outputs(_net(heads=(AGE,), seed=3), x, male, CPU, tta=False)]
+    out = ensemble_outputs(members)
+    views_age = members[0][AGE] + members[1][AGE] + members[2][AGE]
+    np.testing.assert_allclose(out[AGE], combine(views_age), rtol=0, atol=1e-12)
+    np.testing.assert_allclose(out[AGE], np.mean(views_age, axis=0), rtol=0, atol=1e-9)
+    views_stage = members[0][STAGE] + members[1][STAGE]
+    np.testing.assert_allclose(out[STAGE], combine(views_stage), rtol=0, atol=1e-12)
+    assert out[STAGE].shape == (7, 5)
+    np.testing.assert_allclose(out[STAGE].sum(axis=1), 1.0, atol=1e-6)
