@@ -142,9 +142,10 @@ def test_one_artifacts_folder_is_written_and_its_model_predicts(two_rank_run, da
 
 def test_two_ranks_learn_like_one_process(two_rank_run, one_rank_run):
     """Same seed, split and global batch; shards, batch composition, augmentation draws and per-rank
-    BatchNorm statistics differ, so the scores are close, not equal. Measured: 1.2 months apart on
-    ~34 months MAE (3 %); a 15 % tolerance leaves room for that noise and still catches a run that
-    diverges or stops learning (which the falling training loss checks too)."""
+    BatchNorm statistics differ, so the scores are close, not equal. Measured: 33.50 vs 33.53 months
+    MAE here (0.1 %), 35.41 vs 34.26 with 360 images (3 %). The runs are deterministic on the CPU;
+    5 % allows for that spread and stays below the gap to predicting the training mean (36.4 months,
+    about 8 % worse), so a run that learns nothing or diverges fails (the falling loss checks too)."""
     out, _ = two_rank_run
     assert (out / "split.csv").read_text() == (one_rank_run / "split.csv").read_text()
     two = pd.read_csv(out / "history_multihead.csv")
@@ -154,4 +155,4 @@ def test_two_ranks_learn_like_one_process(two_rank_run, one_rank_run):
         assert np.isfinite(history["val_score"]).all()
         assert history["train_loss"].iloc[-1] < history["train_loss"].iloc[0]
     best_one, best_two = one["val_score"].min(), two["val_score"].min()
-    assert abs(best_two - best_one) <= 0.15 * best_one, (best_one, best_two)
+    assert abs(best_two - best_one) <= 0.05 * best_one, (best_one, best_two)
