@@ -11,7 +11,7 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -242,11 +242,11 @@ SHARD_LOG_ENV = "BONEAGE_SHARD_LOG"
 
 @dataclass
 class _Loop:
-    """What every training step needs: the network, its DDP wrapper (or itself), EMA, clock, RNG, device, process group."""
+    """What every training step needs: network, DDP wrapper (or the network), EMA, clock, RNG, device, process group."""
 
     net: BoneAgeNet
     model: torch.nn.Module
-    ema: object
+    ema: Any  # timm ModelEmaV3
     clock: _Clock
     gen: torch.Generator
     device: torch.device
@@ -318,7 +318,7 @@ def _train_step(model, opt, x, targets, heads, cfg: FitConfig, device) -> torch.
 
 def _run_epoch(loop: _Loop, opt, train: Split, targets: dict, phase: Phase, epoch: int,
                desc: str) -> tuple[float, int, str]:
-    """One pass over this rank's shuffled training images; returns (mean loss, images seen, why it ended early or '')."""
+    """One pass over this rank's shuffled training images; returns (mean loss, images seen, why it ended early)."""
     cfg, heads, clock, dist = loop.cfg, loop.net.spec.heads, loop.clock, loop.dist
     order = _epoch_order(len(train.images), loop)
     steps = max(1, len(order) // cfg.batch_size)
