@@ -6,6 +6,7 @@ import codecs
 import csv
 import hashlib
 import io
+import json
 import logging
 import os
 import re
@@ -411,3 +412,36 @@ def load_images(
         np.savez(tmp, ids=np.array(out.ids), images=images, failures=np.array([f"{i}\t{m}" for i, m in failures]))
         os.replace(tmp, cache_file)
     return out
+
+
+def load_images_mmap(
+    ids: list[str],
+    paths: list[str],
+    spec: PreprocessSpec,
+    cache_dir: str | os.PathLike,
+    workers: int | None = None,
+) -> ImageArray:
+    """load_images with its cache as an uncompressed .npy (+ .json of ids and failures), opened memory-mapped.
+
+    Processes on one machine (torchrun ranks) then share the cache's pages through the OS instead of
+    each holding a decoded copy. The map is copy-on-write ("c"): the array is writable for torch
+    without a warning, and a page is copied only if a process writes to it (training never does).
+    Writers use temporary names of their own and os.replace, so concurrent writers cannot clash.
+    """
+    ids = [str(i) for i in ids]
+    paths = [str(p) for p in paths]
+    stem = Path(cache_dir) / f"images-{spec.image_size}-{_cache_key(ids, paths, spec)}"
+    npy, meta = stem.with_name(stem.name + ".npy"), stem.with_name(stem.name + ".json")
+    if not (npy.is_file() and meta.is_file()):
+        fresh = load_images(ids, paths, spec, None, workers)
+        npy.parent.mkdir(parents=True, exist_ok=True)
+        tmp = npy.with_name(f"{npy.name}.tmp-{os.getpid()}")
+        with open(tmp, "wb") as f:
+            np.save(f, fresh.images)
+        os.replace(tmp, npy)
+        tmp = meta.with_name(f"{meta.name}.tmp-{os.getpid()}")
+        tmp.write_text(json.dumps({"ids": fresh.ids, "failures": fresh.failures}))
+        os.replace(tmp, meta)
+    info = json.loads(meta.read_text())
+    logger.info("Memory-mapped %d cached images from %s", len(info["ids"]), npy)
+    return ImageArray(info["ids"], np.load(npy, mmap_mode="c"), [tuple(f) for f in info["failures"]])

@@ -17,7 +17,9 @@ from . import artifacts as art
 from .baseline import HogParams, fit_baseline
 from .checkpoint import read_meta
 from .config import MODEL_LAYOUTS, TrainConfig
-from .data import attach_paths, find_dataset, load_images, load_or_make_split, read_labels, with_split
+from .data import (ImageArray, attach_paths, find_dataset, load_images, load_images_mmap, load_or_make_split,
+                   read_labels, with_split)
+from .distributed import LOCAL, DistContext
 from .evaluate import predict_frame, score_predictions, summary_table
 from .heads import AGE
 from .errors import MissingArtifactError
@@ -45,8 +47,12 @@ class Dataset:
         return self.frame[self.frame["split"] == name]
 
 
-def prepare_dataset(cfg: TrainConfig, staging: Path) -> Dataset:
-    """Read labels, match images, and reuse or make the split (saved into the artifacts)."""
+def prepare_dataset(cfg: TrainConfig, staging: Path | None, dist: DistContext = LOCAL) -> Dataset:
+    """Read labels, match images, and reuse or make the split (saved into the artifacts).
+
+    Under torchrun rank 0 reads or makes the split and sends it to the other ranks (staging None there),
+    so every rank trains on the same images even when an existing split.csv is reused.
+    """
     if cfg.labels:
         labels_csv, image_dir = Path(cfg.labels), Path(cfg.images or Path(cfg.labels).with_suffix(""))
     else:
@@ -55,19 +61,37 @@ def prepare_dataset(cfg: TrainConfig, staging: Path) -> Dataset:
     labels = attach_paths(read_labels(labels_csv), image_dir)
     if cfg.limit and cfg.limit < len(labels):
         labels = labels.sample(n=cfg.limit, random_state=cfg.seed).reset_index(drop=True)
-    split = load_or_make_split(labels[["id", "boneage", "male"]], staging / art.SPLIT_FILE, cfg.seed)
+    split = None
+    if dist.is_main:
+        split = load_or_make_split(labels[["id", "boneage", "male"]], staging / art.SPLIT_FILE, cfg.seed)
+    split = dist.broadcast_object(split)
     frame = with_split(labels, split)
     frame["stage"] = DEFAULT_SCHEME.stage_of(frame["boneage"], frame["male"])
     logger.info("Data: %d images (%s)", len(frame), frame["split"].value_counts().to_dict())
     return Dataset(frame)
 
 
-def _images_for(ds: Dataset, part: pd.DataFrame, spec: PreprocessSpec, cfg: TrainConfig):
-    images = load_images(part["id"].tolist(), part["path"].tolist(), spec, cfg.cache_dir or None, cfg.workers or None)
+def _images_for(ds: Dataset, part: pd.DataFrame, spec: PreprocessSpec, cfg: TrainConfig,
+                dist: DistContext = LOCAL):
+    if dist.enabled and cfg.cache_dir:
+        images = _shared_images(part, spec, cfg, dist)
+    else:
+        images = load_images(part["id"].tolist(), part["path"].tolist(), spec, cfg.cache_dir or None,
+                             cfg.workers or None)
     ds.failures.update(dict(images.failures))
     pos = {id_: i for i, id_ in enumerate(images.ids)}
     rows = part[part["id"].isin(pos)]
-    return rows, images.images[[pos[i] for i in rows["id"]]]
+    rows_pos = [pos[i] for i in rows["id"]]
+    same_order = rows_pos == list(range(len(images.ids)))  # as load_images returns them: no copy (nor of a memmap)
+    return rows, images.images if same_order else images.images[rows_pos]
+
+
+def _shared_images(part: pd.DataFrame, spec: PreprocessSpec, cfg: TrainConfig, dist: DistContext) -> ImageArray:
+    """The images from a memory-mapped cache that the ranks on one machine share (its local rank 0 writes it)."""
+    ids, paths = part["id"].tolist(), part["path"].tolist()
+    images = load_images_mmap(ids, paths, spec, cfg.cache_dir, cfg.workers or None) if dist.local_rank == 0 else None
+    dist.barrier()
+    return images if images is not None else load_images_mmap(ids, paths, spec, cfg.cache_dir, cfg.workers or None)
 
 
 def train_baseline_stage(cfg: TrainConfig, ds: Dataset, staging: Path) -> None:
@@ -94,33 +118,39 @@ def _age_scaling(cfg: TrainConfig, rows: pd.DataFrame) -> tuple[float, float]:
     return float(rows["boneage"].mean()), float(rows["boneage"].std())
 
 
-def _split_data(cfg: TrainConfig, ds: Dataset):
+def _split_data(cfg: TrainConfig, ds: Dataset, dist: DistContext = LOCAL):
     """data(image_size) -> (train, val) Splits for fit, loaded through the one preprocessing path (cached)."""
+    if dist.enabled and not cfg.cache_dir:
+        logger.warning("No --cache-dir: each of the %d processes holds its own copy of the images", dist.world)
+
     def data(size: int) -> tuple[Split, Split]:
         out = []
         for part in ("train", "val"):
-            rows, img = _images_for(ds, ds.part(part), PreprocessSpec(image_size=size), cfg)
+            rows, img = _images_for(ds, ds.part(part), PreprocessSpec(image_size=size), cfg, dist)
             out.append(Split(torch.from_numpy(img), torch.tensor(rows["male"].to_numpy(), dtype=torch.long),
                              rows["boneage"].to_numpy(dtype=np.float64)))
         return out[0], out[1]
     return data
 
 
-def train_cnn_stage(cfg: TrainConfig, ds: Dataset, staging: Path, name: str) -> dict:
-    """Train the network <name>.pt with the heads MODEL_LAYOUTS[name]; saves checkpoint + history."""
+def train_cnn_stage(cfg: TrainConfig, ds: Dataset, staging: Path | None, name: str, dist: DistContext = LOCAL) -> dict:
+    """Train the network <name>.pt with the heads MODEL_LAYOUTS[name]; saves checkpoint + history (rank 0 only)."""
     phases = cfg.training_phases()
     age_mean, age_std = _age_scaling(cfg, ds.part("train"))
     spec = ModelSpec(heads=MODEL_LAYOUTS[name], backbone=cfg.backbone, sex_embedding_dim=cfg.sex_embedding_dim,
                      preprocess=PreprocessSpec(image_size=phases[-1].image_size), age_mean=age_mean, age_std=age_std)
     net, lineage = create_model(spec, cfg.init_from)
-    device = resolve_device(cfg.device)
+    device = dist.device or resolve_device(cfg.device)
     logger.info("Training %s (heads %s) on %s from %s", name, ", ".join(spec.heads), device, cfg.init_from)
-    result = fit(net, _split_data(cfg, ds), cfg.fit_config(), phases, device)
+    result = fit(net, _split_data(cfg, ds, dist), cfg.fit_config(), phases, device, dist)
     net.load_state_dict(result.state_dict)
     summary = {"best_epoch": result.best_epoch, "best_val_score": result.best_score, "stopped": result.stopped,
                "notes": result.notes, "phases": [p.to_dict() for p in phases], "phases_run": result.phases_run,
                "train_seconds": round(result.seconds, 1), "device": str(device),
-               "device_name": torch.cuda.get_device_name() if device.type == "cuda" else platform.processor() or "cpu"}
+               "device_name": torch.cuda.get_device_name() if device.type == "cuda" else platform.processor() or "cpu",
+               "processes": dist.world}
+    if staging is None:
+        return summary
     save_model(staging / f"{name}{MODEL_SUFFIX}", net.cpu(), cfg.to_dict(), lineage, extra=summary)
     result.history.to_csv(staging / art.history_file(name), index=False)
     return summary
@@ -215,19 +245,27 @@ def write_report(cfg: TrainConfig, ds: Dataset, staging: Path, metrics: dict | N
     (staging / art.REPORT_FILE).write_text("\n".join(lines) + "\n")
 
 
-def run(cfg: TrainConfig) -> dict:
-    """Run the configured stages; artifacts appear in cfg.out only if every stage finished."""
+def run(cfg: TrainConfig, dist: DistContext = LOCAL) -> dict:
+    """Run the configured stages; artifacts appear in cfg.out only if every stage finished.
+
+    Under torchrun every rank trains the CNN stages together; rank 0 alone runs the baseline and the
+    evaluation and writes the artifacts folder, and the other ranks wait for it at the end.
+    """
+    if not dist.is_main:
+        _train_on_worker(cfg, dist)
+        dist.barrier()
+        return {}
     metrics: dict | None = None
     summaries: dict = {}
     with art.staged_folder(cfg.out) as staging:
-        ds = prepare_dataset(cfg, staging)
+        ds = prepare_dataset(cfg, staging, dist)
         for stage in cfg.stages:
             t0 = time.time()
             logger.info("=== stage %s ===", stage)
             if stage == "baseline":
                 train_baseline_stage(cfg, ds, staging)
             elif stage in MODEL_LAYOUTS:
-                summaries[stage] = train_cnn_stage(cfg, ds, staging, stage)
+                summaries[stage] = train_cnn_stage(cfg, ds, staging, stage, dist)
             elif stage == "gate":
                 gate_stage(cfg, ds, staging, choose_members(cfg, staging, list(summaries)))
             elif stage == "evaluate":
@@ -237,9 +275,18 @@ def run(cfg: TrainConfig) -> dict:
             describe_models(staging, choose_members(cfg, staging, list(summaries)), cfg.tta)
         cfg.save(staging / art.CONFIG_FILE)
         write_report(cfg, ds, staging, metrics, summaries)
+    dist.barrier()
     if metrics:
         print(summary_table(metrics))
     return metrics or {}
+
+
+def _train_on_worker(cfg: TrainConfig, dist: DistContext) -> None:
+    """A rank other than 0: the CNN stages' training, in the run's order, writing nothing."""
+    ds = prepare_dataset(cfg, None, dist)
+    for stage in cfg.stages:
+        if stage in MODEL_LAYOUTS:
+            train_cnn_stage(cfg, ds, None, stage, dist)
 
 
 def seed_everything(seed: int) -> None:

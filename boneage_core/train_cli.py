@@ -5,6 +5,7 @@ Examples:
     python train.py --data-dir ../shared/data/rsna-bone-age-299 --stages multihead,evaluate --phases 192:4:1e-3:3,224:2:5e-4:3
     python train.py --data-dir ../shared/data/rsna-bone-age-299 --stages multihead,evaluate --init-from artifacts/multihead.pt --phases 256:2:3e-4
     python train.py --data-dir ../shared/data/rsna-bone-age-299 --quick            # smoke run into runs/quick
+    torchrun --nproc-per-node 4 train.py --data-dir ../shared/data/rsna-bone-age-299 --stages multihead  # 4 GPUs
 """
 
 from __future__ import annotations
@@ -16,7 +17,9 @@ from dataclasses import fields, replace
 
 from .config import BACKBONES, QUICK_OUT, STAGE_ORDER, TrainConfig
 from .artifacts import Terminated
+from .distributed import DistContext, init_from_env
 from .errors import BoneAgeError
+from .inference import resolve_device
 from .models import INIT_SCRATCH
 from .pipeline import run, seed_everything
 
@@ -68,8 +71,9 @@ def main(argv: list[str] | None = None) -> int:
         logger.error("%s", exc)
         return 2
     seed_everything(cfg.seed)
+    dist = _join(cfg)
     try:
-        run(cfg)
+        run(cfg, dist)
     except (BoneAgeError, FileNotFoundError) as exc:
         logger.error("%s", exc)
         return 2
@@ -79,7 +83,17 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         logger.error("Interrupted; previous artifacts in %s are unchanged", cfg.out)
         return 130
+    finally:
+        dist.destroy()
     return 0
+
+
+def _join(cfg: TrainConfig) -> DistContext:
+    """The torchrun process group (single process without torchrun); INFO logs from rank 0 only."""
+    dist = init_from_env(resolve_device(cfg.device))
+    if not dist.is_main:
+        logging.getLogger().setLevel(logging.WARNING)
+    return dist
 
 
 if __name__ == "__main__":

@@ -4,18 +4,23 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import json
 import logging
 import math
+import os
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from pathlib import Path
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
+from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
+from .distributed import LOCAL, DistContext, shard_indices
 from .heads import get_head
 from .inference import autocast, member_outputs, to_input
 from .models import BoneAgeNet, freeze_blocks
@@ -230,10 +235,72 @@ class _Clock:
         return ""
 
 
-def _train_step(net, opt, x, targets, heads, cfg: FitConfig, device) -> torch.Tensor:
+#: With BONEAGE_SHARD_LOG=<dir>, each rank writes <dir>/rank<r>.json: the train-split positions it got in
+#: the first epoch of a fit (a check that the ranks' shards are disjoint; a later fit of the run overwrites it).
+SHARD_LOG_ENV = "BONEAGE_SHARD_LOG"
+
+
+@dataclass
+class _Loop:
+    """What every training step needs: network, DDP wrapper (or the network), EMA, clock, RNG, device, process group."""
+
+    net: BoneAgeNet
+    model: torch.nn.Module
+    ema: Any  # timm ModelEmaV3
+    clock: _Clock
+    gen: torch.Generator
+    device: torch.device
+    dist: DistContext
+    cfg: FitConfig
+    epochs_done: int = 0  # epochs of the whole run (seeds the shards)
+
+
+def _from_main(dist: DistContext, value: Callable[[], object]):
+    """value() as rank 0 computes it, on every rank (the clock is read once, so all ranks decide alike)."""
+    return dist.broadcast_object(value() if dist.is_main else None)
+
+
+def _phase_progress(clock: _Clock, dist: DistContext) -> float:
+    return _from_main(dist, clock.phase_progress) if clock.phase_s else 0.0
+
+
+def _out_of_time(clock: _Clock, dist: DistContext) -> str:
+    return _from_main(dist, clock.out_of_time) if clock.max_s or clock.phase_s else ""
+
+
+def _run_over(clock: _Clock, dist: DistContext) -> bool:
+    return _from_main(dist, clock.run_left) <= 0
+
+
+def _wrap(net: BoneAgeNet, dist: DistContext, device: torch.device) -> torch.nn.Module:
+    """DistributedDataParallel around `net` when several processes train (after freezing: DDP skips frozen weights)."""
+    if not dist.enabled:
+        return net
+    return DistributedDataParallel(net, device_ids=[device.index] if device.type == "cuda" else None)
+
+
+def _epoch_order(n: int, loop: _Loop) -> torch.Tensor:
+    """One process: a permutation from the run's generator (as always); several: this rank's shard of the epoch."""
+    if not loop.dist.enabled:
+        order = torch.randperm(n, generator=loop.gen)
+    else:
+        order = shard_indices(n, loop.epochs_done, loop.cfg.seed, loop.dist.rank, loop.dist.world)
+    _log_shard(order, loop)
+    return order
+
+
+def _log_shard(order: torch.Tensor, loop: _Loop) -> None:
+    folder = os.environ.get(SHARD_LOG_ENV)
+    if folder and loop.epochs_done == 0:
+        path = Path(folder) / f"rank{loop.dist.rank}.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({"rank": loop.dist.rank, "world": loop.dist.world, "indices": order.tolist()}))
+
+
+def _train_step(model, opt, x, targets, heads, cfg: FitConfig, device) -> torch.Tensor:
     def closure() -> torch.Tensor:
         with autocast(device, cfg.cpu_bf16):
-            out = net(x, targets["male"])
+            out = model(x, targets["male"])
         loss = sum(get_head(h).loss(out[h], targets[h]) for h in heads)
         loss.backward()
         return loss
@@ -249,79 +316,97 @@ def _train_step(net, opt, x, targets, heads, cfg: FitConfig, device) -> torch.Te
     return loss.detach()
 
 
-def _run_epoch(net, ema, opt, train: Split, targets: dict, cfg: FitConfig, phase: Phase, epoch: int,
-               gen: torch.Generator, clock: _Clock, device, desc: str) -> tuple[float, int, str]:
-    """One pass over the shuffled training split; returns (mean loss, images seen, why it ended early or '')."""
-    heads = net.spec.heads
-    steps = max(1, len(train.images) // cfg.batch_size)
-    order = torch.randperm(len(train.images), generator=gen)
+def _run_epoch(loop: _Loop, opt, train: Split, targets: dict, phase: Phase, epoch: int,
+               desc: str) -> tuple[float, int, str]:
+    """One pass over this rank's shuffled training images; returns (mean loss, images seen, why it ended early)."""
+    cfg, heads, clock, dist = loop.cfg, loop.net.spec.heads, loop.clock, loop.dist
+    order = _epoch_order(len(train.images), loop)
+    steps = max(1, len(order) // cfg.batch_size)
     running, seen, why = 0.0, 0, ""
     base = opt.base_optimizer if isinstance(opt, SAM) else opt
-    bar = tqdm(range(steps), desc=desc, leave=False)
+    bar = tqdm(range(steps), desc=desc, leave=False, disable=not dist.is_main)
     for step in bar:
-        progress = max((epoch * steps + step) / (phase.epochs * steps), clock.phase_progress())
+        progress = max((epoch * steps + step) / (phase.epochs * steps), _phase_progress(clock, dist))
         for group in base.param_groups:
             group["lr"] = phase.lr * lr_factor(progress, min(cfg.warmup_epochs / phase.epochs, 0.5))
         idx = order[step * cfg.batch_size:(step + 1) * cfg.batch_size]
-        x = to_input(train.images[idx], device)
+        x = to_input(train.images[idx], loop.device)
         if cfg.augment:
-            x = augment(x, gen)
-        batch = {h: targets[h][idx].to(device) for h in heads}
-        batch["male"] = train.male[idx].to(device)
-        loss = _train_step(net, opt, x, batch, heads, cfg, device)
+            x = augment(x, loop.gen)
+        batch = {h: targets[h][idx].to(loop.device) for h in heads}
+        batch["male"] = train.male[idx].to(loop.device)
+        loss = _train_step(loop.model, opt, x, batch, heads, cfg, loop.device)
         clock.steps += 1
-        ema.update(net, step=clock.steps)
+        loop.ema.update(loop.net, step=clock.steps)
         running += loss.item() * len(idx)
         seen += len(idx)
         bar.set_postfix(loss=f"{running / seen:.4f}")
-        why = clock.out_of_time()
+        why = _out_of_time(clock, dist)
         if why:
             break
-    return running / max(seen, 1), seen, why
+    loop.epochs_done += 1
+    return _mean_over_ranks(running / max(seen, 1), loop), seen * dist.world, why
+
+
+def _mean_over_ranks(value: float, loop: _Loop) -> float:
+    if not loop.dist.enabled:
+        return value
+    return loop.dist.all_reduce_mean(torch.tensor(value, dtype=torch.float64, device=loop.device)).item()
+
+
+def _validate_on_main(loop: _Loop, val: Split) -> dict[str, float]:
+    """Rank 0 scores the EMA weights on the whole validation split; every rank gets its scores (and decides alike).
+
+    One rank and not a sharded validation: the split is small next to training, and a head's score
+    (MAE, NLL) is then computed exactly as in a single-process run.
+    """
+    scores = validate(loop.ema.module, val, loop.device, loop.cfg.batch_size * 2) if loop.dist.is_main else None
+    return loop.dist.broadcast_object(scores)
 
 
 def fit(net: BoneAgeNet, data: Callable[[int], tuple[Split, Split]], cfg: FitConfig, phases: Sequence[Phase],
-        device: torch.device) -> FitResult:
+        device: torch.device, dist: DistContext = LOCAL) -> FitResult:
     """Train `net` through `phases`; keep the best EMA weights (by the first head's validation score) of the last phase.
 
     `data(image_size)` returns the (train, val) splits at that size. The network's spec takes each
-    phase's image size, so the saved checkpoint's input size is the last phase's.
+    phase's image size, so the saved checkpoint's input size is the last phase's. With `dist` of
+    several processes (torchrun), the network is wrapped in DistributedDataParallel, each rank trains
+    on its shard of every epoch (`batch_size` per rank), and rank 0 validates and keeps the clock for all.
     """
     from timm.utils import ModelEmaV3
 
     torch.manual_seed(cfg.seed)
-    gen = torch.Generator().manual_seed(cfg.seed)
+    gen = torch.Generator().manual_seed(cfg.seed + dist.rank)
     net.to(device).to(memory_format=torch.channels_last)
     ema = ModelEmaV3(net, decay=cfg.ema_decay, use_warmup=True)
-    clock, history, primary = _Clock(cfg.max_minutes), [], net.spec.heads[0]
+    loop = _Loop(net, net, ema, _Clock(cfg.max_minutes), gen, device, dist, cfg)
+    clock, history, primary = loop.clock, [], net.spec.heads[0]
     result = FitResult(net.state_dict(), pd.DataFrame(), -1, math.inf, "no phase ran", 0.0,
                        net.spec.preprocess.image_size)
-    epoch_total = 0
     for p_index, phase in enumerate(phases):
-        if p_index and clock.run_left() <= 0:  # the first phase always runs (at least one step)
+        if p_index and _run_over(clock, dist):  # the first phase always runs (at least one step)
             result.notes.append(f"phases {p_index + 1}-{len(phases)} skipped: time budget spent")
             break
         for spec_holder in (net, ema.module):
             spec_holder.spec = dataclasses.replace(
                 spec_holder.spec, preprocess=spec_holder.spec.preprocess.with_size(phase.image_size))
         freeze_blocks(net, phase.freeze_blocks)
+        loop.model = _wrap(net, dist, device)
         train, val = data(phase.image_size)
         targets = {h: get_head(h).target(train.boneage, train.male.numpy(), net.spec) for h in net.spec.heads}
         opt = _optimizer(net, cfg, phase.lr)
         clock.start_phase(phase.minutes)
         best, best_state, since_best, stopped = math.inf, None, 0, f"completed {phase.epochs} epoch(s)"
-        logger.info("Phase %d/%d: %d px, %d epoch(s), lr %g, %d frozen stage(s), %d train / %d val images",
+        logger.info("Phase %d/%d: %d px, %d epoch(s), lr %g, %d frozen stage(s), %d train / %d val images%s",
                     p_index + 1, len(phases), phase.image_size, phase.epochs, phase.lr, phase.freeze_blocks,
-                    len(train.images), len(val.images))
+                    len(train.images), len(val.images), f", {dist.world} processes" if dist.enabled else "")
         for epoch in range(phase.epochs):
             e0 = time.time()
             net.train()
             desc = f"phase {p_index + 1} {phase.image_size}px epoch {epoch + 1}/{phase.epochs}"
-            train_loss, seen, why = _run_epoch(net, ema, opt, train, targets, cfg, phase, epoch, gen, clock, device,
-                                               desc)
-            scores = validate(ema.module, val, device, cfg.batch_size * 2)
-            epoch_total += 1
-            row = {"epoch": epoch_total, "phase": p_index + 1, "image_size": phase.image_size,
+            train_loss, seen, why = _run_epoch(loop, opt, train, targets, phase, epoch, desc)
+            scores = _validate_on_main(loop, val)
+            row = {"epoch": loop.epochs_done, "phase": p_index + 1, "image_size": phase.image_size,
                    "train_loss": train_loss, "val_score": scores[primary],
                    **{f"val_{h}": v for h, v in scores.items()}, "lr": phase.lr,
                    "seconds": time.time() - e0, "images_per_s": seen / max(time.time() - e0, 1e-9)}
@@ -331,7 +416,7 @@ def fit(net: BoneAgeNet, data: Callable[[int], tuple[Split, Split]], cfg: FitCon
             if scores[primary] < best:
                 best, since_best = scores[primary], 0
                 best_state = copy.deepcopy({k: v.detach().cpu() for k, v in ema.module.state_dict().items()})
-                result.best_epoch = epoch_total
+                result.best_epoch = loop.epochs_done
             else:
                 since_best += 1
             if why:
@@ -343,7 +428,7 @@ def fit(net: BoneAgeNet, data: Callable[[int], tuple[Split, Split]], cfg: FitCon
         result.state_dict, result.best_score, result.stopped = best_state, best, stopped
         result.image_size, result.phases_run = phase.image_size, p_index + 1
         logger.info("Phase %d ended: %s; best %s %.4f", p_index + 1, stopped, primary, best)
-        if clock.run_left() <= 0:
+        if _run_over(clock, dist):
             result.stopped = f"time budget of {cfg.max_minutes:g} min reached in phase {p_index + 1}"
             if p_index + 1 < len(phases):
                 result.notes.append(f"phases {p_index + 2}-{len(phases)} skipped: time budget spent")
