@@ -112,12 +112,12 @@ def dicom_from():
 
 @pytest.fixture(scope="session")
 def open_page():
-    """Factory: the dashboard (streamlit_app.py) under AppTest, switched to app_pages/<name>.py, run once."""
+    """Factory: the app (streamlit_app.py) under AppTest, switched to app/pages/<name>.py, run once, no exception."""
     from streamlit.testing.v1 import AppTest
 
     def _open(name: str, timeout: float = 180):
         at = AppTest.from_file(str(REPO / "streamlit_app.py"), default_timeout=timeout).run()
-        at.switch_page(f"app_pages/{name}.py").run()
+        at.switch_page(f"app/pages/{name}.py").run()
         assert not at.exception, (name, [e.value for e in at.exception])
         return at
 
