@@ -52,6 +52,11 @@ def column_label(column: str, head: str | None = None) -> str:
     return f"{system} — {title}" if title else system
 
 
+def column_title(column: str, head: str | None = None) -> str:
+    """What a prediction column holds, without the system ('cnn_age_stage' -> 'stage from predicted age')."""
+    return _system_and_title(column, head)[1] or column_label(column, head)
+
+
 def column_colour(column: str, metrics: Mapping | None = None) -> str:
     """A stable colour per column: its position among the metrics keys (or a hash-free fallback order)."""
     order = list(metrics) if metrics else []

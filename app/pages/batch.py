@@ -1,88 +1,126 @@
-"""Batch assessment: many radiographs at once, one results row per file (errors included), CSV download."""
+"""Batch assessment: many radiographs at once, one results row per file (errors included), CSV download.
+
+Sex comes from a patient CSV (id, sex, optional chronological_age_months) or the DICOM header; a file
+without one is reported as "sex missing" and not scored.
+"""
 
 from __future__ import annotations
 
+import io
 import logging
 
 import pandas as pd
 import streamlit as st
 
-import dashboard
+from app import state
+from boneage_core.batch import CHRONO_COLUMN, BatchSetupError, Patient, patient_for, read_patient_table
+from boneage_core.clinical import ReferenceError, gp_zscore
+from boneage_core.predictor import Predictor
+from boneage_core.report import DISCLAIMER, AssessmentReport, read_study
 
 logger = logging.getLogger(__name__)
 
-SEXES = ("Female", "Male")
+#: Columns shown on screen (the CSV download has every column of AssessmentReport.csv_row).
+SHOWN = ("file", "sex", "sex_from", "bone_age_whole_months", "interval_low_months", "interval_high_months",
+         "stage_name", "stage_source", "chronological_age_months", "z_score", "z_low", "z_high", "clinical_category",
+         "warnings", "error")
 
 
-def _sex_table() -> dict[str, bool] | None:
-    """The optional id,sex CSV as {id: male}; None (with an error shown) when it is malformed."""
-    upload = st.file_uploader("Optional: CSV with columns id, sex (M/F) to set the sex per file "
+def _patient_table() -> dict[str, Patient] | None:
+    """The optional patient CSV as {id: Patient}; None (with an error shown) when it is malformed."""
+    upload = st.file_uploader(f"CSV with columns id, sex (M/F) and optionally {CHRONO_COLUMN} "
                               "(id = file name with or without extension)", type=["csv"], key="batch_sex_csv")
     if upload is None:
         return {}
     try:
-        table = dashboard.parse_sex_table(upload.getvalue())
-    except ValueError as exc:
-        st.error(f"Sex CSV not used: {exc}")
+        table = read_patient_table(io.BytesIO(upload.getvalue()), upload.name)
+    except BatchSetupError as exc:
+        st.error(f"Patient CSV not used: {exc}")
         return None
-    st.caption(f"Sex CSV: {len(table)} ids.")
+    st.caption(f"Patient CSV: {len(table)} ids.")
     return table
 
 
-def _report_unmatched(jobs: list, table: dict[str, bool]) -> None:
-    """Say which files took the batch default and which CSV ids matched no file."""
-    defaulted = [upload.name for upload, _, source in jobs if source == "batch default"]
-    used = {key for upload, _, _ in jobs for key in (upload.name, upload.name.rsplit(".", 1)[0])}
-    unused = sorted(set(table) - used)
-    if defaulted:
-        st.warning(f"{len(defaulted)} file(s) are not in the sex CSV and use the batch sex: "
-                   f"{', '.join(defaulted[:10])}{' …' if len(defaulted) > 10 else ''}")
-    if unused:
-        st.info(f"{len(unused)} id(s) in the sex CSV match no uploaded file: "
-                f"{', '.join(unused[:10])}{' …' if len(unused) > 10 else ''}")
+def _readout(prediction, chrono: float | None):
+    """The clinical read-out when a chronological age is given (None without one); ValueError when impossible."""
+    if chrono is None or prediction.bone_age_months is None:
+        return None
+    table, why = state.get_reference()
+    if table is None:
+        raise ReferenceError(f"no z-score: {why}")
+    interval = prediction.interval or (prediction.bone_age_months, prediction.bone_age_months)
+    return gp_zscore(prediction.bone_age_months, interval, chrono, prediction.male, table)
+
+
+def _row(predictor: Predictor, name: str, data: bytes, patient: Patient) -> dict:
+    """One results row: the report's CSV row, or the reason the file was not scored."""
+    base = {"file": name, "sex": "" if patient.male is None else ("M" if patient.male else "F"),
+            "sex_from": patient.sex_from}
+    if patient.male is None:
+        return {**base, "error": patient.sex_error or "sex missing"}
+    try:
+        prediction = state.predict(predictor, data, name, patient.male)
+        readout = _readout(prediction, patient.chronological_age_months)
+    except ValueError as exc:  # unreadable image, not a hand, age outside the reference
+        return {**base, "error": str(exc)}
+    except Exception as exc:  # one bad file must not stop the batch
+        logger.error("Batch prediction failed for %s", name, exc_info=exc)
+        return {**base, "error": "unexpected internal error (see the server log)"}
+    row = AssessmentReport.from_prediction(prediction, readout, predictor.version, dicom=read_study(data)).csv_row()
+    row.pop("name")
+    return {**base, **row, "error": ""}
+
+
+def _results(uploads, table: dict[str, Patient]) -> pd.DataFrame | None:
+    """The batch's results, computed on the button and kept while the files and the table stay the same."""
+    jobs = [(u.name, u.getvalue()) for u in uploads]
+    patients = [patient_for(name, table, data) for name, data in jobs]
+    signature = (tuple((state.file_digest(data), name) for name, data in jobs), tuple(patients))
+    stored = st.session_state.get("batch_result")
+    if stored is not None and stored[0] == signature:
+        return stored[1]
+    missing = sum(p.male is None for p in patients)
+    if missing:
+        st.warning(f"{missing} of {len(jobs)} file(s) have no usable sex (not in the CSV, no DICOM PatientSex): "
+                   "they will be reported, not scored.")
+    if not st.button(f"Assess {len(jobs)} file(s)", key="batch_run", type="primary"):
+        return None
+    predictor = state.predictor_or_none()
+    if predictor is None:
+        return None
+    progress = st.progress(0.0, text="Starting…")
+    rows = []
+    for i, ((name, data), patient) in enumerate(zip(jobs, patients), start=1):
+        progress.progress((i - 1) / len(jobs), text=f"{i}/{len(jobs)}: {name}")
+        rows.append(_row(predictor, name, data, patient))
+    progress.progress(1.0, text=f"Done: {len(jobs)} file(s)")
+    frame = pd.DataFrame(rows)
+    frame = frame[[c for c in frame.columns if c != "error"] + ["error"]]
+    st.session_state["batch_result"] = (signature, frame)
+    return frame
 
 
 def main() -> None:
     st.title("Batch assessment")
-    st.caption(f"Bone age and stage for many radiographs at once (no Grad-CAM). {dashboard.DISCLAIMER}")
-    uploads = st.file_uploader("Radiographs (PNG, JPEG, WebP or DICOM)", type=dashboard.IMAGE_TYPES,
+    st.caption(f"Bone age and stage for many radiographs at once (no Grad-CAM). {DISCLAIMER}")
+    uploads = st.file_uploader("Radiographs (PNG, JPEG, WebP or DICOM)", type=state.IMAGE_TYPES,
                                accept_multiple_files=True, key="batch_uploads")
-    default_male = st.radio("Sex for the whole batch", SEXES, key="batch_sex", horizontal=True) == "Male"
-    table = _sex_table()
+    table = _patient_table()
     if not uploads:
-        st.info("Upload one or more radiographs to start.")
+        st.info("Upload one or more radiographs to start. Each needs its sex: give a CSV with columns id and sex "
+                "(DICOM files may carry PatientSex).")
         return
     if table is None:
         return
-    jobs = []
-    for upload in uploads:
-        male, source = dashboard.sex_for(upload.name, table, default_male, upload.getvalue())
-        jobs.append((upload, male, source))
-    if table:
-        _report_unmatched(jobs, table)
-    signature = tuple((dashboard.file_digest(u.getvalue()), u.name, male) for u, male, _ in jobs)
-    stored = st.session_state.get("batch_result")
-    if stored is None or stored[0] != signature:
-        if not st.button(f"Assess {len(jobs)} file(s)", key="batch_run", type="primary"):
-            return
-        predictor = dashboard.predictor_or_none()
-        if predictor is None:
-            return
-        progress = st.progress(0.0, text="Starting…")
-        rows = []
-        for i, (upload, male, source) in enumerate(jobs, start=1):
-            progress.progress((i - 1) / len(jobs), text=f"{i}/{len(jobs)}: {upload.name}")
-            rows.append(dashboard.batch_row(predictor, upload.getvalue(), upload.name, male, source))
-        progress.progress(1.0, text=f"Done: {len(jobs)} file(s)")
-        stored = (signature, pd.DataFrame(rows))
-        st.session_state["batch_result"] = stored
-    results: pd.DataFrame = stored[1]
+    results = _results(uploads, table)
+    if results is None:
+        return
     failed = int((results["error"] != "").sum())
     if failed:
-        st.warning(f"{failed} of {len(results)} file(s) could not be assessed; see the error column.")
+        st.warning(f"{failed} of {len(results)} file(s) were not assessed; see the error column.")
     else:
         st.success(f"All {len(results)} file(s) assessed.")
-    st.dataframe(results, hide_index=True, key="batch_table")
+    st.dataframe(results[[c for c in SHOWN if c in results.columns]], hide_index=True, key="batch_table")
     st.download_button("Results (CSV)", results.to_csv(index=False), "boneage_batch.csv", "text/csv",
                        key="batch_dl_csv", on_click="ignore")
 

@@ -1,4 +1,4 @@
-"""Subgroup performance: metrics by sex and by age group with 95% CIs, error vs age by sex, worst cases."""
+"""Subgroup performance: metrics by sex and by age group with 95% CIs and counts, error vs age by sex, worst cases."""
 
 from __future__ import annotations
 
@@ -6,50 +6,64 @@ import logging
 
 import streamlit as st
 
-import dashboard
+from app import state
 from boneage_core import plots
+from boneage_core.heads import AGE, CNN, STAGE, system_column
 from boneage_core.metrics import subgroup_findings
 
 logger = logging.getLogger(__name__)
 
+#: The metric shown per head.
+METRIC = {AGE: ("mae", "MAE (months)"), STAGE: ("accuracy", "Stage accuracy")}
+
+
+def _with_group(metrics: dict, head: str, group: str) -> list[str]:
+    return [c for c in plots.columns_for(metrics, head) if metrics[c].get(group)]
+
 
 def _groups(metrics: dict, group: str, title: str) -> None:
-    regressors = [m for m in plots.REGRESSORS if (metrics.get(m) or {}).get(group)]
-    classifiers = [m for m in plots.CLASSIFIERS if (metrics.get(m) or {}).get(group)]
-    if not regressors and not classifiers:
+    heads = {h: _with_group(metrics, h, group) for h in METRIC}
+    if not any(heads.values()):
         st.info(f"metrics.json has no {group} breakdown.")
         return
-    c1, c2 = st.columns(2)
-    if regressors:
-        c1.plotly_chart(plots.group_metric_figure(metrics, regressors, group, "mae", f"MAE (months) {title}"),
-                        key=f"bias_{group}_mae")
-    if classifiers:
-        c2.plotly_chart(plots.group_metric_figure(metrics, classifiers, group, "accuracy",
-                                                  f"Stage accuracy {title}"), key=f"bias_{group}_acc")
+    for head, columns in heads.items():
+        if not columns:
+            continue
+        metric, metric_title = METRIC[head]
+        if group == "by_age_group":
+            fig = plots.age_group_figure(metrics, columns, metric, f"{metric_title} {title}")
+        else:
+            fig = plots.group_metric_figure(metrics, columns, group, metric, f"{metric_title} {title}")
+        st.plotly_chart(fig, key=f"bias_{group}_{head}")
+    if group == "by_age_group":
+        st.caption(f"Error bars: 95% bootstrap CIs. Groups with fewer than {plots.FEW_CASES} test cases are marked "
+                   "'few cases' (hollow markers): their values jump with a handful of images.")
     with st.expander(f"Numbers {title}"):
-        for model, metric in [(m, "mae") for m in regressors] + [(m, "accuracy") for m in classifiers]:
-            st.markdown(f"**{plots.model_label(model)}**")
-            st.dataframe(plots.group_table(metrics, model, group, metric), hide_index=True,
-                         key=f"bias_{group}_{model}_table")
+        for head, columns in heads.items():
+            for column in columns:
+                st.markdown(f"**{plots.column_label(column, head)}**")
+                st.dataframe(plots.group_table(metrics, column, group, METRIC[head][0]), hide_index=True,
+                             key=f"bias_{group}_{column}_table")
 
 
 def _explain(metrics: dict) -> None:
-    lines = [f"- {finding}" for finding in subgroup_findings(metrics.get("regressor") or {})]
+    lines = [f"- {finding}" for finding in subgroup_findings(metrics.get(system_column(CNN, AGE)) or {})]
     lines.append("- Confidence intervals are 95% bootstrap intervals over holdout images. They describe this "
                  "sample of the RSNA data only; other hospitals, scanners and populations can differ more.")
     st.markdown("\n".join(lines))
 
 
-def _error_by_age(predictions) -> None:
-    columns = [c for c in plots.REGRESSORS if c in predictions]
+def _error_by_age(metrics: dict | None, predictions) -> None:
+    columns = [c for c in (plots.columns_for(metrics, AGE) if metrics else []) if c in predictions]
     if not columns or "male" not in predictions:
-        st.info("predictions.csv lacks the columns needed here (male and a regressor).")
+        st.info("predictions.csv lacks the columns needed here (male and a bone-age prediction).")
         return
-    model = st.radio("Model", columns, format_func=plots.model_label, key="bias_model", horizontal=True)
-    st.plotly_chart(plots.error_vs_age_by_sex(predictions, model), key="bias_error_vs_age")
+    column = st.radio("Predictions of", columns, format_func=lambda c: plots.column_label(c, AGE),
+                      key="bias_column", horizontal=True)
+    st.plotly_chart(plots.error_vs_age_by_sex(predictions, column), key="bias_error_vs_age")
     n = st.slider("Worst cases to list", 5, 50, 15, 5, key="bias_worst_n")
-    st.markdown(f"**Largest absolute errors ({plots.model_label(model)})**")
-    st.dataframe(plots.worst_cases(predictions, model, n).style.format(precision=1), hide_index=True,
+    st.markdown(f"**Largest absolute errors ({plots.column_label(column, AGE)})**")
+    st.dataframe(plots.worst_cases(predictions, column, n).style.format(precision=1), hide_index=True,
                  key="bias_worst_table")
     st.caption("`error` = predicted − true bone age in months. Large errors often come from unusual images "
                "(rotated or cropped hands, very young children, strong contrast differences).")
@@ -58,8 +72,8 @@ def _error_by_age(predictions) -> None:
 def main() -> None:
     st.title("Subgroups and bias")
     st.caption("Does the model work equally well for girls and boys and across ages? Holdout test split, "
-               "with 95% bootstrap confidence intervals.")
-    metrics = dashboard.load_metrics()
+               "with 95% bootstrap confidence intervals and the number of cases per group.")
+    metrics = state.load_metrics()
     if metrics is not None:
         st.subheader("By sex")
         _groups(metrics, "by_sex", "by sex")
@@ -68,9 +82,9 @@ def main() -> None:
         st.subheader("What these numbers mean")
         _explain(metrics)
     st.subheader("Error vs age, by sex")
-    predictions = dashboard.load_predictions()
+    predictions = state.load_predictions()
     if predictions is not None:
-        _error_by_age(predictions)
+        _error_by_age(metrics, predictions)
 
 
 try:
