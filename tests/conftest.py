@@ -122,3 +122,36 @@ def open_page():
         return at
 
     return _open
+
+
+@pytest.fixture(scope="session")
+def text_page_png() -> bytes:
+    """A non-hand image: a screenshot-like page of black text on white (PNG bytes), drawn with PIL."""
+    import io
+
+    from PIL import Image, ImageDraw
+
+    page = Image.new("L", (1200, 1600), 255)
+    draw = ImageDraw.Draw(page)
+    for row in range(40):
+        draw.text((60, 40 + row * 38), f"Line {row}: the quick brown fox jumps over the lazy dog " * 2, fill=0)
+    buffer = io.BytesIO()
+    page.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+@pytest.fixture(scope="session")
+def sample_label(fullres_dir: Path):
+    """Factory: the (true bone age in months, male) of a full-size sample id from boneage-samples.csv."""
+    import pandas as pd
+
+    from boneage_core.vocab import parse_sex
+
+    labels = pd.read_csv(fullres_dir / "boneage-samples.csv", dtype={"id": str})
+
+    def _label(sample_id: str) -> tuple[float, bool]:
+        row = labels[labels["id"] == sample_id]
+        assert len(row) == 1, f"{sample_id} not in boneage-samples.csv"
+        return float(row.iloc[0]["boneage"]), parse_sex(row.iloc[0]["male"])
+
+    return _label
