@@ -23,8 +23,7 @@ from boneage_core.report import (DISCLAIMER, REFERENCE_NAME, AssessmentReport, h
 
 logger = logging.getLogger(__name__)
 
-SEXES = ("Female", "Male")
-AGE_MODES = ("Not given", "Years and months", "Date of birth and study date")
+SEXES, AGE_MODES = state.SEXES, state.AGE_MODES
 #: The inputs that describe one patient: cleared when another file is uploaded.
 PATIENT_KEYS = ("assess_sex", "assess_age_mode", "assess_age_years", "assess_age_months", "assess_birth_date",
                 "assess_study_date")
