@@ -1,4 +1,4 @@
-"""Plotly figures and summary tables for the dashboard, built from metrics.json, predictions.csv and histories."""
+"""Plotly figures and summary tables for the app, built from metrics.json, predictions.csv and histories."""
 
 from __future__ import annotations
 
