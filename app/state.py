@@ -37,9 +37,6 @@ RESULT_CACHE_SIZE = 4
 _RESULTS_KEY = "_assess_results"
 # Grad-CAM hooks the shared (cached) network: one model call at a time across sessions.
 _MODEL_LOCK = threading.Lock()
-#: Options of the sex and chronological-age widgets (index of a sex = int(male)).
-SEXES = ("Female", "Male")
-AGE_MODES = ("Not given", "Years and months", "Date of birth and study date")
 #: Longest side of images sent to the browser (full resolution stays in the downloads).
 DISPLAY_MAX_SIDE = 1024
 

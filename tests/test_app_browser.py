@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 
 from app import state
+from app.options import AGE_MODES, SEXES
 from boneage_core.clinical import gp_zscore, load_reference
 
 REPO = Path(__file__).resolve().parents[1]
@@ -110,7 +111,7 @@ def test_assess_in_a_real_browser(server, browser, fullres_sample, sample_label,
     assert page.locator(".st-key-assess_sex input:checked").count() == 0
 
     # choosing the sex gives the library's bone age, the Grad-CAM image and the downloads
-    page.locator(".st-key-assess_sex").get_by_text(state.SEXES[int(male)], exact=True).click()
+    page.locator(".st-key-assess_sex").get_by_text(SEXES[int(male)], exact=True).click()
     page.wait_for_selector("[data-testid=stMetricValue]", timeout=RESULT_MS)
     values = page.locator("[data-testid=stMetricValue]").all_inner_texts()
     assert any(str(round(expected.bone_age_months)) in v for v in values), values
@@ -121,7 +122,7 @@ def test_assess_in_a_real_browser(server, browser, fullres_sample, sample_label,
     pdf_button.wait_for(timeout=RESULT_MS)
 
     # a typed age applies when the field is left with Tab (no button, no silent default)
-    page.locator(".st-key-assess_age_mode").get_by_text(state.AGE_MODES[1], exact=True).click()
+    page.locator(".st-key-assess_age_mode").get_by_text(AGE_MODES[1], exact=True).click()
     years = page.locator(".st-key-assess_age_years input")
     years.wait_for(timeout=60_000)
     assert years.input_value() == ""

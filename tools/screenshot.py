@@ -17,7 +17,7 @@ import shutil
 import time
 from pathlib import Path
 
-from app.state import AGE_MODES, SEXES
+from app.options import AGE_MODES, SEXES
 from boneage_core.vocab import parse_sex
 
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",

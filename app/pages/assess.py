@@ -13,6 +13,7 @@ import pandas as pd
 import streamlit as st
 
 from app import state
+from app.options import AGE_MODES, SEXES
 from boneage_core.clinical import RULE_TEXT, NORMAL, ClinicalReadout, ReferenceError, chronological_age_months, gp_zscore
 from boneage_core.heads import AGE, get_head
 from boneage_core.imaging import read_dicom_info
@@ -23,7 +24,6 @@ from boneage_core.report import (DISCLAIMER, REFERENCE_NAME, AssessmentReport, h
 
 logger = logging.getLogger(__name__)
 
-SEXES, AGE_MODES = state.SEXES, state.AGE_MODES
 #: The inputs that describe one patient: cleared when another file is uploaded.
 PATIENT_KEYS = ("assess_sex", "assess_age_mode", "assess_age_years", "assess_age_months", "assess_birth_date",
                 "assess_study_date")
@@ -112,8 +112,8 @@ def _headline(pred: Prediction, predictor: Predictor) -> None:
         c1.info("No bone-age head loaded: bone age in months is unavailable.")
     with c3.container(border=True):  # markdown wraps: a long stage name is never cut off
         st.caption(f"Developmental stage (from the {pred.stage_source})")
-        st.markdown(f"**{pred.stage_name}**")
-        st.caption(f"{predictor.scheme.range_text(pred.stage, pred.male)} of bone age for "
+        st.subheader(pred.stage_name, anchor=False)
+        st.caption(f"Bone age {predictor.scheme.range_text(pred.stage, pred.male)} for "
                    f"{'boys' if pred.male else 'girls'}")
     if pred.interval is not None:
         iv = pred.interval
