@@ -31,7 +31,7 @@ def _sex_option(at: AppTest, male: bool) -> str:
 
 
 def _texts(at: AppTest) -> str:
-    parts = [e.value for kind in ("markdown", "caption", "info", "warning", "success", "error") for e in at.get(kind)]
+    parts = [e.value for kind in ("markdown", "subheader", "caption", "info", "warning", "success", "error") for e in at.get(kind)]
     return "\n".join(str(p) for p in parts)
 
 
