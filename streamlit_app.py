@@ -1,4 +1,4 @@
-"""Entry point of the bone-age clinical dashboard: `streamlit run streamlit_app.py`."""
+"""Entry point of the bone-age app: `streamlit run streamlit_app.py` (pages in app/pages, state in app.state)."""
 
 from __future__ import annotations
 
@@ -6,20 +6,23 @@ import logging
 
 import streamlit as st
 
-import dashboard
+from boneage_core.report import DISCLAIMER
 
 logger = logging.getLogger(__name__)
 
 st.set_page_config(page_title="Bone age", page_icon="🦴", layout="wide")
 
-pages = [
-    st.Page("app_pages/assess.py", title="Assess a radiograph", icon=":material/radiology:", url_path="assess", default=True),
-    st.Page("app_pages/batch.py", title="Batch", icon=":material/folder_copy:", url_path="batch"),
-    st.Page("app_pages/performance.py", title="Model performance", icon=":material/monitoring:", url_path="performance"),
-    st.Page("app_pages/bias.py", title="Subgroups and bias", icon=":material/balance:", url_path="bias"),
-    st.Page("app_pages/about.py", title="About", icon=":material/info:", url_path="about"),
-]
-navigation = st.navigation(pages)
+#: (file under app/pages, title, icon, url path); the first is the default page.
+PAGES = (
+    ("assess", "Assess a radiograph", ":material/radiology:"),
+    ("batch", "Batch", ":material/folder_copy:"),
+    ("performance", "Model performance", ":material/monitoring:"),
+    ("bias", "Subgroups and bias", ":material/balance:"),
+    ("about", "About", ":material/info:"),
+)
+
+navigation = st.navigation([st.Page(f"app/pages/{name}.py", title=title, icon=icon, url_path=name, default=i == 0)
+                            for i, (name, title, icon) in enumerate(PAGES)])
 with st.sidebar:
-    st.caption(f"**{dashboard.DISCLAIMER}**")
+    st.caption(f"**{DISCLAIMER}**")
 navigation.run()

@@ -1,7 +1,7 @@
 """Dashboard timings: server cold start (health, and the static page shell over HTTP), and upload-to-result.
 
 The page script itself runs only once a browser connects: tools/screenshot.py times that in headless
-Chromium. Upload-to-result here is the assess page's own call, bytes -> prediction + Grad-CAM.
+Chromium. Upload-to-result here is the assess page's own calls (app.state), bytes -> prediction + Grad-CAM.
 
 python -m benchmarks.bench_app --image ../shared/data/samples-fullres/1377.png
 """
@@ -56,18 +56,21 @@ def cold_start(timeout: float = 90.0) -> tuple[float, float, int]:
 
 
 def upload_to_result(image: Path, repeats: int) -> tuple[float, float, list[float]]:
-    """(model load s, first result s, warm result times): the assess page's own call, uncached."""
-    import dashboard
+    """(model load s, first result s, warm result times): the assess page's own calls, uncached."""
+    from app import state
+    from boneage_core.heads import AGE
     from boneage_core.predictor import Predictor
 
     t0 = time.perf_counter()
-    predictor = Predictor.load(REPO / "artifacts", device="cpu")
+    predictor = Predictor.load(state.artifacts_dir(), device="cpu")
     load = time.perf_counter() - t0
     data = image.read_bytes()
+    head = AGE if AGE in predictor.heads else predictor.heads[0]
     times = []
     for _ in range(repeats + 1):
         t0 = time.perf_counter()
-        dashboard.assess(predictor, data, image.name, male=False, target="regressor")
+        prediction = state.predict(predictor, data, image.name, male=False)
+        predictor.explain(prediction.original, prediction.male, head=head, class_index=prediction.stage)
         times.append(time.perf_counter() - t0)
     return load, times[0], times[1:]
 

@@ -9,6 +9,7 @@ import math
 import os
 import sys
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from typing import BinaryIO
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -101,18 +102,18 @@ def _make_row(ident: str, path: Path, sex_value: object) -> BatchRow:
 # --- inputs -----------------------------------------------------------------------------------------------------
 
 
-def _read_table(path: Path, required: Sequence[str]) -> pd.DataFrame:
+def _read_table(path: Path | BinaryIO, required: Sequence[str], name: str | None = None) -> pd.DataFrame:
     """A CSV as strings with stripped lower-case column names; BatchSetupError when unreadable or incomplete."""
     try:
         frame = pd.read_csv(path, dtype=str, keep_default_na=False, encoding="utf-8-sig")
     except (OSError, ValueError, UnicodeDecodeError) as exc:
-        raise BatchSetupError(f"cannot read {path}: {exc}") from exc
+        raise BatchSetupError(f"cannot read {name or path}: {exc}") from exc
     frame.columns = [str(c).strip().lower() for c in frame.columns]
     if "sex" not in frame.columns and "male" in frame.columns:  # the RSNA label files: id,boneage,male
         frame = frame.rename(columns={"male": "sex"})
     missing = [c for c in required if c not in frame.columns]
     if missing:
-        raise BatchSetupError(f"{path} needs columns {', '.join(required)}; missing {', '.join(missing)} "
+        raise BatchSetupError(f"{name or path} needs columns {', '.join(required)}; missing {', '.join(missing)} "
                               f"(found {', '.join(frame.columns)})")
     return frame
 
@@ -126,6 +127,60 @@ def read_sex_table(path: Path) -> dict[str, str]:
             raise BatchSetupError(f"{path}: id {ident!r} is listed twice with different sexes")
         table[ident] = sex
     return table
+
+
+#: Optional column of a patient table: chronological age (months) at the study, for the z-score.
+CHRONO_COLUMN = "chronological_age_months"
+
+
+@dataclass(frozen=True)
+class Patient:
+    """What a patient table or a DICOM header says about one upload: sex (None with the reason) and age."""
+
+    male: bool | None
+    sex_from: str = ""  # "csv" or "dicom" when the sex is known
+    sex_error: str | None = None
+    chronological_age_months: float | None = None
+
+
+def read_patient_table(source: Path | BinaryIO, name: str | None = None) -> dict[str, Patient]:
+    """An id,sex[,chronological_age_months] CSV (path or file object) -> {id: Patient}.
+
+    Sex values are read like the batch's; an empty age is None, a non-numeric or negative one is refused.
+    """
+    label = name or str(source)
+    frame = _read_table(source, ("id", "sex"), label)
+    ages = frame[CHRONO_COLUMN] if CHRONO_COLUMN in frame.columns else [""] * len(frame)
+    table: dict[str, Patient] = {}
+    for ident, sex, age in zip(frame["id"].str.strip(), frame["sex"].str.strip(), ages):
+        if not ident:
+            raise BatchSetupError(f"{label}: a row has no id")
+        months = pd.to_numeric(str(age).strip() or None, errors="coerce")
+        if str(age).strip() and not (pd.notna(months) and months >= 0):
+            raise BatchSetupError(f"{label}: {CHRONO_COLUMN} {age!r} for id {ident!r} is not a number of months >= 0")
+        male, reason = _sex_of(sex)
+        patient = Patient(male, "csv" if male is not None else "", reason, None if pd.isna(months) else float(months))
+        if ident in table and table[ident] != patient:
+            raise BatchSetupError(f"{label}: id {ident!r} is listed twice with different values")
+        table[ident] = patient
+    return table
+
+
+def patient_for(file_name: str, table: dict[str, Patient], data: bytes | None = None) -> Patient:
+    """An upload's patient data: its row of the table (by name, relative path or stem), else DICOM PatientSex."""
+    key = next((k for k in _sex_keys(Path(file_name)) if k in table), None)
+    patient = table.get(key) if key is not None else None
+    if patient is not None and patient.male is not None:
+        return patient
+    if data is not None:
+        try:
+            info = read_dicom_info(data, file_name)
+        except ValueError:  # unreadable DICOM: the prediction reports it
+            info = None
+        if info is not None and info.male is not None:
+            age = patient.chronological_age_months if patient is not None else None
+            return Patient(info.male, "dicom", None, info.chronological_age_months if age is None else age)
+    return patient or Patient(None, "", "sex missing")
 
 
 def find_images(root: Path) -> list[Path]:

@@ -1,4 +1,4 @@
-"""Plotly figures and summary tables for the dashboard, built from metrics.json, predictions.csv and histories."""
+"""Plotly figures and summary tables for the app, built from metrics.json, predictions.csv and histories."""
 
 from __future__ import annotations
 
@@ -10,20 +10,19 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from .heads import AGE, BASELINE, CNN, STAGE, age_stage_column, get_head, system_column
+
 logger = logging.getLogger(__name__)
 
-#: Display names of the models in metrics.json / predictions.csv.
-MODEL_LABELS = {
-    "regressor": "CNN regressor",
-    "classifier": "CNN classifier",
-    "baseline_regressor": "HOG + XGBoost regressor",
-    "baseline_classifier": "HOG + XGBoost classifier",
-}
-REGRESSORS = ("regressor", "baseline_regressor")
-CLASSIFIERS = ("classifier", "baseline_classifier")
+#: Display names of the systems in metrics.json / predictions.csv (columns are <system>_<head>).
+SYSTEM_LABELS = {CNN: "CNN ensemble", BASELINE: "HOG + XGBoost"}
+#: What a column of each kind holds, after the system's name.
+HEAD_TITLES = {AGE: "bone age", STAGE: "stage head"}
+AGE_STAGE_TITLE = "stage from predicted age"
 SEX_COLOURS = {"female": "#d6336c", "male": "#1c7ed6"}
-MODEL_COLOURS = {"regressor": "#1c7ed6", "classifier": "#1c7ed6",
-                 "baseline_regressor": "#f08c00", "baseline_classifier": "#f08c00"}
+_PALETTE = ("#1c7ed6", "#f08c00", "#2f9e44", "#ae3ec9", "#0c8599", "#e03131", "#5c940d", "#868e96")
+#: Subgroups with fewer cases than this are marked "few cases" (their numbers are noisy).
+FEW_CASES = 30
 
 _REGRESSION_ROWS = (("n", "Images"), ("mae", "MAE (months)"), ("rmse", "RMSE (months)"), ("r2", "R²"),
                     ("pearson_r", "Pearson r"), ("bias", "Bias, predicted − true (months)"),
@@ -34,59 +33,130 @@ _CLASSIFICATION_ROWS = (("n", "Images"), ("accuracy", "Accuracy"), ("precision_m
                         ("qwk", "Quadratic weighted kappa"))
 
 
-def model_label(name: str) -> str:
-    """Human-readable name of a model key ('baseline_regressor' -> 'HOG + XGBoost regressor')."""
-    return MODEL_LABELS.get(name, name.replace("_", " "))
+def _system_and_title(column: str, head: str | None) -> tuple[str, str]:
+    """(system or member name, what the column holds) of a prediction column / metrics key."""
+    for system in SYSTEM_LABELS:
+        if column == age_stage_column(system):
+            return SYSTEM_LABELS[system], AGE_STAGE_TITLE
+    for name in ([head] if head in HEAD_TITLES else list(HEAD_TITLES)):
+        suffix = system_column("", name)
+        if column.endswith(suffix) and len(column) > len(suffix):
+            system = column[: -len(suffix)]
+            return SYSTEM_LABELS.get(system, f"member {system}"), HEAD_TITLES[name]
+    return column.replace("_", " "), ""
 
 
-def _present(metrics: Mapping, names: Sequence[str]) -> list[str]:
-    return [n for n in names if isinstance(metrics.get(n), Mapping) and metrics[n].get("n")]
+def column_label(column: str, head: str | None = None) -> str:
+    """Human-readable name of a prediction column ('cnn_age' -> 'CNN ensemble — bone age')."""
+    system, title = _system_and_title(column, head)
+    return f"{system} — {title}" if title else system
 
 
-def _metric_table(metrics: Mapping, names: Sequence[str], rows: Sequence[tuple[str, str]]) -> pd.DataFrame:
-    models = _present(metrics, names)
-    data = {model_label(m): [metrics[m].get(key, np.nan) for key, _ in rows] for m in models}
+def column_title(column: str, head: str | None = None) -> str:
+    """What a prediction column holds, without the system ('cnn_age_stage' -> 'stage from predicted age')."""
+    return _system_and_title(column, head)[1] or column_label(column, head)
+
+
+def column_colour(column: str, metrics: Mapping | None = None) -> str:
+    """A stable colour per column: its position among the metrics keys (or a hash-free fallback order)."""
+    order = list(metrics) if metrics else []
+    if column not in order:
+        order = [system_column(s, h) for s in SYSTEM_LABELS for h in HEAD_TITLES] + [
+            age_stage_column(s) for s in SYSTEM_LABELS]
+    return _PALETTE[order.index(column) % len(_PALETTE)] if column in order else _PALETTE[-1]
+
+
+def columns_for(metrics: Mapping, head: str) -> list[str]:
+    """Metrics keys scored as `head` (entry "head"), with cases; the CNN ensemble's first, the baseline's last."""
+    keys = [k for k, v in metrics.items() if isinstance(v, Mapping) and v.get("head") == head and v.get("n")]
+    rank = {system_column(CNN, head): 0, age_stage_column(CNN): 1, system_column(BASELINE, head): 3,
+            age_stage_column(BASELINE): 4}
+    return sorted(keys, key=lambda k: rank.get(k, 2))
+
+
+def _metric_table(metrics: Mapping, columns: Sequence[str], rows: Sequence[tuple[str, str]]) -> pd.DataFrame:
+    data = {column_label(c, metrics[c].get("head")): [metrics[c].get(key, np.nan) for key, _ in rows] for c in columns}
     return pd.DataFrame(data, index=[label for _, label in rows]).rename_axis("Metric")
 
 
 def regression_table(metrics: Mapping) -> pd.DataFrame:
-    """One column per regression model present in metrics.json, one row per metric."""
-    return _metric_table(metrics, REGRESSORS, _REGRESSION_ROWS)
+    """One column per bone-age prediction column in metrics.json, one row per metric."""
+    return _metric_table(metrics, columns_for(metrics, AGE), _REGRESSION_ROWS)
 
 
 def classification_table(metrics: Mapping) -> pd.DataFrame:
-    """One column per classification model present in metrics.json, one row per metric."""
-    return _metric_table(metrics, CLASSIFIERS, _CLASSIFICATION_ROWS)
+    """One column per stage prediction column (stage heads and stages from the predicted age), one row per metric."""
+    return _metric_table(metrics, columns_for(metrics, STAGE), _CLASSIFICATION_ROWS)
 
 
-def group_table(metrics: Mapping, model: str, group: str, metric: str) -> pd.DataFrame:
-    """Rows per subgroup ('by_sex' or 'by_age_group') with n, the metric and its 95% CI."""
-    groups = (metrics.get(model) or {}).get(group) or {}
+def group_label(name: str, n: int) -> str:
+    """'0-2 y (n=14, few cases)' / '5-10 y (n=522)'."""
+    return f"{name} (n={n}{', few cases' if n < FEW_CASES else ''})"
+
+
+def group_table(metrics: Mapping, column: str, group: str, metric: str) -> pd.DataFrame:
+    """Rows per subgroup ('by_sex' or 'by_age_group') with n, the metric, its 95% CI and a few-cases flag."""
+    groups = (metrics.get(column) or {}).get(group) or {}
     rows = []
     for name, values in groups.items():
         ci = values.get(f"{metric}_ci95") or [np.nan, np.nan]
-        rows.append({"group": name, "n": int(values.get("n", 0)), metric: values.get(metric, np.nan),
-                     "ci_low": ci[0], "ci_high": ci[1]})
-    return pd.DataFrame(rows, columns=["group", "n", metric, "ci_low", "ci_high"])
+        n = int(values.get("n", 0))
+        rows.append({"group": name, "n": n, metric: values.get(metric, np.nan), "ci_low": ci[0], "ci_high": ci[1],
+                     "few_cases": n < FEW_CASES})
+    return pd.DataFrame(rows, columns=["group", "n", metric, "ci_low", "ci_high", "few_cases"])
 
 
-def group_metric_figure(metrics: Mapping, models: Sequence[str], group: str, metric: str,
+def _error_bars(table: pd.DataFrame, metric: str) -> dict:
+    value = table[metric].to_numpy(dtype=float)
+    return dict(type="data", symmetric=False, array=table["ci_high"].to_numpy(dtype=float) - value,
+                arrayminus=value - table["ci_low"].to_numpy(dtype=float))
+
+
+def _metric_title(metric: str) -> str:
+    return metric.upper() if len(metric) <= 4 else metric.replace("_", " ")
+
+
+def group_metric_figure(metrics: Mapping, columns: Sequence[str], group: str, metric: str,
                         title: str | None = None) -> go.Figure:
-    """Grouped bars of a metric per subgroup for each model, with asymmetric 95% CI error bars."""
+    """Grouped bars of a metric per subgroup for each column, with asymmetric 95% CI error bars and n per group."""
     fig = go.Figure()
-    for model in models:
-        table = group_table(metrics, model, group, metric)
+    for column in columns:
+        table = group_table(metrics, column, group, metric)
         if table.empty:
             continue
-        value = table[metric].to_numpy(dtype=float)
-        fig.add_bar(
-            x=[f"{g} (n={n})" for g, n in zip(table["group"], table["n"])], y=value, name=model_label(model),
-            marker_color=MODEL_COLOURS.get(model),
-            error_y=dict(type="data", symmetric=False, array=table["ci_high"].to_numpy(dtype=float) - value,
-                         arrayminus=value - table["ci_low"].to_numpy(dtype=float)),
-            hovertemplate="%{x}<br>" + metric + " %{y:.3f}<extra>" + model_label(model) + "</extra>")
-    fig.update_layout(barmode="group", title=title, yaxis_title=metric.upper() if len(metric) <= 4 else metric,
-                      legend=dict(orientation="h", y=-0.2), margin=dict(t=50, b=10))
+        label = column_label(column, metrics[column].get("head"))
+        fig.add_bar(x=[group_label(g, n) for g, n in zip(table["group"], table["n"])], y=table[metric], name=label,
+                    marker_color=column_colour(column, metrics), error_y=_error_bars(table, metric),
+                    customdata=np.stack([table["ci_low"], table["ci_high"]], axis=1),
+                    hovertemplate="%{x}<br>" + metric + " %{y:.3f} (95% CI %{customdata[0]:.3f}–"
+                                  "%{customdata[1]:.3f})<extra>" + label + "</extra>")
+    fig.update_layout(barmode="group", title=title, yaxis_title=_metric_title(metric),
+                      legend=dict(orientation="h", y=-0.25), margin=dict(t=50, b=10))
+    return fig
+
+
+def age_group_figure(metrics: Mapping, columns: Sequence[str], metric: str, title: str | None = None) -> go.Figure:
+    """A metric per age group as one line per column, with 95% CI error bars; groups with few cases drawn hollow.
+
+    The x labels carry each group's n; groups under FEW_CASES are labelled "few cases" so a jump there is read
+    as noise, not as a trend.
+    """
+    fig = go.Figure()
+    for column in columns:
+        table = group_table(metrics, column, "by_age_group", metric)
+        if table.empty:
+            continue
+        label = column_label(column, metrics[column].get("head"))
+        colour = column_colour(column, metrics)
+        fig.add_scatter(
+            x=[group_label(g, n) for g, n in zip(table["group"], table["n"])], y=table[metric], name=label,
+            mode="lines+markers", line=dict(color=colour), error_y=_error_bars(table, metric),
+            marker=dict(size=10, color=colour, symbol=["circle-open" if f else "circle" for f in table["few_cases"]]),
+            customdata=np.stack([table["n"], table["ci_low"], table["ci_high"]], axis=1),
+            hovertemplate="%{x}<br>" + metric + " %{y:.3f} (95% CI %{customdata[1]:.3f}–%{customdata[2]:.3f}), "
+                          "n=%{customdata[0]}<extra>" + label + "</extra>")
+    fig.update_layout(title=title, yaxis_title=_metric_title(metric), xaxis_title="True bone age group",
+                      legend=dict(orientation="h", y=-0.3), margin=dict(t=50, b=10))
     return fig
 
 
@@ -95,13 +165,13 @@ def _xy_limits(frame: pd.DataFrame, columns: Sequence[str]) -> list[float]:
     return [0.0, float(max(values.max(), 1.0)) * 1.03]
 
 
-def scatter_predicted_vs_true(predictions: pd.DataFrame, columns: Sequence[str] = REGRESSORS) -> go.Figure:
+def scatter_predicted_vs_true(predictions: pd.DataFrame, columns: Sequence[str]) -> go.Figure:
     """Predicted against true bone age for each regression column, with the identity line."""
     columns = [c for c in columns if c in predictions]
     fig = go.Figure()
     for col in reversed(columns):  # the first (main) model drawn last, on top
-        fig.add_scattergl(x=predictions["boneage"], y=predictions[col], mode="markers", name=model_label(col),
-                          marker=dict(size=4, opacity=0.45, color=MODEL_COLOURS.get(col)),
+        fig.add_scattergl(x=predictions["boneage"], y=predictions[col], mode="markers", name=column_label(col, AGE),
+                          marker=dict(size=4, opacity=0.45, color=column_colour(col)),
                           hovertemplate="true %{x:.0f} m<br>predicted %{y:.1f} m")
     if columns:
         lim = _xy_limits(predictions, columns)
@@ -112,13 +182,13 @@ def scatter_predicted_vs_true(predictions: pd.DataFrame, columns: Sequence[str] 
     return fig
 
 
-def residuals_vs_true(predictions: pd.DataFrame, columns: Sequence[str] = REGRESSORS) -> go.Figure:
+def residuals_vs_true(predictions: pd.DataFrame, columns: Sequence[str]) -> go.Figure:
     """Residual (predicted − true) against true age, with a zero line."""
     columns = [c for c in columns if c in predictions]
     fig = go.Figure()
     for col in reversed(columns):
         fig.add_scattergl(x=predictions["boneage"], y=predictions[col] - predictions["boneage"], mode="markers",
-                          name=model_label(col), marker=dict(size=4, opacity=0.45, color=MODEL_COLOURS.get(col)))
+                          name=column_label(col, AGE), marker=dict(size=4, opacity=0.45, color=column_colour(col)))
     fig.add_hline(y=0, line=dict(color="gray", dash="dash"))
     fig.update_layout(title="Residuals vs true bone age", xaxis_title="True bone age (months)",
                       yaxis_title="Predicted − true (months)", legend=dict(orientation="h", y=-0.2),
@@ -138,19 +208,19 @@ def bland_altman_stats(true: Sequence[float], predicted: Sequence[float]) -> dic
     return {"n": int(diff.size), "bias": bias, "sd": sd, "lower": bias - 1.96 * sd, "upper": bias + 1.96 * sd}
 
 
-def bland_altman(predictions: pd.DataFrame, column: str = "regressor") -> go.Figure:
+def bland_altman(predictions: pd.DataFrame, column: str) -> go.Figure:
     """Mean of (true, predicted) against their difference, with bias and ±1.96 SD limits of agreement."""
     stats = bland_altman_stats(predictions["boneage"], predictions[column])
     mean = (predictions["boneage"] + predictions[column]) / 2
     diff = predictions[column] - predictions["boneage"]
     fig = go.Figure()
-    fig.add_scattergl(x=mean, y=diff, mode="markers", name=model_label(column),
-                      marker=dict(size=4, opacity=0.45, color=MODEL_COLOURS.get(column)))
+    fig.add_scattergl(x=mean, y=diff, mode="markers", name=column_label(column, AGE),
+                      marker=dict(size=4, opacity=0.45, color=column_colour(column)))
     for value, text, dash in ((stats["bias"], "bias", "solid"), (stats["upper"], "+1.96 SD", "dash"),
                               (stats["lower"], "−1.96 SD", "dash")):
         fig.add_hline(y=value, line=dict(color="black", dash=dash),
                       annotation_text=f"{text}: {value:+.1f} m", annotation_position="top right")
-    fig.update_layout(title=f"Bland-Altman: {model_label(column)} (n={stats['n']})",
+    fig.update_layout(title=f"Bland-Altman: {column_label(column, AGE)} (n={stats['n']})",
                       xaxis_title="Mean of true and predicted (months)", yaxis_title="Predicted − true (months)",
                       showlegend=False, margin=dict(t=50, b=10))
     return fig
@@ -178,38 +248,72 @@ def confusion_figure(matrix: Sequence[Sequence[int]], class_names: Sequence[str]
     return fig
 
 
-def per_class_figure(metrics: Mapping, models: Sequence[str] = CLASSIFIERS) -> go.Figure:
-    """Precision and recall per stage for each classification model."""
-    models = _present(metrics, models)
+def per_class_figure(metrics: Mapping, columns: Sequence[str]) -> go.Figure:
+    """Precision and recall per stage for each stage column (support in the hover)."""
     fig = make_subplots(rows=1, cols=2, subplot_titles=("Precision", "Recall"), shared_yaxes=True)
-    for model in models:
-        per_class = metrics[model].get("per_class") or {}
+    for column in columns:
+        per_class = (metrics.get(column) or {}).get("per_class") or {}
         names = list(per_class)
+        label = column_label(column, STAGE)
         for col, key in ((1, "precision"), (2, "recall")):
-            fig.add_bar(x=names, y=[per_class[n].get(key, np.nan) for n in names], name=model_label(model),
-                        marker_color=MODEL_COLOURS.get(model), showlegend=col == 1, row=1, col=col,
+            fig.add_bar(x=names, y=[per_class[n].get(key, np.nan) for n in names], name=label,
+                        marker_color=column_colour(column, metrics), showlegend=col == 1, row=1, col=col,
                         customdata=[per_class[n].get("support", 0) for n in names],
-                        hovertemplate="%{x}<br>%{y:.2f} (support %{customdata})<extra>" + model_label(model) + "</extra>")
+                        hovertemplate="%{x}<br>%{y:.2f} (support %{customdata})<extra>" + label + "</extra>")
     fig.update_layout(barmode="group", title="Per-stage precision and recall", yaxis=dict(range=[0, 1]),
                       legend=dict(orientation="h", y=-0.3), margin=dict(t=60, b=10))
     return fig
 
 
+def _history_quantities(histories: Mapping[str, pd.DataFrame]) -> list[tuple[str, str]]:
+    """(column, subplot title) of each quantity some history has, in a fixed order (old and new history formats)."""
+    wanted = [("train_loss", "Training loss"), ("val_loss", "Validation loss")]
+    wanted += [(f"val_{h}", f"Validation {get_head(h).score_name}, {h} head") for h in HEAD_TITLES]
+    wanted += [("val_score", "Validation score (model selection)"), ("lr", "Learning rate")]
+    return [(c, t) for c, t in wanted if any(_curve(h, c) is not None for h in histories.values())]
+
+
+def _curve(history: pd.DataFrame, column: str) -> pd.Series | None:
+    """A history's values of a quantity, None when absent or a copy of another column (val_score repeats a head's score)."""
+    if column not in history or history[column].isna().all():
+        return None
+    if column == "val_score":
+        copies = [c for c in history.columns if c != column and c.startswith("val_")]
+        if any(np.allclose(history[c], history[column], equal_nan=True) for c in copies
+               if pd.api.types.is_numeric_dtype(history[c])):
+            return None
+    return history[column]
+
+
 def training_curves(histories: Mapping[str, pd.DataFrame]) -> go.Figure:
-    """Train and validation loss per epoch for each history, plus the validation score on a second row."""
-    fig = make_subplots(rows=2, cols=1, shared_xaxes=True, vertical_spacing=0.12,
-                        subplot_titles=("Loss", "Validation score (regressor: MAE months; classifier: val loss)"))
-    for name, history in histories.items():
-        colour = MODEL_COLOURS.get(name)
-        fig.add_scatter(x=history["epoch"], y=history["train_loss"], mode="lines+markers", row=1, col=1,
-                        name=f"{name} train", line=dict(color=colour, dash="dot"))
-        fig.add_scatter(x=history["epoch"], y=history["val_loss"], mode="lines+markers", row=1, col=1,
-                        name=f"{name} val", line=dict(color=colour))
-        if "val_score" in history:
-            fig.add_scatter(x=history["epoch"], y=history["val_score"], mode="lines+markers", row=2, col=1,
-                            name=f"{name} val score", line=dict(color=colour, dash="dash"))
-    fig.update_xaxes(title_text="Epoch", dtick=1, row=2, col=1)
-    fig.update_layout(height=520, legend=dict(orientation="h", y=-0.15), margin=dict(t=50, b=10))
+    """One subplot per quantity (own y axis) against the epoch, one colour per model with its own legend group.
+
+    Handles the old histories (train_loss, val_loss, val_score) and the new ones (phase, image_size, train_loss,
+    val_<head>); the phase and image size of each epoch are in the hover.
+    """
+    quantities = _history_quantities(histories)
+    fig = make_subplots(rows=max(1, len(quantities)), cols=1, shared_xaxes=True, vertical_spacing=0.06,
+                        subplot_titles=[t for _, t in quantities])
+    for i, (name, history) in enumerate(histories.items()):
+        colour = _PALETTE[i % len(_PALETTE)]
+        detail = [f"phase {p}, {s} px" for p, s in zip(history["phase"], history["image_size"])] \
+            if {"phase", "image_size"} <= set(history.columns) else [""] * len(history)
+        shown = False
+        for row, (column, title) in enumerate(quantities, start=1):
+            values = _curve(history, column)
+            if values is None:
+                continue
+            fig.add_scatter(x=history["epoch"], y=values, mode="lines+markers", row=row, col=1, name=name,
+                            legendgroup=name, legendgrouptitle_text=None if shown else name, showlegend=not shown,
+                            line=dict(color=colour), customdata=detail,
+                            hovertemplate="epoch %{x} %{customdata}<br>" + title + " %{y:.4g}<extra>" + name + "</extra>")
+            shown = True
+    for row, (column, _) in enumerate(quantities, start=1):
+        if column == "lr":
+            fig.update_yaxes(type="log", row=row, col=1)
+    fig.update_xaxes(title_text="Epoch", row=max(1, len(quantities)), col=1)
+    fig.update_layout(height=220 * max(1, len(quantities)) + 80, legend=dict(title_text="Model"),
+                      margin=dict(t=50, b=10))
     return fig
 
 
@@ -225,7 +329,7 @@ def stage_probability_figure(probabilities: Mapping[str, float], highlight: str 
     return fig
 
 
-def with_errors(predictions: pd.DataFrame, column: str = "regressor") -> pd.DataFrame:
+def with_errors(predictions: pd.DataFrame, column: str) -> pd.DataFrame:
     """predictions with sex, error (predicted − true) and absolute error columns for one model."""
     if column not in predictions or "boneage" not in predictions:
         raise KeyError(f"predictions lack column {column!r} or 'boneage'")
@@ -236,7 +340,7 @@ def with_errors(predictions: pd.DataFrame, column: str = "regressor") -> pd.Data
     return out
 
 
-def error_vs_age_by_sex(predictions: pd.DataFrame, column: str = "regressor", bin_months: int = 24) -> go.Figure:
+def error_vs_age_by_sex(predictions: pd.DataFrame, column: str, bin_months: int = 24) -> go.Figure:
     """Mean absolute error per true-age bin for each sex (points scattered faintly behind)."""
     frame = with_errors(predictions, column).dropna(subset=["error"])
     edges = np.arange(0, (np.floor(frame["boneage"].max() / bin_months) + 2) * bin_months, bin_months)  # max included
@@ -248,17 +352,23 @@ def error_vs_age_by_sex(predictions: pd.DataFrame, column: str = "regressor", bi
                           marker=dict(size=3, opacity=0.2, color=colour), showlegend=False)
         summary = part.groupby("bin", observed=True)["abs_error"].agg(["mean", "count"]).reset_index()
         mids = [interval.mid for interval in summary["bin"]]
-        fig.add_scatter(x=mids, y=summary["mean"], mode="lines+markers", name=f"{sex}: mean |error|",
+        few = summary["count"] < FEW_CASES
+        fig.add_scatter(x=mids, y=summary["mean"], mode="lines+markers+text", name=f"{sex}: mean |error|",
                         line=dict(color=colour, width=3), customdata=summary["count"],
+                        marker=dict(size=9, symbol=["circle-open" if f else "circle" for f in few]),
+                        text=[f"n={n}" if f else "" for n, f in zip(summary["count"], few)],
+                        textposition="top center", textfont=dict(color=colour),
                         hovertemplate="age bin centre %{x:.0f} m<br>MAE %{y:.1f} m (n=%{customdata})")
-    fig.update_layout(title=f"Absolute error vs true bone age by sex ({model_label(column)}, {bin_months}-month bins)",
+    fig.update_layout(title=f"Absolute error vs true bone age by sex ({column_label(column, AGE)}, {bin_months}-month "
+                            f"bins; hollow, labelled n: fewer than {FEW_CASES} cases)",
                       xaxis_title="True bone age (months)", yaxis_title="|Predicted − true| (months)",
                       legend=dict(orientation="h", y=-0.2), margin=dict(t=50, b=10))
     return fig
 
 
-def worst_cases(predictions: pd.DataFrame, column: str = "regressor", n: int = 15) -> pd.DataFrame:
+def worst_cases(predictions: pd.DataFrame, column: str, n: int = 15) -> pd.DataFrame:
     """The n holdout cases with the largest absolute error of one model."""
     frame = with_errors(predictions, column).dropna(subset=["error"])
-    keep = [c for c in ("id", "sex", "boneage", column, "error", "abs_error", "stage", "classifier") if c in frame]
+    keep = [c for c in ("id", "sex", "boneage", column, "error", "abs_error", "stage", system_column(CNN, STAGE))
+            if c in frame]
     return frame.nlargest(n, "abs_error")[keep].reset_index(drop=True)

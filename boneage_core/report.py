@@ -59,6 +59,23 @@ def study_identifiers(dicom: Any) -> tuple[tuple[str, str], ...]:
     return tuple(pairs)
 
 
+def read_study(data: bytes) -> dict[str, str]:
+    """The STUDY_TAGS of a DICOM file's header ({} for other files or an unreadable header); nothing else is read."""
+    from .imaging import is_dicom
+
+    if not is_dicom(data):
+        return {}
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+
+    try:
+        dataset = pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True, specific_tags=list(STUDY_TAGS))
+    except (InvalidDicomError, OSError, ValueError, AttributeError, KeyError, EOFError) as exc:
+        logger.info("no study identifiers: unreadable DICOM header (%s)", exc)
+        return {}
+    return dict(study_identifiers(dataset))
+
+
 @dataclass(frozen=True)
 class AssessmentReport:
     """Everything a report of one radiograph shows; no patient name or identity, only study identifiers."""

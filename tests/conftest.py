@@ -3,6 +3,12 @@
 from __future__ import annotations
 
 import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -112,13 +118,89 @@ def dicom_from():
 
 @pytest.fixture(scope="session")
 def open_page():
-    """Factory: the dashboard (streamlit_app.py) under AppTest, switched to app_pages/<name>.py, run once."""
+    """Factory: the app (streamlit_app.py) under AppTest, switched to app/pages/<name>.py, run once, no exception."""
     from streamlit.testing.v1 import AppTest
 
     def _open(name: str, timeout: float = 180):
         at = AppTest.from_file(str(REPO / "streamlit_app.py"), default_timeout=timeout).run()
-        at.switch_page(f"app_pages/{name}.py").run()
+        at.switch_page(f"app/pages/{name}.py").run()
         assert not at.exception, (name, [e.value for e in at.exception])
         return at
 
     return _open
+
+
+@pytest.fixture(scope="session")
+def text_page_png() -> bytes:
+    """A non-hand image: a screenshot-like page of black text on white (PNG bytes), drawn with PIL."""
+    import io
+
+    from PIL import Image, ImageDraw
+
+    page = Image.new("L", (1200, 1600), 255)
+    draw = ImageDraw.Draw(page)
+    for row in range(40):
+        draw.text((60, 40 + row * 38), f"Line {row}: the quick brown fox jumps over the lazy dog " * 2, fill=0)
+    buffer = io.BytesIO()
+    page.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+@pytest.fixture(scope="session")
+def sample_label(fullres_dir: Path):
+    """Factory: the (true bone age in months, male) of a full-size sample id from boneage-samples.csv."""
+    import pandas as pd
+
+    from boneage_core.vocab import parse_sex
+
+    labels = pd.read_csv(fullres_dir / "boneage-samples.csv", dtype={"id": str})
+
+    def _label(sample_id: str) -> tuple[float, bool]:
+        row = labels[labels["id"] == sample_id]
+        assert len(row) == 1, f"{sample_id} not in boneage-samples.csv"
+        return float(row.iloc[0]["boneage"]), parse_sex(row.iloc[0]["male"])
+
+    return _label
+
+
+SERVER_STARTUP_S = 90
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def streamlit_server(tmp_path_factory):
+    """`streamlit run streamlit_app.py` on a free localhost port, healthy; yields (base URL, log path)."""
+    port = _free_port()
+    log_path = tmp_path_factory.mktemp("server") / "server.log"
+    log = log_path.open("w")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "streamlit", "run", "streamlit_app.py", "--server.headless", "true",
+         "--server.port", str(port), "--server.address", "127.0.0.1", "--browser.gatherUsageStats", "false"],
+        cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + SERVER_STARTUP_S
+        while True:
+            assert proc.poll() is None, f"server exited early:\n{log_path.read_text()}"
+            try:
+                with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as response:
+                    if response.read() == b"ok":
+                        break
+            except (urllib.error.URLError, ConnectionError, TimeoutError):
+                pass
+            assert time.monotonic() < deadline, f"no healthy server in {SERVER_STARTUP_S} s:\n{log_path.read_text()}"
+            time.sleep(0.3)
+        yield url, log_path
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        log.close()

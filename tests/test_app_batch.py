@@ -1,72 +1,86 @@
-"""The Batch page: several real radiographs plus a broken file, a per-id sex CSV, one row per file."""
+"""The Batch page: real radiographs, a broken file and one without sex; a patient CSV with ages; one row per file."""
 
 from __future__ import annotations
 
+import io
 
+import pandas as pd
 import pytest
 
-import dashboard
+from app import state
+from boneage_core.batch import BatchSetupError, Patient, patient_for, read_patient_table
+from boneage_core.clinical import gp_zscore, load_reference
 
 
 def test_empty_batch_page_runs(open_page):
     at = open_page("batch")
-    assert any("Upload one or more" in i.value for i in at.info)
-    assert not at.error
+    assert at.info and not at.error and not at.dataframe
 
 
-def test_batch_of_real_and_broken_files(fullres_dir, open_page):
-    paths = sorted(fullres_dir.glob("*.png"))[:2]
-    assert len(paths) == 2, "need two full-size samples"
+def test_batch_reports_missing_sex_and_scores_the_rest(fullres_dir, sample_label, gp_table, open_page):
+    paths = sorted(fullres_dir.glob("*.png"))[:3]
+    assert len(paths) == 3, "need three full-size samples"
+    (age0, male0), (age1, male1) = sample_label(paths[0].stem), sample_label(paths[1].stem)
+    csv = (f"id,sex,chronological_age_months\n{paths[0].stem},{'M' if male0 else 'F'},{age0:g}\n"
+           f"{paths[1].name},{'male' if male1 else 'female'},\n").encode()
     files = [(p.name, p.read_bytes(), "image/png") for p in paths] + [("broken.png", b"not an image", "image/png")]
     at = open_page("batch")
     at.file_uploader(key="batch_uploads").set_value(files)
-    at.file_uploader(key="batch_sex_csv").set_value(("sex.csv", f"id,sex\n{paths[1].stem},M\n".encode(), "text/csv"))
-    at.radio(key="batch_sex").set_value("Female")
-    at.run()
+    at.file_uploader(key="batch_sex_csv").set_value(("patients.csv", csv, "text/csv")).run()
     at.button(key="batch_run").click().run()
     assert not at.exception, [e.value for e in at.exception]
     assert not at.error, [e.value for e in at.error]
-    table = at.dataframe[0].value
-    assert list(table["file"]) == [p.name for p in paths] + ["broken.png"]
-    ok = table[table["error"] == ""]
-    assert len(ok) == 2 and ok["bone_age_months"].between(0, 240).all()
-    assert table.set_index("file").loc["broken.png", "error"], "the broken file must carry an error message"
-    assert list(table["sex"]) == ["F", "M", "F"]
-    assert list(table["sex_from"]) == ["batch default", "CSV", "batch default"]
-    # the table is the library's output for the same file and sex
-    predictor = dashboard.get_predictor(str(dashboard.artifacts_dir()))
-    expected = predictor.predict(paths[1], male=True).bone_age_months
-    assert ok.iloc[1]["bone_age_months"] == pytest.approx(expected, abs=0.01)
-    assert any("1 of 3" in w.value for w in at.warning)
-    assert any("use the batch sex" in w.value and paths[0].name in w.value for w in at.warning)
-    assert [b.label for b in at.download_button] == ["Results (CSV)"]
+    table = at.dataframe[0].value.set_index("file")
+    assert list(table.index) == [p.name for p in paths] + ["broken.png"]
+    # no sex -> reported, not scored (no batch default)
+    for name in (paths[2].name, "broken.png"):
+        assert table.loc[name, "error"] == "sex missing" and pd.isna(table.loc[name, "bone_age_whole_months"])
+    predictor = state.get_predictor(str(state.artifacts_dir()))
+    for path, male in ((paths[0], male0), (paths[1], male1)):
+        pred = predictor.predict(path, male=male)
+        row = table.loc[path.name]
+        assert row["error"] == "" and row["sex"] == ("M" if male else "F")
+        assert row["bone_age_whole_months"] == round(pred.bone_age_months)
+        assert row["stage_name"] == pred.stage_name  # a name, not an integer code
+    pred0 = predictor.predict(paths[0], male=male0)
+    interval = pred0.interval or (pred0.bone_age_months,) * 2
+    readout = gp_zscore(pred0.bone_age_months, interval, age0, male0, load_reference(gp_table))
+    assert table.loc[paths[0].name, "z_score"] == pytest.approx(readout.z_score, abs=1e-3)
+    assert table.loc[paths[0].name, "clinical_category"] == readout.category
+    assert pd.isna(table.loc[paths[1].name, "z_score"]), "no age given -> no z"
+    assert [b.key for b in at.download_button] == ["batch_dl_csv"]
 
 
-def test_malformed_sex_csv_is_reported(open_page):
+def test_malformed_patient_csv_is_reported(open_page):
     at = open_page("batch")
     at.file_uploader(key="batch_uploads").set_value([("broken.png", b"xx", "image/png")])
     at.file_uploader(key="batch_sex_csv").set_value(("sex.csv", b"name,gender\na,b\n", "text/csv")).run()
     assert not at.exception
-    assert at.error and "id and sex" in at.error[0].value
+    assert at.error and "sex.csv" in at.error[0].value
+    assert not at.dataframe
 
 
-def test_parse_sex_table():
-    assert dashboard.parse_sex_table(b"id,sex\n12,M\n13,female\n") == {"12": True, "13": False}
-    with pytest.raises(ValueError):
-        dashboard.parse_sex_table(b"id,sex\n12,X\n")
-    assert dashboard.sex_for("12.png", {"12": True}, False) == (True, "CSV")
-    assert dashboard.sex_for("99.png", {"12": True}, False) == (False, "batch default")
+def test_read_patient_table():
+    table = read_patient_table(io.BytesIO(b"id,sex,chronological_age_months\n12,M,100\n13,female,\n14,,\n"), "p.csv")
+    assert table["12"] == Patient(True, "csv", None, 100.0)
+    assert table["13"] == Patient(False, "csv", None, None)
+    assert table["14"].male is None and table["14"].sex_error == "sex missing"
+    assert patient_for("12.png", table).male is True
+    assert patient_for("99.png", table) == Patient(None, "", "sex missing")
 
 
-@pytest.mark.parametrize("csv,match", [(b"id,sex\n12,M\n12,F\n", "both sexes"), (b"id,sex\n,M\n", "without an id"),
-                                       (b"name,sex\n12,M\n", "needs columns id and sex")])
-def test_parse_sex_table_refuses_ambiguous_rows(csv, match):
-    with pytest.raises(ValueError, match=match):
-        dashboard.parse_sex_table(csv)
+@pytest.mark.parametrize("csv,match", [(b"id,sex\n12,M\n12,F\n", "twice"), (b"id,sex\n,M\n", "no id"),
+                                       (b"name,sex\n12,M\n", "needs columns id, sex"),
+                                       (b"id,sex,chronological_age_months\n12,M,ten\n", "not a number")])
+def test_read_patient_table_refuses_ambiguous_rows(csv, match):
+    with pytest.raises(BatchSetupError, match=match):
+        read_patient_table(io.BytesIO(csv), "p.csv")
 
 
-def test_sex_comes_from_csv_then_dicom_then_default(fullres_sample, dicom_from):
-    data = dicom_from(fullres_sample, PatientSex="M")
-    assert dashboard.sex_for("a.dcm", {"a": False}, default=False, data=data) == (False, "CSV")
-    assert dashboard.sex_for("b.dcm", {}, default=False, data=data) == (True, "DICOM")
-    assert dashboard.sex_for("c.png", {}, default=True, data=fullres_sample.read_bytes()) == (True, "batch default")
+def test_sex_comes_from_the_table_then_dicom(fullres_sample, dicom_from):
+    data = dicom_from(fullres_sample, PatientSex="M", PatientBirthDate="20100115", StudyDate="20200115")
+    assert patient_for("a.dcm", {"a": Patient(False, "csv")}, data).male is False
+    from_dicom = patient_for("b.dcm", {}, data)
+    assert (from_dicom.male, from_dicom.sex_from) == (True, "dicom")
+    assert from_dicom.chronological_age_months == pytest.approx(3652 / 30.4375)
+    assert patient_for("c.png", {}, fullres_sample.read_bytes()).male is None

@@ -1,0 +1,277 @@
+"""Assess one radiograph: bone age, stage, Grad-CAM and (with a chronological age) the Greulich-Pyle read-out.
+
+Sex is required and never defaulted; a new file starts a new patient (sex and ages cleared, unless its DICOM
+header gives them).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+
+import pandas as pd
+import streamlit as st
+
+from app import state
+from app.options import AGE_MODES, SEXES
+from boneage_core.clinical import RULE_TEXT, NORMAL, ClinicalReadout, ReferenceError, chronological_age_months, gp_zscore
+from boneage_core.heads import AGE, get_head
+from boneage_core.imaging import read_dicom_info
+from boneage_core.plots import stage_probability_figure
+from boneage_core.predictor import Prediction, Predictor, overlay_heatmap
+from boneage_core.report import (DISCLAIMER, REFERENCE_NAME, AssessmentReport, heatmap_png_with_colorbar, read_study,
+                                 render_pdf, years_months)
+
+logger = logging.getLogger(__name__)
+
+#: The inputs that describe one patient: cleared when another file is uploaded.
+PATIENT_KEYS = ("assess_sex", "assess_age_mode", "assess_age_years", "assess_age_months", "assess_birth_date",
+                "assess_study_date")
+_DIGEST_KEY, _DICOM_KEY = "assess_digest", "assess_from_dicom"
+
+
+def _new_patient(data: bytes | None, name: str) -> None:
+    """On a different file (or its removal): forget the previous patient's inputs, then take its DICOM tags."""
+    digest = state.file_digest(data) if data else None
+    previous = st.session_state.get(_DIGEST_KEY)
+    if digest == previous:
+        return
+    st.session_state[_DIGEST_KEY] = digest
+    if previous is not None:
+        for key in (*PATIENT_KEYS, _DICOM_KEY):
+            st.session_state.pop(key, None)
+    if not data:
+        return
+    try:
+        info = read_dicom_info(data, name)
+    except ValueError as exc:  # unreadable DICOM: predict() reports it
+        logger.info("No DICOM tags from %s: %s", name, exc)
+        return
+    filled = {}
+    if info is not None and info.male is not None:
+        filled["assess_sex"] = SEXES[int(info.male)]
+    if info is not None and info.chronological_age_months is not None:
+        filled.update(assess_age_mode=AGE_MODES[2], assess_birth_date=info.birth_date,
+                      assess_study_date=info.study_date)
+    st.session_state.update(filled)
+    st.session_state[_DICOM_KEY] = filled
+
+
+def _from_dicom(key: str) -> bool:
+    """Whether a widget still holds the value its file's DICOM header gave it."""
+    filled = st.session_state.get(_DICOM_KEY) or {}
+    return key in filled and st.session_state.get(key) == filled[key]
+
+
+def _sex() -> bool | None:
+    choice = st.radio("Sex (required)", SEXES, index=None, key="assess_sex", horizontal=True,
+                      help="The estimate depends on the sex; it is never guessed.")
+    if _from_dicom("assess_sex"):
+        st.caption("Sex: from DICOM (PatientSex).")
+    return None if choice is None else choice == SEXES[1]
+
+
+def _chronological_age() -> float | None:
+    """Chronological age in months from the inputs, or None when not (completely) given; nothing is pre-filled."""
+    mode = st.radio("Chronological age (optional, for the z-score)", AGE_MODES, key="assess_age_mode",
+                    horizontal=True)
+    if mode == AGE_MODES[1]:
+        c1, c2 = st.columns(2)
+        years = c1.number_input("Years", min_value=0, max_value=25, value=None, step=1, key="assess_age_years",
+                                placeholder="years")
+        months = c2.number_input("Months", min_value=0, max_value=11, value=None, step=1, key="assess_age_months",
+                                 placeholder="0")
+        if years is None:
+            st.caption("Enter the years (then Enter or Tab) to compare with the reference.")
+            return None
+        return float(years) * 12 + float(months or 0)
+    if mode == AGE_MODES[2]:
+        c1, c2 = st.columns(2)
+        birth = c1.date_input("Date of birth", value=None, key="assess_birth_date", min_value=dt.date(1900, 1, 1),
+                              format="YYYY-MM-DD")
+        study = c2.date_input("Study date", value=None, key="assess_study_date", min_value=dt.date(1900, 1, 1),
+                              format="YYYY-MM-DD")
+        if _from_dicom("assess_birth_date") and _from_dicom("assess_study_date"):
+            st.caption("Dates: from DICOM (PatientBirthDate, StudyDate).")
+        if birth is None or study is None:
+            st.caption("Enter both dates (then Enter or Tab) to compare with the reference.")
+            return None
+        try:
+            return chronological_age_months(birth, study)
+        except ValueError as exc:
+            st.error(str(exc))
+    return None
+
+
+def _headline(pred: Prediction, predictor: Predictor) -> None:
+    c1, c2, c3 = st.columns([1, 1, 2])
+    if pred.bone_age_months is not None:
+        c1.metric("Bone age", f"{int(round(pred.bone_age_months))} months", border=True)
+        c2.metric("In years and months", pred.years_months, border=True)
+    else:
+        c1.info("No bone-age head loaded: bone age in months is unavailable.")
+    with c3.container(border=True):  # markdown wraps: a long stage name is never cut off
+        st.caption(f"Developmental stage (from the {pred.stage_source})")
+        st.subheader(pred.stage_name, anchor=False)
+        st.caption(f"Bone age {predictor.scheme.range_text(pred.stage, pred.male)} for "
+                   f"{'boys' if pred.male else 'girls'}")
+    if pred.interval is not None:
+        iv = pred.interval
+        st.markdown(
+            f"**Uncertainty: {iv.level:.0%} interval {iv.low:.0f}–{iv.high:.0f} months.** It spans the middle "
+            f"{iv.level:.0%} of the errors the model made on the {iv.n_reference} holdout cases whose prediction "
+            f"was within ±{iv.window_months:g} months of this one.")
+    for warning in pred.warnings:
+        st.warning(f"Check the input: {warning}.")
+    if pred.stages_agree is False:
+        st.warning(
+            f"The stage head says **{pred.stage_name}**, but the predicted bone age falls in "
+            f"**{predictor.scheme.names[pred.stage_from_age]}** "
+            f"({predictor.scheme.range_text(pred.stage_from_age, pred.male)}). Treat the stage with caution.")
+
+
+def _stage_and_input(pred: Prediction, predictor: Predictor) -> None:
+    left, right = st.columns([1, 2])
+    with left:
+        st.subheader("What the model saw")
+        st.image(pred.model_input, clamp=True, width="stretch",
+                 caption=f"{pred.model_input.shape[1]}×{pred.model_input.shape[0]} px model input")
+    with right:
+        st.subheader("Stage probabilities")
+        if pred.stage_probabilities:
+            st.plotly_chart(stage_probability_figure(pred.stage_probabilities, pred.stage_name),
+                            key="assess_stage_chart")
+        else:
+            st.caption(f"No stage head loaded: the stage shown is the one of the {pred.stage_source}.")
+
+
+def _gradcam(pred: Prediction, predictor: Predictor, data: bytes):
+    """The Grad-CAM section; returns (screen-size overlay, head label), or None when nothing was explained."""
+    st.subheader("Where the model looked (Grad-CAM)")
+    heads = sorted(predictor.heads, key=lambda h: h != AGE)
+    c1, c2 = st.columns(2)
+    head = c1.radio("Explain", heads, format_func=lambda h: get_head(h).label, key="assess_cam_head",
+                    horizontal=True)
+    alpha = c2.slider("Heatmap opacity", 0.0, 1.0, 0.4, 0.05, key="assess_cam_alpha")
+    with st.spinner("Computing Grad-CAM…"):
+        explanation = state.cached_explanation(predictor, data, pred, head)
+    if explanation.is_blank:
+        st.info("Grad-CAM found no region that raised this output (its map is empty): nothing to highlight.")
+    shown = state.display_image(pred.original)  # screen-sized copies: fast to blend and to send
+    overlay = overlay_heatmap(shown, state.display_image(explanation.heatmap, like=shown), alpha)
+    label = get_head(head).label
+    left, right = st.columns(2)
+    left.image(shown, clamp=True, width="stretch", caption="Original")
+    right.image(overlay, width="stretch", caption=f"Grad-CAM of the {label} head")
+    st.caption("Red areas contributed most to the output. Grad-CAM is a coarse, model-specific hint, "
+               "not a finding: it can highlight image borders or labels.")
+    return overlay, label
+
+
+def _clinical(pred: Prediction, chrono: float | None) -> ClinicalReadout | None:
+    st.subheader(f"Clinical read-out ({REFERENCE_NAME})")
+    if chrono is None:
+        st.info("Give a chronological age above to compare the bone age with the reference.")
+        return None
+    if pred.bone_age_months is None:
+        st.info("The clinical read-out needs a bone-age head, which is not loaded.")
+        return None
+    table, why = state.get_reference()
+    if table is None:
+        upload = st.file_uploader("Greulich-Pyle reference CSV (columns sex, chronological_age_months, "
+                                  "mean_bone_age_months, sd_months)", type=["csv"], key="assess_reference_upload")
+        table, upload_why = state.get_reference(upload.getvalue()) if upload is not None else (None, None)
+        if table is None:
+            st.warning(f"The clinical read-out is unavailable: {upload_why or why}")
+            return None
+    interval = (pred.bone_age_months, pred.bone_age_months) if pred.interval is None else pred.interval
+    try:
+        readout = gp_zscore(pred.bone_age_months, interval, chrono, pred.male, table)
+    except ReferenceError as exc:
+        st.warning(f"The clinical read-out is unavailable: {exc}")
+        return None
+    c1, c2, c3 = st.columns(3)
+    c1.metric("Chronological age", f"{readout.chronological_age_months:.1f} months",
+              help=years_months(readout.chronological_age_months))
+    c2.metric("z-score", f"{readout.z_score:+.2f}")
+    c3.metric("z interval", f"{readout.z_low:+.2f} to {readout.z_high:+.2f}",
+              help="z of the ends of the bone-age interval" if pred.interval is not None else
+              "no prediction interval: both ends are the point estimate")
+    shout = st.success if readout.category == NORMAL else st.warning
+    shout(f"Category: **{readout.category}**. Bone age {readout.bone_age_months:.0f} months vs expected "
+          f"{readout.expected_bone_age_months:.0f} months (SD {readout.sd_months:.1f}) for a "
+          f"{'boy' if pred.male else 'girl'} of this age ({REFERENCE_NAME}).")
+    st.caption(f"Rule: {RULE_TEXT}.")
+    return readout
+
+
+def _downloads(pred: Prediction, report: AssessmentReport, overlay, head_label: str | None) -> None:
+    st.subheader("Download")
+    stem = pred.name.rsplit(".", 1)[0] or "result"
+    thumbnail = state.display_image(pred.original)
+    c1, c2, c3, c4 = st.columns(4)
+    c1.download_button("Report (PDF)", lambda: render_pdf(report, thumbnail, overlay), f"{stem}_boneage.pdf",
+                       "application/pdf", key="assess_dl_pdf", on_click="ignore", type="primary")
+    c2.download_button("Result (JSON)", report.to_json(), f"{stem}_boneage.json", "application/json",
+                       key="assess_dl_json", on_click="ignore")
+    c3.download_button("Result (CSV)", pd.DataFrame([report.csv_row()]).to_csv(index=False), f"{stem}_boneage.csv",
+                       "text/csv", key="assess_dl_csv", on_click="ignore")
+    if overlay is not None:
+        c4.download_button(
+            "Heatmap (PNG)", lambda: heatmap_png_with_colorbar(overlay, report.bone_age_text, report.sex,
+                                                                f"Grad-CAM, {head_label} head"),
+            f"{stem}_gradcam.png", "image/png", key="assess_dl_png", on_click="ignore")
+    st.caption(f"Model version {report.model_version}. The files carry no patient name or identity; DICOM study "
+               "identifiers only.")
+
+
+def main() -> None:
+    st.title("Assess a radiograph")
+    st.caption(f"Left-hand radiograph → bone age, developmental stage and Grad-CAM. {DISCLAIMER}")
+    upload = st.file_uploader("Hand radiograph (PNG, JPEG, WebP or DICOM)", type=state.IMAGE_TYPES,
+                              key="assess_upload")
+    data = upload.getvalue() if upload is not None else None
+    _new_patient(data, upload.name if upload is not None else "")
+    c1, c2 = st.columns([1, 2])
+    with c1:
+        male = _sex()
+    with c2:
+        chrono = _chronological_age()
+    if upload is None:
+        st.info("Upload a radiograph to start. The models were trained on left-hand radiographs of children "
+                "(RSNA 2017).")
+        return
+    if male is None:
+        st.info("Choose the patient's sex to get an estimate: bone age is read against sex-specific standards, "
+                "so it is never guessed.")
+        return
+    predictor = state.predictor_or_none()
+    if predictor is None:
+        return
+    try:
+        with st.spinner("Predicting…"):
+            pred = state.cached_prediction(predictor, data, upload.name, male)
+    except ValueError as exc:  # InputError / ImageLoadError: a message meant for the user, and no number
+        st.error(f"Not assessed: {exc}")
+        return
+    st.divider()
+    _headline(pred, predictor)
+    for note in dict.fromkeys(predictor.notes):
+        st.info(note)
+    _stage_and_input(pred, predictor)
+    overlay, head_label = None, None
+    try:
+        overlay, head_label = _gradcam(pred, predictor, data)
+    except ValueError as exc:
+        st.error(f"Grad-CAM failed: {exc}")
+    readout = _clinical(pred, chrono)
+    report = AssessmentReport.from_prediction(pred, readout, predictor.version, dicom=read_study(data))
+    _downloads(pred, report, overlay, head_label)
+
+
+try:
+    main()
+except Exception:  # last resort: never show a traceback to the user
+    logger.exception("Assess page failed")
+    st.error("Something went wrong while assessing this image. The details are in the server log; "
+             "please try another file.")

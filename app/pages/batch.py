@@ -1,0 +1,132 @@
+"""Batch assessment: many radiographs at once, one results row per file (errors included), CSV download.
+
+Sex comes from a patient CSV (id, sex, optional chronological_age_months) or the DICOM header; a file
+without one is reported as "sex missing" and not scored.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+
+import pandas as pd
+import streamlit as st
+
+from app import state
+from boneage_core.batch import CHRONO_COLUMN, BatchSetupError, Patient, patient_for, read_patient_table
+from boneage_core.clinical import ReferenceError, gp_zscore
+from boneage_core.predictor import Predictor
+from boneage_core.report import DISCLAIMER, AssessmentReport, read_study
+
+logger = logging.getLogger(__name__)
+
+#: Columns shown on screen (the CSV download has every column of AssessmentReport.csv_row).
+SHOWN = ("file", "sex", "sex_from", "bone_age_whole_months", "interval_low_months", "interval_high_months",
+         "stage_name", "stage_source", "chronological_age_months", "z_score", "z_low", "z_high", "clinical_category",
+         "warnings", "error")
+
+
+def _patient_table() -> dict[str, Patient] | None:
+    """The optional patient CSV as {id: Patient}; None (with an error shown) when it is malformed."""
+    upload = st.file_uploader(f"CSV with columns id, sex (M/F) and optionally {CHRONO_COLUMN} "
+                              "(id = file name with or without extension)", type=["csv"], key="batch_sex_csv")
+    if upload is None:
+        return {}
+    try:
+        table = read_patient_table(io.BytesIO(upload.getvalue()), upload.name)
+    except BatchSetupError as exc:
+        st.error(f"Patient CSV not used: {exc}")
+        return None
+    st.caption(f"Patient CSV: {len(table)} ids.")
+    return table
+
+
+def _readout(prediction, chrono: float | None):
+    """The clinical read-out when a chronological age is given (None without one); ValueError when impossible."""
+    if chrono is None or prediction.bone_age_months is None:
+        return None
+    table, why = state.get_reference()
+    if table is None:
+        raise ReferenceError(f"no z-score: {why}")
+    interval = prediction.interval or (prediction.bone_age_months, prediction.bone_age_months)
+    return gp_zscore(prediction.bone_age_months, interval, chrono, prediction.male, table)
+
+
+def _row(predictor: Predictor, name: str, data: bytes, patient: Patient) -> dict:
+    """One results row: the report's CSV row, or the reason the file was not scored."""
+    base = {"file": name, "sex": "" if patient.male is None else ("M" if patient.male else "F"),
+            "sex_from": patient.sex_from}
+    if patient.male is None:
+        return {**base, "error": patient.sex_error or "sex missing"}
+    try:
+        prediction = state.predict(predictor, data, name, patient.male)
+        readout = _readout(prediction, patient.chronological_age_months)
+    except ValueError as exc:  # unreadable image, not a hand, age outside the reference
+        return {**base, "error": str(exc)}
+    except Exception as exc:  # one bad file must not stop the batch
+        logger.error("Batch prediction failed for %s", name, exc_info=exc)
+        return {**base, "error": "unexpected internal error (see the server log)"}
+    row = AssessmentReport.from_prediction(prediction, readout, predictor.version, dicom=read_study(data)).csv_row()
+    row.pop("name")
+    return {**base, **row, "error": ""}
+
+
+def _results(uploads, table: dict[str, Patient]) -> pd.DataFrame | None:
+    """The batch's results, computed on the button and kept while the files and the table stay the same."""
+    jobs = [(u.name, u.getvalue()) for u in uploads]
+    patients = [patient_for(name, table, data) for name, data in jobs]
+    signature = (tuple((state.file_digest(data), name) for name, data in jobs), tuple(patients))
+    stored = st.session_state.get("batch_result")
+    if stored is not None and stored[0] == signature:
+        return stored[1]
+    missing = sum(p.male is None for p in patients)
+    if missing:
+        st.warning(f"{missing} of {len(jobs)} file(s) have no usable sex (not in the CSV, no DICOM PatientSex): "
+                   "they will be reported, not scored.")
+    if not st.button(f"Assess {len(jobs)} file(s)", key="batch_run", type="primary"):
+        return None
+    predictor = state.predictor_or_none()
+    if predictor is None:
+        return None
+    progress = st.progress(0.0, text="Starting…")
+    rows = []
+    for i, ((name, data), patient) in enumerate(zip(jobs, patients), start=1):
+        progress.progress((i - 1) / len(jobs), text=f"{i}/{len(jobs)}: {name}")
+        rows.append(_row(predictor, name, data, patient))
+    progress.progress(1.0, text=f"Done: {len(jobs)} file(s)")
+    frame = pd.DataFrame(rows)
+    frame = frame[[c for c in frame.columns if c != "error"] + ["error"]]
+    st.session_state["batch_result"] = (signature, frame)
+    return frame
+
+
+def main() -> None:
+    st.title("Batch assessment")
+    st.caption(f"Bone age and stage for many radiographs at once (no Grad-CAM). {DISCLAIMER}")
+    uploads = st.file_uploader("Radiographs (PNG, JPEG, WebP or DICOM)", type=state.IMAGE_TYPES,
+                               accept_multiple_files=True, key="batch_uploads")
+    table = _patient_table()
+    if not uploads:
+        st.info("Upload one or more radiographs to start. Each needs its sex: give a CSV with columns id and sex "
+                "(DICOM files may carry PatientSex).")
+        return
+    if table is None:
+        return
+    results = _results(uploads, table)
+    if results is None:
+        return
+    failed = int((results["error"] != "").sum())
+    if failed:
+        st.warning(f"{failed} of {len(results)} file(s) were not assessed; see the error column.")
+    else:
+        st.success(f"All {len(results)} file(s) assessed.")
+    st.dataframe(results[[c for c in SHOWN if c in results.columns]], hide_index=True, key="batch_table")
+    st.download_button("Results (CSV)", results.to_csv(index=False), "boneage_batch.csv", "text/csv",
+                       key="batch_dl_csv", on_click="ignore")
+
+
+try:
+    main()
+except Exception:  # last resort: never show a traceback to the user
+    logger.exception("Batch page failed")
+    st.error("Something went wrong with this batch. The details are in the server log.")
