@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from boneage_core.heads import AGE, STAGE
 from boneage_core.predictor import Predictor
 
 TARGET_PREDICT_S = 0.5
@@ -41,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--male", action="store_true")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=10)
-    parser.add_argument("--target", default="regressor", choices=("regressor", "classifier"))
+    parser.add_argument("--head", default=AGE, choices=(AGE, STAGE), help="the head Grad-CAM explains")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
 
@@ -55,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def predict_and_explain():
         pred = predictor.predict(args.image, args.male)
-        return predictor.explain(pred.original, args.male, target=args.target)
+        return predictor.explain(pred.original, args.male, head=args.head, class_index=pred.stage)
 
     t0 = time.perf_counter()
     predict_and_explain()
@@ -66,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
 
     print(f"image            {args.image.name} {pred.original.shape[1]}x{pred.original.shape[0]} px, "
           f"{args.image.stat().st_size / 1e6:.2f} MB; torch threads {torch.get_num_threads()}")
-    print(f"model load       {load_s:.3f} s (regressor + classifier), peak RSS after load {rss_loaded:.0f} MB")
+    print(f"model load       {load_s:.3f} s ({', '.join(predictor.members)}), peak RSS after load {rss_loaded:.0f} MB")
     print(f"first call       {first_s:.3f} s (prediction + Grad-CAM, cold)")
     print(f"predict          median {predict_s:.3f} s  (min {min(p_times):.3f}, max {max(p_times):.3f}; "
           f"target <= {TARGET_PREDICT_S} s)")

@@ -8,21 +8,22 @@ from __future__ import annotations
 
 import argparse
 import time
-from dataclasses import replace
 
 import numpy as np
 import torch
 
-from boneage_core.config import TrainConfig
 from boneage_core.data import attach_paths, find_dataset, load_images, read_labels
-from boneage_core.models import ModelSpec, build_model, freeze_blocks
+from boneage_core.heads import AGE, STAGE, get_head
+from boneage_core.inference import autocast, resolve_device, to_input
+from boneage_core.models import INIT_SCRATCH, ModelSpec, create_model, freeze_blocks
 from boneage_core.preprocess import PreprocessSpec
-from boneage_core.training import _autocast, _to_input, augment, resolve_device
+from boneage_core.training import augment
 
 
 def _step(net, opt, x, m, y, device, cpu_bf16):
-    with _autocast(device, cpu_bf16):
-        loss = torch.nn.functional.l1_loss(net(x, m).float(), y)
+    with autocast(device, cpu_bf16):
+        out = net(x, m)
+    loss = sum(get_head(h).loss(out[h], y[h]) for h in net.spec.heads)
     loss.backward()
     opt.step()
     opt.zero_grad(set_to_none=True)
@@ -49,27 +50,27 @@ def main() -> None:
     p.add_argument("--freeze-blocks", type=int, default=3)
     p.add_argument("--cpu-bf16", action="store_true")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--heads", default="age,stage", help="heads of the network (age,stage = one multi-head model)")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     device = resolve_device("auto")
-    cfg = replace(TrainConfig(), image_size=args.image_size, batch_size=args.batch_size)
     csv, image_dir = find_dataset(args.data_dir)
     labels = attach_paths(read_labels(csv), image_dir).head(args.batch_size * 8)
     spec = PreprocessSpec(image_size=args.image_size)
     images = torch.from_numpy(load_images(labels["id"].tolist(), labels["path"].tolist(), spec).images)
-    net = build_model(ModelSpec(task="regression", preprocess=spec), pretrained=False).to(device)
+    net = create_model(ModelSpec(heads=tuple(args.heads.split(",")), preprocess=spec), INIT_SCRATCH)[0].to(device)
     net.to(memory_format=torch.channels_last)
     freeze_blocks(net, args.freeze_blocks)
     opt = torch.optim.AdamW([q for q in net.parameters() if q.requires_grad], lr=1e-4)
-    b = cfg.batch_size
+    b = args.batch_size
     m = torch.ones(b, dtype=torch.long, device=device)
-    y = torch.zeros(b, device=device)
+    y = {AGE: torch.zeros(b, device=device), STAGE: torch.zeros(b, dtype=torch.long, device=device)}
     rand = torch.rand(b, 1, args.image_size, args.image_size, device=device).contiguous(memory_format=torch.channels_last)
     gen = torch.Generator().manual_seed(0)
 
     def pipeline_step():
         idx = torch.randint(0, len(images), (b,), generator=gen)
-        _step(net, opt, augment(_to_input(images[idx], device), gen), m, y, device, args.cpu_bf16)
+        _step(net, opt, augment(to_input(images[idx], device), gen), m, y, device, args.cpu_bf16)
 
     model_only = _timed(lambda: _step(net, opt, rand, m, y, device, args.cpu_bf16), args.steps, b, device)
     full = _timed(pipeline_step, args.steps, b, device)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 from .heads import AGE, STAGE
@@ -43,17 +43,8 @@ class TrainConfig:
     epochs: int = 30
     lr: float = 1e-3
     freeze_blocks: int = 0  # freeze the stem and this many leading backbone stages (cheaper CPU training)
-    batch_size: int = 32
-    weight_decay: float = 1e-4
-    warmup_epochs: float = 1.0
-    optimizer: str = "adamw"  # adamw | sam
-    sam_rho: float = 0.05
-    ema_decay: float = 0.998
-    patience: int = 6
     sex_embedding_dim: int = 16
-    augment: bool = True
-    cpu_bf16: bool = False  # bf16 autocast on CPU too (CUDA always uses bf16 autocast)
-    max_train_minutes: float = 0.0  # stop training a model after this long, all phases (0 = no limit)
+    fit: FitConfig = field(default_factory=FitConfig)  # the training loop's own settings (batch, optimizer, EMA, budget)
     members: tuple[str, ...] = ()  # model files served and evaluated (empty: the ones this run trained)
     # HOG + XGBoost baseline
     baseline_image_size: int = 128
@@ -73,8 +64,6 @@ class TrainConfig:
             raise ValueError(f"unknown stage(s) {unknown}; choose from {STAGE_ORDER}")
         if self.backbone not in BACKBONES:
             raise ValueError(f"backbone must be one of {BACKBONES}, got {self.backbone!r}")
-        if self.optimizer not in ("adamw", "sam"):
-            raise ValueError(f"optimizer must be adamw or sam, got {self.optimizer!r}")
         self.training_phases()  # validates the phase text
 
     def training_phases(self) -> tuple[Phase, ...]:
@@ -84,11 +73,8 @@ class TrainConfig:
         return (Phase(self.image_size, self.epochs, self.lr, self.freeze_blocks),)
 
     def fit_config(self) -> FitConfig:
-        """The subset of settings the training loop uses."""
-        return FitConfig(batch_size=self.batch_size, weight_decay=self.weight_decay, warmup_epochs=self.warmup_epochs,
-                         optimizer=self.optimizer, sam_rho=self.sam_rho, ema_decay=self.ema_decay,
-                         patience=self.patience, augment=self.augment, cpu_bf16=self.cpu_bf16, seed=self.seed,
-                         max_minutes=self.max_train_minutes)
+        """The settings the training loop uses, with the run's seed."""
+        return replace(self.fit, seed=self.seed)
 
     def to_dict(self) -> dict:
         out = asdict(self)
@@ -102,6 +88,9 @@ class TrainConfig:
         for key in ("stages", "members"):
             if key in kwargs:
                 kwargs[key] = tuple(kwargs[key])
+        if isinstance(kwargs.get("fit"), dict):
+            known = {f.name for f in fields(FitConfig)}
+            kwargs["fit"] = FitConfig(**{k: v for k, v in kwargs["fit"].items() if k in known})
         return cls(**kwargs)
 
     def save(self, path: str | Path) -> None:
@@ -115,8 +104,9 @@ class TrainConfig:
         """Settings for a short CPU smoke run on a few hundred images."""
         phases = ",".join(f"{min(p.image_size, 96)}:{min(p.epochs, 2)}:{p.lr:g}:{p.freeze_blocks}"
                           for p in self.training_phases())
+        fit = replace(self.fit, batch_size=min(self.fit.batch_size, 32), warmup_epochs=0.5, patience=2)
         return replace(
-            self, quick=True, limit=self.limit or 300, phases=phases, batch_size=min(self.batch_size, 32),
-            warmup_epochs=0.5, patience=2, baseline_image_size=64, xgb_estimators=min(self.xgb_estimators, 60),
+            self, quick=True, limit=self.limit or 300, phases=phases, fit=fit,
+            baseline_image_size=64, xgb_estimators=min(self.xgb_estimators, 60),
             xgb_max_depth=min(self.xgb_max_depth, 3), bootstrap=50, sex_embedding_dim=min(self.sex_embedding_dim, 8),
         )

@@ -9,6 +9,7 @@ import argparse
 import json
 import logging
 import math
+import os
 import sys
 from pathlib import Path
 
@@ -18,12 +19,13 @@ import torch
 
 from .baseline import META_FILE as BASELINE_META, HogXGBoost
 from .data import attach_paths, load_images, read_labels
-from .errors import BoneAgeError, MissingArtifactError
+from .errors import BoneAgeError, ImageLoadError, MissingArtifactError
 from .heads import AGE, BASELINE, CNN, STAGE, age_stage_column, get_head, head_metrics, system_column
 from .gate import load_gate
 from .inference import ensemble_outputs, member_features, member_outputs, resolve_device
 from .manifest import model_files, read_manifest, verify_models
 from .models import load_model
+from .preprocess import PreprocessSpec
 from .stages import DEFAULT_SCHEME, StageScheme
 
 logger = logging.getLogger(__name__)
@@ -154,18 +156,42 @@ def summary_table(metrics: dict) -> str:
 
 
 def evaluate_folder(artifacts_dir: str | Path, images_dir: str | Path, labels_csv: str | Path, cache_dir=None,
-                    device: str = "auto", tta: bool | None = None, n_boot: int = 500) -> tuple[dict, pd.DataFrame]:
-    """Score the saved models on a labelled folder (any supported label format)."""
+                    device: str = "auto", tta: bool | None = None, n_boot: int = 500,
+                    min_meaningful_n: int = 20) -> tuple[dict, pd.DataFrame]:
+    """Score the saved models on a labelled folder (any supported label format).
+
+    The artifacts are checked (models present, manifest hashes) and the images read once before any model
+    runs: unreadable images are left out with a warning, none readable is an ImageLoadError. When fewer than
+    `min_meaningful_n` images are scored, the metrics get a top-level "_warnings" list (entries keep their shape).
+    """
+    folder = Path(artifacts_dir)
+    if not folder.is_dir():
+        raise MissingArtifactError(f"artifacts folder not found: {folder}")
+    if not model_files(folder) and not (folder / BASELINE_META).is_file():
+        raise MissingArtifactError(f"no models found in {folder}; run train.py first or pass --artifacts")
+    manifest = read_manifest(folder)
+    if manifest is not None:
+        verify_models(folder, manifest)
     labels = attach_paths(read_labels(labels_csv), images_dir)
-    frame, columns, failures = predict_frame(artifacts_dir, labels, cache_dir, device, tta)
+    readable = load_images(labels["id"].tolist(), labels["path"].tolist(), PreprocessSpec(image_size=32))
+    if not readable.ids:
+        first = "; ".join(f"{id_}: {message}" for id_, message in readable.failures[:3])
+        raise ImageLoadError(f"none of the {len(labels)} labelled image(s) in {images_dir} could be read "
+                             f"(first: {first}); check the --images folder")
+    frame, columns, failures = predict_frame(folder, labels[labels["id"].isin(readable.ids)], cache_dir, device, tta)
+    failures = {**dict(readable.failures), **failures}
     if failures:
         logger.warning("%d image(s) could not be read and were left out: %s", len(failures), list(failures)[:5])
-    if not columns:
-        raise MissingArtifactError(f"no models found in {artifacts_dir}")
-    return score_predictions(frame, columns, n_boot=n_boot), frame
+    metrics = score_predictions(frame, columns, n_boot=n_boot)
+    n_scored = int(frame[list(columns)].notna().any(axis=1).sum())
+    if n_scored < min_meaningful_n:
+        metrics["_warnings"] = [f"n={n_scored}: metrics are not meaningful (fewer than {min_meaningful_n} "
+                                "labelled images scored); evaluate on a larger labelled set"]
+    return metrics, frame
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Print the metrics table; exit 2 for bad settings, labels, images or artifacts (checked before any model runs)."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--artifacts", default="artifacts")
     parser.add_argument("--images", required=True, help="folder of <id>.<png|jpg|webp|dcm> images")
@@ -178,13 +204,27 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--bootstrap", type=int, default=500)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    for flag, target in (("--out", args.out), ("--predictions", args.predictions)):
+        if target is None:
+            continue
+        path = Path(target)
+        if path.is_dir() or not path.parent.is_dir():
+            where = f"{path} is a folder" if path.is_dir() else f"folder {path.parent} does not exist"
+            logger.error("cannot write %s %s: %s; give a file path in an existing folder", flag, path, where)
+            return 2
+        if not os.access(path if path.exists() else path.parent, os.W_OK):
+            logger.error("cannot write %s %s: %s is not writable; choose another path", flag, path,
+                         path if path.exists() else path.parent)
+            return 2
     try:
         metrics, frame = evaluate_folder(args.artifacts, args.images, args.labels, device=args.device, tta=args.tta,
                                          n_boot=args.bootstrap)
     except (BoneAgeError, FileNotFoundError) as exc:
         logger.error("%s", exc)
         return 2
-    print(summary_table(metrics))
+    print(summary_table({name: m for name, m in metrics.items() if name != "_warnings"}))
+    for warning in metrics.get("_warnings", []):
+        print(f"WARNING: {warning}")
     if args.out:
         Path(args.out).write_text(json.dumps(metrics, indent=2))
     if args.predictions:

@@ -66,6 +66,20 @@ class Head:
         """Holdout metrics with by-sex / by-age-group breakdowns for one prediction column."""
         raise NotImplementedError
 
+    def cam_target(self, out: torch.Tensor, class_index: int | None):
+        """The Grad-CAM target (a callable on one image's head output) that explains this head's answer."""
+        raise NotImplementedError
+
+
+class SignedScore:
+    """Grad-CAM target: a single output times a fixed sign (+1: what raises it, -1: what lowers it)."""
+
+    def __init__(self, sign: float):
+        self.sign = sign
+
+    def __call__(self, model_output: torch.Tensor) -> torch.Tensor:
+        return self.sign * model_output.reshape(-1)[0]
+
 
 class AgeHead(Head):
     """Bone age in months; trained on the standardised age with an L1 loss."""
@@ -90,6 +104,15 @@ class AgeHead(Head):
 
     def val_score(self, decoded, boneage, male, scheme) -> float:
         return float(np.abs(np.asarray(decoded) - np.asarray(boneage, dtype=np.float64)).mean())
+
+    def cam_target(self, out, class_index):
+        """What moved the estimate away from the training mean age, in the direction it moved.
+
+        A raw-score target asks "what makes this hand look older", which for a young child points at the
+        background; the signed target asks "what made this estimate young" for a young hand and "old" for an
+        old one, which is the question a clinician has for every age.
+        """
+        return SignedScore(1.0 if float(out.float().view(-1)[0]) >= 0 else -1.0)
 
     def metrics(self, frame, column, scheme, n_boot, seed) -> dict:
         stats = regression_metrics(frame["boneage"], frame[column])
@@ -126,6 +149,12 @@ class StageHead(Head):
         out = {f"{prefix}_{self.name}": self.point(decoded)}
         out.update({f"{prefix}_{self.name}_p{k}": decoded[:, k] for k in range(decoded.shape[1])})
         return out
+
+    def cam_target(self, out, class_index):
+        """The logit of the stage shown (class_index), or of the most likely stage."""
+        from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+        return ClassifierOutputTarget(int(out.argmax(-1).view(-1)[0]) if class_index is None else int(class_index))
 
     def metrics(self, frame, column, scheme, n_boot, seed) -> dict:
         true = scheme.stage_of(frame["boneage"], frame["male"])

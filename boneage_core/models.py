@@ -81,9 +81,9 @@ class BoneAgeNet(nn.Module):
         self.register_buffer("std", torch.tensor(spec.preprocess.std).view(1, 1, 1, 1), persistent=False)
 
     @property
-    def target_layer(self) -> nn.Module:
-        """The last convolution, for Grad-CAM."""
-        return self.backbone.conv_head
+    def cam_layer(self) -> nn.Module:
+        """The layer Grad-CAM reads: the second-to-last stage (1/16 of the input size, finer than conv_head's 1/32)."""
+        return self.backbone.blocks[-2]
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """Pooled backbone features (B, F) of preprocessed images (B, 1, H, W): what the heads and the input gate read."""

@@ -22,7 +22,7 @@ from .data import (ImageArray, attach_paths, find_dataset, load_images, load_ima
 from .distributed import LOCAL, DistContext
 from .evaluate import predict_frame, score_predictions, summary_table
 from .heads import AGE
-from .errors import MissingArtifactError
+from .errors import LabelError, MissingArtifactError
 from .gate import GATE_FILE, fit_gate
 from .inference import member_features, resolve_device
 from .manifest import (MODEL_SUFFIX, build_manifest, evaluation_record, model_files, read_manifest,
@@ -47,6 +47,19 @@ class Dataset:
         return self.frame[self.frame["split"] == name]
 
 
+#: Fewest labelled images a run accepts: the 70/15/15 split then leaves at least 4 for validation and for test.
+MIN_TRAIN_IMAGES = 30
+
+
+def check_enough_images(n_images: int, source: str, limit: int = 0) -> None:
+    """LabelError when too few labelled images are left for a train / validation / test split."""
+    if n_images < MIN_TRAIN_IMAGES:
+        limited = f" (after --limit {limit})" if limit and limit < MIN_TRAIN_IMAGES else ""
+        raise LabelError(f"{source}: only {n_images} labelled image(s){limited}; training needs at least "
+                         f"{MIN_TRAIN_IMAGES} so that the train, validation and test splits (70/15/15) each get "
+                         "some; add images or raise --limit")
+
+
 def prepare_dataset(cfg: TrainConfig, staging: Path | None, dist: DistContext = LOCAL) -> Dataset:
     """Read labels, match images, and reuse or make the split (saved into the artifacts).
 
@@ -61,6 +74,7 @@ def prepare_dataset(cfg: TrainConfig, staging: Path | None, dist: DistContext = 
     labels = attach_paths(read_labels(labels_csv), image_dir)
     if cfg.limit and cfg.limit < len(labels):
         labels = labels.sample(n=cfg.limit, random_state=cfg.seed).reset_index(drop=True)
+    check_enough_images(len(labels), labels_csv.name, cfg.limit)
     split = None
     if dist.is_main:
         split = load_or_make_split(labels[["id", "boneage", "male"]], staging / art.SPLIT_FILE, cfg.seed)

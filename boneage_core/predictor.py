@@ -18,7 +18,7 @@ import torch
 
 from .clinical import ErrorModel, PredictionInterval
 from .errors import ArtifactError, InputError, MissingArtifactError
-from .heads import AGE, CNN, STAGE, system_column
+from .heads import AGE, CNN, STAGE, get_head, system_column
 from .imaging import ImageLoadError, ImageSource, check_gray_array, load_gray, source_name
 from .gate import GateVerdict, InputGate, NotARadiographError, load_gate
 from .inference import ensemble_outputs, member_features, member_outputs, prepare
@@ -275,28 +275,22 @@ class Predictor:
 
     def explain(self, source: ImageSource | np.ndarray, male, head: str = AGE, alpha: float = 0.4,
                 name: str | None = None, class_index: int | None = None) -> Explanation:
-        """Grad-CAM on conv_head of the first member with `head`: raw score for age, a stage for the stage head.
+        """Grad-CAM of the first member with `head` on its CAM layer, with the head's own target (heads.Head.cam_target).
 
         For the stage head, pass the predicted stage (Prediction.stage) as class_index so the map explains
         the stage shown; without it the single-view argmax is used.
         """
         from pytorch_grad_cam import GradCAM
-        from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget, RawScoresOutputTarget
 
         male = parse_sex(male)
         net = self.member_for(head)
         gray, name = gray_of(source, name)
         x = torch.from_numpy(prepare(gray, net.spec.preprocess)).float().div(255.0)[None, None].to(self.device)
-        male_t = torch.tensor([int(male)], device=self.device)
-        if head == STAGE:
-            if class_index is None:
-                with torch.inference_mode():
-                    class_index = int(net(x, male_t)[STAGE].argmax(1)[0])
-            targets = [ClassifierOutputTarget(int(class_index))]
-        else:
-            class_index = None
-            targets = [RawScoresOutputTarget()]
-        with GradCAM(model=HeadOutput(net, male_t, head).eval(), target_layers=[net.target_layer]) as cam:
-            model_heatmap = cam(input_tensor=x, targets=targets)[0]
+        model = HeadOutput(net, torch.tensor([int(male)], device=self.device), head).eval()
+        with torch.inference_mode():
+            target = get_head(head).cam_target(model(x), class_index)
+        class_index = getattr(target, "category", None)
+        with GradCAM(model=model, target_layers=[net.cam_layer]) as cam:
+            model_heatmap = cam(input_tensor=x, targets=[target])[0]
         heatmap = np.clip(resize_to(model_heatmap, gray.shape), 0.0, 1.0)  # inverse of the squash
         return Explanation(head, heatmap, model_heatmap, gray, alpha, class_index)

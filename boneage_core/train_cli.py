@@ -16,16 +16,18 @@ import sys
 from dataclasses import fields, replace
 
 from .config import BACKBONES, QUICK_OUT, STAGE_ORDER, TrainConfig
-from .artifacts import Terminated
+from .training import FitConfig
+from .artifacts import Terminated, check_writable
 from .distributed import DistContext, init_from_env
-from .errors import BoneAgeError
+from .errors import ArtifactError, BoneAgeError
 from .inference import resolve_device
 from .models import INIT_SCRATCH
 from .pipeline import run, seed_everything
 
 logger = logging.getLogger(__name__)
 
-_SPECIAL = {"data_dir", "stages", "quick", "backbone", "augment", "cpu_bf16", "tta", "members", "out"}
+_SPECIAL = {"data_dir", "stages", "quick", "backbone", "augment", "cpu_bf16", "tta", "members", "out", "fit", "seed"}
+_FIT_FIELDS = {f.name for f in fields(FitConfig)} - {"seed"}  # the run's --seed seeds the loop too
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -44,10 +46,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--tta", action="store_true", help="test-time augmentation in the evaluate stage")
     p.add_argument("--members", default="", help="comma list of model files to serve and evaluate "
                    "(default: the ones this run trains)")
-    for f in fields(TrainConfig):
-        if f.name not in _SPECIAL:
-            p.add_argument("--" + f.name.replace("_", "-"), type=type(getattr(defaults, f.name)),
-                           default=getattr(defaults, f.name))
+    p.add_argument("--seed", type=int, default=defaults.seed)
+    for owner in (defaults, defaults.fit):
+        for f in fields(owner):
+            if f.name not in _SPECIAL:
+                p.add_argument("--" + f.name.replace("_", "-"), type=type(getattr(owner, f.name)),
+                               default=getattr(owner, f.name))
     return p
 
 
@@ -58,7 +62,8 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
     args["members"] = tuple(s.strip() for s in args["members"].split(",") if s.strip())
     explicit_out = args["out"]
     args["out"] = explicit_out or (QUICK_OUT if args["quick"] else TrainConfig.out)
-    cfg = TrainConfig(**args)
+    fit = FitConfig(**{k: args.pop(k) for k in list(args) if k in _FIT_FIELDS})
+    cfg = TrainConfig(**args, fit=fit)
     return replace(cfg.quick_version(), out=args["out"]) if cfg.quick else cfg
 
 
@@ -68,6 +73,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = parse_args(argv)
     except ValueError as exc:
+        logger.error("%s", exc)
+        return 2
+    try:
+        check_writable(cfg.out)
+    except ArtifactError as exc:
         logger.error("%s", exc)
         return 2
     seed_everything(cfg.seed)

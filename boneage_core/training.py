@@ -158,7 +158,11 @@ class FitConfig:
     augment: bool = True
     cpu_bf16: bool = False
     seed: int = 42
-    max_minutes: float = 0.0  # whole run, all phases (0 = no limit)
+    max_train_minutes: float = 0.0  # whole run, all phases (0 = no limit)
+
+    def __post_init__(self) -> None:
+        if self.optimizer not in ("adamw", "sam"):
+            raise ValueError(f"optimizer must be adamw or sam, got {self.optimizer!r}")
 
 
 @dataclass
@@ -379,7 +383,7 @@ def fit(net: BoneAgeNet, data: Callable[[int], tuple[Split, Split]], cfg: FitCon
     gen = torch.Generator().manual_seed(cfg.seed + dist.rank)
     net.to(device).to(memory_format=torch.channels_last)
     ema = ModelEmaV3(net, decay=cfg.ema_decay, use_warmup=True)
-    loop = _Loop(net, net, ema, _Clock(cfg.max_minutes), gen, device, dist, cfg)
+    loop = _Loop(net, net, ema, _Clock(cfg.max_train_minutes), gen, device, dist, cfg)
     clock, history, primary = loop.clock, [], net.spec.heads[0]
     result = FitResult(net.state_dict(), pd.DataFrame(), -1, math.inf, "no phase ran", 0.0,
                        net.spec.preprocess.image_size)
@@ -429,7 +433,7 @@ def fit(net: BoneAgeNet, data: Callable[[int], tuple[Split, Split]], cfg: FitCon
         result.image_size, result.phases_run = phase.image_size, p_index + 1
         logger.info("Phase %d ended: %s; best %s %.4f", p_index + 1, stopped, primary, best)
         if _run_over(clock, dist):
-            result.stopped = f"time budget of {cfg.max_minutes:g} min reached in phase {p_index + 1}"
+            result.stopped = f"time budget of {cfg.max_train_minutes:g} min reached in phase {p_index + 1}"
             if p_index + 1 < len(phases):
                 result.notes.append(f"phases {p_index + 2}-{len(phases)} skipped: time budget spent")
             break

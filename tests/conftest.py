@@ -65,7 +65,7 @@ def hand_like() -> np.ndarray:
 @pytest.fixture(scope="session")
 def quick_run(tmp_path_factory, data_299: Path) -> Path:
     """One real end-to-end `train.py --quick` run on a few hundred 299 px images (no pretrained weights)."""
-    import train
+    from boneage_core import train_cli as train
 
     out = tmp_path_factory.mktemp("quick") / "artifacts"
     cache = tmp_path_factory.mktemp("cache")

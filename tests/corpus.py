@@ -200,3 +200,36 @@ ACCEPTED_CSVS: dict[str, bytes] = {
     "semicolon_decimal_comma": GOOD_CSV.replace(",", ";").replace("12.5", "12,5").encode(),
     "tab": GOOD_CSV.replace(",", "\t").encode(),
 }
+
+# --- labelled folders (evaluate, train) ---
+
+
+def label_rows(n: int) -> bytes:
+    """A valid label CSV of n rows (ids 1..n), ages in whole months spread over 12-200, sexes alternating."""
+    ages = np.linspace(12, 200, n).round() if n > 1 else np.array([100.0])
+    rows = [f"{i},{age:g},{i % 2 == 0}" for i, age in enumerate(ages, start=1)]
+    return ("id,boneage,male\n" + "\n".join(rows) + "\n").encode()
+
+
+def labelled_folder(root: Path, labels: bytes, images: dict[str, bytes]) -> tuple[Path, Path]:
+    """An RSNA-layout data folder, root/labels.csv + root/labels/<file name>; returns (label CSV, image folder)."""
+    image_dir = root / "labels"
+    image_dir.mkdir(parents=True)
+    for name, data in images.items():
+        (image_dir / name).write_bytes(data)
+    csv_path = root / "labels.csv"
+    csv_path.write_bytes(labels)
+    return csv_path, image_dir
+
+
+def gradient_images(n: int) -> dict[str, bytes]:
+    """n readable gray PNGs named 1.png .. n.png (matching label_rows(n))."""
+    return {f"{i}.png": png_bytes(gradient()) for i in range(1, n + 1)}
+
+
+#: Three labelled images none of which can be read (matching label_rows(3)).
+UNREADABLE_IMAGES: dict[str, bytes] = {
+    "1.png": corrupt_png(),
+    "2.png": truncated_png(),
+    "3.png": b"id,boneage,male\n1377,180,False\n",
+}

@@ -39,16 +39,6 @@ def test_new_target_is_created(tmp_path):
     assert (tmp_path / "new" / "x").read_text() == "1"
 
 
-def test_evaluated_with_tta_reads_config(tmp_path):
-    from boneage_core.artifacts import evaluated_with_tta
-
-    assert evaluated_with_tta(tmp_path) is False  # no config
-    (tmp_path / "config.json").write_text('{"tta": true}')
-    assert evaluated_with_tta(tmp_path) is True
-    (tmp_path / "config.json").write_text("not json")
-    assert evaluated_with_tta(tmp_path) is False
-
-
 # --- signals, failed swaps, unwritable outputs ---
 
 

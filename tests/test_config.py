@@ -17,7 +17,7 @@ from boneage_core.training import FitConfig, Phase
 def test_defaults_are_valid():
     cfg = TrainConfig()
     assert cfg.stages == DEFAULT_STAGES and set(cfg.stages) <= set(STAGE_ORDER)
-    assert cfg.backbone in BACKBONES and cfg.optimizer == "adamw" and cfg.init_from == INIT_IMAGENET
+    assert cfg.backbone in BACKBONES and cfg.fit.optimizer == "adamw" and cfg.init_from == INIT_IMAGENET
     assert cfg.training_phases() == (Phase(cfg.image_size, cfg.epochs, cfg.lr, cfg.freeze_blocks),)
     assert cfg.members == () and cfg.phases == ""
 
@@ -31,15 +31,17 @@ def test_stage_order_and_model_layouts():
 
 @pytest.mark.parametrize("bad,match", [(dict(stages=("regressor", "deploy")), "deploy"),
                                        (dict(backbone="resnet50"), "resnet50"),
-                                       (dict(optimizer="sgd"), "sgd"),
                                        (dict(phases="64"), "64"),
                                        (dict(phases="16:2"), "16:2"),
                                        (dict(phases="64:1:fast"), "fast")])
 def test_invalid_values_raise(bad, match):
     with pytest.raises(ValueError, match=match):
-        TrainConfig(**bad)
-    with pytest.raises(ValueError, match=match):
         replace(TrainConfig(), **bad)
+
+
+def test_unknown_optimizer_is_refused():
+    with pytest.raises(ValueError, match="sgd"):
+        FitConfig(optimizer="sgd")
 
 
 def test_training_phases_from_fields():
@@ -52,32 +54,25 @@ def test_training_phases_from_text_override_the_fields():
     assert cfg.training_phases() == (Phase(176, 2, 1e-3, 3, 0.0), Phase(224, 1, 5e-4, 0, 10.0))
 
 
-def test_fit_config_carries_exactly_the_training_fields():
-    renamed = {"max_minutes": "max_train_minutes"}
-    train_fields = {f.name for f in fields(TrainConfig)}
-    fit_fields = [f.name for f in fields(FitConfig)]
-    assert all(renamed.get(name, name) in train_fields for name in fit_fields)
-    # every value differs from FitConfig's default, so a field left at its default would show
-    cfg = replace(TrainConfig(), batch_size=7, weight_decay=0.02, warmup_epochs=0.25, optimizer="sam", sam_rho=0.1,
-                  ema_decay=0.9, patience=2, augment=False, cpu_bf16=True, seed=11, max_train_minutes=12.5)
-    fit = cfg.fit_config()
-    assert isinstance(fit, FitConfig)
-    default = FitConfig()
-    for name in fit_fields:
-        value = getattr(fit, name)
-        assert value == getattr(cfg, renamed.get(name, name)), name
-        assert value != getattr(default, name), name
+def test_fit_config_is_the_nested_loop_settings_with_the_run_seed():
+    loop = FitConfig(batch_size=7, weight_decay=0.02, warmup_epochs=0.25, optimizer="sam", sam_rho=0.1, ema_decay=0.9,
+                     patience=2, augment=False, cpu_bf16=True, max_train_minutes=12.5)
+    fit = replace(TrainConfig(), fit=loop, seed=11).fit_config()
+    assert fit == replace(loop, seed=11)
+    assert not {f.name for f in fields(FitConfig)} - {"seed"} & {f.name for f in fields(TrainConfig)}  # defined once
 
 
 def test_round_trip_via_file(tmp_path):
     cfg = replace(TrainConfig(), data_dir="/data/rsna", stages=("regressor", "multihead", "evaluate"), seed=3,
-                  lr=3e-4, backbone="tf_efficientnet_lite1", optimizer="sam", tta=True, init_from="runs/a/multihead.pt",
-                  phases="64:1:1e-3:2,96:2", members=("multihead.pt", "regressor.pt"), max_train_minutes=3.5)
+                  lr=3e-4, backbone="tf_efficientnet_lite1", fit=FitConfig(optimizer="sam", max_train_minutes=3.5),
+                  tta=True, init_from="runs/a/multihead.pt", phases="64:1:1e-3:2,96:2",
+                  members=("multihead.pt", "regressor.pt"))
     path = tmp_path / "config.json"
     cfg.save(path)
     data = json.loads(path.read_text())
     assert data["stages"] == ["regressor", "multihead", "evaluate"] and data["lr"] == 3e-4
     assert data["members"] == ["multihead.pt", "regressor.pt"] and data["phases"] == "64:1:1e-3:2,96:2"
+    assert data["fit"]["optimizer"] == "sam" and data["fit"]["max_train_minutes"] == 3.5
     assert {f.name for f in fields(TrainConfig)} == set(data)
     loaded = TrainConfig.load(path)
     assert loaded == cfg
@@ -108,7 +103,7 @@ def test_quick_version_shrinks():
     assert quick.limit == 300
     assert quick.baseline_image_size < full.baseline_image_size
     assert quick.xgb_estimators < full.xgb_estimators and quick.bootstrap < full.bootstrap
-    assert quick.patience < full.patience
+    assert quick.fit.patience < full.fit.patience and quick.fit.batch_size <= 32
     # everything else is untouched
     assert quick.seed == full.seed and quick.backbone == full.backbone and quick.stages == full.stages
     assert quick.init_from == full.init_from and quick.members == full.members

@@ -1,4 +1,4 @@
-"""evaluate: scores saved models on a folder + official-ground-truth CSV (BOM, CR-only lines, Sex M/F)."""
+"""evaluate: scores the manifest's ensemble, each member and the baseline; agrees with Predictor image by image."""
 
 from __future__ import annotations
 
@@ -7,9 +7,16 @@ import shutil
 
 import numpy as np
 import pandas as pd
+import pytest
 
 from boneage_core import evaluate
+from boneage_core.data import attach_paths, read_labels
+from boneage_core.heads import AGE, BASELINE, CNN, STAGE, age_stage_column, system_column
 from boneage_core.metrics import regression_metrics
+from boneage_core.predictor import Predictor
+from boneage_core.stages import DEFAULT_SCHEME
+
+CNN_AGE, CNN_STAGE = system_column(CNN, AGE), system_column(CNN, STAGE)
 
 
 def _official_folder(data_299, tmp_path, n=24):
@@ -31,15 +38,16 @@ def test_cli_on_official_format(quick_run, data_299, tmp_path, capsys):
     code = evaluate.main(["--artifacts", str(quick_run), "--images", str(img_dir), "--labels", str(csv),
                           "--out", str(out_json), "--predictions", str(out_csv), "--bootstrap", "20"])
     assert code == 0
-    table = capsys.readouterr().out
-    assert "baseline_regressor" in table and "QWK" in table
+    assert system_column(BASELINE, AGE) in capsys.readouterr().out
     metrics = json.loads(out_json.read_text())
-    assert set(metrics) == {"regressor", "classifier", "baseline_regressor", "baseline_classifier"}
-    assert metrics["regressor"]["n"] == len(labels)
+    expected = {CNN_AGE, CNN_STAGE, age_stage_column(CNN), system_column(BASELINE, AGE), system_column(BASELINE, STAGE)}
+    assert expected <= set(metrics)
+    assert {metrics[c]["head"] for c in expected} == {AGE, STAGE}
+    assert metrics[CNN_AGE]["n"] == len(labels)
     preds = pd.read_csv(out_csv, dtype={"id": str})
     truth = labels.set_index(labels["id"].astype(str))["boneage"]
-    recomputed = regression_metrics(truth[preds["id"]].to_numpy(), preds["regressor"].to_numpy())
-    assert np.isclose(recomputed["mae"], metrics["regressor"]["mae"])
+    recomputed = regression_metrics(truth[preds["id"]].to_numpy(), preds[CNN_AGE].to_numpy())
+    assert np.isclose(recomputed["mae"], metrics[CNN_AGE]["mae"])
 
 
 def test_cli_missing_ids_is_a_clear_error(quick_run, data_299, tmp_path, caplog):
@@ -50,9 +58,38 @@ def test_cli_missing_ids_is_a_clear_error(quick_run, data_299, tmp_path, caplog)
     assert "1 of 6 id(s) have no image" in caplog.text
 
 
-def test_score_predictions_skips_absent_models():
+def test_score_predictions_scores_only_present_columns():
     frame = pd.DataFrame({"boneage": [10.0, 100.0, 200.0, 150.0], "male": [True, False, True, False],
-                          "regressor": [12.0, 90.0, 210.0, 150.0]})
-    metrics = evaluate.score_predictions(frame, n_boot=10)
-    assert list(metrics) == ["regressor"]
-    assert np.isclose(metrics["regressor"]["mae"], (2 + 10 + 10 + 0) / 4)
+                          CNN_AGE: [12.0, 90.0, 210.0, 150.0]})
+    metrics = evaluate.score_predictions(frame, {CNN_AGE: AGE, CNN_STAGE: STAGE}, n_boot=10)
+    assert list(metrics) == [CNN_AGE] and metrics[CNN_AGE]["head"] == AGE
+    assert np.isclose(metrics[CNN_AGE]["mae"], (2 + 10 + 10 + 0) / 4)
+
+
+@pytest.mark.parametrize("tta", [False, True])
+def test_evaluate_and_predictor_agree_image_by_image(quick_run, fullres_dir, tta):
+    """The one inference path: evaluate's batched columns equal Predictor.predict on each file."""
+    labels = attach_paths(read_labels(fullres_dir / "boneage-samples.csv"), fullres_dir).head(6)
+    frame, columns, failures = evaluate.predict_frame(quick_run, labels, tta=tta)
+    assert not failures and {CNN_AGE, CNN_STAGE} <= set(columns)
+    predictor = Predictor.load(quick_run)
+    probability_columns = [f"{CNN_STAGE}_p{k}" for k in range(DEFAULT_SCHEME.n_classes)]
+    for _, row in frame.iterrows():
+        pred = predictor.predict(row["path"], male=bool(row["male"]), tta=tta)
+        assert pred.bone_age_months == pytest.approx(row[CNN_AGE], abs=0.01)
+        assert pred.stage == int(row[CNN_STAGE])
+        stored = row[probability_columns].to_numpy(dtype=float)
+        assert stored.sum() == pytest.approx(1.0, abs=1e-6)
+        np.testing.assert_allclose(list(pred.stage_probabilities.values()), stored, atol=1e-4)
+
+
+def test_members_are_scored_one_by_one_when_a_head_has_several(quick_run, tmp_path, fullres_dir):
+    folder = tmp_path / "two"
+    shutil.copytree(quick_run, folder)
+    (folder / "manifest.json").unlink()
+    shutil.copy(folder / "multihead.pt", folder / "second.pt")
+    labels = attach_paths(read_labels(fullres_dir / "boneage-samples.csv"), fullres_dir).head(3)
+    frame, columns, _ = evaluate.predict_frame(folder, labels, members=["multihead.pt", "second.pt"])
+    for member in ("multihead", "second"):
+        assert columns[system_column(member, AGE)] == AGE
+        np.testing.assert_allclose(frame[system_column(member, AGE)], frame[CNN_AGE], atol=1e-6)  # identical copies

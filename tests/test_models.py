@@ -138,8 +138,15 @@ def test_head_output_refuses_a_missing_head():
         HeadOutput(age_only, torch.tensor([0]), STAGE)
 
 
-def test_target_layer_is_the_last_convolution(net):
-    assert net.target_layer is net.backbone.conv_head
+def test_cam_layer_keeps_a_finer_map_than_the_last_convolution(net):
+    seen = {}
+    hooks = [layer.register_forward_hook(lambda m, i, o, key=key: seen.__setitem__(key, o.shape[-1]))
+             for key, layer in (("cam", net.cam_layer), ("head", net.backbone.conv_head))]
+    with torch.no_grad():
+        net(torch.rand(1, 1, 64, 64), torch.tensor([1]))
+    for hook in hooks:
+        hook.remove()
+    assert seen["cam"] == 2 * seen["head"] == 64 // 16
 
 
 def _frozen_names(model: BoneAgeNet) -> set[str]:

@@ -1,17 +1,24 @@
-"""Predictor: rebuilds models from artifacts alone, predicts on real full-size files, explains with Grad-CAM."""
+"""Predictor: loads any artifacts layout through the manifest, predicts on real full-size files, gates inputs, explains with Grad-CAM."""
 
 from __future__ import annotations
 
 import io
 import json
+import shutil
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from boneage_core.errors import ArtifactError, InputError, MissingArtifactError
+from boneage_core.gate import NotARadiographError
+from boneage_core.heads import AGE, STAGE
 from boneage_core.imaging import ImageLoadError
-from boneage_core.predictor import Predictor, overlay_heatmap, years_months
-from boneage_core.preprocess import preprocess_source
+from boneage_core.inference import prepare
+from boneage_core.predictor import Predictor, overlay_heatmap
+from boneage_core.preprocess import preprocess_source, to_uint8
+from boneage_core.report import years_months
+from boneage_core.vocab import STAGE_FROM_AGE, STAGE_FROM_HEAD, SexError
 
 
 @pytest.fixture(scope="module")
@@ -22,14 +29,25 @@ def predictor(quick_run):
 def test_prediction_on_full_size_sample(predictor, fullres_sample):
     pred = predictor.predict(fullres_sample, male=False)
     assert 0 <= pred.bone_age_months <= 240
-    assert pred.stage_source == "classifier"
-    assert sum(pred.stage_probabilities.values()) == pytest.approx(1.0, abs=1e-4)
+    assert pred.stage_source == STAGE_FROM_HEAD
+    assert sum(pred.stage_probabilities.values()) == pytest.approx(1.0, abs=1e-6)
     assert pred.stage_name == predictor.scheme.names[pred.stage]
-    spec = predictor.models["regressor"].spec.preprocess
+    spec = predictor.member_for(AGE).spec.preprocess
     assert pred.model_input.shape == (spec.image_size, spec.image_size)
-    np.testing.assert_allclose(pred.model_input, preprocess_source(fullres_sample, spec))  # the one pipeline
+    np.testing.assert_array_equal(to_uint8(pred.model_input), to_uint8(preprocess_source(fullres_sample, spec)))
     assert pred.interval is not None and pred.interval.low <= pred.bone_age_months <= pred.interval.high
+    assert pred.gate is not None and not pred.gate.refused
     json.dumps(pred.to_dict())
+
+
+def test_two_file_layout_and_one_file_multihead_load_through_the_same_call(committed_artifacts, quick_run,
+                                                                          fullres_sample):
+    pair, single = Predictor.load(committed_artifacts), Predictor.load(quick_run)
+    assert sorted(pair.members) == ["classifier.pt", "regressor.pt"] and list(single.members) == ["multihead.pt"]
+    for loaded in (pair, single):
+        assert set(loaded.heads) == {AGE, STAGE}
+        pred = loaded.predict(fullres_sample, male=False)
+        assert pred.bone_age_months is not None and pred.stage_probabilities is not None
 
 
 def test_bytes_path_and_array_give_the_same_answer(predictor, fullres_sample):
@@ -39,42 +57,97 @@ def test_bytes_path_and_array_give_the_same_answer(predictor, fullres_sample):
     assert a.bone_age_months == pytest.approx(b.bone_age_months) == pytest.approx(c.bone_age_months)
 
 
-def test_sex_input_is_used(predictor, fullres_sample):
-    male = predictor.predict(fullres_sample, male=True)
+@pytest.mark.parametrize("spelling", ["F", "female", "girl", 0, False])
+def test_sex_is_required_and_read_with_the_shared_vocabulary(predictor, fullres_sample, spelling):
     female = predictor.predict(fullres_sample, male=False)
-    assert male.bone_age_months != female.bone_age_months
+    assert predictor.predict(fullres_sample, male=spelling).bone_age_months == pytest.approx(female.bone_age_months)
+    assert predictor.predict(fullres_sample, male="M").bone_age_months != female.bone_age_months
+
+
+@pytest.mark.parametrize("value", [None, "", "x"])
+def test_missing_or_unknown_sex_is_refused(predictor, fullres_sample, value):
+    with pytest.raises(SexError):
+        predictor.predict(fullres_sample, male=value)
 
 
 def test_tta_runs_and_stays_close(predictor, fullres_sample):
     plain = predictor.predict(fullres_sample, male=True, tta=False)
     tta = predictor.predict(fullres_sample, male=True, tta=True)
-    assert abs(plain.bone_age_months - tta.bone_age_months) < 30
+    assert plain.bone_age_months != tta.bone_age_months and abs(plain.bone_age_months - tta.bone_age_months) < 30
 
 
-@pytest.mark.parametrize("target", ["regressor", "classifier"])
-def test_gradcam_is_aligned_to_the_input(predictor, fullres_sample, target):
+def test_default_tta_follows_the_manifest(quick_run, tmp_path, fullres_sample):
+    folder = tmp_path / "artifacts"
+    shutil.copytree(quick_run, folder)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    for tta in (False, True):
+        (folder / "manifest.json").write_text(json.dumps({**manifest, "tta": tta}))
+        loaded = Predictor.load(folder)
+        assert loaded.tta is tta
+        default = loaded.predict(fullres_sample, male=True)
+        assert default.bone_age_months == pytest.approx(loaded.predict(fullres_sample, male=True, tta=tta).bone_age_months)
+
+
+def test_changed_model_file_is_refused(quick_run, tmp_path):
+    folder = tmp_path / "artifacts"
+    shutil.copytree(quick_run, folder)
+    with open(folder / "multihead.pt", "ab") as handle:
+        handle.write(b"\0")
+    with pytest.raises(ArtifactError, match="changed since the manifest"):
+        Predictor.load(folder)
+
+
+def test_stale_predictions_give_no_intervals_and_say_why(quick_run, tmp_path, fullres_sample):
+    folder = tmp_path / "artifacts"
+    shutil.copytree(quick_run, folder)
+    with open(folder / "predictions.csv", "a") as handle:
+        handle.write("\n")
+    loaded = Predictor.load(folder)
+    assert loaded.error_model is None and any("predictions.csv" in note for note in loaded.notes)
+    assert loaded.predict(fullres_sample, male=True).interval is None
+
+
+def test_folder_without_manifest_loads_every_checkpoint_without_tta_or_intervals(quick_run, tmp_path):
+    folder = tmp_path / "artifacts"
+    shutil.copytree(quick_run, folder)
+    (folder / "manifest.json").unlink()
+    loaded = Predictor.load(folder)
+    assert list(loaded.members) == ["multihead.pt"] and not loaded.tta and loaded.error_model is None
+    assert loaded.version == "unversioned" and loaded.notes
+
+
+def test_ensemble_members_are_combined_by_the_shared_mean(quick_run, tmp_path, fullres_sample):
+    single = Predictor.load(quick_run)
+    folder = tmp_path / "pair"
+    shutil.copytree(quick_run, folder)
+    (folder / "manifest.json").unlink()
+    shutil.copy(folder / "multihead.pt", folder / "copy.pt")
+    pair = Predictor.load(folder)
+    assert len(pair.members) == 2
+    a, b = single.predict(fullres_sample, male=True, tta=False), pair.predict(fullres_sample, male=True, tta=False)
+    assert a.bone_age_months == pytest.approx(b.bone_age_months, abs=1e-6)
+
+
+@pytest.mark.parametrize("head", [AGE, STAGE])
+def test_gradcam_is_aligned_to_the_input(predictor, fullres_sample, head):
     pred = predictor.predict(fullres_sample, male=False)
-    exp = predictor.explain(pred.original, male=False, target=target, alpha=0.5)
+    exp = predictor.explain(pred.original, male=False, head=head, alpha=0.5)
     assert exp.heatmap.shape == pred.original.shape
     assert exp.overlay.shape == (*pred.original.shape, 3) and exp.overlay.dtype == np.uint8
     assert 0.0 <= exp.heatmap.min() and exp.heatmap.max() <= 1.0
     assert exp.is_blank == (exp.model_heatmap.max() <= 0)
 
 
-@pytest.mark.parametrize("target", ["regressor", "classifier"])
-def test_trained_gradcam_focuses_on_the_hand(committed_artifacts, fullres_sample, target):
-    predictor = Predictor.load(committed_artifacts)
+def test_explain_unknown_head(predictor, hand_like):
+    with pytest.raises(InputError, match="no model with a 'tea' head"):
+        predictor.explain(hand_like, male=True, head="tea")
+
+
+def test_stage_gradcam_explains_the_given_stage(predictor, fullres_sample):
     pred = predictor.predict(fullres_sample, male=False)
-    exp = predictor.explain(pred.original, male=False, target=target)
-    assert not exp.is_blank
-    # the hand (bright, after the model's own stretch) gets more attention than the dark background
-    hand = pred.model_input > 0.5
-    assert exp.model_heatmap[hand].mean() > exp.model_heatmap[~hand].mean()
-
-
-def test_explain_unknown_target(predictor, hand_like):
-    with pytest.raises(ValueError, match="no tea"):
-        predictor.explain(hand_like, male=True, target="tea")
+    other = (pred.stage + 1) % predictor.scheme.n_classes
+    assert predictor.explain(pred.original, False, STAGE, class_index=other).class_index == other
+    assert predictor.explain(pred.original, False, AGE).class_index is None
 
 
 def test_overlay_alpha_changes_the_picture(hand_like):
@@ -85,7 +158,7 @@ def test_overlay_alpha_changes_the_picture(hand_like):
 
 
 def test_bad_inputs_give_clear_errors(predictor):
-    with pytest.raises(ImageLoadError, match="not a readable image"):
+    with pytest.raises(ImageLoadError, match="not an image|not a readable image|text"):
         predictor.predict(b"definitely not an image", male=True)
     blank = io.BytesIO()
     Image.new("L", (300, 400), 128).save(blank, format="PNG")
@@ -94,51 +167,48 @@ def test_bad_inputs_give_clear_errors(predictor):
 
 
 def test_missing_artifacts_are_reported(tmp_path):
-    with pytest.raises(FileNotFoundError, match="run train.py"):
+    with pytest.raises(MissingArtifactError, match="run train.py"):
         Predictor.load(tmp_path)
 
 
-def test_committed_artifacts_load_and_predict(committed_artifacts, fullres_sample):
-    predictor = Predictor.load(committed_artifacts)
-    assert predictor.has_regressor and predictor.has_classifier
-    pred = predictor.predict(fullres_sample, male=False)
-    assert 0 <= pred.bone_age_months <= 240
+def test_stage_derived_from_age_without_a_stage_head(committed_artifacts, tmp_path, fullres_sample):
+    folder = tmp_path / "age-only"
+    folder.mkdir()
+    shutil.copy(committed_artifacts / "regressor.pt", folder)
+    pred = Predictor.load(folder).predict(fullres_sample, male=False)
+    assert pred.stage_source == STAGE_FROM_AGE and pred.stage_probabilities is None
+    assert pred.stage == pred.stage_from_age
+
+
+def test_the_gate_refuses_a_page_of_text(committed_artifacts):
+    from PIL import ImageDraw
+
+    page = Image.new("L", (1200, 1600), 250)
+    draw = ImageDraw.Draw(page)
+    for row in range(60):
+        draw.text((40, 20 + 25 * row), "Bone age assessment report - lorem ipsum dolor sit amet " * 2, fill=10)
+    buffer = io.BytesIO()
+    page.save(buffer, format="PNG")
+    with pytest.raises(NotARadiographError, match="does not look like a hand radiograph"):
+        Predictor.load(committed_artifacts).predict(buffer.getvalue(), male=True, name="page.png")
+
+
+def test_an_upside_down_hand_is_turned_back_with_a_warning(committed_artifacts, fullres_sample):
+    loaded = Predictor.load(committed_artifacts)
+    upright = loaded.predict(fullres_sample, male=False)
+    flipped = loaded.predict(np.ascontiguousarray(upright.original[::-1, ::-1]), male=False)
+    assert any("rotated" in w for w in flipped.warnings)
+    assert flipped.bone_age_months == pytest.approx(upright.bone_age_months, abs=3.0)
+
+
+def test_prepare_is_the_training_cache_path(fullres_sample, predictor):
+    spec = predictor.member_for(AGE).spec.preprocess
+    from boneage_core.imaging import load_gray
+
+    np.testing.assert_array_equal(prepare(load_gray(fullres_sample), spec),
+                                  to_uint8(preprocess_source(fullres_sample, spec)))
 
 
 @pytest.mark.parametrize("months,text", [(0, "0 y 0 m"), (124.6, "10 y 5 m"), (239.7, "20 y 0 m")])
 def test_years_months(months, text):
     assert years_months(months) == text
-
-
-def test_default_tta_follows_how_the_artifacts_were_evaluated(quick_run, tmp_path, fullres_sample):
-    import shutil
-
-    folder = tmp_path / "artifacts"
-    shutil.copytree(quick_run, folder)
-    config = json.loads((folder / "config.json").read_text())
-    for tta in (False, True):
-        (folder / "config.json").write_text(json.dumps({**config, "tta": tta}))
-        predictor = Predictor.load(folder)
-        assert predictor.tta is tta
-        default = predictor.predict(fullres_sample, male=True)
-        explicit = predictor.predict(fullres_sample, male=True, tta=tta)
-        assert default.bone_age_months == pytest.approx(explicit.bone_age_months)
-
-
-def test_classifier_gradcam_explains_the_given_stage(predictor, fullres_sample):
-    pred = predictor.predict(fullres_sample, male=False)
-    other = (pred.stage + 1) % predictor.scheme.n_classes
-    assert predictor.explain(pred.original, False, "classifier", class_index=other).class_index == other
-    assert predictor.explain(pred.original, False, "regressor").class_index is None
-
-
-def test_mismatched_stage_schemes_are_refused(quick_run):
-    from dataclasses import replace
-
-    from boneage_core.stages import StageScheme
-
-    loaded = Predictor.load(quick_run)
-    net = loaded.models["classifier"]
-    net.spec = replace(net.spec, scheme=StageScheme(female_cutoffs=(12.0, 84.0, 156.0, 180.0)))
-    with pytest.raises(ValueError, match="different stage schemes"):
-        Predictor(loaded.models, loaded.meta, loaded.device)

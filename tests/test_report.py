@@ -12,6 +12,7 @@ import pytest
 from PIL import Image
 from pypdf import PdfReader
 
+from boneage_core.vocab import STAGE_FROM_AGE, STAGE_FROM_HEAD
 from boneage_core.clinical import INDETERMINATE, gp_zscore, load_reference
 from boneage_core.report import (DISCLAIMER, REFERENCE_NAME, AssessmentReport, heatmap_png_with_colorbar,
                                  render_pdf, study_identifiers, utc_timestamp)
@@ -26,7 +27,7 @@ PROBABILITIES = {"infancy/toddler": 0.01, "pre-puberty": 0.81, "early/mid pubert
 def _prediction(**changes) -> SimpleNamespace:
     values = dict(name="hand-0042.dcm", male=False, bone_age_months=124.6,
                   interval=SimpleNamespace(low=108.3, high=141.7, level=0.9), stage=1, stage_name="pre-puberty",
-                  stage_source="classifier", stage_probabilities=PROBABILITIES, warnings=["the image is very dark"])
+                  stage_source=STAGE_FROM_HEAD, stage_probabilities=PROBABILITIES, warnings=["the image is very dark"])
     values.update(changes)
     return SimpleNamespace(**values)
 
@@ -61,7 +62,7 @@ def test_from_prediction_reads_the_prediction_and_keeps_only_study_tags(report, 
     assert report.bone_age_whole_months == 125
     assert report.bone_age_text == "125 months (10 y 5 m)"
     assert (report.interval_low, report.interval_high, report.interval_level) == (108.3, 141.7, 0.9)
-    assert report.stage_source == "stage head"
+    assert report.stage_source == STAGE_FROM_HEAD
     assert dict(report.stage_probabilities) == PROBABILITIES
     assert report.readout is readout and readout.category == INDETERMINATE
     assert dict(report.study) == {k: DICOM_TAGS[k] for k in ("StudyInstanceUID", "AccessionNumber", "StudyDate")}
@@ -72,8 +73,8 @@ def test_from_prediction_reads_the_prediction_and_keeps_only_study_tags(report, 
 
 def test_stage_derived_from_age_and_missing_parts():
     rep = AssessmentReport.from_prediction(
-        _prediction(stage_source="regressor", stage_probabilities=None, interval=None, male=True), None, "v1")
-    assert rep.stage_source == "derived from predicted age"
+        _prediction(stage_source=STAGE_FROM_AGE, stage_probabilities=None, interval=None, male=True), None, "v1")
+    assert rep.stage_source == STAGE_FROM_AGE
     assert rep.sex == "M" and rep.interval_text is None and rep.study == ()
     row = rep.csv_row()
     assert "z_score" not in row and not any(k.startswith("p_") for k in row)
@@ -133,7 +134,7 @@ def test_heatmap_png_has_a_colour_scale(images):
 
 def test_report_refuses_bad_sex_and_identity_tags():
     base = dict(name="x", bone_age_months=1.0, interval_low=None, interval_high=None, interval_level=None,
-                stage_name="s", stage_source="stage head", model_version="v", timestamp="t")
+                stage_name="s", stage_source=STAGE_FROM_HEAD, model_version="v", timestamp="t")
     with pytest.raises(ValueError, match="sex"):
         AssessmentReport(sex="female", **base)
     with pytest.raises(ValueError, match="study tags"):

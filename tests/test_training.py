@@ -305,7 +305,7 @@ def test_time_budget_stops_inside_the_first_epoch(monkeypatch):
     monkeypatch.setattr(training, "time", types.SimpleNamespace(time=lambda: now[0]))
     steps = _count_steps(monkeypatch, after_step=lambda: now.__setitem__(0, now[0] + 3600.0))
     calls = []
-    result = fit(_net(seed=3), _data(24, 4, calls), _cfg(max_minutes=5.0), parse_phases("32:2,48:1"), CPU)
+    result = fit(_net(seed=3), _data(24, 4, calls), _cfg(max_train_minutes=5.0), parse_phases("32:2,48:1"), CPU)
     assert len(steps) == 1  # of 6 steps per epoch
     assert calls == [32]
     assert len(result.history) == 1 and result.phases_run == 1 and result.image_size == 32
@@ -316,7 +316,7 @@ def test_time_budget_stops_inside_the_first_epoch(monkeypatch):
 
 def test_tiny_time_budget_still_stops_inside_the_first_epoch():
     """Real clock, a budget shorter than the setup: the run should still train (and stop) in the first epoch."""
-    result = fit(_net(seed=3), _data(24, 4), _cfg(max_minutes=1e-9), parse_phases("32:2,48:1"), CPU)
+    result = fit(_net(seed=3), _data(24, 4), _cfg(max_train_minutes=1e-9), parse_phases("32:2,48:1"), CPU)
     assert "time budget" in result.stopped
     assert len(result.history) == 1 and result.phases_run == 1
     assert any("skipped" in note for note in result.notes)

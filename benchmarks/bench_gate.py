@@ -1,0 +1,89 @@
+"""Input gate: refusals of real radiographs (holdout, full-size samples) and of generated non-radiographs; orientation fixes.
+
+python -m benchmarks.bench_gate --artifacts artifacts --samples ../shared/data/samples-fullres
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from boneage_core.errors import InputError
+from boneage_core.imaging import load_gray
+from boneage_core.manifest import PREDICTIONS_FILE
+from boneage_core.predictor import Predictor
+from tests.negatives import negative_set
+
+VARIANTS = {"turned 90": lambda g: np.rot90(g, 1), "turned 180": lambda g: np.rot90(g, 2),
+            "turned 270": lambda g: np.rot90(g, 3), "mirrored (right hand)": lambda g: g[:, ::-1]}
+
+
+def _outcome(predictor: Predictor, image: np.ndarray, male: bool) -> tuple[str, float | None, list[str]]:
+    try:
+        pred = predictor.predict(np.ascontiguousarray(image), male=male)
+    except InputError as exc:
+        return "refused", None, [str(exc)]
+    return "scored", pred.bone_age_months, pred.warnings
+
+
+def holdout_refusals(artifacts: Path) -> str:
+    frame = pd.read_csv(artifacts / PREDICTIONS_FILE)
+    if "gate_refused" not in frame:
+        return "holdout          no gate columns in predictions.csv (evaluate without a gate)"
+    refused = frame["gate_refused"].astype(str).str.lower().eq("true")
+    return (f"holdout          {int(refused.sum())} of {len(frame)} test-split radiographs refused "
+            f"({refused.mean():.2%}); turned {int((frame['gate_turn'] > 0).sum())}, "
+            f"mirrored {int(frame['gate_mirrored'].astype(str).str.lower().eq('true').sum())}")
+
+
+def samples_and_variants(predictor: Predictor, samples: Path) -> list[str]:
+    labels = pd.read_csv(samples / "boneage-samples.csv")
+    rows = []
+    for _, row in labels.iterrows():
+        gray = load_gray(samples / f"{row['id']}.png")
+        status, upright, _ = _outcome(predictor, gray, bool(row["male"]))
+        rows.append({"variant": "as filmed", "status": status, "warned": False, "delta": 0.0})
+        for name, make in VARIANTS.items():
+            status, age, warnings = _outcome(predictor, make(gray), bool(row["male"]))
+            delta = abs(age - upright) if age is not None and upright is not None else np.nan
+            rows.append({"variant": name, "status": status, "warned": bool(warnings), "delta": delta})
+    table = pd.DataFrame(rows).groupby("variant", sort=False).agg(
+        refused=("status", lambda s: int((s == "refused").sum())), corrected_or_flagged=("warned", "sum"),
+        median_abs_change=("delta", "median"), n=("status", "size"))
+    return [f"full-size samples (n={len(labels)}) and transformed copies:", table.to_string()]
+
+
+def negatives(predictor: Predictor, samples: Path) -> list[str]:
+    lines, refused = [], 0
+    images = negative_set(samples)
+    for name, image in images.items():
+        status, age, warnings = _outcome(predictor, image, True)
+        refused += status == "refused"
+        lines.append(f"  {name:<22} {status:<8} {'' if age is None else f'{age:.0f} months'}  {warnings[0][:90] if warnings else ''}")
+    return [f"generated negatives: {refused} of {len(images)} refused"] + lines
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--artifacts", type=Path, default=Path("artifacts"))
+    parser.add_argument("--samples", type=Path, required=True)
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    predictor = Predictor.load(args.artifacts)
+    if predictor.gate is None:
+        print("no input gate in", args.artifacts, "-", "; ".join(predictor.notes))
+        return 1
+    print(f"OOD limit {predictor.gate.limit:.2f}")
+    print(holdout_refusals(args.artifacts))
+    print("\n".join(samples_and_variants(predictor, args.samples)))
+    print("\n".join(negatives(predictor, args.samples)))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

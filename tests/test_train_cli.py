@@ -1,0 +1,155 @@
+"""train_cli (train.py): a --quick run on real images writes a complete, described artifacts folder; warm starts record lineage; bad input is refused cleanly."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+
+from boneage_core import train_cli as train
+from boneage_core.checkpoint import file_sha256, read_meta
+from boneage_core.config import QUICK_OUT, TrainConfig
+from boneage_core.heads import AGE, BASELINE, CNN, STAGE, age_stage_column, system_column
+from boneage_core.manifest import read_manifest, stale_reason
+from boneage_core.models import load_model
+from boneage_core.predictor import Predictor
+
+
+def test_quick_run_writes_every_artifact(quick_run):
+    names = {p.name for p in quick_run.iterdir()}
+    expected = {"split.csv", "metrics.json", "predictions.csv", "config.json", "run_report.md", "multihead.pt",
+                "manifest.json", "gate.npz", "baseline.json", "baseline_regressor.ubj", "baseline_classifier.ubj",
+                "history_multihead.csv"}
+    assert expected <= names, expected - names
+
+
+def test_quick_metrics_have_every_head_and_breakdown(quick_run):
+    metrics = json.loads((quick_run / "metrics.json").read_text())
+    ages = [system_column(CNN, AGE), system_column(BASELINE, AGE)]
+    stages = [system_column(CNN, STAGE), age_stage_column(CNN), system_column(BASELINE, STAGE)]
+    assert set(metrics) == set(ages + stages)
+    for name in ages:
+        m = metrics[name]
+        assert m["head"] == AGE and {"mae", "rmse", "r2", "n", "by_sex", "by_age_group"} <= set(m)
+        assert sum(g["n"] for g in m["by_sex"].values()) == m["n"]
+        assert sum(g["n"] for g in m["by_age_group"].values()) == m["n"]
+    for name in stages:
+        assert metrics[name]["head"] == STAGE
+        assert {"accuracy", "f1_macro", "qwk", "per_class", "confusion_matrix"} <= set(metrics[name])
+
+
+def test_manifest_ties_metrics_and_predictions_to_the_model(quick_run):
+    manifest = read_manifest(quick_run)
+    assert manifest.members == ["multihead.pt"]
+    assert manifest.models["multihead.pt"]["sha256"] == file_sha256(quick_run / "multihead.pt")
+    assert manifest.models["multihead.pt"]["heads"] == [AGE, STAGE]
+    evaluation = manifest.evaluation
+    assert evaluation["model_sha256"] == {"multihead.pt": file_sha256(quick_run / "multihead.pt")}
+    for name in ("metrics.json", "predictions.csv"):
+        assert evaluation["files"][name] == file_sha256(quick_run / name)
+        assert stale_reason(quick_run, manifest, name) is None
+    assert manifest.extra["gate"]["sha256"] == file_sha256(quick_run / "gate.npz")
+
+
+def test_split_is_70_15_15_and_predictions_cover_the_test_split(quick_run):
+    split = pd.read_csv(quick_run / "split.csv", dtype={"id": str})
+    shares = split["split"].value_counts(normalize=True)
+    assert abs(shares["train"] - 0.70) < 0.02 and abs(shares["val"] - 0.15) < 0.02
+    preds = pd.read_csv(quick_run / "predictions.csv", dtype={"id": str})
+    assert set(preds["id"]) == set(split.loc[split["split"] == "test", "id"])
+    assert preds[system_column(CNN, AGE)].between(0, 240).all()
+
+
+def test_checkpoint_is_self_describing(quick_run):
+    net, meta = load_model(quick_run / "multihead.pt")
+    assert meta["spec"]["backbone"] == "tf_efficientnet_lite0" and meta["spec"]["heads"] == [AGE, STAGE]
+    assert meta["spec"]["preprocess"]["image_size"] == TrainConfig().quick_version().training_phases()[-1].image_size
+    assert meta["spec"]["age_scaling"]["std"] > 0
+    assert meta["config"]["quick"] is True and meta["lineage"] == {"init_from": "scratch"}
+    assert TrainConfig.load(quick_run / "config.json").quick
+
+
+def test_warm_start_continues_from_a_checkpoint_at_a_new_size_and_records_lineage(quick_run, data_299, tmp_path):
+    parent = quick_run / "multihead.pt"
+    out = tmp_path / "child"
+    code = train.main(["--data-dir", str(data_299), "--quick", "--limit", "240", "--stages", "regressor",
+                       "--init-from", str(parent), "--phases", "80:1:3e-4:2", "--out", str(out),
+                       "--cache-dir", str(tmp_path / "c"), "--workers", "1"])
+    assert code == 0
+    meta = read_meta(out / "regressor.pt")
+    lineage = meta["lineage"]
+    assert lineage["init_from"] == str(parent) and lineage["parent_sha256"] == file_sha256(parent)
+    assert lineage["parent_config"] == read_meta(parent)["config"]
+    assert meta["spec"]["preprocess"]["image_size"] == 80 and meta["spec"]["heads"] == [AGE]
+    parent_scaling = read_meta(parent)["spec"]["age_scaling"]
+    assert meta["spec"]["age_scaling"] == parent_scaling  # the age head continues on the parent's scale
+    manifest = read_manifest(out)
+    assert manifest.members == ["regressor.pt"] and manifest.models["regressor.pt"]["lineage"]["parent_sha256"]
+    predictor = Predictor.load(out)  # no evaluation in this run: intervals refused, said in the notes
+    assert predictor.error_model is None and any("interval" in note for note in predictor.notes)
+
+
+def test_quick_without_out_never_targets_the_committed_artifacts():
+    cfg = train.parse_args(["--data-dir", "x", "--quick"])
+    assert cfg.out == QUICK_OUT
+    assert train.parse_args(["--data-dir", "x", "--quick", "--out", "artifacts"]).out == "artifacts"
+
+
+def test_rerun_reuses_split_and_keeps_untouched_models(quick_run, data_299, tmp_path):
+    import shutil
+
+    out = tmp_path / "artifacts"
+    shutil.copytree(quick_run, out)
+    before = (out / "split.csv").read_text()
+    model_bytes = (out / "multihead.pt").read_bytes()
+    code = train.main(["--data-dir", str(data_299), "--quick", "--no-pretrained", "--limit", "240",
+                       "--stages", "baseline,evaluate", "--out", str(out), "--cache-dir", str(tmp_path / "c")])
+    assert code == 0
+    assert (out / "split.csv").read_text() == before
+    assert (out / "multihead.pt").read_bytes() == model_bytes
+    report = (out / "run_report.md").read_text()
+    assert "multihead.pt (kept from the run of" in report and "best_epoch" in report  # kept models still described
+    assert read_manifest(out).members == ["multihead.pt"]
+
+
+def test_interrupted_run_leaves_previous_artifacts_intact(quick_run, data_299, tmp_path, monkeypatch):
+    import shutil
+
+    from boneage_core import pipeline
+
+    out = tmp_path / "artifacts"
+    shutil.copytree(quick_run, out)
+    snapshot = {p.name: p.read_bytes() for p in out.iterdir()}
+
+    def boom(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(pipeline, "evaluate_stage", boom)
+    code = train.main(["--data-dir", str(data_299), "--quick", "--no-pretrained", "--limit", "240",
+                       "--stages", "baseline,evaluate", "--out", str(out), "--cache-dir", str(tmp_path / "c")])
+    assert code == 130
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == snapshot
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith("artifacts.tmp-")]
+
+
+def test_bad_stage_and_missing_data_give_clear_errors(tmp_path, caplog):
+    assert train.main(["--data-dir", str(tmp_path), "--stages", "baseline,bogus"]) == 2
+    assert "unknown stage" in caplog.text
+    assert train.main(["--data-dir", str(tmp_path / "nope"), "--out", str(tmp_path / "a")]) == 2
+    assert "data folder not found" in caplog.text
+    assert not (tmp_path / "a").exists()
+
+
+def test_csv_with_missing_columns_is_refused(tmp_path, caplog):
+    (tmp_path / "labels-train.csv").write_text("id,age\n1,10\n")
+    (tmp_path / "labels-train").mkdir()
+    assert train.main(["--data-dir", str(tmp_path), "--out", str(tmp_path / "a")]) == 2
+    assert "found columns" in caplog.text
+
+
+@pytest.mark.parametrize("flag", ["--help"])
+def test_help_lists_stages(flag, capsys):
+    with pytest.raises(SystemExit):
+        train.main([flag])
+    assert "--stages" in capsys.readouterr().out
