@@ -25,15 +25,18 @@ from .gate import load_gate
 from .inference import ensemble_outputs, member_features, member_outputs, resolve_device
 from .manifest import model_files, read_manifest, verify_models
 from .models import load_model
-from .preprocess import PreprocessSpec
 from .stages import DEFAULT_SCHEME, StageScheme
 
 logger = logging.getLogger(__name__)
 
 def _aligned(frame: pd.DataFrame, images) -> tuple[pd.DataFrame, np.ndarray]:
-    """Rows of `frame` whose image loaded, in the image array's order."""
+    """Rows of `frame` whose image loaded, in the image array's order; ImageLoadError when none did."""
     pos = {id_: i for i, id_ in enumerate(images.ids)}
     keep = frame[frame["id"].isin(pos)]
+    if len(frame) and keep.empty:
+        first = "; ".join(f"{id_}: {message}" for id_, message in images.failures[:3])
+        raise ImageLoadError(f"none of the {len(frame)} labelled image(s) could be read (first: {first}); "
+                             "check the --images folder")
     return keep, images.images[[pos[i] for i in keep["id"]]]
 
 
@@ -160,8 +163,8 @@ def evaluate_folder(artifacts_dir: str | Path, images_dir: str | Path, labels_cs
                     min_meaningful_n: int = 20) -> tuple[dict, pd.DataFrame]:
     """Score the saved models on a labelled folder (any supported label format).
 
-    The artifacts are checked (models present, manifest hashes) and the images read once before any model
-    runs: unreadable images are left out with a warning, none readable is an ImageLoadError. When fewer than
+    The artifacts are checked (models present, manifest hashes) before any image is read; unreadable images
+    are left out with a warning, none readable is an ImageLoadError. When fewer than
     `min_meaningful_n` images are scored, the metrics get a top-level "_warnings" list (entries keep their shape).
     """
     folder = Path(artifacts_dir)
@@ -173,13 +176,7 @@ def evaluate_folder(artifacts_dir: str | Path, images_dir: str | Path, labels_cs
     if manifest is not None:
         verify_models(folder, manifest)
     labels = attach_paths(read_labels(labels_csv), images_dir)
-    readable = load_images(labels["id"].tolist(), labels["path"].tolist(), PreprocessSpec(image_size=32))
-    if not readable.ids:
-        first = "; ".join(f"{id_}: {message}" for id_, message in readable.failures[:3])
-        raise ImageLoadError(f"none of the {len(labels)} labelled image(s) in {images_dir} could be read "
-                             f"(first: {first}); check the --images folder")
-    frame, columns, failures = predict_frame(folder, labels[labels["id"].isin(readable.ids)], cache_dir, device, tta)
-    failures = {**dict(readable.failures), **failures}
+    frame, columns, failures = predict_frame(folder, labels, cache_dir, device, tta)
     if failures:
         logger.warning("%d image(s) could not be read and were left out: %s", len(failures), list(failures)[:5])
     metrics = score_predictions(frame, columns, n_boot=n_boot)

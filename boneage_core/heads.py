@@ -32,6 +32,7 @@ class Head:
     name: str = ""
     label: str = ""  # shown to users
     score_name: str = ""  # what val_score measures (lower is better)
+    cam_stage: int = -2  # backbone stage (index into blocks) whose activations HiResCAM explains
 
     def n_outputs(self, scheme: StageScheme) -> int:
         raise NotImplementedError
@@ -85,6 +86,7 @@ class AgeHead(Head):
     """Bone age in months; trained on the standardised age with an L1 loss."""
 
     name, label, score_name = AGE, "bone age (months)", "MAE (months)"
+    cam_stage = -3  # 1/16 resolution: the finest map that stays on the hand (benchmarks/bench_gradcam.py)
 
     def n_outputs(self, scheme: StageScheme) -> int:
         return 1
@@ -124,6 +126,7 @@ class StageHead(Head):
     """Developmental stage; trained with label-smoothed cross-entropy, decoded to probabilities."""
 
     name, label, score_name = STAGE, "developmental stage", "NLL"
+    cam_stage = -2  # 1/32 resolution (benchmarks/bench_gradcam.py)
 
     def n_outputs(self, scheme: StageScheme) -> int:
         return scheme.n_classes

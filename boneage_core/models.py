@@ -80,10 +80,9 @@ class BoneAgeNet(nn.Module):
         self.register_buffer("mean", torch.tensor(spec.preprocess.mean).view(1, 1, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(spec.preprocess.std).view(1, 1, 1, 1), persistent=False)
 
-    @property
-    def cam_layer(self) -> nn.Module:
-        """The layer Grad-CAM reads: the second-to-last stage (1/16 of the input size, finer than conv_head's 1/32)."""
-        return self.backbone.blocks[-2]
+    def cam_layer(self, head: str) -> nn.Module:
+        """The backbone stage whose activations explain `head` (heads.Head.cam_stage)."""
+        return self.backbone.blocks[get_head(head).cam_stage]
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """Pooled backbone features (B, F) of preprocessed images (B, 1, H, W): what the heads and the input gate read."""

@@ -275,12 +275,16 @@ class Predictor:
 
     def explain(self, source: ImageSource | np.ndarray, male, head: str = AGE, alpha: float = 0.4,
                 name: str | None = None, class_index: int | None = None) -> Explanation:
-        """Grad-CAM of the first member with `head` on its CAM layer, with the head's own target (heads.Head.cam_target).
+        """HiResCAM (gradient x activation, a faithful Grad-CAM variant) of the first member with `head`.
+
+        The layer and the target come from the head's definition (heads.Head.cam_stage / cam_target): for
+        age, what moved the estimate away from the mean age in the direction it moved; for the stage head,
+        the stage shown. Measured on the 24 full-size samples: benchmarks/bench_gradcam.py.
 
         For the stage head, pass the predicted stage (Prediction.stage) as class_index so the map explains
         the stage shown; without it the single-view argmax is used.
         """
-        from pytorch_grad_cam import GradCAM
+        from pytorch_grad_cam import HiResCAM
 
         male = parse_sex(male)
         net = self.member_for(head)
@@ -290,7 +294,7 @@ class Predictor:
         with torch.inference_mode():
             target = get_head(head).cam_target(model(x), class_index)
         class_index = getattr(target, "category", None)
-        with GradCAM(model=model, target_layers=[net.cam_layer]) as cam:
+        with HiResCAM(model=model, target_layers=[net.cam_layer(head)]) as cam:
             model_heatmap = cam(input_tensor=x, targets=[target])[0]
         heatmap = np.clip(resize_to(model_heatmap, gray.shape), 0.0, 1.0)  # inverse of the squash
         return Explanation(head, heatmap, model_heatmap, gray, alpha, class_index)

@@ -138,15 +138,16 @@ def test_head_output_refuses_a_missing_head():
         HeadOutput(age_only, torch.tensor([0]), STAGE)
 
 
-def test_cam_layer_keeps_a_finer_map_than_the_last_convolution(net):
+def test_cam_layers_are_backbone_stages_with_spatial_maps(net):
     seen = {}
+    layers = {"age": net.cam_layer(AGE), "stage": net.cam_layer(STAGE), "last": net.backbone.conv_head}
     hooks = [layer.register_forward_hook(lambda m, i, o, key=key: seen.__setitem__(key, o.shape[-1]))
-             for key, layer in (("cam", net.cam_layer), ("head", net.backbone.conv_head))]
+             for key, layer in layers.items()]
     with torch.no_grad():
-        net(torch.rand(1, 1, 64, 64), torch.tensor([1]))
+        net(torch.rand(1, 1, 128, 128), torch.tensor([1]))
     for hook in hooks:
         hook.remove()
-    assert seen["cam"] == 2 * seen["head"] == 64 // 16
+    assert seen["age"] == 128 // 16 and seen["stage"] == seen["last"] == 128 // 32
 
 
 def _frozen_names(model: BoneAgeNet) -> set[str]:
