@@ -437,7 +437,7 @@ def load_scorer(artifacts: Path, device: str) -> Predict:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--artifacts", type=Path, required=True, help="folder with regressor.pt / classifier.pt")
+    parser.add_argument("--artifacts", type=Path, required=True, help="artifacts folder (its manifest names the models)")
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--folder", type=Path, help="score every image under this folder (recursive)")
     source.add_argument("--list", type=Path, help="CSV with columns id, path, sex")

@@ -256,7 +256,7 @@ class ErrorModel:
         self.min_cases = min(min_cases, len(self.predicted))
 
     @classmethod
-    def from_predictions(cls, frame: pd.DataFrame, column: str = "regressor") -> "ErrorModel":
+    def from_predictions(cls, frame: pd.DataFrame, column: str) -> "ErrorModel":
         """From a predictions table (evaluate's CSV): uses the test split when a split column is present."""
         if "split" in frame:
             frame = frame[frame["split"] == "test"]
@@ -275,7 +275,7 @@ class ErrorModel:
                                   round(window, 1))
 
 
-def holdout_false_calls(frame: pd.DataFrame, reference: pd.DataFrame, column: str = "regressor",
+def holdout_false_calls(frame: pd.DataFrame, reference: pd.DataFrame, column: str,
                         level: float = 0.9) -> dict[str, dict]:
     """false_call_rate on a predictions table (evaluate's CSV, test split) without and with today's interval.
 

@@ -133,7 +133,7 @@ class AssessmentReport:
     def bone_age_text(self) -> str:
         """'125 months (10 y 5 m)', or a note when no bone age was predicted."""
         if self.bone_age_months is None:
-            return "not available (no regressor)"
+            return "not available (no age head)"
         return f"{self.bone_age_whole_months} months ({years_months(self.bone_age_months)})"
 
     @property

@@ -127,7 +127,7 @@ def test_holdout_false_calls_fall_with_the_interval(reference):
     true = rng.uniform(6, 190, 600)
     frame = pd.DataFrame({"boneage": true, "regressor": true + rng.normal(0, 15, 600), "male": rng.random(600) < 0.5,
                           "split": "test"})
-    out = holdout_false_calls(frame, reference)
+    out = holdout_false_calls(frame, reference, "regressor")
     assert out["point"]["overall"]["counts"][INDETERMINATE] == 0
     assert out["interval"]["overall"]["false_call_rate"] < out["point"]["overall"]["false_call_rate"]
     assert out["interval"]["overall"]["counts"][NORMAL] == out["point"]["overall"]["counts"][NORMAL]
@@ -152,7 +152,7 @@ def test_interval_covers_the_holdout_at_its_level():
     rng = np.random.default_rng(0)
     true = rng.uniform(0, 228, 3000)
     pred = true + rng.normal(0, 8, 3000) * (1 + true / 228)  # errors grow with age
-    model = ErrorModel.from_predictions(pd.DataFrame({"boneage": true, "regressor": pred, "split": "test"}))
+    model = ErrorModel.from_predictions(pd.DataFrame({"boneage": true, "regressor": pred, "split": "test"}), "regressor")
     young, old = model.interval(30), model.interval(200)
     assert young.high - young.low < old.high - old.low
     assert young.n_reference >= 100
