@@ -36,8 +36,9 @@ def holdout_refusals(artifacts: Path) -> str:
         return "holdout          no gate columns in predictions.csv (evaluate without a gate)"
     refused = frame["gate_refused"].astype(str).str.lower().eq("true")
     return (f"holdout          {int(refused.sum())} of {len(frame)} test-split radiographs refused "
-            f"({refused.mean():.2%}); turned {int((frame['gate_turn'] > 0).sum())}, "
-            f"mirrored {int(frame['gate_mirrored'].astype(str).str.lower().eq('true').sum())}")
+            f"({refused.mean():.2%}); turned {int((frame['gate_turn'] > 0).sum())}, flagged as maybe rotated "
+            f"{int(frame['gate_turn_flagged'].astype(str).str.lower().eq('true').sum())}, as maybe mirrored "
+            f"{int(frame['gate_mirrored'].astype(str).str.lower().eq('true').sum())}")
 
 
 def samples_and_variants(predictor: Predictor, samples: Path) -> list[str]:

@@ -21,7 +21,8 @@ from .baseline import META_FILE as BASELINE_META, HogXGBoost
 from .data import attach_paths, load_images, read_labels
 from .errors import BoneAgeError, ImageLoadError, MissingArtifactError
 from .heads import AGE, BASELINE, CNN, STAGE, age_stage_column, get_head, head_metrics, system_column
-from .gate import load_gate
+from .checkpoint import read_meta
+from .gate import gate_member, load_gate
 from .inference import ensemble_outputs, member_features, member_outputs, resolve_device
 from .manifest import model_files, read_manifest, verify_models
 from .models import load_model
@@ -84,7 +85,11 @@ def cnn_columns(artifacts_dir: Path, members: list[str], frame: pd.DataFrame, ca
 
 def gate_columns(artifacts_dir: Path, member: str, frame: pd.DataFrame, cache_dir, device,
                  out: pd.DataFrame) -> None:
-    """The input gate's verdict per image (score, refused, turn, mirrored): how often it would stop a real radiograph."""
+    """The input gate's verdict per image (score, refused, turn applied or flagged, mirroring flagged).
+
+    The images are scored as given (their labels are for them as filmed); these columns say how often the
+    gate would refuse, turn or flag a real radiograph in the app and the CLIs.
+    """
     net, meta = load_model(artifacts_dir / member, device)
     gate = load_gate(artifacts_dir, member, meta["sha256"])
     if gate is None:
@@ -94,10 +99,12 @@ def gate_columns(artifacts_dir: Path, member: str, frame: pd.DataFrame, cache_di
     verdicts = gate.verdicts(member_features(net, torch.from_numpy(pixels), device, progress=True))
     out.loc[rows.index, "gate_score"] = [v.score for v in verdicts]
     out.loc[rows.index, "gate_refused"] = [v.refused for v in verdicts]
-    out.loc[rows.index, "gate_turn"] = [v.turn for v in verdicts]
+    out.loc[rows.index, "gate_turn"] = [v.turn if v.apply_turn else 0 for v in verdicts]
+    out.loc[rows.index, "gate_turn_flagged"] = [bool(v.turn) and not v.apply_turn for v in verdicts]
     out.loc[rows.index, "gate_mirrored"] = [v.mirrored for v in verdicts]
-    logger.info("Input gate: %d of %d images would be refused, %d turned, %d mirrored", sum(v.refused for v in verdicts),
-                len(verdicts), sum(bool(v.turn) for v in verdicts), sum(v.mirrored for v in verdicts))
+    logger.info("Input gate: %d of %d images would be refused, %d turned, %d flagged as maybe rotated, %d as maybe "
+                "mirrored", sum(v.refused for v in verdicts), len(verdicts), sum(v.apply_turn for v in verdicts),
+                sum(bool(v.turn) and not v.apply_turn for v in verdicts), sum(v.mirrored for v in verdicts))
 
 
 def baseline_columns(artifacts_dir: Path, frame: pd.DataFrame, cache_dir, out: pd.DataFrame,
@@ -132,7 +139,8 @@ def predict_frame(artifacts_dir: str | Path, frame: pd.DataFrame, cache_dir=None
     out, columns, failures = frame.copy(), {}, {}
     if members:
         cnn_columns(artifacts_dir, members, frame, cache_dir, resolve_device(device), tta, out, columns, failures)
-        gate_columns(artifacts_dir, members[0], frame, cache_dir, resolve_device(device), out)
+        heads = {name: read_meta(artifacts_dir / name)["spec"]["heads"] for name in members}
+        gate_columns(artifacts_dir, gate_member(heads), frame, cache_dir, resolve_device(device), out)
     if (artifacts_dir / BASELINE_META).is_file():
         baseline_columns(artifacts_dir, frame, cache_dir, out, columns, failures)
     return out, columns, failures

@@ -23,7 +23,7 @@ from .distributed import LOCAL, DistContext
 from .evaluate import predict_frame, score_predictions, summary_table
 from .heads import AGE
 from .errors import LabelError, MissingArtifactError
-from .gate import GATE_FILE, fit_gate
+from .gate import GATE_FILE, fit_gate, gate_member
 from .inference import member_features, resolve_device
 from .manifest import (MODEL_SUFFIX, build_manifest, evaluation_record, model_files, read_manifest,
                        write_manifest)
@@ -187,12 +187,13 @@ def evaluate_stage(cfg: TrainConfig, ds: Dataset, staging: Path, members: list[s
     return metrics
 
 
-def gate_stage(cfg: TrainConfig, ds: Dataset, staging: Path, members: list[str], n_fit: int = 3000,
+def gate_stage(cfg: TrainConfig, ds: Dataset, staging: Path, members: list[str], n_fit: int = 2000,
                n_turned: int = 1000) -> None:
-    """Fit the input gate on the first member's features: training images (some turned and mirrored), validation limit."""
+    """Fit the input gate on the gate member's features: training images (some turned and mirrored), validation limit."""
     if not members:
         raise MissingArtifactError(f"{staging}: the input gate needs a trained CNN; train one first")
-    net, meta = load_model(staging / members[0])
+    member = gate_member({name: read_meta(staging / name)["spec"]["heads"] for name in members})
+    net, meta = load_model(staging / member)
     device = resolve_device(cfg.device)
     _, train_img = _images_for(ds, ds.part("train"), net.spec.preprocess, cfg)
     _, val_img = _images_for(ds, ds.part("val"), net.spec.preprocess, cfg)
@@ -203,7 +204,7 @@ def gate_stage(cfg: TrainConfig, ds: Dataset, staging: Path, members: list[str],
     mirrored = member_features(net, base[:, :, ::-1], device, progress=True)
     gate = fit_gate(train_f, member_features(net, val_img, device, progress=True), turned, mirrored,
                     train_f[:n_turned], seed=cfg.seed)
-    gate.member, gate.member_sha256 = members[0], meta["sha256"]
+    gate.member, gate.member_sha256 = member, meta["sha256"]
     gate.save(staging / GATE_FILE)
 
 

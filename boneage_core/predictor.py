@@ -20,7 +20,7 @@ from .clinical import ErrorModel, PredictionInterval
 from .errors import ArtifactError, InputError, MissingArtifactError
 from .heads import AGE, CNN, STAGE, get_head, system_column
 from .imaging import ImageLoadError, ImageSource, check_gray_array, load_gray, source_name
-from .gate import GateVerdict, InputGate, NotARadiographError, load_gate
+from .gate import GateVerdict, InputGate, NotARadiographError, gate_member, load_gate
 from .inference import ensemble_outputs, member_features, member_outputs, prepare
 from .manifest import (PREDICTIONS_FILE, evaluated_path, manifest_version, model_files, read_manifest,
                        verify_models)
@@ -154,7 +154,7 @@ class Predictor:
 
     def __init__(self, members: dict[str, BoneAgeNet], device: torch.device, error_model: ErrorModel | None = None,
                  tta: bool = False, version: str = "unversioned", notes: list[str] | None = None,
-                 meta: dict[str, dict] | None = None, gate: InputGate | None = None):
+                 meta: dict[str, dict] | None = None, gate: InputGate | None = None, gate_name: str | None = None):
         if not members:
             raise MissingArtifactError("a Predictor needs at least one model")
         self.members = members
@@ -165,6 +165,7 @@ class Predictor:
         self.version = version  # the manifest hash: the model version on every report
         self.notes = notes or []  # what the folder lacks (shown by front ends)
         self.gate = gate  # refuses non-radiographs, turns / mirrors images that need it
+        self.gate_name = gate_name or gate_member({name: net.spec.heads for name, net in members.items()})
         self.scheme: StageScheme = next(iter(members.values())).spec.scheme
         if any(net.spec.scheme != self.scheme for net in members.values()):
             raise ArtifactError("the ensemble members use different stage schemes")
@@ -193,9 +194,10 @@ class Predictor:
             members[name], meta[name] = load_model(folder / name, dev)
         heads = list(dict.fromkeys(h for net in members.values() for h in net.spec.heads))
         error_model = _error_model(folder, manifest, heads, notes)
-        gate = _gate(folder, names[0], meta[names[0]]["sha256"], notes)
+        gate_name = gate_member({name: net.spec.heads for name, net in members.items()})
+        gate = _gate(folder, gate_name, meta[gate_name]["sha256"], notes)
         logger.info("Loaded %s from %s on %s (TTA %s)", ", ".join(names), folder, dev, "on" if tta else "off")
-        return cls(members, dev, error_model, tta, manifest_version(folder), notes, meta, gate)
+        return cls(members, dev, error_model, tta, manifest_version(folder), notes, meta, gate, gate_name)
 
     @property
     def heads(self) -> list[str]:
@@ -203,26 +205,21 @@ class Predictor:
         return list(dict.fromkeys(h for net in self.members.values() for h in net.spec.heads))
 
     def check_input(self, gray: np.ndarray, name: str) -> tuple[np.ndarray, GateVerdict | None, list[str]]:
-        """The input gate on one image: (image turned / mirrored if needed, verdict, warnings); refuses non-radiographs."""
+        """The input gate on one image: (image turned back when the gate is sure, verdict, warnings); refuses non-radiographs."""
         if self.gate is None:
             return gray, None, []
-        net, notes = next(iter(self.members.values())), []
+        net, notes = self.members[self.gate_name], []
 
         def verdict_of(image: np.ndarray) -> GateVerdict:
             x = torch.from_numpy(prepare(image, net.spec.preprocess))[None]
             return self.gate.verdicts(member_features(net, x, self.device))[0]
 
         verdict = verdict_of(gray)
-        if verdict.turn:
+        if verdict.apply_turn:
+            notes = verdict.warnings()[:1]
             gray = np.ascontiguousarray(np.rot90(gray, verdict.turn))
-            notes.append(f"the image looked rotated (p = {verdict.turn_probability:.2f}); it was turned by "
-                         f"{90 * verdict.turn} degrees counter-clockwise before scoring")
             verdict = verdict_of(gray)
-        if verdict.mirrored:
-            gray = np.ascontiguousarray(gray[:, ::-1])
-            notes.append(f"the image looked like a right hand or a mirrored film (p = {verdict.mirror_probability:.2f}); "
-                         "it was mirrored to a left hand before scoring")
-            verdict = verdict_of(gray)
+        notes += [w for w in verdict.warnings() if w not in notes]
         if verdict.refused:
             raise NotARadiographError(f"{name}: {verdict.reason()}")
         return gray, verdict, notes

@@ -144,7 +144,7 @@ def test_rows_without_sex_are_written_unscored_and_exit_1(archive, tmp_path, fak
     assert list(frame.columns) == ["sex", "sex_from", "bone_age_months", "interval_low", "interval_high",
                                    "stage_name", "warnings", "error"]
     assert frame.loc["a/img_000.png", "error"] == "sex missing"
-    assert frame.loc["b/img_001.png", "error"] == "sex not understood: 'x'"
+    assert frame.loc["b/img_001.png", "error"].startswith("sex not understood: 'x'")
     assert frame.loc["b/img_005.png", "error"] == "sex missing"
     unscored = frame.loc[["a/img_000.png", "b/img_001.png", "b/img_005.png"]]
     assert (unscored["bone_age_months"] == "").all() and (unscored["sex"] == "").all()

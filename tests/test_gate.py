@@ -14,7 +14,9 @@ F = 24
 
 
 def _features(rng, n, shift=0.0, scale=1.0):
+    """Radiograph-like features share a common direction (dimension 1); `shift` pulls them towards dimension 0."""
     base = rng.standard_normal((n, F)) * scale
+    base[:, 1] += 10.0
     base[:, 0] += shift
     return base
 
@@ -25,9 +27,9 @@ def gate() -> InputGate:
     rng = np.random.default_rng(0)
     train, val = _features(rng, 600), _features(rng, 300)
     upright = train[:200]
-    turned = {k: upright + 4.0 * np.eye(F)[k] for k in (1, 2, 3)}
-    mirrored = upright + 4.0 * np.eye(F)[5]
-    return fit_gate(train, val, turned, mirrored, upright, refuse_rate=0.01, components=8)
+    turned = {k: upright + 8.0 * np.eye(F)[k] for k in (1, 2, 3)}
+    mirrored = upright + 8.0 * np.eye(F)[5]
+    return fit_gate(train, val, turned, mirrored, upright, refuse_rate=0.01, k=5)
 
 
 def test_in_distribution_passes_and_far_points_are_refused(gate):
@@ -41,8 +43,8 @@ def test_in_distribution_passes_and_far_points_are_refused(gate):
 
 def test_the_limit_is_the_validation_quantile(gate):
     rng = np.random.default_rng(0)
-    rng.standard_normal((600, F))
-    val = rng.standard_normal((300, F))
+    _features(rng, 600)
+    val = _features(rng, 300)
     assert np.mean(gate.score(val) > gate.limit) == pytest.approx(0.01, abs=0.005)
 
 
@@ -50,9 +52,9 @@ def test_turns_and_mirroring_are_detected_and_undone(gate):
     rng = np.random.default_rng(2)
     upright = _features(rng, 50)
     for k in (1, 2, 3):
-        verdicts = gate.verdicts(upright + 4.0 * np.eye(F)[k])
+        verdicts = gate.verdicts(upright + 8.0 * np.eye(F)[k])
         assert all(v.turn == (4 - k) % 4 for v in verdicts), k  # the turn that brings it back
-    assert all(v.mirrored for v in gate.verdicts(upright + 4.0 * np.eye(F)[5]))
+    assert all(v.mirrored for v in gate.verdicts(upright + 8.0 * np.eye(F)[5]))
     plain = gate.verdicts(upright)
     assert not any(v.turn or v.mirrored for v in plain)
     assert set(QUARTER_TURNS) == {0, 1, 2, 3}

@@ -193,12 +193,14 @@ def test_the_gate_refuses_a_page_of_text(committed_artifacts):
         Predictor.load(committed_artifacts).predict(buffer.getvalue(), male=True, name="page.png")
 
 
-def test_an_upside_down_hand_is_turned_back_with_a_warning(committed_artifacts, fullres_sample):
+def test_an_upside_down_hand_is_turned_back_or_flagged(committed_artifacts, fullres_dir):
     loaded = Predictor.load(committed_artifacts)
-    upright = loaded.predict(fullres_sample, male=False)
-    flipped = loaded.predict(np.ascontiguousarray(upright.original[::-1, ::-1]), male=False)
-    assert any("rotated" in w for w in flipped.warnings)
-    assert flipped.bone_age_months == pytest.approx(upright.bone_age_months, abs=3.0)
+    for stem in ("1377", "1380", "1385"):
+        upright = loaded.predict(fullres_dir / f"{stem}.png", male=False)
+        flipped = loaded.predict(np.ascontiguousarray(upright.original[::-1, ::-1]), male=False)
+        assert any("rotated" in w for w in flipped.warnings), stem  # never silently scored upside down
+        if flipped.gate.apply_turn or any("was turned" in w for w in flipped.warnings):
+            assert flipped.bone_age_months == pytest.approx(upright.bone_age_months, abs=3.0)
 
 
 def test_prepare_is_the_training_cache_path(fullres_sample, predictor):

@@ -142,7 +142,7 @@ EVALUATE_CASES = {
     "header_only_csv": (corpus.BAD_CSVS["header_only"], REAL, "quick", [], 2,
                         "labels.csv: label file has a header ('id,boneage,male') but no rows"),
     "every_image_unreadable": (corpus.label_rows(3), corpus.UNREADABLE_IMAGES, "quick", [], 2,
-                               "none of the 3 labelled image(s) in"),
+                               "none of the 3 labelled image(s) could be read"),
     "out_folder_missing": (corpus.label_rows(1), REAL, "quick", ["--out", "{tmp}/nope/m.json"], 2,
                            "cannot write --out {tmp}/nope/m.json: folder {tmp}/nope does not exist"),
     "predictions_folder_missing": (corpus.label_rows(1), REAL, "quick", ["--predictions", "{tmp}/nope/p.csv"], 2,
