@@ -5,17 +5,16 @@ python -m benchmarks.bench_gate --artifacts artifacts --samples ../shared/data/s
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import torch
 
 from boneage_core.errors import InputError
 from boneage_core.imaging import load_gray
 from boneage_core.manifest import PREDICTIONS_FILE
 from boneage_core.predictor import Predictor
+from benchmarks.samples import load_from_args
 from tests.negatives import negative_set
 
 VARIANTS = {"turned 90": lambda g: np.rot90(g, 1), "turned 180": lambda g: np.rot90(g, 2),
@@ -69,20 +68,14 @@ def negatives(predictor: Predictor, samples: Path) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--artifacts", type=Path, default=Path("artifacts"))
-    parser.add_argument("--samples", type=Path, required=True)
-    parser.add_argument("--threads", type=int, default=2)
-    args = parser.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    predictor = Predictor.load(args.artifacts)
+    predictor, samples, artifacts = load_from_args(__doc__, argv)
     if predictor.gate is None:
-        print("no input gate in", args.artifacts, "-", "; ".join(predictor.notes))
+        print("no input gate:", "; ".join(predictor.notes))
         return 1
     print(f"OOD limit {predictor.gate.limit:.2f}")
-    print(holdout_refusals(args.artifacts))
-    print("\n".join(samples_and_variants(predictor, args.samples)))
-    print("\n".join(negatives(predictor, args.samples)))
+    print(holdout_refusals(artifacts))
+    print("\n".join(samples_and_variants(predictor, samples)))
+    print("\n".join(negatives(predictor, samples)))
     return 0
 
 

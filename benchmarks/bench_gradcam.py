@@ -6,14 +6,13 @@ Targets (issue 10): mean share >= 0.8 for each head and no sample whose hottest 
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 import pandas as pd
-import torch
 
 from boneage_core.handmask import hand_mask, mass_inside, peak_inside
 from boneage_core.imaging import load_gray
+from benchmarks.samples import load_from_args
 from boneage_core.predictor import Predictor
 
 TARGET_MASS = 0.8
@@ -35,13 +34,8 @@ def measure(predictor: Predictor, samples: Path) -> pd.DataFrame:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--artifacts", type=Path, default=Path("artifacts"))
-    parser.add_argument("--samples", type=Path, required=True)
-    parser.add_argument("--threads", type=int, default=2)
-    args = parser.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    table = measure(Predictor.load(args.artifacts), args.samples)
+    predictor, samples, _ = load_from_args(__doc__, argv)
+    table = measure(predictor, samples)
     summary = table.groupby("head").agg(n=("id", "size"), mean_mass=("mass_in_hand", "mean"),
                                         min_mass=("mass_in_hand", "min"),
                                         peaks_outside=("peak_in_hand", lambda s: int((~s.astype(bool)).sum())))

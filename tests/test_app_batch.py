@@ -20,7 +20,7 @@ def test_empty_batch_page_runs(open_page):
 def test_batch_reports_missing_sex_and_scores_the_rest(fullres_dir, sample_label, gp_table, open_page):
     paths = sorted(fullres_dir.glob("*.png"))[:3]
     assert len(paths) == 3, "need three full-size samples"
-    (age0, male0), (age1, male1) = sample_label(paths[0].stem), sample_label(paths[1].stem)
+    (age0, male0), (_, male1) = sample_label(paths[0].stem), sample_label(paths[1].stem)
     csv = (f"id,sex,chronological_age_months\n{paths[0].stem},{'M' if male0 else 'F'},{age0:g}\n"
            f"{paths[1].name},{'male' if male1 else 'female'},\n").encode()
     files = [(p.name, p.read_bytes(), "image/png") for p in paths] + [("broken.png", b"not an image", "image/png")]

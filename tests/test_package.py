@@ -29,3 +29,11 @@ def test_importing_the_library_does_not_load_streamlit():
     code = f"import sys, {names}; print('streamlit' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+@pytest.mark.parametrize("module", ["predictor", "evaluate", "inference", "predict", "batch", "gate"])
+def test_inference_never_imports_the_training_code(module):
+    code = (f"import sys, boneage_core.{module}; "
+            "print(sorted(m for m in ('boneage_core.training', 'boneage_core.pipeline') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", f"boneage_core.{module} pulls in {out.stdout.strip()}"
