@@ -88,7 +88,11 @@ def _preprocessing(predictor: Predictor) -> None:
         "An ImageNet-pretrained backbone turns the image into a feature vector; the sex enters through a small "
         "learned embedding concatenated to it; each head is a small MLP: the bone-age head outputs the "
         f"standardised age, the stage head the logits of the {predictor.scheme.n_classes} developmental stages. "
-        "Grad-CAM uses the backbone's last convolution. A HOG + XGBoost model on the same split is the baseline.")
+        "The heatmaps are HiResCAM (gradient x activation) on a late backbone stage: for the age head, what moved "
+        "the estimate away from the mean age in the direction it moved; for the stage head, the stage shown. Before "
+        "scoring, an input gate compares the image's features with the training images and refuses what does not "
+        "look like a hand radiograph; it turns back a film it is sure is rotated and flags a possible rotation or "
+        "a right hand. A HOG + XGBoost model on the same split is the baseline.")
     st.markdown("**Stages** (bone-age ranges):")
     st.dataframe(pd.DataFrame({
         "stage": predictor.scheme.names,
