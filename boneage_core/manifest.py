@@ -132,9 +132,12 @@ def manifest_version(folder: str | os.PathLike) -> str:
 
 
 def verify_models(folder: str | os.PathLike, manifest: Manifest) -> None:
-    """ArtifactError unless every member file exists with the hash the manifest records."""
+    """ArtifactError unless every member file (and the input gate it records) exists with the recorded hash."""
     folder = Path(folder)
-    for name, expected in manifest.member_hashes().items():
+    expected_files = dict(manifest.member_hashes())
+    if manifest.extra.get("gate"):
+        expected_files[manifest.extra["gate"]["file"]] = manifest.extra["gate"]["sha256"]
+    for name, expected in expected_files.items():
         path = folder / name
         if not path.is_file():
             raise ArtifactError(f"{folder}: the manifest lists {name}, which is missing")

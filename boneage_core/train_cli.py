@@ -40,7 +40,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="a few hundred images at small size (a CPU smoke run)")
     p.add_argument("--backbone", choices=BACKBONES, default=defaults.backbone)
     p.add_argument("--no-pretrained", dest="init_from", action="store_const", const=INIT_SCRATCH,
-                   help="same as --init-from scratch")
+                   default=defaults.init_from, help="same as --init-from scratch")
     p.add_argument("--no-augment", dest="augment", action="store_false", help="augment=%(default)s")
     p.add_argument("--cpu-bf16", action="store_true", help="bf16 autocast on CPU (faster on CPUs with bf16 units)")
     p.add_argument("--tta", action="store_true", help="test-time augmentation in the evaluate stage")

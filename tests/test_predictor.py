@@ -97,6 +97,15 @@ def test_changed_model_file_is_refused(quick_run, tmp_path):
         Predictor.load(folder)
 
 
+def test_changed_gate_file_is_refused(quick_run, tmp_path):
+    folder = tmp_path / "artifacts"
+    shutil.copytree(quick_run, folder)
+    with open(folder / "gate.npz", "ab") as handle:
+        handle.write(b"\0")
+    with pytest.raises(ArtifactError, match="gate.npz: the file changed"):
+        Predictor.load(folder)
+
+
 def test_stale_predictions_give_no_intervals_and_say_why(quick_run, tmp_path, fullres_sample):
     folder = tmp_path / "artifacts"
     shutil.copytree(quick_run, folder)

@@ -90,6 +90,12 @@ def test_warm_start_continues_from_a_checkpoint_at_a_new_size_and_records_lineag
     assert predictor.error_model is None and any("interval" in note for note in predictor.notes)
 
 
+def test_weights_start_from_imagenet_unless_told_otherwise():
+    assert train.parse_args(["--data-dir", "x"]).init_from == "imagenet"
+    assert train.parse_args(["--data-dir", "x", "--no-pretrained"]).init_from == "scratch"
+    assert train.parse_args(["--data-dir", "x", "--init-from", "a.pt"]).init_from == "a.pt"
+
+
 def test_quick_without_out_never_targets_the_committed_artifacts():
     cfg = train.parse_args(["--data-dir", "x", "--quick"])
     assert cfg.out == QUICK_OUT
