@@ -412,7 +412,8 @@ def fit(net: BoneAgeNet, data: Callable[[int], tuple[Split, Split]], cfg: FitCon
             scores = _validate_on_main(loop, val)
             row = {"epoch": loop.epochs_done, "phase": p_index + 1, "image_size": phase.image_size,
                    "train_loss": train_loss, "val_score": scores[primary],
-                   **{f"val_{h}": v for h, v in scores.items()}, "lr": phase.lr,
+                   **{f"val_{h}": v for h, v in scores.items()},
+                   "lr": (opt.base_optimizer if isinstance(opt, SAM) else opt).param_groups[0]["lr"],
                    "seconds": time.time() - e0, "images_per_s": seen / max(time.time() - e0, 1e-9)}
             history.append(row)
             logger.info("%s: train %.4f, val %s (%.0f img/s)", desc, train_loss,
