@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 
 from .imaging import DAYS_PER_MONTH
+from .vocab import FEMALE, MALE, parse_sex, sex_code
 
 logger = logging.getLogger(__name__)
 
@@ -56,7 +57,7 @@ def load_reference(source: str | os.PathLike | None = None) -> pd.DataFrame:
     table["sex"] = table["sex"].astype(str).str.strip().str.upper()
     for column in REFERENCE_COLUMNS[1:]:
         table[column] = pd.to_numeric(table[column], errors="coerce")
-    if table.isna().any().any() or not set(table["sex"]) == {"M", "F"} or (table["sd_months"] <= 0).any():
+    if table.isna().any().any() or not set(table["sex"]) == {MALE, FEMALE} or (table["sd_months"] <= 0).any():
         raise ReferenceError(f"reference table {name} must have rows for both sexes (M/F), numbers in every "
                              "cell and positive SDs")
     table = table.sort_values(["sex", "chronological_age_months"]).reset_index(drop=True)
@@ -130,9 +131,9 @@ def categorise(z: float, z_low: float, z_high: float, limit: float = Z_LIMIT) ->
 
 def _sex_curve(reference: pd.DataFrame, male: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(chronological ages, mean bone ages, SDs) of one sex's reference rows."""
-    rows = reference[reference["sex"] == ("M" if male else "F")]
+    rows = reference[reference["sex"] == sex_code(male)]
     if rows.empty:
-        raise ReferenceError(f"reference table has no rows for sex {'M' if male else 'F'}")
+        raise ReferenceError(f"reference table has no rows for sex {sex_code(male)}")
     ages, means, sds = (rows[c].to_numpy(dtype=float) for c in REFERENCE_COLUMNS[1:])
     return ages, means, sds
 
@@ -288,6 +289,6 @@ def holdout_false_calls(frame: pd.DataFrame, reference: pd.DataFrame, column: st
     predicted = test[column].to_numpy(dtype=float)
     intervals = [model.interval(p, level) for p in predicted]
     low, high = np.array([iv.low for iv in intervals]), np.array([iv.high for iv in intervals])
-    true, male = test["boneage"].to_numpy(dtype=float), test["male"].astype(str).str.lower() == "true"
-    return {"point": false_call_rate(predicted, predicted, predicted, true, male.to_numpy(), reference),
-            "interval": false_call_rate(predicted, low, high, true, male.to_numpy(), reference)}
+    true, male = test["boneage"].to_numpy(dtype=float), test["male"].map(parse_sex)
+    return {"point": false_call_rate(predicted, predicted, predicted, true, male.to_numpy(dtype=bool), reference),
+            "interval": false_call_rate(predicted, low, high, true, male.to_numpy(dtype=bool), reference)}

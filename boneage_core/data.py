@@ -19,7 +19,8 @@ from sklearn.model_selection import train_test_split
 from tqdm.auto import tqdm
 
 from .errors import ImageLoadError, LabelError
-from .preprocess import PreprocessSpec, preprocess_source, to_uint8
+from .imaging import load_gray
+from .preprocess import PreprocessSpec, prepare
 from .vocab import AGE_MAX_MONTHS, SEX_HELP, SexError, parse_sex
 
 logger = logging.getLogger(__name__)
@@ -355,7 +356,7 @@ class ImageArray:
 def _load_one(args: tuple[str, str, PreprocessSpec]) -> tuple[str, np.ndarray | None, str]:
     id_, path, spec = args
     try:
-        return id_, to_uint8(preprocess_source(path, spec)), ""
+        return id_, prepare(load_gray(path), spec), ""
     except ImageLoadError as exc:
         return id_, None, str(exc)
 

@@ -16,7 +16,6 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from .heads import combine, get_head
-from .preprocess import PreprocessSpec, preprocess, to_uint8
 
 logger = logging.getLogger(__name__)
 
@@ -35,11 +34,6 @@ def autocast(device: torch.device, cpu_bf16: bool = False):
     """bf16 autocast on CUDA always, on the CPU only when asked (training on AMX CPUs)."""
     enabled = device.type == "cuda" or (device.type == "cpu" and cpu_bf16)
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=enabled)
-
-
-def prepare(gray: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
-    """A gray image -> the uint8 (S, S) model input, exactly as the training caches store it."""
-    return to_uint8(preprocess(gray, spec))
 
 
 def to_input(batch_u8: torch.Tensor, device: torch.device) -> torch.Tensor:

@@ -11,6 +11,7 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from .heads import AGE, BASELINE, CNN, STAGE, age_stage_column, get_head, system_column
+from .vocab import parse_sex
 
 logger = logging.getLogger(__name__)
 
@@ -334,7 +335,7 @@ def with_errors(predictions: pd.DataFrame, column: str) -> pd.DataFrame:
     if column not in predictions or "boneage" not in predictions:
         raise KeyError(f"predictions lack column {column!r} or 'boneage'")
     out = predictions.copy()
-    out["sex"] = np.where(out["male"].astype(str).str.lower().isin(["true", "1", "m"]), "male", "female")
+    out["sex"] = np.where([parse_sex(v) for v in out["male"]], "male", "female")
     out["error"] = out[column] - out["boneage"]
     out["abs_error"] = out["error"].abs()
     return out

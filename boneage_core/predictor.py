@@ -21,11 +21,11 @@ from .errors import ArtifactError, InputError, MissingArtifactError
 from .heads import AGE, CNN, STAGE, get_head, system_column
 from .imaging import ImageLoadError, ImageSource, check_gray_array, load_gray, source_name
 from .gate import GateVerdict, InputGate, NotARadiographError, gate_member, load_gate
-from .inference import ensemble_outputs, member_features, member_outputs, prepare
+from .inference import ensemble_outputs, member_features, member_outputs
 from .manifest import (PREDICTIONS_FILE, evaluated_path, manifest_version, model_files, read_manifest,
                        verify_models)
 from .models import BoneAgeNet, HeadOutput, load_model
-from .preprocess import input_warnings, resize_to
+from .preprocess import input_warnings, prepare, resize_to
 from .stages import StageScheme
 from .report import years_months
 from .vocab import STAGE_FROM_AGE, STAGE_FROM_HEAD, parse_sex, sex_code

@@ -86,6 +86,11 @@ def preprocess(gray: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
     return contrast_stretch(square, spec.low_percentile, spec.high_percentile)
 
 
+def prepare(gray: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
+    """A gray image -> the uint8 (S, S) model input: what the training caches store and every network is fed."""
+    return to_uint8(preprocess(gray, spec))
+
+
 def preprocess_source(source: ImageSource, spec: PreprocessSpec, name: str | None = None) -> np.ndarray:
     """Load a file/bytes/upload and preprocess it; errors name the source."""
     name = name or source_name(source)

@@ -15,7 +15,7 @@ import numpy as np
 from PIL import Image
 
 from .clinical import RULE_TEXT, ClinicalReadout
-from .vocab import FEMALE, MALE, sex_code
+from .vocab import FEMALE, MALE, parse_sex, sex_code
 
 logger = logging.getLogger(__name__)
 
@@ -239,7 +239,7 @@ def _unicode_font() -> Path:
 
 def _pdf_lines(report: AssessmentReport) -> list[tuple[str, str]]:
     """(label, text) rows of the result block."""
-    rows = [("File", report.name), ("Sex", {"M": "male", "F": "female"}[report.sex]),
+    rows = [("File", report.name), ("Sex", "male" if parse_sex(report.sex) else "female"),
             ("Bone age", report.bone_age_text),
             ("Uncertainty", report.interval_text or "no interval available"),
             ("Stage", f"{report.stage_name} ({report.stage_source})")]

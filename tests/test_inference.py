@@ -6,13 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from boneage_core import data
 from boneage_core.heads import AGE, STAGE, combine, get_head
-from boneage_core.imaging import load_gray
-from boneage_core.inference import (TTA_SCALES, autocast, ensemble_outputs, member_outputs, prepare, resolve_device,
+from boneage_core.inference import (TTA_SCALES, autocast, ensemble_outputs, member_outputs, resolve_device,
                                     to_input, tta_views)
 from boneage_core.models import INIT_SCRATCH, ModelSpec, create_model
-from boneage_core.preprocess import PreprocessSpec, preprocess, preprocess_source, to_uint8
+from boneage_core.preprocess import PreprocessSpec
 
 SIZE = 32
 CPU = torch.device("cpu")
@@ -42,20 +40,6 @@ def images() -> tuple[torch.Tensor, torch.Tensor]:
     g = torch.Generator().manual_seed(0)
     return (torch.randint(0, 256, (7, SIZE, SIZE), dtype=torch.uint8, generator=g),
             torch.tensor([0, 1, 1, 0, 1, 0, 0]))
-
-
-def test_prepare_is_the_training_cache_path(fullres_sample):
-    spec = PreprocessSpec(image_size=64)
-    gray = load_gray(fullres_sample)
-    assert min(gray.shape) > 500  # a real full-size radiograph
-    prepared = prepare(gray, spec)
-    assert prepared.dtype == np.uint8 and prepared.shape == (64, 64)
-    np.testing.assert_array_equal(prepared, to_uint8(preprocess(gray, spec)))
-    np.testing.assert_array_equal(prepared, to_uint8(preprocess_source(fullres_sample, spec)))
-    id_, cached, error = data._load_one(("1377", str(fullres_sample), spec))
-    assert (id_, error) == ("1377", "")
-    np.testing.assert_array_equal(prepared, cached)
-    assert prepared.min() == 0 and prepared.max() == 255  # contrast stretched
 
 
 def test_to_input():

@@ -14,7 +14,6 @@ from boneage_core.errors import ArtifactError, InputError, MissingArtifactError
 from boneage_core.gate import NotARadiographError
 from boneage_core.heads import AGE, STAGE
 from boneage_core.imaging import ImageLoadError
-from boneage_core.inference import prepare
 from boneage_core.predictor import Predictor, overlay_heatmap
 from boneage_core.preprocess import preprocess_source, to_uint8
 from boneage_core.report import years_months
@@ -202,14 +201,6 @@ def test_an_upside_down_hand_is_turned_back_or_flagged(committed_artifacts, full
         assert any("rotated" in w for w in flipped.warnings), stem  # never silently scored upside down
         if flipped.gate.apply_turn or any("was turned" in w for w in flipped.warnings):
             assert flipped.bone_age_months == pytest.approx(upright.bone_age_months, abs=3.0)
-
-
-def test_prepare_is_the_training_cache_path(fullres_sample, predictor):
-    spec = predictor.member_for(AGE).spec.preprocess
-    from boneage_core.imaging import load_gray
-
-    np.testing.assert_array_equal(prepare(load_gray(fullres_sample), spec),
-                                  to_uint8(preprocess_source(fullres_sample, spec)))
 
 
 @pytest.mark.parametrize("months,text", [(0, "0 y 0 m"), (124.6, "10 y 5 m"), (239.7, "20 y 0 m")])

@@ -7,6 +7,8 @@ import pytest
 from PIL import Image
 
 from boneage_core.imaging import ImageLoadError, load_gray
+from boneage_core.data import _load_one
+from boneage_core.preprocess import prepare
 from boneage_core.preprocess import (
     PreprocessSpec,
     preprocess,
@@ -169,3 +171,17 @@ def test_resize_to_undoes_the_squash_geometry():
     assert back.shape == image.shape
     assert np.abs(back - image).mean() < 0.03
     assert back[150, 225] > 0.9 and back[300, 50] < 0.1
+
+
+def test_prepare_is_the_training_cache_path(fullres_sample):
+    spec = PreprocessSpec(image_size=64)
+    gray = load_gray(fullres_sample)
+    assert min(gray.shape) > 500  # a real full-size radiograph
+    prepared = prepare(gray, spec)
+    assert prepared.dtype == np.uint8 and prepared.shape == (64, 64)
+    np.testing.assert_array_equal(prepared, to_uint8(preprocess(gray, spec)))
+    np.testing.assert_array_equal(prepared, to_uint8(preprocess_source(fullres_sample, spec)))
+    id_, cached, error = _load_one(("1377", str(fullres_sample), spec))
+    assert (id_, error) == ("1377", "")
+    np.testing.assert_array_equal(prepared, cached)
+    assert prepared.min() == 0 and prepared.max() == 255  # contrast stretched

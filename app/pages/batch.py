@@ -17,6 +17,7 @@ from boneage_core.batch import CHRONO_COLUMN, BatchSetupError, Patient, patient_
 from boneage_core.clinical import ReferenceError, gp_zscore
 from boneage_core.predictor import Predictor
 from boneage_core.report import DISCLAIMER, AssessmentReport, read_study
+from boneage_core.vocab import sex_code
 
 logger = logging.getLogger(__name__)
 
@@ -54,7 +55,7 @@ def _readout(prediction, chrono: float | None):
 
 def _row(predictor: Predictor, name: str, data: bytes, patient: Patient) -> dict:
     """One results row: the report's CSV row, or the reason the file was not scored."""
-    base = {"file": name, "sex": "" if patient.male is None else ("M" if patient.male else "F"),
+    base = {"file": name, "sex": "" if patient.male is None else sex_code(patient.male),
             "sex_from": patient.sex_from}
     if patient.male is None:
         return {**base, "error": patient.sex_error or "sex missing"}
