@@ -60,8 +60,12 @@ def tta_views(x: torch.Tensor, tta: bool = True) -> list[torch.Tensor]:
 @torch.no_grad()
 def member_outputs(net: torch.nn.Module, images: torch.Tensor, male: torch.Tensor, device: torch.device,
                    tta: bool = False, batch_size: int = 64, progress: bool = False,
-                   cpu_bf16: bool = False) -> dict[str, list[np.ndarray]]:
-    """Decoded outputs of one network for uint8 (N, S, S) images: {head: [one array per view]}."""
+                   cpu_bf16: bool = False, features: list[np.ndarray] | None = None) -> dict[str, list[np.ndarray]]:
+    """Decoded outputs of one network for uint8 (N, S, S) images: {head: [one array per view]}.
+
+    With a `features` list, the pooled features of the unzoomed view are appended to it per batch (what
+    the input gate reads), from the same backbone pass as the outputs.
+    """
     net.eval()
     spec = net.spec
     per_view: dict[str, list[list[np.ndarray]]] = {h: [] for h in spec.heads}
@@ -71,7 +75,10 @@ def member_outputs(net: torch.nn.Module, images: torch.Tensor, male: torch.Tenso
         m = male[i:i + batch_size].to(device)
         for v, view in enumerate(tta_views(x, tta)):
             with autocast(device, cpu_bf16):
-                out = net(view, m)
+                pooled = net.features(view)
+                out = net.read_heads(pooled, m)
+            if v == 0 and features is not None:
+                features.append(pooled.float().cpu().numpy().astype(np.float64))
             for head in spec.heads:
                 decoded = get_head(head).decode(out[head], spec)
                 if v == len(per_view[head]):

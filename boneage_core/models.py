@@ -89,7 +89,10 @@ class BoneAgeNet(nn.Module):
         return self.backbone(((x - self.mean) / self.std).expand(-1, 3, -1, -1))
 
     def forward(self, x: torch.Tensor, male: torch.Tensor) -> dict[str, torch.Tensor]:
-        features = self.features(x)
+        return self.read_heads(self.features(x), male)
+
+    def read_heads(self, features: torch.Tensor, male: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Every head's raw output from pooled features and sex (the second half of forward)."""
         sex = self.sex_embedding(male.long().view(-1)).to(features.dtype)
         joint = torch.cat([features, sex], dim=1)
         return {name: head(joint) for name, head in self.heads.items()}

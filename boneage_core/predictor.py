@@ -21,7 +21,7 @@ from .errors import ArtifactError, InputError, MissingArtifactError
 from .heads import AGE, CNN, STAGE, get_head, system_column
 from .imaging import ImageLoadError, ImageSource, check_gray_array, load_gray, source_name
 from .gate import GateVerdict, InputGate, NotARadiographError, gate_member, load_gate
-from .inference import ensemble_outputs, member_features, member_outputs
+from .inference import ensemble_outputs, member_outputs
 from .manifest import (PREDICTIONS_FILE, evaluated_path, manifest_version, model_files, read_manifest,
                        verify_models)
 from .models import BoneAgeNet, HeadOutput, load_model
@@ -204,37 +204,37 @@ class Predictor:
         """The heads the ensemble provides (age, stage), in member order."""
         return list(dict.fromkeys(h for net in self.members.values() for h in net.spec.heads))
 
-    def check_input(self, gray: np.ndarray, name: str) -> tuple[np.ndarray, GateVerdict | None, list[str]]:
-        """The input gate on one image: (image turned back when the gate is sure, verdict, warnings); refuses non-radiographs."""
-        if self.gate is None:
-            return gray, None, []
-        net, notes = self.members[self.gate_name], []
+    def outputs(self, gray: np.ndarray, male: bool, tta: bool | None = None
+                ) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray | None]:
+        """Combined decoded outputs per head for one gray image, the first member's model input, and the gate
+        member's pooled features (from the same backbone pass; None without a gate)."""
+        tta = self.tta if tta is None else tta
+        per_member, first_input, gate_features = [], None, []
+        male_t = torch.tensor([int(male)])
+        for name, net in self.members.items():
+            image = prepare(gray, net.spec.preprocess)
+            first_input = image if first_input is None else first_input
+            wanted = gate_features if self.gate is not None and name == self.gate_name else None
+            per_member.append(member_outputs(net, torch.from_numpy(image)[None], male_t, self.device, tta,
+                                             features=wanted))
+        combined = {h: v[0] for h, v in ensemble_outputs(per_member).items()}
+        return combined, first_input.astype(np.float32) / 255.0, gate_features[0] if gate_features else None
 
-        def verdict_of(image: np.ndarray) -> GateVerdict:
-            x = torch.from_numpy(prepare(image, net.spec.preprocess))[None]
-            return self.gate.verdicts(member_features(net, x, self.device))[0]
-
-        verdict = verdict_of(gray)
+    def _gated_outputs(self, gray: np.ndarray, male: bool, tta: bool | None, name: str):
+        """outputs() behind the input gate: refuses non-radiographs, turns back a film it is sure is rotated."""
+        combined, model_input, features = self.outputs(gray, male, tta)
+        if features is None:
+            return gray, combined, model_input, None, []
+        verdict, notes = self.gate.verdicts(features)[0], []
         if verdict.apply_turn:
             notes = verdict.warnings()[:1]
             gray = np.ascontiguousarray(np.rot90(gray, verdict.turn))
-            verdict = verdict_of(gray)
-        notes += [w for w in verdict.warnings() if w not in notes]
+            combined, model_input, features = self.outputs(gray, male, tta)
+            verdict = self.gate.verdicts(features)[0]
         if verdict.refused:
             raise NotARadiographError(f"{name}: {verdict.reason()}")
-        return gray, verdict, notes
-
-    def outputs(self, gray: np.ndarray, male: bool, tta: bool | None = None) -> tuple[dict[str, np.ndarray], np.ndarray]:
-        """Combined decoded outputs per head for one gray image, and the first member's model input."""
-        tta = self.tta if tta is None else tta
-        per_member, first_input = [], None
-        male_t = torch.tensor([int(male)])
-        for net in self.members.values():
-            image = prepare(gray, net.spec.preprocess)
-            first_input = image if first_input is None else first_input
-            per_member.append(member_outputs(net, torch.from_numpy(image)[None], male_t, self.device, tta))
-        combined = {h: v[0] for h, v in ensemble_outputs(per_member).items()}
-        return combined, first_input.astype(np.float32) / 255.0
+        notes += [w for w in verdict.warnings() if w not in notes]
+        return gray, combined, model_input, verdict, notes
 
     def predict(self, source: ImageSource | np.ndarray, male, tta: bool | None = None,
                 name: str | None = None) -> Prediction:
@@ -245,9 +245,8 @@ class Predictor:
         """
         male = parse_sex(male)
         gray, name = gray_of(source, name)
-        gray, verdict, gate_notes = self.check_input(gray, name)
         try:
-            combined, model_input = self.outputs(gray, male, tta)
+            gray, combined, model_input, verdict, gate_notes = self._gated_outputs(gray, male, tta, name)
         except ImageLoadError as exc:
             raise ImageLoadError(f"{name}: {exc}") from exc
         age = float(combined[AGE]) if AGE in combined else None
