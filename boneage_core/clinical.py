@@ -1,4 +1,4 @@
-"""Clinical read-out: Greulich-Pyle/Brush z-scores, chronological age, and prediction intervals from holdout errors."""
+"""Clinical read-out: Greulich-Pyle/Brush z-scores against the prediction interval, chronological age, false calls."""
 
 from __future__ import annotations
 
@@ -11,6 +11,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from .calibration import PredictionInterval, interval_columns
+from .heads import AGE, CNN, system_column
 from .imaging import DAYS_PER_MONTH
 from .vocab import FEMALE, MALE, parse_sex, sex_code
 
@@ -227,68 +229,20 @@ def chronological_age_months(birth_date: date, study_date: date) -> float:
     return days / DAYS_PER_MONTH
 
 
-@dataclass(frozen=True)
-class PredictionInterval:
-    """An empirical interval for a prediction, from holdout errors of predictions of similar size."""
-
-    low: float
-    high: float
-    level: float
-    n_reference: int
-    window_months: float
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @property
-    def text(self) -> str:
-        return (f"{self.level:.0%} interval {self.low:.0f}-{self.high:.0f} months (from {self.n_reference} holdout "
-                f"cases with predictions within +/-{self.window_months:g} months)")
-
-
-class ErrorModel:
-    """Holdout residuals (true - predicted) indexed by prediction, for intervals around new predictions."""
-
-    def __init__(self, predicted: np.ndarray | list[float], true: np.ndarray | list[float], min_cases: int = 100):
-        self.predicted = np.asarray(predicted, dtype=float)
-        self.residual = np.asarray(true, dtype=float) - self.predicted
-        if len(self.predicted) < 20:
-            raise ValueError(f"need at least 20 holdout predictions for an error model, got {len(self.predicted)}")
-        self.min_cases = min(min_cases, len(self.predicted))
-
-    @classmethod
-    def from_predictions(cls, frame: pd.DataFrame, column: str) -> "ErrorModel":
-        """From a predictions table (evaluate's CSV): uses the test split when a split column is present."""
-        if "split" in frame:
-            frame = frame[frame["split"] == "test"]
-        frame = frame[frame[column].notna()]
-        return cls(frame[column], frame["boneage"])
-
-    def interval(self, prediction: float, level: float = 0.9) -> PredictionInterval:
-        """Residual quantiles of the nearest holdout predictions (a window of at least 12 months / min_cases)."""
-        if not 0 < level < 1:
-            raise ValueError("level must be in (0, 1)")
-        distance = np.abs(self.predicted - prediction)
-        window = max(12.0, float(np.sort(distance)[self.min_cases - 1]))
-        near = self.residual[distance <= window]
-        lo_q, hi_q = np.quantile(near, [(1 - level) / 2, (1 + level) / 2])
-        return PredictionInterval(float(max(0.0, prediction + lo_q)), float(prediction + hi_q), level, int(len(near)),
-                                  round(window, 1))
-
-
-def holdout_false_calls(frame: pd.DataFrame, reference: pd.DataFrame, column: str,
-                        level: float = 0.9) -> dict[str, dict]:
-    """false_call_rate on a predictions table (evaluate's CSV, test split) without and with today's interval.
+def holdout_false_calls(frame: pd.DataFrame, reference: pd.DataFrame, system: str = CNN) -> dict[str, dict]:
+    """false_call_rate on a predictions table (evaluate's CSV) with the point rule and with the served interval.
 
     "point": the |z| > limit rule on the point estimate; "interval": the rule of `categorise` with the
-    ErrorModel interval at `level` built from the same table (as the app does).
+    interval columns evaluate wrote (the validation-fitted calibration, as the app shows it). Rows of the
+    test split when a split column is present.
     """
-    model = ErrorModel.from_predictions(frame, column)
+    column, (low_col, high_col) = system_column(system, AGE), interval_columns(system)
+    missing = [c for c in (column, low_col, high_col, "boneage", "male") if c not in frame]
+    if missing:
+        raise KeyError(f"predictions table lacks {missing}; re-run `train.py --stages calibrate,evaluate`")
     test = frame[frame["split"] == "test"] if "split" in frame else frame
-    test = test[test[column].notna()]
-    predicted = test[column].to_numpy(dtype=float)
-    intervals = [model.interval(p, level) for p in predicted]
-    low, high = np.array([iv.low for iv in intervals]), np.array([iv.high for iv in intervals])
-    true, male = test["boneage"].to_numpy(dtype=float), test["male"].map(parse_sex)
-    return {"point": false_call_rate(predicted, predicted, predicted, true, male.to_numpy(dtype=bool), reference),
-            "interval": false_call_rate(predicted, low, high, true, male.to_numpy(dtype=bool), reference)}
+    test = test[test[[column, low_col, high_col]].notna().all(axis=1)]
+    predicted, low, high = (test[c].to_numpy(dtype=float) for c in (column, low_col, high_col))
+    true, male = test["boneage"].to_numpy(dtype=float), test["male"].map(parse_sex).to_numpy(dtype=bool)
+    return {"point": false_call_rate(predicted, predicted, predicted, true, male, reference),
+            "interval": false_call_rate(predicted, low, high, true, male, reference)}

@@ -14,8 +14,8 @@ from .training import FitConfig, Phase, parse_phases
 #: CNN training stages and the heads of the model file each writes (<stage>.pt): the separate-model
 #: layout (regressor + classifier) and one multi-head network (age and stage from one backbone pass).
 MODEL_LAYOUTS: dict[str, tuple[str, ...]] = {"regressor": (AGE,), "classifier": (STAGE,), "multihead": (AGE, STAGE)}
-STAGE_ORDER = ("baseline", *MODEL_LAYOUTS, "gate", "evaluate")
-DEFAULT_STAGES = ("baseline", "multihead", "gate", "evaluate")
+STAGE_ORDER = ("baseline", *MODEL_LAYOUTS, "gate", "calibrate", "evaluate")
+DEFAULT_STAGES = ("baseline", "multihead", "gate", "calibrate", "evaluate")
 #: Where a --quick run writes unless --out names a folder (never the committed artifacts/).
 QUICK_OUT = "runs/quick"
 

@@ -18,9 +18,10 @@ import pandas as pd
 import torch
 
 from .baseline import META_FILE as BASELINE_META, HogXGBoost
+from .calibration import AgeCalibration, apply_calibration, interval_columns, interval_coverage, load_calibration
 from .data import attach_paths, load_images, read_labels
 from .errors import BoneAgeError, ImageLoadError, MissingArtifactError
-from .heads import AGE, BASELINE, CNN, STAGE, age_stage_column, get_head, head_metrics, system_column
+from .heads import AGE, BASELINE, CNN, STAGE, UNCORRECTED, age_stage_column, get_head, head_metrics, system_column
 from .checkpoint import read_meta
 from .gate import gate_member, load_gate
 from .inference import ensemble_outputs, member_features, member_outputs, resolve_device
@@ -61,8 +62,13 @@ def _add_columns(out: pd.DataFrame, index: pd.Index, system: str, decoded: dict[
 
 
 def cnn_columns(artifacts_dir: Path, members: list[str], frame: pd.DataFrame, cache_dir, device, tta: bool,
-                out: pd.DataFrame, columns: dict[str, str], failures: dict) -> None:
-    """Ensemble columns (cnn_age, cnn_stage, cnn_stage_pK) and, for heads with several members, one set per member."""
+                out: pd.DataFrame, columns: dict[str, str], failures: dict,
+                calibration: AgeCalibration | None = None) -> None:
+    """Ensemble columns (cnn_age, cnn_stage, cnn_stage_pK) and, for heads with several members, one set per member.
+
+    With a calibration, cnn_age is the corrected estimate, cnn_age_low / cnn_age_high its interval, and
+    the uncorrected ensemble estimate is kept as cnn_uncorrected_age.
+    """
     runs = [_member_run(artifacts_dir / name, frame, cache_dir, device, tta, failures) for name in members]
     common = runs[0][0]
     for index, _, _ in runs[1:]:
@@ -71,8 +77,13 @@ def cnn_columns(artifacts_dir: Path, members: list[str], frame: pd.DataFrame, ca
     for index, outputs, stem in runs:
         keep = index.get_indexer(common)
         aligned.append(({h: [v[keep] for v in views] for h, views in outputs.items()}, stem))
-    combined = ensemble_outputs([o for o, _ in aligned])
+    raw = ensemble_outputs([o for o, _ in aligned])
+    combined, bounds = apply_calibration(raw, calibration)
     _add_columns(out, common, CNN, combined, columns)
+    if bounds is not None:
+        _add_columns(out, common, UNCORRECTED, {AGE: raw[AGE]}, columns)
+        for column, values in zip(interval_columns(CNN), bounds):
+            out.loc[common, column] = values
     if AGE in combined:
         column = age_stage_column(CNN)
         out.loc[common, column] = DEFAULT_SCHEME.stage_of(combined[AGE], frame.loc[common, "male"].to_numpy(bool))
@@ -123,6 +134,23 @@ def baseline_columns(artifacts_dir: Path, frame: pd.DataFrame, cache_dir, out: p
         columns[system_column(BASELINE, STAGE)] = STAGE
 
 
+def member_hashes(artifacts_dir: str | Path, members: list[str]) -> dict[str, str]:
+    """{model file: sha256} of the members (what a calibration or an evaluation is tied to)."""
+    return {name: read_meta(Path(artifacts_dir) / name)["sha256"] for name in members}
+
+
+def matching_calibration(artifacts_dir: str | Path, members: list[str], tta: bool) -> AgeCalibration | None:
+    """The folder's calibration when it was fitted for exactly these members and TTA setting, else None (logged)."""
+    calibration = load_calibration(artifacts_dir)
+    if calibration is None:
+        return None
+    reason = calibration.stale_reason(member_hashes(artifacts_dir, members), tta)
+    if reason:
+        logger.warning("Calibration not applied: %s", reason)
+        return None
+    return calibration
+
+
 def predict_frame(artifacts_dir: str | Path, frame: pd.DataFrame, cache_dir=None, device: str = "auto",
                   tta: bool | None = None, members: list[str] | None = None) -> tuple[pd.DataFrame, dict[str, str], dict[str, str]]:
     """Prediction columns for a frame with id, path, boneage, male.
@@ -138,7 +166,9 @@ def predict_frame(artifacts_dir: str | Path, frame: pd.DataFrame, cache_dir=None
     tta = (manifest.tta if manifest else False) if tta is None else tta
     out, columns, failures = frame.copy(), {}, {}
     if members:
-        cnn_columns(artifacts_dir, members, frame, cache_dir, resolve_device(device), tta, out, columns, failures)
+        calibration = matching_calibration(artifacts_dir, members, tta)
+        cnn_columns(artifacts_dir, members, frame, cache_dir, resolve_device(device), tta, out, columns, failures,
+                    calibration)
         heads = {name: read_meta(artifacts_dir / name)["spec"]["heads"] for name in members}
         gate_columns(artifacts_dir, gate_member(heads), frame, cache_dir, resolve_device(device), out)
     if (artifacts_dir / BASELINE_META).is_file():
@@ -150,7 +180,11 @@ def score_predictions(frame: pd.DataFrame, columns: dict[str, str], scheme: Stag
                       n_boot: int = 500, seed: int = 0) -> dict:
     """Metrics (by-sex / by-age-group breakdowns) per prediction column; each entry names its head."""
     results = head_metrics(frame, columns, scheme, n_boot, seed)
-    return {name: {"head": columns[name], **stats} for name, stats in results.items()}
+    out = {name: {"head": columns[name], **stats} for name, stats in results.items()}
+    coverage = interval_coverage(frame, CNN)
+    if coverage is not None and system_column(CNN, AGE) in out:
+        out[system_column(CNN, AGE)]["interval"] = coverage
+    return out
 
 
 def _fmt(value) -> str:
@@ -163,6 +197,10 @@ def summary_table(metrics: dict) -> str:
     for name, m in metrics.items():
         lines.append(f"{name:<22}{m.get('n', 0):>6}{_fmt(m.get('mae')):>9}{_fmt(m.get('rmse')):>9}{_fmt(m.get('r2')):>8}"
                      f"{_fmt(m.get('accuracy')):>8}{_fmt(m.get('f1_macro')):>8}{_fmt(m.get('qwk')):>8}")
+        if m.get("interval"):
+            iv = m["interval"]
+            lines.append(f"{'':<4}{iv['level']:.0%} interval: coverage {_fmt(iv['coverage'])}, mean width "
+                         f"{iv['mean_width']:.1f} months (n {iv['n']})")
     return "\n".join(lines)
 
 

@@ -24,6 +24,8 @@ logger = logging.getLogger(__name__)
 AGE, STAGE = "age", "stage"
 #: System names in predictions.csv / metrics.json: the CNN ensemble and the HOG + XGBoost baseline.
 CNN, BASELINE = "cnn", "baseline"
+#: The CNN ensemble's age before the validation-fitted bias correction (column cnn_uncorrected_age).
+UNCORRECTED = f"{CNN}_uncorrected"
 
 
 class Head:

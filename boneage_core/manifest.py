@@ -17,6 +17,7 @@ from pathlib import Path
 from .artifacts import MANIFEST_FILE, METRICS_FILE, PREDICTIONS_FILE
 from .checkpoint import file_sha256, read_meta
 from .errors import ArtifactError
+from .calibration import CALIBRATION_FILE
 from .gate import GATE_FILE
 
 logger = logging.getLogger(__name__)
@@ -25,6 +26,8 @@ MANIFEST_FORMAT = "boneage-manifest/1"
 MODEL_SUFFIX = ".pt"
 #: Files produced by evaluating the members; stale when the members change.
 EVALUATED_FILES = (METRICS_FILE, PREDICTIONS_FILE)
+#: Files fitted for the members (manifest key -> file name); hash-checked with the models when listed.
+COMPANION_FILES = {"gate": GATE_FILE, "calibration": CALIBRATION_FILE}
 
 
 def model_files(folder: str | os.PathLike) -> list[str]:
@@ -88,9 +91,8 @@ def build_manifest(folder: str | os.PathLike, members: list[str] | None = None, 
         raise ArtifactError(f"{folder}: member file(s) {missing} not found (have {files})")
     if not members:
         raise ArtifactError(f"{folder}: no model files ({MODEL_SUFFIX}) to describe")
-    extra = {}
-    if (folder / GATE_FILE).is_file():
-        extra["gate"] = {"file": GATE_FILE, "sha256": file_sha256(folder / GATE_FILE)}
+    extra = {key: {"file": name, "sha256": file_sha256(folder / name)}
+             for key, name in COMPANION_FILES.items() if (folder / name).is_file()}
     return Manifest(members, {name: _model_entry(folder / name) for name in files}, tta, evaluation, extra)
 
 
@@ -132,11 +134,12 @@ def manifest_version(folder: str | os.PathLike) -> str:
 
 
 def verify_models(folder: str | os.PathLike, manifest: Manifest) -> None:
-    """ArtifactError unless every member file (and the input gate it records) exists with the recorded hash."""
+    """ArtifactError unless every member file (and the gate / calibration it records) exists with the recorded hash."""
     folder = Path(folder)
     expected_files = dict(manifest.member_hashes())
-    if manifest.extra.get("gate"):
-        expected_files[manifest.extra["gate"]["file"]] = manifest.extra["gate"]["sha256"]
+    for key in COMPANION_FILES:
+        if manifest.extra.get(key):
+            expected_files[manifest.extra[key]["file"]] = manifest.extra[key]["sha256"]
     for name, expected in expected_files.items():
         path = folder / name
         if not path.is_file():

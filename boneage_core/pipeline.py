@@ -20,8 +20,9 @@ from .config import MODEL_LAYOUTS, TrainConfig
 from .data import (ImageArray, attach_paths, find_dataset, load_images, load_images_mmap, load_or_make_split,
                    read_labels, with_split)
 from .distributed import LOCAL, DistContext
-from .evaluate import predict_frame, score_predictions, summary_table
-from .heads import AGE
+from .calibration import MIN_CASES, fit_calibration
+from .evaluate import cnn_columns, member_hashes, predict_frame, score_predictions, summary_table
+from .heads import AGE, CNN, system_column
 from .errors import LabelError, MissingArtifactError
 from .gate import GATE_FILE, fit_gate, gate_member
 from .inference import member_features, resolve_device
@@ -208,6 +209,27 @@ def gate_stage(cfg: TrainConfig, ds: Dataset, staging: Path, members: list[str],
     gate.save(staging / GATE_FILE)
 
 
+def calibrate_stage(cfg: TrainConfig, ds: Dataset, staging: Path, members: list[str]) -> None:
+    """Fit the age calibration (bias correction + conformal intervals) on the validation split's ensemble estimates."""
+    if not members:
+        raise MissingArtifactError(f"{staging}: calibration needs a trained CNN; train one first")
+    val = ds.part("val")
+    out, columns, failures = val.copy(), {}, {}
+    cnn_columns(staging, members, val, cfg.cache_dir or None, resolve_device(cfg.device), cfg.tta, out, columns,
+                failures)
+    column = system_column(CNN, AGE)
+    if column not in out:
+        logger.info("No age head among %s: nothing to calibrate", members)
+        return
+    rows = out[out[column].notna()]
+    if len(rows) < MIN_CASES:
+        logger.warning("No calibration (no bias correction, no prediction intervals): only %d validation images "
+                       "were scored, %d are needed", len(rows), MIN_CASES)
+        return
+    fit_calibration(rows[column].to_numpy(), rows["boneage"].to_numpy(), member_hashes(staging, members), cfg.tta,
+                    seed=cfg.seed).save(staging)
+
+
 def choose_members(cfg: TrainConfig, staging: Path, trained: list[str]) -> list[str]:
     """--members, else the CNNs this run trained, else the previous manifest's members, else every model file."""
     if cfg.members:
@@ -283,6 +305,8 @@ def run(cfg: TrainConfig, dist: DistContext = LOCAL) -> dict:
                 summaries[stage] = train_cnn_stage(cfg, ds, staging, stage, dist)
             elif stage == "gate":
                 gate_stage(cfg, ds, staging, choose_members(cfg, staging, list(summaries)))
+            elif stage == "calibrate":
+                calibrate_stage(cfg, ds, staging, choose_members(cfg, staging, list(summaries)))
             elif stage == "evaluate":
                 metrics = evaluate_stage(cfg, ds, staging, choose_members(cfg, staging, list(summaries)))
             ds.timings[stage] = time.time() - t0

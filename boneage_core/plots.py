@@ -10,13 +10,13 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from .heads import AGE, BASELINE, CNN, STAGE, age_stage_column, get_head, system_column
+from .heads import AGE, BASELINE, CNN, STAGE, UNCORRECTED, age_stage_column, get_head, system_column
 from .vocab import parse_sex
 
 logger = logging.getLogger(__name__)
 
 #: Display names of the systems in metrics.json / predictions.csv (columns are <system>_<head>).
-SYSTEM_LABELS = {CNN: "CNN ensemble", BASELINE: "HOG + XGBoost"}
+SYSTEM_LABELS = {CNN: "CNN ensemble", UNCORRECTED: "CNN ensemble before bias correction", BASELINE: "HOG + XGBoost"}
 #: What a column of each kind holds, after the system's name.
 HEAD_TITLES = {AGE: "bone age", STAGE: "stage head"}
 AGE_STAGE_TITLE = "stage from predicted age"
@@ -88,6 +88,17 @@ def regression_table(metrics: Mapping) -> pd.DataFrame:
 def classification_table(metrics: Mapping) -> pd.DataFrame:
     """One column per stage prediction column (stage heads and stages from the predicted age), one row per metric."""
     return _metric_table(metrics, columns_for(metrics, STAGE), _CLASSIFICATION_ROWS)
+
+
+def interval_table(metrics: Mapping, column: str) -> pd.DataFrame:
+    """Coverage and mean width of a column's prediction intervals on the holdout: overall, then by true-age group."""
+    iv = (metrics.get(column) or {}).get("interval") or {}
+    if not iv:
+        return pd.DataFrame(columns=["group", "n", "coverage", "mean_width"])
+    rows = [{"group": "all", "n": iv["n"], "coverage": iv["coverage"], "mean_width": iv["mean_width"]}]
+    rows += [{"group": group_label(name, g["n"]), "n": g["n"], "coverage": g["coverage"], "mean_width": g["mean_width"]}
+             for name, g in (iv.get("by_age_group") or {}).items() if g["n"]]
+    return pd.DataFrame(rows, columns=["group", "n", "coverage", "mean_width"])
 
 
 def group_label(name: str, n: int) -> str:

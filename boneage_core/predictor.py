@@ -13,17 +13,15 @@ from functools import cached_property
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import torch
 
-from .clinical import ErrorModel, PredictionInterval
+from .calibration import AgeCalibration, PredictionInterval, apply_calibration, load_calibration
 from .errors import ArtifactError, InputError, MissingArtifactError
-from .heads import AGE, CNN, STAGE, get_head, system_column
+from .heads import AGE, STAGE, get_head
 from .imaging import ImageLoadError, ImageSource, check_gray_array, load_gray, source_name
 from .gate import GateVerdict, InputGate, NotARadiographError, gate_member, load_gate
 from .inference import ensemble_outputs, member_outputs
-from .manifest import (PREDICTIONS_FILE, evaluated_path, manifest_version, model_files, read_manifest,
-                       verify_models)
+from .manifest import manifest_version, model_files, read_manifest, verify_models
 from .models import BoneAgeNet, HeadOutput, load_model
 from .preprocess import input_warnings, prepare, resize_to
 from .stages import StageScheme
@@ -120,17 +118,21 @@ def overlay_heatmap(gray: np.ndarray, heatmap: np.ndarray, alpha: float = 0.4) -
     return show_cam_on_image(rgb, heatmap.astype(np.float32), use_rgb=True, image_weight=1.0 - alpha)
 
 
-def _error_model(folder: Path, manifest, heads: list[str], notes: list[str]) -> ErrorModel | None:
-    """Intervals from the holdout predictions of exactly these members; a stale file is refused with a note."""
+def _calibration(folder: Path, manifest, heads: list[str], notes: list[str]) -> AgeCalibration | None:
+    """The age calibration fitted for exactly these members (bias correction + intervals); else None with a note."""
     if AGE not in heads or manifest is None:
         return None
     try:
-        frame = pd.read_csv(evaluated_path(folder, manifest, PREDICTIONS_FILE))
-        return ErrorModel.from_predictions(frame, column=system_column(CNN, AGE))
-    except (ArtifactError, ValueError, KeyError) as exc:
-        notes.append(f"No prediction intervals: {exc}")
+        calibration = load_calibration(folder)
+        reason = (f"{folder} has no calibration file (run `train.py --stages calibrate,evaluate`)" if calibration
+                  is None else calibration.stale_reason(manifest.member_hashes(), manifest.tta))
+    except ArtifactError as exc:
+        calibration, reason = None, str(exc)
+    if reason:
+        notes.append(f"No prediction intervals and no bias correction: {reason}")
         logger.warning("%s", notes[-1])
         return None
+    return calibration
 
 
 def _gate(folder: Path, member: str, sha256: str, notes: list[str]) -> InputGate | None:
@@ -152,7 +154,7 @@ def _gate(folder: Path, member: str, sha256: str, notes: list[str]) -> InputGate
 class Predictor:
     """The CNN ensemble of an artifacts folder, ready for single images."""
 
-    def __init__(self, members: dict[str, BoneAgeNet], device: torch.device, error_model: ErrorModel | None = None,
+    def __init__(self, members: dict[str, BoneAgeNet], device: torch.device, calibration: AgeCalibration | None = None,
                  tta: bool = False, version: str = "unversioned", notes: list[str] | None = None,
                  meta: dict[str, dict] | None = None, gate: InputGate | None = None, gate_name: str | None = None):
         if not members:
@@ -160,7 +162,7 @@ class Predictor:
         self.members = members
         self.meta = meta or {}
         self.device = device
-        self.error_model = error_model
+        self.calibration = calibration  # bias correction of the age and its prediction interval
         self.tta = tta  # default test-time augmentation: as the holdout metrics were computed
         self.version = version  # the manifest hash: the model version on every report
         self.notes = notes or []  # what the folder lacks (shown by front ends)
@@ -172,7 +174,7 @@ class Predictor:
 
     @classmethod
     def load(cls, artifacts_dir: str | Path = "artifacts", device: str | torch.device = "cpu") -> "Predictor":
-        """The members named in manifest.json (hash-checked), its TTA setting and the intervals of their evaluation.
+        """The members named in manifest.json (hash-checked), its TTA setting, and their calibration (intervals).
 
         A folder without a manifest loads every checkpoint in it, without TTA and without intervals.
         """
@@ -193,11 +195,11 @@ class Predictor:
         for name in names:
             members[name], meta[name] = load_model(folder / name, dev)
         heads = list(dict.fromkeys(h for net in members.values() for h in net.spec.heads))
-        error_model = _error_model(folder, manifest, heads, notes)
+        calibration = _calibration(folder, manifest, heads, notes)
         gate_name = gate_member({name: net.spec.heads for name, net in members.items()})
         gate = _gate(folder, gate_name, meta[gate_name]["sha256"], notes)
         logger.info("Loaded %s from %s on %s (TTA %s)", ", ".join(names), folder, dev, "on" if tta else "off")
-        return cls(members, dev, error_model, tta, manifest_version(folder), notes, meta, gate, gate_name)
+        return cls(members, dev, calibration, tta, manifest_version(folder), notes, meta, gate, gate_name)
 
     @property
     def heads(self) -> list[str]:
@@ -217,7 +219,7 @@ class Predictor:
             wanted = gate_features if self.gate is not None and name == self.gate_name else None
             per_member.append(member_outputs(net, torch.from_numpy(image)[None], male_t, self.device, tta,
                                              features=wanted))
-        combined = {h: v[0] for h, v in ensemble_outputs(per_member).items()}
+        combined, _ = apply_calibration({h: v[0] for h, v in ensemble_outputs(per_member).items()}, self.calibration)
         return combined, first_input.astype(np.float32) / 255.0, gate_features[0] if gate_features else None
 
     def _gated_outputs(self, gray: np.ndarray, male: bool, tta: bool | None, name: str):
@@ -258,7 +260,7 @@ class Predictor:
             stage, source_kind = int(p.argmax()), STAGE_FROM_HEAD
         else:
             stage, source_kind = int(stage_from_age), STAGE_FROM_AGE
-        interval = None if (age is None or self.error_model is None) else self.error_model.interval(age)
+        interval = None if (age is None or self.calibration is None) else self.calibration.interval(age)
         return Prediction(name, male, age, stage, self.scheme.names[stage], probs, source_kind, stage_from_age,
                           interval, model_input, gray, gate_notes + input_warnings(model_input), verdict)
 

@@ -1,4 +1,4 @@
-"""Greulich-Pyle z-scores, chronological age, and holdout-based prediction intervals."""
+"""Greulich-Pyle z-scores against the interval, chronological age, and holdout false calls."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from boneage_core.clinical import (ADVANCED, CATEGORIES, DELAYED, INDETERMINATE, NORMAL, ErrorModel,
-                                   PredictionInterval, ReferenceError, categorise, chronological_age_months,
+from boneage_core.calibration import PredictionInterval
+from boneage_core.clinical import (ADVANCED, CATEGORIES, DELAYED, INDETERMINATE, NORMAL, ReferenceError, categorise, chronological_age_months,
                                    false_call_rate, gp_zscore, holdout_false_calls, load_reference)
 
 
@@ -76,7 +76,7 @@ def test_categories_are_distinct_and_a_reversed_interval_is_refused():
 def test_zscore_of_a_wide_interval_is_indeterminate(reference):
     row = reference[(reference["sex"] == "F") & (reference["chronological_age_months"] == 120)].iloc[0]
     mean, sd = row["mean_bone_age_months"], row["sd_months"]
-    out = gp_zscore(mean + 2.4 * sd, PredictionInterval(mean + 1.0 * sd, mean + 3.0 * sd, 0.9, 100, 12.0), 120,
+    out = gp_zscore(mean + 2.4 * sd, PredictionInterval(mean + 1.0 * sd, mean + 3.0 * sd, 0.9, 100), 120,
                     False, reference)
     assert out.category == INDETERMINATE
     assert out.z_low == pytest.approx(1.0) and out.z_high == pytest.approx(3.0)
@@ -125,12 +125,22 @@ def test_false_call_rate_refuses_mismatched_lengths():
 def test_holdout_false_calls_fall_with_the_interval(reference):
     rng = np.random.default_rng(1)
     true = rng.uniform(6, 190, 600)
-    frame = pd.DataFrame({"boneage": true, "regressor": true + rng.normal(0, 15, 600), "male": rng.random(600) < 0.5,
-                          "split": "test"})
-    out = holdout_false_calls(frame, reference, "regressor")
+    pred = true + rng.normal(0, 15, 600)
+    frame = pd.DataFrame({"boneage": true, "cnn_age": pred, "cnn_age_low": pred - 25, "cnn_age_high": pred + 25,
+                          "male": rng.random(600) < 0.5, "split": "test"})
+    out = holdout_false_calls(frame, reference)
     assert out["point"]["overall"]["counts"][INDETERMINATE] == 0
     assert out["interval"]["overall"]["false_call_rate"] < out["point"]["overall"]["false_call_rate"]
     assert out["interval"]["overall"]["counts"][NORMAL] == out["point"]["overall"]["counts"][NORMAL]
+    train_rows = frame.assign(split="train")
+    both = holdout_false_calls(pd.concat([frame, train_rows]), reference)  # only the test split counts
+    assert both["interval"]["overall"]["n"] == out["interval"]["overall"]["n"]
+
+
+def test_holdout_false_calls_need_the_interval_columns(reference):
+    frame = pd.DataFrame({"boneage": [10.0], "cnn_age": [12.0], "male": [True]})
+    with pytest.raises(KeyError, match="cnn_age_low"):
+        holdout_false_calls(frame, reference)
 
 
 def test_malformed_tables_are_refused(tmp_path):
@@ -146,23 +156,6 @@ def test_chronological_age():
     assert chronological_age_months(date(2010, 1, 1), date(2020, 1, 1)) == pytest.approx(120, abs=0.1)
     with pytest.raises(ValueError, match="before date of birth"):
         chronological_age_months(date(2020, 1, 1), date(2010, 1, 1))
-
-
-def test_interval_covers_the_holdout_at_its_level():
-    rng = np.random.default_rng(0)
-    true = rng.uniform(0, 228, 3000)
-    pred = true + rng.normal(0, 8, 3000) * (1 + true / 228)  # errors grow with age
-    model = ErrorModel.from_predictions(pd.DataFrame({"boneage": true, "regressor": pred, "split": "test"}), "regressor")
-    young, old = model.interval(30), model.interval(200)
-    assert young.high - young.low < old.high - old.low
-    assert young.n_reference >= 100
-    inside = [model.interval(p).low <= t <= model.interval(p).high for p, t in zip(pred[:300], true[:300])]
-    assert 0.85 <= np.mean(inside) <= 0.95
-
-
-def test_interval_needs_enough_cases():
-    with pytest.raises(ValueError, match="at least 20"):
-        ErrorModel([1.0, 2.0], [1.0, 2.0])
 
 
 @pytest.mark.parametrize("text,match", [

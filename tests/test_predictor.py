@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import shutil
@@ -10,10 +11,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from boneage_core.calibration import CALIBRATION_FILE, load_calibration
 from boneage_core.errors import ArtifactError, InputError, MissingArtifactError
 from boneage_core.gate import NotARadiographError
 from boneage_core.heads import AGE, STAGE
 from boneage_core.imaging import ImageLoadError
+from boneage_core.manifest import build_manifest, read_manifest, write_manifest
 from boneage_core.predictor import Predictor, overlay_heatmap
 from boneage_core.preprocess import preprocess_source, to_uint8
 from boneage_core.report import years_months
@@ -97,14 +100,40 @@ def test_a_changed_model_or_gate_file_is_refused(quick_run, tmp_path, name):
         Predictor.load(folder)
 
 
-def test_stale_predictions_give_no_intervals_and_say_why(quick_run, tmp_path, fullres_sample):
+def test_missing_calibration_gives_no_intervals_and_says_why(quick_run, tmp_path, fullres_sample):
     folder = tmp_path / "artifacts"
     shutil.copytree(quick_run, folder)
-    with open(folder / "predictions.csv", "a") as handle:
-        handle.write("\n")
+    calibrated = Predictor.load(folder)
+    assert calibrated.calibration is not None and calibrated.predict(fullres_sample, male=True).interval is not None
+    (folder / CALIBRATION_FILE).unlink()
+    with pytest.raises(ArtifactError, match=f"lists {CALIBRATION_FILE}, which is missing"):
+        Predictor.load(folder)  # the manifest records it: a lost file is an error, not a silent change
+    manifest = read_manifest(folder)
+    write_manifest(folder, build_manifest(folder, manifest.members, manifest.tta, manifest.evaluation))
     loaded = Predictor.load(folder)
-    assert loaded.error_model is None and any("predictions.csv" in note for note in loaded.notes)
+    assert loaded.calibration is None and any(CALIBRATION_FILE in note for note in loaded.notes)
     assert loaded.predict(fullres_sample, male=True).interval is None
+
+
+def test_calibration_of_other_weights_is_refused(quick_run, tmp_path, fullres_sample):
+    folder = tmp_path / "artifacts"
+    shutil.copytree(quick_run, folder)
+    calibration = load_calibration(folder)
+    other = dataclasses.replace(calibration, members={name: "0" * 64 for name in calibration.members})
+    other.save(folder)
+    write_manifest(folder, build_manifest(folder, read_manifest(folder).members, read_manifest(folder).tta))
+    loaded = Predictor.load(folder)  # hashes fine, but the calibration belongs to other weights
+    assert loaded.calibration is None and any("other weights" in note for note in loaded.notes)
+
+
+def test_calibration_corrects_the_age_the_predictor_shows(quick_run, fullres_sample):
+    loaded = Predictor.load(quick_run)
+    corrected = loaded.predict(fullres_sample, male=True)
+    loaded.calibration = None
+    raw = loaded.predict(fullres_sample, male=True)
+    calibration = load_calibration(quick_run)
+    assert corrected.bone_age_months == pytest.approx(float(calibration.correct(raw.bone_age_months)), abs=1e-6)
+    assert corrected.interval.low <= corrected.bone_age_months <= corrected.interval.high
 
 
 def test_folder_without_manifest_loads_every_checkpoint_without_tta_or_intervals(quick_run, tmp_path):
@@ -112,7 +141,7 @@ def test_folder_without_manifest_loads_every_checkpoint_without_tta_or_intervals
     shutil.copytree(quick_run, folder)
     (folder / "manifest.json").unlink()
     loaded = Predictor.load(folder)
-    assert list(loaded.members) == ["multihead.pt"] and not loaded.tta and loaded.error_model is None
+    assert list(loaded.members) == ["multihead.pt"] and not loaded.tta and loaded.calibration is None
     assert loaded.version == "unversioned" and loaded.notes
 
 

@@ -86,8 +86,8 @@ def test_warm_start_continues_from_a_checkpoint_at_a_new_size_and_records_lineag
     assert meta["spec"]["age_scaling"] == parent_scaling  # the age head continues on the parent's scale
     manifest = read_manifest(out)
     assert manifest.members == ["regressor.pt"] and manifest.models["regressor.pt"]["lineage"]["parent_sha256"]
-    predictor = Predictor.load(out)  # no evaluation in this run: intervals refused, said in the notes
-    assert predictor.error_model is None and any("interval" in note for note in predictor.notes)
+    predictor = Predictor.load(out)  # no calibration in this run: no intervals, said in the notes
+    assert predictor.calibration is None and any("interval" in note for note in predictor.notes)
 
 
 def test_weights_start_from_imagenet_unless_told_otherwise():

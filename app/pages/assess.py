@@ -118,9 +118,9 @@ def _headline(pred: Prediction, predictor: Predictor) -> None:
     if pred.interval is not None:
         iv = pred.interval
         st.markdown(
-            f"**Uncertainty: {iv.level:.0%} interval {iv.low:.0f}–{iv.high:.0f} months.** It spans the middle "
-            f"{iv.level:.0%} of the errors the model made on the {iv.n_reference} holdout cases whose prediction "
-            f"was within ±{iv.window_months:g} months of this one.")
+            f"**Uncertainty: {iv.level:.0%} interval {iv.low:.0f}–{iv.high:.0f} months.** A {iv.method} interval "
+            f"calibrated on {iv.n_reference} validation radiographs the model never trained on; its width follows "
+            "the model's error at this age. Coverage on the holdout, by age group: Model performance page.")
     for warning in pred.warnings:
         st.warning(f"Check the input: {warning}.")
     if pred.stages_agree is False:

@@ -9,7 +9,7 @@ import streamlit as st
 
 from app import state
 from boneage_core import plots
-from boneage_core.heads import AGE, STAGE
+from boneage_core.heads import AGE, CNN, STAGE, system_column
 
 logger = logging.getLogger(__name__)
 
@@ -54,6 +54,21 @@ def _age_plots(metrics: dict, predictions: pd.DataFrame) -> None:
                f"{stats['upper']:+.1f} months (bias ± 1.96 SD of the differences, n = {stats['n']}).")
 
 
+def _intervals(metrics: dict) -> None:
+    column = system_column(CNN, AGE)
+    table = plots.interval_table(metrics, column)
+    if table.empty:
+        st.info("No prediction intervals were evaluated (metrics.json has no interval coverage; the artifacts "
+                "have no calibration).")
+        return
+    level = metrics[column]["interval"]["level"]
+    st.dataframe(table.style.format({"coverage": "{:.3f}", "mean_width": "{:.1f}"}, na_rep="–"),
+                 key="perf_interval_table", hide_index=True)
+    st.caption(f"Share of holdout children whose true bone age lay inside the {level:.0%} interval shown with "
+               "each estimate, and its mean width in months. The intervals and the bias correction were fitted "
+               "on the validation split (split-conformal), so these holdout figures are an independent check.")
+
+
 def _stage_plots(metrics: dict) -> None:
     columns = [c for c in plots.columns_for(metrics, STAGE) if metrics[c].get("confusion_matrix")]
     if not columns:
@@ -85,6 +100,8 @@ def main() -> None:
         st.subheader("Bone age: predicted vs true")
         if predictions is not None:
             _age_plots(metrics, predictions)
+        st.subheader("Prediction intervals: coverage on the holdout")
+        _intervals(metrics)
         st.subheader("Stage: confusion matrices and per-stage recall")
         _stage_plots(metrics)
     st.subheader("Training curves")

@@ -1,0 +1,100 @@
+"""Age calibration: bias correction, conformal interval coverage, the file's round trip and its tie to the members."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from boneage_core.calibration import (CALIBRATION_FILE, LEVEL, AgeCalibration, _conformal_rank, apply_calibration,
+                                      fit_calibration, interval_columns, interval_coverage, load_calibration)
+from boneage_core.errors import ArtifactError
+from boneage_core.heads import AGE, STAGE
+
+MEMBERS = {"multihead.pt": "a" * 64}
+
+
+def _compressed(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """A model that pulls towards the mean (slope 0.85) with errors that grow with age, like the real one."""
+    rng = np.random.default_rng(seed)
+    true = rng.uniform(3, 228, n)
+    pred = 120 + 0.85 * (true - 120) + rng.normal(0, 1, n) * (2 + 8 * true / 228)
+    return pred, true
+
+
+def test_bias_correction_removes_the_pull_towards_the_mean():
+    pred, true = _compressed(4000, 0)
+    cal = fit_calibration(pred, true, MEMBERS, tta=True)
+    assert cal.slope == pytest.approx(1 / 0.85, rel=0.05)
+    young = true < 24
+    assert (pred[young] - true[young]).mean() > 10  # uncorrected: infants over-estimated
+    assert abs((cal.correct(pred[young]) - true[young]).mean()) < 3
+    assert cal.fitted_on["mae_corrected"] < cal.fitted_on["mae_uncorrected"]
+
+
+def test_intervals_cover_new_data_at_their_level_and_adapt_to_age():
+    pred, true = _compressed(3000, 1)
+    cal = fit_calibration(pred, true, MEMBERS, tta=False)
+    new_pred, new_true = _compressed(20000, 2)
+    low, high = cal.bounds(cal.correct(new_pred))
+    inside = (low <= new_true) & (new_true <= high)
+    assert LEVEL - 0.02 <= inside.mean() <= LEVEL + 0.03
+    width = high - low
+    assert width[new_true < 36].mean() < 0.7 * width[new_true > 180].mean()
+
+
+def test_conformal_rank_is_the_finite_sample_quantile():
+    assert _conformal_rank(99, 0.05, upper=True) == 94  # ceil(100 * 0.95) - 1
+    assert _conformal_rank(99, 0.05, upper=False) == 4  # floor(100 * 0.05) - 1
+    assert _conformal_rank(10, 0.05, upper=True) == 9 and _conformal_rank(10, 0.05, upper=False) == 0
+
+
+def test_fit_refuses_too_few_or_mismatched_predictions():
+    with pytest.raises(ValueError, match="at least"):
+        fit_calibration(np.arange(5.0), np.arange(5.0), MEMBERS, tta=False)
+    with pytest.raises(ValueError, match="same length"):
+        fit_calibration(np.arange(50.0), np.arange(40.0), MEMBERS, tta=False)
+
+
+def test_file_round_trip_and_staleness(tmp_path):
+    pred, true = _compressed(500, 3)
+    cal = fit_calibration(pred, true, MEMBERS, tta=True)
+    assert (tmp_path / CALIBRATION_FILE) == cal.save(tmp_path)
+    back = load_calibration(tmp_path)
+    assert back == cal
+    assert back.stale_reason(MEMBERS, True) is None
+    assert "other weights" in back.stale_reason({"multihead.pt": "b" * 64}, True)
+    assert "TTA" in back.stale_reason(MEMBERS, False)
+    assert load_calibration(tmp_path / "nowhere") is None
+    (tmp_path / CALIBRATION_FILE).write_text("{not json")
+    with pytest.raises(ArtifactError, match="unreadable"):
+        load_calibration(tmp_path)
+
+
+def test_apply_corrects_only_the_age_and_gives_bounds():
+    pred, true = _compressed(500, 4)
+    cal = fit_calibration(pred, true, MEMBERS, tta=False)
+    stage = np.array([[0.2, 0.8]])
+    out, bounds = apply_calibration({AGE: np.array([30.0]), STAGE: stage}, cal)
+    assert out[AGE][0] == pytest.approx(float(cal.correct(30.0))) and out[STAGE] is stage
+    assert bounds[0][0] <= out[AGE][0] <= bounds[1][0]
+    same, none = apply_calibration({AGE: np.array([30.0])}, None)
+    assert same[AGE][0] == 30.0 and none is None
+    interval = cal.interval(float(out[AGE][0]))
+    assert interval.n_reference == cal.n_conformal and "validation" in interval.text
+
+
+def test_coverage_report_by_age_group():
+    low_col, high_col = interval_columns("cnn")
+    frame = pd.DataFrame({"boneage": [10.0, 12.0, 100.0, 200.0], low_col: [5.0, 13.0, 90.0, 150.0],
+                          high_col: [15.0, 20.0, 110.0, 250.0]})
+    report = interval_coverage(frame, "cnn")
+    assert report["n"] == 4 and report["coverage"] == pytest.approx(0.75)
+    assert report["by_age_group"]["0-2 y"] == {"n": 2, "coverage": 0.5, "mean_width": pytest.approx(8.5)}
+    assert report["by_age_group"]["2-5 y"]["n"] == 0 and report["by_age_group"]["2-5 y"]["coverage"] is None
+    assert interval_coverage(frame.drop(columns=[low_col]), "cnn") is None
+
+
+def test_from_dict_refuses_other_files():
+    with pytest.raises(ArtifactError, match="not a bone-age calibration"):
+        AgeCalibration.from_dict({"format": "something else"})
