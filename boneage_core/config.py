@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
+from typing import Any
 
 from .heads import AGE, STAGE
 from .imagenet import BACKBONES
+from .manifest import MODEL_SUFFIX
 from .models import INIT_IMAGENET
 from .training import FitConfig, Phase, parse_phases
 
@@ -18,6 +21,23 @@ STAGE_ORDER = ("baseline", *MODEL_LAYOUTS, "gate", "calibrate", "evaluate")
 DEFAULT_STAGES = ("baseline", "multihead", "gate", "calibrate", "evaluate")
 #: Where a --quick run writes unless --out names a folder (never the committed artifacts/).
 QUICK_OUT = "runs/quick"
+#: What --model-name accepts: the stem of the model file (NAME.pt) a CNN stage writes instead of <stage>.pt.
+MODEL_NAME_PATTERN = re.compile(r"[A-Za-z0-9_-]+")
+
+#: Named starting points for `train.py --preset NAME`: TrainConfig field values, the FitConfig ones under "fit".
+#: Flags given on the command line override them; the run records the preset's name in config.json.
+_PRESET_STAGES = ("multihead", "gate", "evaluate")  # the preset trains one multi-head network (the baseline apart)
+PRESETS: dict[str, dict[str, Any]] = {
+    # the measured CPU recipe (2 cores): 192 px, stem + 3 stages frozen, 6 epochs, bf16 autocast
+    "cpu": {"stages": _PRESET_STAGES, "phases": "192:6:1e-3:3", "tta": True,
+            "fit": {"warmup_epochs": 0.3, "patience": 3, "cpu_bf16": True}},
+    # one H100, about 10 minutes per command: full resolution of the 299 px training copy (larger sizes only
+    # upsample), nothing frozen, AdamW with warm-up + cosine, flips, EMA; the time budget bounds a slow card
+    "gpu": {"stages": _PRESET_STAGES, "phases": "", "image_size": 299, "epochs": 30,
+            "lr": 1e-3, "freeze_blocks": 0, "tta": True,
+            "fit": {"optimizer": "adamw", "batch_size": 64, "flip_prob": 0.5, "ema_decay": 0.998, "patience": 8,
+                    "max_train_minutes": 8.0}},
+}
 
 
 @dataclass(frozen=True)
@@ -57,6 +77,9 @@ class TrainConfig:
     # evaluation
     bootstrap: int = 500
     tta: bool = False
+    # naming and provenance
+    model_name: str = ""  # the CNN stage writes <model_name>.pt instead of <stage>.pt (ensemble members in one folder)
+    preset: str = ""  # the --preset the run started from (a record; the fields above hold its values)
 
     def __post_init__(self) -> None:
         unknown = [s for s in self.stages if s not in STAGE_ORDER]
@@ -64,7 +87,28 @@ class TrainConfig:
             raise ValueError(f"unknown stage(s) {unknown}; choose from {STAGE_ORDER}")
         if self.backbone not in BACKBONES:
             raise ValueError(f"backbone must be one of {BACKBONES}, got {self.backbone!r}")
+        if self.preset and self.preset not in PRESETS:
+            raise ValueError(f"unknown preset {self.preset!r}; choose from {tuple(PRESETS)}")
+        self._check_model_name()
         self.training_phases()  # validates the phase text
+
+    def _check_model_name(self) -> None:
+        """Validate --model-name and store it without a .pt suffix."""
+        if not self.model_name:
+            return
+        stem = self.model_name.removesuffix(MODEL_SUFFIX)
+        if not MODEL_NAME_PATTERN.fullmatch(stem):
+            raise ValueError(f"model name {self.model_name!r}: use letters, digits, _ and - only (no folders); "
+                             f"the file is NAME{MODEL_SUFFIX}")
+        cnn_stages = [s for s in self.stages if s in MODEL_LAYOUTS]
+        if len(cnn_stages) > 1:
+            raise ValueError(f"model name {self.model_name!r} names one model file, but the stages train "
+                             f"{len(cnn_stages)} ({', '.join(cnn_stages)}); run them one at a time")
+        object.__setattr__(self, "model_name", stem)
+
+    def model_stem(self, stage: str) -> str:
+        """Stem of the model file the CNN stage `stage` writes: --model-name when given, else the stage."""
+        return self.model_name or stage
 
     def training_phases(self) -> tuple[Phase, ...]:
         """The phases of each CNN stage (one phase from image_size/epochs/lr/freeze_blocks when unset)."""
@@ -110,3 +154,12 @@ class TrainConfig:
             baseline_image_size=64, xgb_estimators=min(self.xgb_estimators, 60),
             xgb_max_depth=min(self.xgb_max_depth, 3), bootstrap=50, sex_embedding_dim=min(self.sex_embedding_dim, 8),
         )
+
+
+def preset_config(name: str) -> TrainConfig:
+    """The default TrainConfig with the preset `name`'s values (and its name recorded)."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown preset {name!r}; choose from {tuple(PRESETS)}")
+    values = dict(PRESETS[name])
+    fit = replace(FitConfig(), **values.pop("fit", {}))
+    return replace(TrainConfig(), **values, fit=fit, preset=name)

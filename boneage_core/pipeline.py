@@ -48,6 +48,9 @@ class Dataset:
         return self.frame[self.frame["split"] == name]
 
 
+#: Seed of the --limit subset: the same images for every --seed, so ensemble members trained with different
+#: seeds into one folder share its split.
+LIMIT_SEED = 42
 #: Fewest labelled images a run accepts: the 70/15/15 split then leaves at least 4 for validation and for test.
 MIN_TRAIN_IMAGES = 30
 
@@ -74,7 +77,7 @@ def prepare_dataset(cfg: TrainConfig, staging: Path | None, dist: DistContext = 
         image_dir = Path(cfg.images) if cfg.images else image_dir
     labels = attach_paths(read_labels(labels_csv), image_dir)
     if cfg.limit and cfg.limit < len(labels):
-        labels = labels.sample(n=cfg.limit, random_state=cfg.seed).reset_index(drop=True)
+        labels = labels.sample(n=cfg.limit, random_state=LIMIT_SEED).reset_index(drop=True)
     check_enough_images(len(labels), labels_csv.name, cfg.limit)
     split = None
     if dist.is_main:
@@ -149,14 +152,16 @@ def _split_data(cfg: TrainConfig, ds: Dataset, dist: DistContext = LOCAL):
 
 
 def train_cnn_stage(cfg: TrainConfig, ds: Dataset, staging: Path | None, name: str, dist: DistContext = LOCAL) -> dict:
-    """Train the network <name>.pt with the heads MODEL_LAYOUTS[name]; saves checkpoint + history (rank 0 only)."""
+    """Train the network with the heads MODEL_LAYOUTS[name]; saves <cfg.model_stem(name)>.pt + history (rank 0 only)."""
     phases = cfg.training_phases()
     age_mean, age_std = _age_scaling(cfg, ds.part("train"))
     spec = ModelSpec(heads=MODEL_LAYOUTS[name], backbone=cfg.backbone, sex_embedding_dim=cfg.sex_embedding_dim,
                      preprocess=PreprocessSpec(image_size=phases[-1].image_size), age_mean=age_mean, age_std=age_std)
     net, lineage = create_model(spec, cfg.init_from)
     device = dist.device or resolve_device(cfg.device)
-    logger.info("Training %s (heads %s) on %s from %s", name, ", ".join(spec.heads), device, cfg.init_from)
+    stem = cfg.model_stem(name)
+    logger.info("Training %s (%s, heads %s) on %s from %s", stem + MODEL_SUFFIX, name, ", ".join(spec.heads), device,
+                cfg.init_from)
     result = fit(net, _split_data(cfg, ds, dist), cfg.fit_config(), phases, device, dist)
     net.load_state_dict(result.state_dict)
     summary = {"best_epoch": result.best_epoch, "best_val_score": result.best_score, "stopped": result.stopped,
@@ -166,8 +171,8 @@ def train_cnn_stage(cfg: TrainConfig, ds: Dataset, staging: Path | None, name: s
                "processes": dist.world}
     if staging is None:
         return summary
-    save_model(staging / f"{name}{MODEL_SUFFIX}", net.cpu(), cfg.to_dict(), lineage, extra=summary)
-    result.history.to_csv(staging / art.history_file(name), index=False)
+    save_model(staging / f"{stem}{MODEL_SUFFIX}", net.cpu(), cfg.to_dict(), lineage, extra=summary)
+    result.history.to_csv(staging / art.history_file(stem), index=False)
     return summary
 
 
@@ -231,7 +236,7 @@ def calibrate_stage(cfg: TrainConfig, ds: Dataset, staging: Path, members: list[
 
 
 def choose_members(cfg: TrainConfig, staging: Path, trained: list[str]) -> list[str]:
-    """--members, else the CNNs this run trained, else the previous manifest's members, else every model file."""
+    """--members, else the CNN files this run trained (by stem), else the previous manifest's members, else every one."""
     if cfg.members:
         return [m if m.endswith(MODEL_SUFFIX) else m + MODEL_SUFFIX for m in cfg.members]
     if trained:
@@ -302,7 +307,7 @@ def run(cfg: TrainConfig, dist: DistContext = LOCAL) -> dict:
             if stage == "baseline":
                 train_baseline_stage(cfg, ds, staging)
             elif stage in MODEL_LAYOUTS:
-                summaries[stage] = train_cnn_stage(cfg, ds, staging, stage, dist)
+                summaries[cfg.model_stem(stage)] = train_cnn_stage(cfg, ds, staging, stage, dist)
             elif stage == "gate":
                 gate_stage(cfg, ds, staging, choose_members(cfg, staging, list(summaries)))
             elif stage == "calibrate":

@@ -5,6 +5,7 @@ Examples:
     python train.py --data-dir ../shared/data/rsna-bone-age-299 --stages multihead,evaluate --phases 192:4:1e-3:3,224:2:5e-4:3
     python train.py --data-dir ../shared/data/rsna-bone-age-299 --stages multihead,evaluate --init-from artifacts/multihead.pt --phases 256:2:3e-4
     python train.py --data-dir ../shared/data/rsna-bone-age-299 --quick            # smoke run into runs/quick
+    python train.py --data-dir ../shared/data/rsna-bone-age-299 --preset gpu --epochs 20 --model-name multihead_s1
     torchrun --nproc-per-node 4 train.py --data-dir ../shared/data/rsna-bone-age-299 --stages multihead  # 4 GPUs
 """
 
@@ -15,7 +16,7 @@ import logging
 import sys
 from dataclasses import fields, replace
 
-from .config import BACKBONES, QUICK_OUT, STAGE_ORDER, TrainConfig
+from .config import BACKBONES, PRESETS, QUICK_OUT, STAGE_ORDER, TrainConfig, preset_config
 from .training import FitConfig
 from .artifacts import Terminated, check_writable
 from .distributed import DistContext, init_from_env
@@ -26,14 +27,22 @@ from .pipeline import run, seed_everything
 
 logger = logging.getLogger(__name__)
 
-_SPECIAL = {"data_dir", "stages", "quick", "backbone", "augment", "cpu_bf16", "tta", "members", "out", "fit", "seed"}
+_SPECIAL = {"data_dir", "stages", "quick", "backbone", "augment", "cpu_bf16", "tta", "members", "out", "fit", "seed",
+            "preset"}
 _FIT_FIELDS = {f.name for f in fields(FitConfig)} - {"seed"}  # the run's --seed seeds the loop too
 
 
-def _parser() -> argparse.ArgumentParser:
-    defaults = TrainConfig()
-    p = argparse.ArgumentParser(prog="train.py", description=__doc__.splitlines()[0],
+def _preset_parser(add_help: bool) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="train.py", description=__doc__.splitlines()[0], add_help=add_help,
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--preset", choices=tuple(PRESETS), default="",
+                   help="start from a named recipe (config.PRESETS); flags given here override its values")
+    return p
+
+
+def _parser(defaults: TrainConfig) -> argparse.ArgumentParser:
+    """Every flag, its default taken from `defaults` (the dataclass defaults, or a preset's values)."""
+    p = _preset_parser(add_help=True)
     p.add_argument("--data-dir", required=True, help="RSNA layout: <name>.csv + <name>/ image folder")
     p.add_argument("--stages", default=",".join(defaults.stages), help=f"comma list of {STAGE_ORDER}")
     p.add_argument("--out", default=None, help=f"artifacts folder (default {defaults.out}; {QUICK_OUT} with --quick)")
@@ -41,9 +50,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--backbone", choices=BACKBONES, default=defaults.backbone)
     p.add_argument("--no-pretrained", dest="init_from", action="store_const", const=INIT_SCRATCH,
                    default=defaults.init_from, help="same as --init-from scratch")
-    p.add_argument("--no-augment", dest="augment", action="store_false", help="augment=%(default)s")
-    p.add_argument("--cpu-bf16", action="store_true", help="bf16 autocast on CPU (faster on CPUs with bf16 units)")
-    p.add_argument("--tta", action="store_true", help="test-time augmentation in the evaluate stage")
+    p.add_argument("--augment", action=argparse.BooleanOptionalAction, default=defaults.fit.augment,
+                   help="random affine, intensity and (--flip-prob) flips while training")
+    p.add_argument("--cpu-bf16", action=argparse.BooleanOptionalAction, default=defaults.fit.cpu_bf16,
+                   help="bf16 autocast on CPU (faster on CPUs with bf16 units)")
+    p.add_argument("--tta", action=argparse.BooleanOptionalAction, default=defaults.tta,
+                   help="test-time augmentation in the evaluate stage")
     p.add_argument("--members", default="", help="comma list of model files to serve and evaluate "
                    "(default: the ones this run trains)")
     p.add_argument("--seed", type=int, default=defaults.seed)
@@ -56,8 +68,9 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def parse_args(argv: list[str] | None = None) -> TrainConfig:
-    """argparse -> TrainConfig (every config field has a flag; defaults come from the dataclass)."""
-    args = vars(_parser().parse_args(argv))
+    """argparse -> TrainConfig (every config field has a flag; defaults come from the dataclass or --preset)."""
+    preset = _preset_parser(add_help=False).parse_known_args(argv)[0].preset
+    args = vars(_parser(preset_config(preset) if preset else TrainConfig()).parse_args(argv))
     args["stages"] = tuple(s.strip() for s in args["stages"].split(",") if s.strip())
     args["members"] = tuple(s.strip() for s in args["members"].split(",") if s.strip())
     explicit_out = args["out"]

@@ -83,10 +83,33 @@ class SAM(torch.optim.Optimizer):
         self.second_step()
 
 
+def check_probability(name: str, p: float) -> None:
+    """ValueError unless 0 <= p <= 1."""
+    if not 0.0 <= p <= 1.0:
+        raise ValueError(f"{name} must be a probability in [0, 1], got {p}")
+
+
+def flip_horizontal(x: torch.Tensor, prob: float, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Mirror each image of a (B, C, H, W) batch left-right with probability `prob` (one draw per image).
+
+    Nothing is drawn from the generator when prob is 0, so a run without flips keeps its random stream.
+    """
+    check_probability("flip probability", prob)
+    if prob == 0.0:
+        return x
+    chosen = torch.rand(x.shape[0], generator=generator, device="cpu") < prob
+    return torch.where(chosen.to(x.device).view(-1, 1, 1, 1), x.flip(-1), x)
+
+
 def augment(x: torch.Tensor, generator: torch.Generator | None = None, max_rotation: float = 15.0,
             scale: tuple[float, float] = (0.9, 1.1), max_shift: float = 0.06,
-            brightness: float = 0.1, contrast: tuple[float, float] = (0.85, 1.15)) -> torch.Tensor:
-    """Random rotation, scale, shift, brightness and contrast on a (B, 1, H, W) batch in [0, 1], on its device."""
+            brightness: float = 0.1, contrast: tuple[float, float] = (0.85, 1.15),
+            flip_prob: float = 0.0) -> torch.Tensor:
+    """Random rotation, scale, shift, brightness, contrast and left-right flips on a (B, 1, H, W) batch in [0, 1].
+
+    Works on the batch's device; each image is mirrored with probability `flip_prob` after the affine and
+    intensity changes (0, the default, draws nothing for it).
+    """
     b, device = x.shape[0], x.device
 
     def uniform(lo: float, hi: float) -> torch.Tensor:
@@ -103,7 +126,7 @@ def augment(x: torch.Tensor, generator: torch.Generator | None = None, max_rotat
     c = uniform(*contrast).view(b, 1, 1, 1)
     br = uniform(-brightness, brightness).view(b, 1, 1, 1)
     mean = out.mean(dim=(2, 3), keepdim=True)
-    return ((out - mean) * c + mean + br).clamp(0.0, 1.0)
+    return flip_horizontal(((out - mean) * c + mean + br).clamp(0.0, 1.0), flip_prob, generator)
 
 
 
@@ -159,10 +182,12 @@ class FitConfig:
     cpu_bf16: bool = False
     seed: int = 42
     max_train_minutes: float = 0.0  # whole run, all phases (0 = no limit)
+    flip_prob: float = 0.0  # left-right mirroring per training image (part of augment; 0 = the recipe before flips)
 
     def __post_init__(self) -> None:
         if self.optimizer not in ("adamw", "sam"):
             raise ValueError(f"optimizer must be adamw or sam, got {self.optimizer!r}")
+        check_probability("flip_prob", self.flip_prob)
 
 
 @dataclass
@@ -336,7 +361,7 @@ def _run_epoch(loop: _Loop, opt, train: Split, targets: dict, phase: Phase, epoc
         idx = order[step * cfg.batch_size:(step + 1) * cfg.batch_size]
         x = to_input(train.images[idx], loop.device)
         if cfg.augment:
-            x = augment(x, loop.gen)
+            x = augment(x, loop.gen, flip_prob=cfg.flip_prob)
         batch = {h: targets[h][idx].to(loop.device) for h in heads}
         batch["male"] = train.male[idx].to(loop.device)
         loss = _train_step(loop.model, opt, x, batch, heads, cfg, loop.device)

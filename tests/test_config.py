@@ -1,4 +1,4 @@
-"""config: TrainConfig validation, training phases, the fit subset, JSON round trip and the quick variant."""
+"""config: TrainConfig validation, training phases, the fit subset, JSON round trip, the quick variant, model names and presets."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from dataclasses import fields, replace
 
 import pytest
 
-from boneage_core.config import DEFAULT_STAGES, MODEL_LAYOUTS, STAGE_ORDER, TrainConfig
+from boneage_core.config import DEFAULT_STAGES, MODEL_LAYOUTS, PRESETS, STAGE_ORDER, TrainConfig, preset_config
 from boneage_core.heads import AGE, STAGE
 from boneage_core.imagenet import BACKBONES
 from boneage_core.models import INIT_IMAGENET
@@ -42,6 +42,17 @@ def test_invalid_values_raise(bad, match):
 def test_unknown_optimizer_is_refused():
     with pytest.raises(ValueError, match="sgd"):
         FitConfig(optimizer="sgd")
+
+
+@pytest.mark.parametrize("p", [-0.01, 1.01])
+def test_flip_probability_is_validated(p):
+    with pytest.raises(ValueError, match="flip_prob"):
+        FitConfig(flip_prob=p)
+
+
+def test_flip_is_off_by_default_and_any_probability_is_accepted():
+    assert FitConfig().flip_prob == 0.0 and TrainConfig().fit.flip_prob == 0.0  # the recipe before flips
+    assert [FitConfig(flip_prob=p).flip_prob for p in (0.0, 0.5, 1.0)] == [0.0, 0.5, 1.0]
 
 
 def test_training_phases_from_fields():
@@ -123,3 +134,78 @@ def test_quick_version_keeps_explicit_small_settings():
     small = replace(TrainConfig(), limit=120, image_size=64, epochs=1, freeze_blocks=2).quick_version()
     assert small.limit == 120
     assert small.training_phases() == (Phase(64, 1, TrainConfig().lr, 2),)
+
+
+# --- model names ---------------------------------------------------------------------------------------------
+
+def test_model_file_stem_is_the_stage_unless_named():
+    assert [TrainConfig().model_stem(stage) for stage in MODEL_LAYOUTS] == list(MODEL_LAYOUTS)
+    named = replace(TrainConfig(), stages=("multihead", "evaluate"), model_name="multihead_lite2_s1")
+    assert named.model_stem("multihead") == "multihead_lite2_s1"
+
+
+def test_model_name_suffix_is_optional():
+    assert replace(TrainConfig(), model_name="member-A.pt").model_name == "member-A"
+    assert replace(TrainConfig(), model_name="member-A").model_name == "member-A"
+
+
+@pytest.mark.parametrize("bad", ["runs/a", "../a", "a\\b", "a b", "a.b", ".pt", "né", "a:b"])
+def test_model_name_with_other_characters_is_refused(bad):
+    with pytest.raises(ValueError, match="letters, digits, _ and -"):
+        replace(TrainConfig(), stages=("multihead",), model_name=bad)
+
+
+def test_model_name_for_several_cnn_stages_is_refused():
+    with pytest.raises(ValueError, match="regressor, classifier"):
+        replace(TrainConfig(), stages=("regressor", "classifier", "evaluate"), model_name="pair")
+
+
+# --- presets -------------------------------------------------------------------------------------------------
+
+def test_presets_only_name_existing_fields():
+    train_fields, fit_fields = {f.name for f in fields(TrainConfig)}, {f.name for f in fields(FitConfig)}
+    for name, values in PRESETS.items():
+        assert set(values) - {"fit"} <= train_fields, name
+        assert set(values.get("fit", {})) <= fit_fields, name
+        assert preset_config(name).preset == name
+
+
+def test_gpu_preset_values():
+    cfg = preset_config("gpu")
+    assert "multihead" in cfg.stages and not {"regressor", "classifier"} & set(cfg.stages)
+    assert cfg.training_phases() == (Phase(299, 30, 1e-3, 0),)  # full size of the 299 px copy, nothing frozen
+    assert cfg.tta and cfg.backbone == TrainConfig().backbone
+    fit = cfg.fit
+    assert (fit.optimizer, fit.batch_size, fit.flip_prob, fit.ema_decay, fit.patience) == ("adamw", 64, 0.5, 0.998, 8)
+    assert fit.augment and not fit.cpu_bf16 and 0 < fit.max_train_minutes <= 10
+
+
+def test_cpu_preset_is_the_measured_cpu_recipe():
+    cfg = preset_config("cpu")
+    assert "multihead" in cfg.stages
+    assert cfg.training_phases() == (Phase(192, 6, 1e-3, 3),)
+    assert (cfg.fit.warmup_epochs, cfg.fit.patience, cfg.fit.cpu_bf16, cfg.fit.flip_prob) == (0.3, 3, True, 0.0)
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_preset_changes_only_its_own_fields(name):
+    cfg, default, values = preset_config(name), TrainConfig(), PRESETS[name]
+    changed = {f.name for f in fields(TrainConfig) if getattr(cfg, f.name) != getattr(default, f.name)}
+    assert changed == {k for k in values if k != "fit" and values[k] != getattr(default, k)} | {"fit", "preset"}
+    fit_changed = {f.name for f in fields(FitConfig) if getattr(cfg.fit, f.name) != getattr(default.fit, f.name)}
+    assert fit_changed == {k for k, v in values["fit"].items() if v != getattr(default.fit, k)}
+
+
+def test_model_name_and_preset_round_trip(tmp_path):
+    cfg = replace(preset_config("gpu"), stages=("multihead",), model_name="multihead_lite1_s3.pt")
+    cfg.save(tmp_path / "config.json")
+    data = json.loads((tmp_path / "config.json").read_text())
+    assert data["model_name"] == "multihead_lite1_s3" and data["preset"] == "gpu" and data["fit"]["flip_prob"] == 0.5
+    assert TrainConfig.load(tmp_path / "config.json") == cfg
+
+
+def test_unknown_preset_is_refused():
+    with pytest.raises(ValueError, match="tpu"):
+        preset_config("tpu")
+    with pytest.raises(ValueError, match="tpu"):
+        replace(TrainConfig(), preset="tpu")

@@ -1,15 +1,19 @@
-"""train_cli (train.py): a --quick run on real images writes a complete, described artifacts folder; warm starts record lineage; bad input is refused cleanly."""
+"""train_cli (train.py): a --quick run on real images writes a complete, described artifacts folder; warm starts record lineage; named members share a folder; presets; bad input is refused cleanly."""
 
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+from dataclasses import replace
+from pathlib import Path
 
 import pandas as pd
 import pytest
 
 from boneage_core import train_cli as train
 from boneage_core.checkpoint import file_sha256, read_meta
-from boneage_core.config import QUICK_OUT, TrainConfig
+from boneage_core.config import PRESETS, QUICK_OUT, TrainConfig, preset_config
 from boneage_core.heads import AGE, BASELINE, CNN, STAGE, age_stage_column, system_column
 from boneage_core.manifest import read_manifest, stale_reason
 from boneage_core.models import load_model
@@ -159,3 +163,113 @@ def test_help_lists_stages(flag, capsys):
     with pytest.raises(SystemExit):
         train.main([flag])
     assert "--stages" in capsys.readouterr().out
+
+
+# --- flips, model names, presets ------------------------------------------------------------------------------
+
+def test_flip_prob_flag_comes_from_the_fit_config(caplog):
+    assert train.parse_args(["--data-dir", "x"]).fit.flip_prob == 0.0
+    assert train.parse_args(["--data-dir", "x", "--flip-prob", "0.5"]).fit.flip_prob == 0.5
+    assert train.main(["--data-dir", "x", "--flip-prob", "1.5"]) == 2
+    assert "flip_prob" in caplog.text
+
+
+def test_model_name_flag(caplog, tmp_path):
+    cfg = train.parse_args(["--data-dir", "x", "--stages", "multihead", "--model-name", "multihead_lite2_s1"])
+    assert cfg.model_name == "multihead_lite2_s1" and cfg.model_stem("multihead") == "multihead_lite2_s1"
+    assert train.parse_args(["--data-dir", "x"]).model_name == ""
+    assert train.main(["--data-dir", "x", "--model-name", "../elsewhere", "--out", str(tmp_path / "a")]) == 2
+    assert "letters, digits" in caplog.text and not (tmp_path / "a").exists()
+
+
+def test_named_members_train_into_one_folder_and_are_served_together(data_299, tmp_path):
+    out, cache = tmp_path / "ensemble", tmp_path / "cache"
+    common = ["--data-dir", str(data_299), "--quick", "--no-pretrained", "--limit", "60", "--phases", "64:1:1e-3:3",
+              "--out", str(out), "--cache-dir", str(cache), "--workers", "1"]
+    assert train.main(common + ["--stages", "multihead", "--model-name", "a", "--preset", "gpu"]) == 0
+    first = (out / "a.pt").read_bytes()
+    assert train.main(common + ["--stages", "multihead", "--model-name", "b.pt", "--seed", "7"]) == 0
+    assert (out / "a.pt").read_bytes() == first  # the second run added its member next to the first
+    assert {"a.pt", "b.pt", "history_a.csv", "history_b.csv"} <= {p.name for p in out.iterdir()}
+    assert not (out / "multihead.pt").exists()
+    assert read_meta(out / "a.pt")["config"]["preset"] == "gpu"
+    assert read_meta(out / "a.pt")["config"]["fit"]["flip_prob"] == 0.5  # the preset's flips, through a real fit
+    assert read_meta(out / "b.pt")["config"]["preset"] == "" and read_meta(out / "b.pt")["config"]["seed"] == 7
+
+    assert train.main(common + ["--stages", "evaluate", "--members", "a.pt,b.pt"]) == 0
+    manifest = read_manifest(out)
+    assert manifest.members == ["a.pt", "b.pt"]
+    assert manifest.evaluation["model_sha256"] == {m: file_sha256(out / m) for m in ("a.pt", "b.pt")}
+    metrics = json.loads((out / "metrics.json").read_text())
+    for system in (CNN, "a", "b"):  # the ensemble and each member
+        assert metrics[system_column(system, AGE)]["n"] > 0 and metrics[system_column(system, STAGE)]["n"] > 0
+    predictions = pd.read_csv(out / "predictions.csv", dtype={"id": str})
+    ensemble = (predictions[system_column("a", AGE)] + predictions[system_column("b", AGE)]) / 2
+    assert (predictions[system_column(CNN, AGE)] - ensemble).abs().max() < 0.01  # the mean of the two members
+
+
+def test_preset_sets_the_defaults_and_is_recorded():
+    for name in PRESETS:
+        cfg = train.parse_args(["--data-dir", "x", "--preset", name])
+        assert cfg == replace(preset_config(name), data_dir="x")
+        assert cfg.to_dict()["preset"] == name
+    assert train.parse_args(["--data-dir", "x"]) == replace(TrainConfig(), data_dir="x")
+
+
+def test_flags_given_override_the_preset():
+    cfg = train.parse_args(["--data-dir", "x", "--epochs", "3", "--preset", "gpu", "--flip-prob", "0",
+                            "--no-tta", "--batch-size", "16", "--stages", "multihead"])
+    gpu = preset_config("gpu")
+    assert cfg.epochs == 3 and cfg.training_phases()[0].epochs == 3 and cfg.image_size == gpu.image_size
+    assert cfg.fit.flip_prob == 0.0 and cfg.fit.batch_size == 16 and not cfg.tta and cfg.stages == ("multihead",)
+    assert cfg.fit.ema_decay == gpu.fit.ema_decay and cfg.fit.patience == gpu.fit.patience and cfg.preset == "gpu"
+    phased = train.parse_args(["--data-dir", "x", "--preset", "gpu", "--phases", "224:2:5e-4:1"])
+    assert [(p.image_size, p.epochs, p.lr, p.freeze_blocks) for p in phased.training_phases()] == [(224, 2, 5e-4, 1)]
+    cpu = train.parse_args(["--data-dir", "x", "--preset", "cpu", "--no-cpu-bf16", "--patience", "9"])
+    assert not cpu.fit.cpu_bf16 and cpu.fit.patience == 9 and cpu.fit.warmup_epochs == 0.3
+
+
+def test_quick_preset_run_is_shrunk_and_keeps_the_preset():
+    cfg = train.parse_args(["--data-dir", "x", "--preset", "gpu", "--quick"])
+    assert cfg.quick and cfg.preset == "gpu" and cfg.out == QUICK_OUT
+    assert cfg.training_phases()[0].image_size <= 96 and cfg.fit.flip_prob == 0.5
+
+
+def test_unknown_preset_is_a_usage_error(capsys):
+    with pytest.raises(SystemExit) as exc:
+        train.parse_args(["--data-dir", "x", "--preset", "tpu"])
+    assert exc.value.code == 2 and "tpu" in capsys.readouterr().err
+
+
+SCRIPT = Path(__file__).resolve().parents[1] / "tools" / "gpu_ensemble.sh"
+
+
+def test_gpu_ensemble_script_is_valid_bash():
+    result = subprocess.run(["bash", "-n", str(SCRIPT)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert SCRIPT.read_text().splitlines()[0] == "#!/usr/bin/env bash" and os.access(SCRIPT, os.X_OK)
+
+
+def test_gpu_ensemble_script_issues_parseable_commands(tmp_path):
+    """The script's commands, recorded by a stand-in interpreter, parse into the intended runs (nothing trains)."""
+    log, fake = tmp_path / "calls.jsonl", tmp_path / "python"
+    fake.write_text(f'#!/usr/bin/env bash\nprintf \'%s\\0\' "$@" >> {log}\necho >> {log}\n')
+    fake.chmod(0o755)
+    out = tmp_path / "out"
+    env = {**os.environ, "PYTHON": str(fake), "SPLIT": ""}
+    result = subprocess.run(["bash", str(SCRIPT), "DATA", str(out), "--cache-dir", "/tmp/c"], capture_output=True,
+                            text=True, env=env)
+    assert result.returncode == 0, result.stderr
+    calls = [line.rstrip("\0").split("\0") for line in log.read_text().splitlines()]
+    assert all(Path(call[0]).name == "train.py" for call in calls)
+    configs = [train.parse_args(call[1:]) for call in calls]
+    assert len(configs) == 4 and all(c.preset == "gpu" and c.out == str(out) and c.data_dir == "DATA"
+                                     and c.cache_dir == "/tmp/c" for c in configs)
+    members = [(c.model_name, c.backbone, c.seed) for c in configs[:3]]
+    assert members == [("multihead_lite0_s1", "tf_efficientnet_lite0", 1),
+                       ("multihead_lite0_s2", "tf_efficientnet_lite0", 2),
+                       ("multihead_lite2_s1", "tf_efficientnet_lite2", 1)]
+    assert all(c.stages == ("multihead",) for c in configs[:3])
+    assert configs[3].stages == ("gate", "evaluate")
+    assert configs[3].members == tuple(f"{name}.pt" for name, _, _ in members)
+    assert subprocess.run(["bash", str(SCRIPT), "DATA"], capture_output=True, env=env).returncode == 2

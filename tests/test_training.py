@@ -16,7 +16,8 @@ from boneage_core.heads import AGE, STAGE, get_head
 from boneage_core.inference import member_outputs
 from boneage_core.models import INIT_SCRATCH, BoneAgeNet, ModelSpec, create_model
 from boneage_core.preprocess import PreprocessSpec
-from boneage_core.training import SAM, FitConfig, Phase, Split, augment, fit, lr_factor, parse_phases, validate
+from boneage_core.training import (SAM, FitConfig, Phase, Split, augment, fit, flip_horizontal, lr_factor, parse_phases,
+                                   validate)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -143,6 +144,57 @@ def test_augment_brightness_only_shifts_by_a_constant():
     per_image = (out - x).flatten(1)
     assert (per_image.max(1).values - per_image.min(1).values).max() < 1e-5
     assert per_image.abs().max() <= 0.1 + 1e-6
+
+
+_STILL = dict(max_rotation=0.0, scale=(1.0, 1.0), max_shift=0.0, brightness=0.0, contrast=(1.0, 1.0))
+
+
+def test_augment_flips_every_image_at_probability_one():
+    x = _batch(6)
+    out = augment(x, torch.Generator().manual_seed(0), **_STILL, flip_prob=1.0)
+    torch.testing.assert_close(out, x.flip(-1), atol=1e-5, rtol=0)
+    assert not torch.allclose(out, x, atol=1e-3)  # the random images are not symmetric
+
+
+def test_augment_without_flips_keeps_the_image_and_the_random_stream():
+    x = _batch(6)
+    g_default, g_zero = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
+    torch.testing.assert_close(augment(x, torch.Generator().manual_seed(0), **_STILL, flip_prob=0.0), x,
+                               atol=1e-5, rtol=0)
+    assert torch.equal(augment(x, g_default), augment(x, g_zero, flip_prob=0.0))  # today's recipe, unchanged
+    assert torch.equal(torch.rand(4, generator=g_default), torch.rand(4, generator=g_zero))
+
+
+def _flipped_mask(x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """Which images of `out` are `x` mirrored (each must be either mirrored or unchanged)."""
+    flipped = (out == x.flip(-1)).flatten(1).all(1)
+    kept = (out == x).flatten(1).all(1)
+    assert not (flipped & kept).any() and (flipped | kept).all()
+    return flipped
+
+
+def test_flip_half_of_a_big_batch_per_image_and_seeded():
+    x = _batch(4000, size=8)
+    out = flip_horizontal(x, 0.5, torch.Generator().manual_seed(1))
+    flipped = _flipped_mask(x, out)
+    assert 0.46 < flipped.float().mean().item() < 0.54  # binomial sd 0.008 for n = 4000
+    again = _flipped_mask(x, flip_horizontal(x, 0.5, torch.Generator().manual_seed(1)))
+    other = _flipped_mask(x, flip_horizontal(x, 0.5, torch.Generator().manual_seed(2)))
+    assert torch.equal(flipped, again) and not torch.equal(flipped, other)
+
+
+def test_flip_probability_scales_the_share_flipped():
+    x = _batch(2000, size=8)
+    shares = [_flipped_mask(x, flip_horizontal(x, p, torch.Generator().manual_seed(4))).float().mean().item()
+              for p in (0.0, 0.2, 0.8, 1.0)]
+    assert shares[0] == 0.0 and shares[3] == 1.0
+    assert abs(shares[1] - 0.2) < 0.04 and abs(shares[2] - 0.8) < 0.04
+
+
+@pytest.mark.parametrize("p", [-0.1, 1.5])
+def test_flip_probability_outside_zero_one_is_refused(p):
+    with pytest.raises(ValueError, match="probability"):
+        flip_horizontal(_batch(), p)
 
 
 # --- phases and schedule ---------------------------------------------------------------------------------
@@ -371,3 +423,17 @@ def test_fit_is_deterministic_for_a_seed():
     assert set(a) == set(b)
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert not all(torch.equal(a[k], c[k]) for k in a)  # the seed matters (shuffle, augmentation, dropout)
+
+
+@pytest.mark.parametrize("flip_prob,augmenting", [(0.5, True), (0.0, True), (0.5, False)])
+def test_fit_passes_the_flip_probability_to_augment(monkeypatch, flip_prob, augmenting):
+    seen = []
+    real = training.augment
+
+    def recording(x, generator=None, **kwargs):
+        seen.append(kwargs.get("flip_prob"))
+        return real(x, generator, **kwargs)
+
+    monkeypatch.setattr(training, "augment", recording)
+    fit(_net(seed=7), _data(8, 4), _cfg(flip_prob=flip_prob, augment=augmenting), parse_phases("32:1"), CPU)
+    assert seen == ([flip_prob] * 2 if augmenting else [])  # one call per step of 4 images; none without augment
