@@ -26,7 +26,7 @@ MODEL_NAME_PATTERN = re.compile(r"[A-Za-z0-9_-]+")
 
 #: Named starting points for `train.py --preset NAME`: TrainConfig field values, the FitConfig ones under "fit".
 #: Flags given on the command line override them; the run records the preset's name in config.json.
-_PRESET_STAGES = ("multihead", "gate", "evaluate")  # the preset trains one multi-head network (the baseline apart)
+_PRESET_STAGES = ("multihead", "gate", "calibrate", "evaluate")  # the preset trains one multi-head network (the baseline apart)
 PRESETS: dict[str, dict[str, Any]] = {
     # the measured CPU recipe (2 cores): 192 px, stem + 3 stages frozen, 6 epochs, bf16 autocast
     "cpu": {"stages": _PRESET_STAGES, "phases": "192:6:1e-3:3", "tta": True,

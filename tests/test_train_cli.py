@@ -270,6 +270,6 @@ def test_gpu_ensemble_script_issues_parseable_commands(tmp_path):
                        ("multihead_lite0_s2", "tf_efficientnet_lite0", 2),
                        ("multihead_lite2_s1", "tf_efficientnet_lite2", 1)]
     assert all(c.stages == ("multihead",) for c in configs[:3])
-    assert configs[3].stages == ("gate", "evaluate")
+    assert configs[3].stages == ("gate", "calibrate", "evaluate")
     assert configs[3].members == tuple(f"{name}.pt" for name, _, _ in members)
     assert subprocess.run(["bash", str(SCRIPT), "DATA"], capture_output=True, env=env).returncode == 2

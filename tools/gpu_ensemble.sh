@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Train a three-member multi-head ensemble with the gpu preset into one folder, then fit the input gate and evaluate it.
+# Train a three-member multi-head ensemble with the gpu preset into one folder, then fit the input gate and the calibration and evaluate it.
 #
 # usage: tools/gpu_ensemble.sh DATA_DIR OUT [extra train.py flags, passed to every command]
 #   e.g. tools/gpu_ensemble.sh ../shared/data/rsna-bone-age-299 runs/gpu-ensemble --cache-dir /tmp/boneage-cache
@@ -44,4 +44,4 @@ for member in "${MEMBERS[@]}"; do
 done
 
 members=$(IFS=,; echo "${files[*]}")
-train --stages gate,evaluate --members "$members" "$@"
+train --stages gate,calibrate,evaluate --members "$members" "$@"
