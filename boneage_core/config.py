@@ -12,6 +12,7 @@ from .heads import AGE, STAGE
 from .imagenet import BACKBONES
 from .manifest import MODEL_SUFFIX
 from .models import INIT_IMAGENET
+from .preprocess import PreprocessSpec
 from .training import FitConfig, Phase, parse_phases
 
 #: CNN training stages and the heads of the model file each writes (<stage>.pt): the separate-model
@@ -63,6 +64,7 @@ class TrainConfig:
     epochs: int = 30
     lr: float = 1e-3
     freeze_blocks: int = 0  # freeze the stem and this many leading backbone stages (cheaper CPU training)
+    hand_crop: bool = False  # crop each image to the hand found in it (preprocess.hand_crop_box) before resizing
     sex_embedding_dim: int = 16
     fit: FitConfig = field(default_factory=FitConfig)  # the training loop's own settings (batch, optimizer, EMA, budget)
     members: tuple[str, ...] = ()  # model files served and evaluated (empty: the ones this run trained)
@@ -109,6 +111,10 @@ class TrainConfig:
     def model_stem(self, stage: str) -> str:
         """Stem of the model file the CNN stage `stage` writes: --model-name when given, else the stage."""
         return self.model_name or stage
+
+    def preprocess_spec(self, image_size: int) -> PreprocessSpec:
+        """The CNN input of this run at one image size (recorded in the checkpoint; inference repeats it)."""
+        return PreprocessSpec(image_size=image_size, hand_crop=self.hand_crop)
 
     def training_phases(self) -> tuple[Phase, ...]:
         """The phases of each CNN stage (one phase from image_size/epochs/lr/freeze_blocks when unset)."""

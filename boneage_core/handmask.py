@@ -31,6 +31,9 @@ class HandSegmentation:
     mask: np.ndarray  # bool, same shape as the input
     found: bool
     reason: str  # why the fallback was taken ("" when found)
+    #: bool, same shape: the exposed field of a film with dark margins when the hand was found inside it (a second,
+    #: narrower search whose hand may miss dim soft tissue; the field holds all of it), else None
+    field: np.ndarray | None = None
 
     @property
     def area_fraction(self) -> float:
@@ -140,14 +143,20 @@ def segment_hand(gray: np.ndarray) -> HandSegmentation:
     if small.max() <= 0:
         return HandSegmentation(np.ones(gray.shape, bool), False, "blank image")
     found, reasons, field = _search(small, None)
-    if found is None and field is not None:  # the exposed field of a film with dark margins: look inside it
+    inside_field = found is None and field is not None
+    if inside_field:  # the exposed field of a film with dark margins: look inside it
         found, more, _ = _search(small, ndi.binary_erosion(field, iterations=2))
         reasons += [f"{r} (inside the exposed field)" for r in more]
     if found is None:
         logger.info("No plausible hand found (%s): using the whole image", "; ".join(reasons))
         return HandSegmentation(np.ones(gray.shape, bool), False, "; ".join(reasons))
-    full = resize(found.astype(np.float32), gray.shape, order=1, anti_aliasing=False) > 0.5
-    return HandSegmentation(full, True, "")
+    return HandSegmentation(_to_shape(found, gray.shape), True, "",
+                            _to_shape(field, gray.shape) if inside_field else None)
+
+
+def _to_shape(mask: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """A working-size bool mask scaled to the input's shape."""
+    return resize(mask.astype(np.float32), shape, order=1, anti_aliasing=False) > 0.5
 
 
 def hand_mask(gray: np.ndarray) -> np.ndarray:

@@ -144,7 +144,7 @@ def _split_data(cfg: TrainConfig, ds: Dataset, dist: DistContext = LOCAL):
     def data(size: int) -> tuple[Split, Split]:
         out = []
         for part in ("train", "val"):
-            rows, img = _images_for(ds, ds.part(part), PreprocessSpec(image_size=size), cfg, dist)
+            rows, img = _images_for(ds, ds.part(part), cfg.preprocess_spec(size), cfg, dist)
             out.append(Split(torch.from_numpy(img), torch.tensor(rows["male"].to_numpy(), dtype=torch.long),
                              rows["boneage"].to_numpy(dtype=np.float64)))
         return out[0], out[1]
@@ -156,7 +156,7 @@ def train_cnn_stage(cfg: TrainConfig, ds: Dataset, staging: Path | None, name: s
     phases = cfg.training_phases()
     age_mean, age_std = _age_scaling(cfg, ds.part("train"))
     spec = ModelSpec(heads=MODEL_LAYOUTS[name], backbone=cfg.backbone, sex_embedding_dim=cfg.sex_embedding_dim,
-                     preprocess=PreprocessSpec(image_size=phases[-1].image_size), age_mean=age_mean, age_std=age_std)
+                     preprocess=cfg.preprocess_spec(phases[-1].image_size), age_mean=age_mean, age_std=age_std)
     net, lineage = create_model(spec, cfg.init_from)
     device = dist.device or resolve_device(cfg.device)
     stem = cfg.model_stem(name)

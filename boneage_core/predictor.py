@@ -23,7 +23,7 @@ from .gate import GateVerdict, InputGate, NotARadiographError, gate_member, load
 from .inference import ensemble_outputs, member_outputs
 from .manifest import manifest_version, model_files, read_manifest, verify_models
 from .models import BoneAgeNet, HeadOutput, load_model
-from .preprocess import input_warnings, prepare, resize_to
+from .preprocess import crop_box, heatmap_to_original, input_warnings, prepare
 from .stages import StageScheme
 from .report import years_months
 from .vocab import STAGE_FROM_AGE, STAGE_FROM_HEAD, parse_sex, sex_code
@@ -80,7 +80,7 @@ class Explanation:
     """A Grad-CAM heatmap aligned to the input image; the overlay is blended on first use."""
 
     head: str
-    heatmap: np.ndarray  # (H, W) float in [0, 1], same shape as Prediction.original
+    heatmap: np.ndarray  # (H, W) float in [0, 1], same shape as Prediction.original (0 outside a hand crop)
     model_heatmap: np.ndarray  # (S, S), on the model input
     gray: np.ndarray = field(repr=False)  # the image it explains (Prediction.original)
     alpha: float = 0.4
@@ -287,12 +287,13 @@ class Predictor:
         male = parse_sex(male)
         net = self.member_for(head)
         gray, name = gray_of(source, name)
-        x = torch.from_numpy(prepare(gray, net.spec.preprocess)).float().div(255.0)[None, None].to(self.device)
+        spec = net.spec.preprocess
+        x = torch.from_numpy(prepare(gray, spec)).float().div(255.0)[None, None].to(self.device)
         model = HeadOutput(net, torch.tensor([int(male)], device=self.device), head).eval()
         with torch.inference_mode():
             target = get_head(head).cam_target(model(x), class_index)
         class_index = getattr(target, "category", None)
         with HiResCAM(model=model, target_layers=[net.cam_layer(head)]) as cam:
             model_heatmap = cam(input_tensor=x, targets=[target])[0]
-        heatmap = np.clip(resize_to(model_heatmap, gray.shape), 0.0, 1.0)  # inverse of the squash
+        heatmap = np.clip(heatmap_to_original(model_heatmap, gray.shape, crop_box(gray, spec)), 0.0, 1.0)
         return Explanation(head, heatmap, model_heatmap, gray, alpha, class_index)

@@ -1,4 +1,4 @@
-"""The one preprocessing path: gray image -> squashed square -> percentile contrast stretch -> [0, 1].
+"""The one preprocessing path: gray image -> (optional hand crop) -> squashed square -> contrast stretch -> [0, 1].
 
 Training, evaluation, the baseline, the app and Grad-CAM all call :func:`preprocess` (or
 :func:`preprocess_source`, which loads first). Normalisation (mean/std) is applied inside the
@@ -6,7 +6,12 @@ network from the checkpoint's :class:`PreprocessSpec`, so no caller ever re-type
 
 Geometry: the RSNA 299 px training copy was made by squashing each radiograph (about
 1500 x 2000 px, any aspect ratio) to a square without keeping the aspect ratio. A full-size upload
-is therefore squashed the same way (no padding, no cropping) so the model sees the same shapes.
+is therefore squashed the same way (no padding) so the model sees the same shapes.
+
+Hand crop (``PreprocessSpec.hand_crop``, off by default): before the squash the image is cut to the
+bounding box of the hand found by :func:`boneage_core.handmask.segment_hand` plus a margin. The box is
+kept in fractions of the image (:func:`crop_box`), so a full-size original and its squashed 299 px copy
+are cut alike, and :func:`heatmap_to_original` puts a map made on the model input back into it.
 """
 
 from __future__ import annotations
@@ -14,11 +19,13 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 from dataclasses import asdict, dataclass
 
 import numpy as np
 from PIL import Image
 
+from .handmask import WORK_SIDE, hand_bbox, segment_hand
 from .imaging import ImageLoadError, ImageSource, load_gray, source_name
 
 logger = logging.getLogger(__name__)
@@ -28,6 +35,14 @@ MIN_CONTRAST = 0.02
 #: Neighbouring pixels of a radiograph's model input correlate strongly (>= 0.85 on 211 RSNA images);
 #: below this the input looks like noise rather than a photograph of anatomy.
 MIN_NEIGHBOUR_CORRELATION = 0.6
+#: Margin around the hand's bounding box in a hand crop: this share of the image's height above and below the
+#: hand, and of its width left and right of it (clipped to the image).
+HAND_CROP_MARGIN = 0.04
+
+#: (top, left, bottom, right) as fractions of the image's height and width; bottom and right exclusive.
+CropBox = tuple[float, float, float, float]
+#: The crop box of the whole image (no crop).
+FULL_BOX: CropBox = (0.0, 0.0, 1.0, 1.0)
 
 
 @dataclass(frozen=True)
@@ -39,9 +54,14 @@ class PreprocessSpec:
     high_percentile: float = 99.5
     mean: float = 0.5
     std: float = 0.5
+    hand_crop: bool = False  # cut the image to the hand's bounding box (plus HAND_CROP_MARGIN) before the squash
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """The spec as stored in checkpoints; hand_crop only when on, so earlier specs keep their dicts and keys."""
+        data = asdict(self)
+        if not self.hand_crop:
+            del data["hand_crop"]
+        return data
 
     @classmethod
     def from_dict(cls, data: dict) -> "PreprocessSpec":
@@ -68,6 +88,59 @@ def squash_resize(gray: np.ndarray, size: int) -> np.ndarray:
     return resize_to(gray, (size, size))
 
 
+def hand_crop_box(gray: np.ndarray, margin: float = HAND_CROP_MARGIN) -> CropBox:
+    """The hand's bounding box plus `margin` x the image's height/width, as fractions; FULL_BOX when no hand is found.
+
+    The hand is looked for (segment_hand) in the image squashed to WORK_SIDE x WORK_SIDE, so a full-size original
+    and its squashed 299 px copy are segmented in the same geometry and get the same box. The box holds the whole
+    (already dilated) mask plus the margin, so the crop never cuts off the part of the hand that was found; a hand
+    found inside the exposed field of a film with dark margins may lack dim soft tissue, so then the box holds the
+    whole field too.
+    """
+    if gray.ndim != 2:
+        raise ValueError(f"expected a 2-D gray image, got shape {gray.shape}")
+    segmentation = segment_hand(squash_resize(gray, WORK_SIDE))
+    if not segmentation.found:
+        return FULL_BOX
+    kept = segmentation.mask if segmentation.field is None else segmentation.mask | segmentation.field
+    top, left, bottom, right = hand_bbox(kept, margin)
+    return (top / WORK_SIDE, left / WORK_SIDE, bottom / WORK_SIDE, right / WORK_SIDE)
+
+
+def crop_box(gray: np.ndarray, spec: PreprocessSpec) -> CropBox:
+    """The part of a gray image that preprocess keeps under this spec (FULL_BOX without hand_crop)."""
+    return hand_crop_box(gray) if spec.hand_crop else FULL_BOX
+
+
+def box_pixels(box: CropBox, shape: tuple[int, int]) -> tuple[int, int, int, int]:
+    """A fractional crop box in pixels of an image of `shape` (rounded outwards, clipped, at least 1 px each way)."""
+    h, w = shape
+    top = min(h - 1, max(0, math.floor(box[0] * h)))
+    left = min(w - 1, max(0, math.floor(box[1] * w)))
+    bottom = max(top + 1, min(h, math.ceil(box[2] * h)))
+    right = max(left + 1, min(w, math.ceil(box[3] * w)))
+    return top, left, bottom, right
+
+
+def crop_to_box(gray: np.ndarray, box: CropBox) -> np.ndarray:
+    """The part of a 2-D image inside a fractional crop box (a view; the image itself for FULL_BOX)."""
+    top, left, bottom, right = box_pixels(box, gray.shape)
+    return gray[top:bottom, left:right]
+
+
+def heatmap_to_original(model_map: np.ndarray, shape: tuple[int, int], box: CropBox = FULL_BOX) -> np.ndarray:
+    """A map on the (S, S) model input -> float32 `shape`: un-squashed into the crop box, zeros outside it.
+
+    The inverse of preprocess's geometry; with FULL_BOX it is resize_to(model_map, shape).
+    """
+    top, left, bottom, right = box_pixels(box, shape)
+    if (top, left, bottom, right) == (0, 0, shape[0], shape[1]):
+        return resize_to(model_map, shape)
+    out = np.zeros(shape, dtype=np.float32)
+    out[top:bottom, left:right] = resize_to(model_map, (bottom - top, right - left))
+    return out
+
+
 def contrast_stretch(gray: np.ndarray, low_percentile: float, high_percentile: float) -> np.ndarray:
     """Map the [low, high] percentile window to [0, 1] and clip; refuse blank images."""
     lo, hi = np.percentile(gray, [low_percentile, high_percentile])
@@ -79,9 +152,14 @@ def contrast_stretch(gray: np.ndarray, low_percentile: float, high_percentile: f
 
 
 def preprocess(gray: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
-    """Float gray image in [0, 1] (any size) -> float32 (S, S) in [0, 1], the model's view."""
+    """Float gray image in [0, 1] (any size) -> float32 (S, S) in [0, 1], the model's view.
+
+    With spec.hand_crop the image is first cut to crop_box(gray, spec); heatmap_to_original maps back.
+    """
     if gray.ndim != 2:
         raise ImageLoadError(f"expected a 2-D grayscale image, got shape {gray.shape}")
+    if spec.hand_crop:
+        gray = crop_to_box(gray, crop_box(gray, spec))
     square = squash_resize(gray, spec.image_size)
     return contrast_stretch(square, spec.low_percentile, spec.high_percentile)
 

@@ -27,8 +27,8 @@ from .pipeline import run, seed_everything
 
 logger = logging.getLogger(__name__)
 
-_SPECIAL = {"data_dir", "stages", "quick", "backbone", "augment", "cpu_bf16", "tta", "members", "out", "fit", "seed",
-            "preset"}
+_SPECIAL = {"data_dir", "stages", "quick", "backbone", "augment", "cpu_bf16", "tta", "hand_crop", "members", "out",
+            "fit", "seed", "preset"}
 _FIT_FIELDS = {f.name for f in fields(FitConfig)} - {"seed"}  # the run's --seed seeds the loop too
 
 
@@ -54,6 +54,9 @@ def _parser(defaults: TrainConfig) -> argparse.ArgumentParser:
                    help="random affine, intensity and (--flip-prob) flips while training")
     p.add_argument("--cpu-bf16", action=argparse.BooleanOptionalAction, default=defaults.fit.cpu_bf16,
                    help="bf16 autocast on CPU (faster on CPUs with bf16 units)")
+    p.add_argument("--hand-crop", action=argparse.BooleanOptionalAction, default=defaults.hand_crop,
+                   help="crop each image to the hand found in it before resizing (training and, via the "
+                        "checkpoint, inference)")
     p.add_argument("--tta", action=argparse.BooleanOptionalAction, default=defaults.tta,
                    help="test-time augmentation in the evaluate stage")
     p.add_argument("--members", default="", help="comma list of model files to serve and evaluate "

@@ -111,3 +111,21 @@ def test_mass_and_peak_inside():
     assert not peak_inside(np.zeros((10, 10)), mask)
     with pytest.raises(ValueError, match="differ in shape"):
         mass_inside(np.zeros((4, 4)), mask)
+
+
+def test_a_hand_found_inside_the_exposed_field_reports_the_field(data_299):
+    """A film with dark margins whose fingers are too faint for the search inside its field: the hand found there is
+    only wrist and palm, and the field (which holds the fingers) comes with it for callers that must not cut."""
+    gray = load_gray(data_299 / "boneage-training-dataset" / "10287.webp")  # a missing file raises: a failure
+    seg = segment_hand(gray)
+    assert seg.found and seg.field is not None
+    assert seg.field.shape == gray.shape and seg.field.dtype == bool
+    top, _, _, _ = hand_bbox(seg.mask, margin=0.0)
+    field_top, _, field_bottom, _ = hand_bbox(seg.field, margin=0.0)
+    assert top > 0.4 * gray.shape[0]  # the found hand starts below the fingers
+    assert field_top < 0.05 * gray.shape[0] and field_bottom > 0.95 * gray.shape[0]  # the field spans the film
+
+
+def test_a_hand_found_directly_has_no_field(hand_like):
+    assert segment_hand(hand_like).field is None
+    assert segment_hand(np.random.default_rng(0).random((200, 200)).astype(np.float32)).field is None

@@ -15,10 +15,12 @@ from boneage_core.calibration import CALIBRATION_FILE, load_calibration
 from boneage_core.errors import ArtifactError, InputError, MissingArtifactError
 from boneage_core.gate import NotARadiographError
 from boneage_core.heads import AGE, STAGE
-from boneage_core.imaging import ImageLoadError
+from boneage_core.imaging import ImageLoadError, load_gray
 from boneage_core.manifest import build_manifest, read_manifest, write_manifest
+from boneage_core.models import load_model
 from boneage_core.predictor import Predictor, overlay_heatmap
-from boneage_core.preprocess import preprocess_source, to_uint8
+from boneage_core.preprocess import (FULL_BOX, box_pixels, crop_box, heatmap_to_original, prepare,
+                                     preprocess_source, resize_to, to_uint8)
 from boneage_core.report import years_months
 from boneage_core.vocab import STAGE_FROM_AGE, STAGE_FROM_HEAD, SexError
 
@@ -165,6 +167,30 @@ def test_gradcam_is_aligned_to_the_input(predictor, fullres_sample, head):
     assert exp.overlay.shape == (*pred.original.shape, 3) and exp.overlay.dtype == np.uint8
     assert 0.0 <= exp.heatmap.min() and exp.heatmap.max() <= 1.0
     assert exp.is_blank == (exp.model_heatmap.max() <= 0)
+
+
+def test_gradcam_of_a_hand_crop_model_lies_in_the_crop_box(committed_artifacts, fullres_dir):
+    """A checkpoint whose spec crops to the hand: its heatmap is put back into the crop box, zeros outside."""
+    gray = load_gray(fullres_dir / "1378.png")  # its hand fills only part of the film
+    net, _ = load_model(committed_artifacts / "regressor.pt")
+    plain_exp = Predictor({"plain.pt": net}, net.mean.device).explain(gray, male=True)
+    np.testing.assert_array_equal(plain_exp.heatmap, np.clip(resize_to(plain_exp.model_heatmap, gray.shape), 0, 1))
+    cropped, _ = load_model(committed_artifacts / "regressor.pt")
+    cropped.spec = dataclasses.replace(cropped.spec, preprocess=dataclasses.replace(cropped.spec.preprocess,
+                                                                                   hand_crop=True))
+    predictor = Predictor({"cropped.pt": cropped}, cropped.mean.device)
+    spec = cropped.spec.preprocess
+    box = crop_box(gray, spec)
+    assert box != FULL_BOX
+    exp = predictor.explain(gray, male=True)
+    assert exp.heatmap.shape == gray.shape and exp.model_heatmap.shape == (spec.image_size, spec.image_size)
+    np.testing.assert_array_equal(exp.heatmap, np.clip(heatmap_to_original(exp.model_heatmap, gray.shape, box), 0, 1))
+    top, left, bottom, right = box_pixels(box, gray.shape)
+    outside = np.ones(gray.shape, bool)
+    outside[top:bottom, left:right] = False
+    assert not exp.heatmap[outside].any() and exp.heatmap[~outside].max() > 0
+    pred = predictor.predict(gray, male=True)
+    np.testing.assert_array_equal(to_uint8(pred.model_input), prepare(gray, spec))
 
 
 def test_explain_unknown_head(predictor, hand_like):

@@ -6,13 +6,23 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from boneage_core.checkpoint import read_meta
+from boneage_core.handmask import WORK_SIDE, segment_hand
 from boneage_core.imaging import ImageLoadError, load_gray
 from boneage_core.data import _load_one
 from boneage_core.preprocess import prepare
 from boneage_core.preprocess import (
+    FULL_BOX,
+    HAND_CROP_MARGIN,
     PreprocessSpec,
+    box_pixels,
+    contrast_stretch,
+    crop_box,
+    hand_crop_box,
+    heatmap_to_original,
     preprocess,
     preprocess_source,
+    resize_to,
     squash_resize,
     to_uint8,
 )
@@ -23,6 +33,16 @@ from boneage_core.preprocess import (
 #: square instead of squashing: mean |diff| >= 0.17, r <= 0.73; a different patient: r <= 0.62).
 MAX_MEAN_ABS_DIFF = 0.03
 MIN_PEARSON_R = 0.99
+
+#: PreprocessSpec.key() of specs without the hand crop, as computed before hand_crop existed (the committed
+#: checkpoints are 192 px): their training caches keep their names.
+KEYS_BEFORE_HAND_CROP = {192: "22e8b987b1", 256: "d7fbd8bc17", 299: "96922d7911"}
+#: Hand crop boxes of a full-size original and of its 299 px copy, per side (fraction of the image). Measured on the
+#: 24 shared originals: 23 differ by <= 0.004; 1384 by 0.0625 (its full-size mask takes in a bright strip of the
+#: film's bottom edge out to the right border: a wider crop, nothing of the hand cut).
+MAX_BOX_DIFF, TYPICAL_BOX_DIFF, MIN_TYPICAL = 0.07, 0.01, 22
+#: Images of the 299 px set the hand crop is checked on (spread evenly over the sorted ids).
+N_CROP_CHECK = 200
 
 
 def test_output_shape_dtype_and_range(hand_like):
@@ -185,3 +205,158 @@ def test_prepare_is_the_training_cache_path(fullres_sample):
     assert (id_, error) == ("1377", "")
     np.testing.assert_array_equal(prepared, cached)
     assert prepared.min() == 0 and prepared.max() == 255  # contrast stretched
+
+
+# --- hand crop -------------------------------------------------------------------------------------------------
+
+
+def test_spec_without_hand_crop_keeps_its_dict_and_cache_key():
+    for size, key in KEYS_BEFORE_HAND_CROP.items():
+        spec = PreprocessSpec(image_size=size)
+        assert "hand_crop" not in spec.to_dict()
+        assert spec.key() == key == PreprocessSpec(image_size=size, hand_crop=False).key()
+    cropped = PreprocessSpec(hand_crop=True)
+    assert cropped.to_dict()["hand_crop"] is True
+    assert cropped.key() != PreprocessSpec().key()
+    assert PreprocessSpec.from_dict(cropped.to_dict()) == cropped
+    assert PreprocessSpec.from_dict(PreprocessSpec().to_dict()) == PreprocessSpec()
+    assert cropped.with_size(64).hand_crop and cropped.with_size(64).key() != cropped.key()
+
+
+def test_committed_checkpoints_keep_their_spec_and_cache_key(committed_artifacts):
+    for name in ("regressor.pt", "classifier.pt"):
+        stored = read_meta(committed_artifacts / name)["spec"]["preprocess"]
+        spec = PreprocessSpec.from_dict(stored)
+        assert not spec.hand_crop and spec.to_dict() == stored
+        assert spec.key() == KEYS_BEFORE_HAND_CROP[spec.image_size]
+
+
+def test_without_hand_crop_preprocess_is_the_plain_squash_and_stretch(fullres_sample, hand_like):
+    for gray in (load_gray(fullres_sample), hand_like):
+        for spec in (PreprocessSpec(image_size=192), PreprocessSpec(image_size=64, hand_crop=False)):
+            assert crop_box(gray, spec) == FULL_BOX
+            plain = contrast_stretch(squash_resize(gray, spec.image_size), spec.low_percentile, spec.high_percentile)
+            np.testing.assert_array_equal(preprocess(gray, spec), plain)
+
+
+def test_box_pixels_round_outwards_and_clip():
+    assert box_pixels(FULL_BOX, (100, 200)) == (0, 0, 100, 200)
+    assert box_pixels((0.1, 0.2, 0.5, 0.75), (100, 200)) == (10, 40, 50, 150)
+    assert box_pixels((0.105, 0.2049, 0.4951, 0.7451), (100, 200)) == (10, 40, 50, 150)
+    assert box_pixels((-0.2, -1.0, 1.5, 2.0), (100, 200)) == (0, 0, 100, 200)
+    assert box_pixels((0.5, 0.5, 0.5, 0.5), (100, 200)) == (50, 100, 51, 101)  # at least one pixel
+    assert box_pixels((1.0, 1.0, 1.0, 1.0), (100, 200)) == (99, 199, 100, 200)
+
+
+def _on_canvas(hand_like: np.ndarray) -> tuple[np.ndarray, tuple[slice, slice]]:
+    """The synthetic hand on a larger dark film, off centre; and where the hand's image lies on it."""
+    canvas = np.full((400, 360), 0.06, np.float32)
+    where = (slice(150, 350), slice(40, 190))
+    canvas[where] = hand_like
+    return canvas, where
+
+
+def test_hand_crop_cuts_to_the_hand_plus_margin(hand_like):
+    gray, (rows, cols) = _on_canvas(hand_like)
+    spec = PreprocessSpec(image_size=64, hand_crop=True)
+    box = crop_box(gray, spec)
+    assert box == hand_crop_box(gray) != FULL_BOX
+    top, left, bottom, right = box_pixels(box, gray.shape)
+    hand = np.zeros(gray.shape, bool)
+    hand[rows, cols] = hand_like > 0.3
+    ys, xs = np.nonzero(hand)
+    h, w = gray.shape
+    assert top <= ys.min() - HAND_CROP_MARGIN * h and left <= xs.min() - HAND_CROP_MARGIN * w
+    assert bottom >= ys.max() + HAND_CROP_MARGIN * h and right >= xs.max() + HAND_CROP_MARGIN * w
+    assert (bottom - top) * (right - left) < 0.5 * gray.size  # most of the empty film is cut away
+    out = preprocess(gray, spec)
+    assert out.shape == (64, 64) and out.dtype == np.float32
+    cut = gray[top:bottom, left:right]
+    np.testing.assert_array_equal(out, contrast_stretch(squash_resize(cut, 64), spec.low_percentile,
+                                                        spec.high_percentile))
+    assert box == hand_crop_box(gray.copy())  # pure: the same image gives the same box
+
+
+def test_no_hand_found_means_no_crop():
+    noise = np.random.default_rng(0).random((300, 240)).astype(np.float32)
+    assert not segment_hand(squash_resize(noise, WORK_SIDE)).found
+    assert hand_crop_box(noise) == FULL_BOX
+    np.testing.assert_array_equal(preprocess(noise, PreprocessSpec(image_size=64, hand_crop=True)),
+                                  preprocess(noise, PreprocessSpec(image_size=64)))
+
+
+def _assert_crop_holds_the_hand(gray: np.ndarray, label: str) -> tuple[float, bool]:
+    """The crop box holds the mask it was made from plus the margin, and the hand mask segment_hand finds in the
+    image's own geometry; returns (the box's area share, whether the box is the whole image)."""
+    box = hand_crop_box(gray)
+    seg = segment_hand(squash_resize(gray, WORK_SIDE))
+    kept = seg.mask if seg.field is None else seg.mask | seg.field
+    top, left, bottom, right = box_pixels(box, kept.shape)
+    assert kept.sum() == kept[top:bottom, left:right].sum(), f"{label}: the crop cuts the mask it was made from"
+    ys, xs = np.nonzero(kept)
+    pad = round(HAND_CROP_MARGIN * WORK_SIDE)
+    assert (top, left) <= (max(0, ys.min() - pad), max(0, xs.min() - pad)), f"{label}: no margin"
+    assert bottom >= min(WORK_SIDE, ys.max() + 1 + pad) and right >= min(WORK_SIDE, xs.max() + 1 + pad), label
+    native = segment_hand(gray).mask
+    top, left, bottom, right = box_pixels(box, gray.shape)
+    outside = int(native.sum() - native[top:bottom, left:right].sum())
+    assert outside == 0, f"{label}: {outside} px of the hand mask found at the image's own size lie outside the crop"
+    return (bottom - top) * (right - left) / gray.size, box == FULL_BOX
+
+
+def test_hand_crop_holds_the_whole_hand_on_the_fullres_samples(fullres_dir):
+    originals = sorted(fullres_dir.glob("*.png"))
+    assert len(originals) == 24, [p.name for p in originals]
+    shares = [_assert_crop_holds_the_hand(load_gray(path), path.name)[0] for path in originals]
+    assert np.mean(shares) < 0.95  # it does crop
+
+
+def test_hand_crop_holds_the_whole_hand_on_the_299_set(data_299):
+    paths = sorted((data_299 / "boneage-training-dataset").glob("*.webp"))
+    assert len(paths) >= N_CROP_CHECK, f"only {len(paths)} images in {data_299}"
+    picked = [paths[i] for i in np.linspace(0, len(paths) - 1, N_CROP_CHECK).round().astype(int)]
+    results = [_assert_crop_holds_the_hand(load_gray(path), path.name) for path in picked]
+    shares, whole = np.array([r[0] for r in results]), sum(r[1] for r in results)
+    assert whole <= N_CROP_CHECK // 10, f"{whole} of {N_CROP_CHECK} images kept whole (measured: 5)"
+    assert shares.mean() < 0.9, f"the crop keeps {shares.mean():.0%} of the image on average (measured: 83 %)"
+
+
+def test_hand_crop_of_a_fullres_original_matches_its_299_copy(fullres_dir, data_299):
+    rows, typical = [], 0
+    for path in sorted(fullres_dir.glob("*.png")):
+        small = data_299 / "boneage-training-dataset" / f"{path.stem}.webp"
+        assert small.is_file(), f"no 299 px copy of {path.stem}"
+        diff = float(np.abs(np.subtract(hand_crop_box(load_gray(path)), hand_crop_box(load_gray(small)))).max())
+        rows.append(f"{path.stem}: {diff:.4f}")
+        typical += diff <= TYPICAL_BOX_DIFF
+        assert diff <= MAX_BOX_DIFF, rows
+    assert len(rows) == 24 and typical >= MIN_TYPICAL, rows
+
+
+def test_heatmap_to_original_places_the_map_in_the_crop_box():
+    rng = np.random.default_rng(1)
+    model_map = (0.1 + rng.random((32, 32))).astype(np.float32)
+    shape, box = (400, 300), (0.25, 0.1, 0.755, 0.6)
+    out = heatmap_to_original(model_map, shape, box)
+    top, left, bottom, right = box_pixels(box, shape)
+    assert out.shape == shape and out.dtype == np.float32
+    inside = np.zeros(shape, bool)
+    inside[top:bottom, left:right] = True
+    assert not out[~inside].any() and (out[inside] > 0).all()
+    np.testing.assert_array_equal(out[inside].reshape(bottom - top, right - left),
+                                  resize_to(model_map, (bottom - top, right - left)))
+    np.testing.assert_array_equal(heatmap_to_original(model_map, shape), resize_to(model_map, shape))
+    np.testing.assert_array_equal(heatmap_to_original(model_map, shape, FULL_BOX), resize_to(model_map, shape))
+
+
+def test_heatmap_to_original_inverts_the_crop_geometry(hand_like):
+    gray, _ = _on_canvas(hand_like)
+    spec = PreprocessSpec(image_size=64, hand_crop=True)
+    box = crop_box(gray, spec)
+    top, left, bottom, right = box_pixels(box, gray.shape)
+    marker = np.zeros(gray.shape, np.float32)
+    spot = (slice(top + 30, top + 70), slice(left + 20, left + 60))
+    marker[spot] = 1.0  # a block inside the crop: where the model would "look"
+    on_input = squash_resize(marker[top:bottom, left:right], spec.image_size)
+    back = heatmap_to_original(on_input, gray.shape, box)
+    assert back[spot].mean() > 0.9 and back[~(marker > 0)].mean() < 0.02

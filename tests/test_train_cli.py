@@ -273,3 +273,10 @@ def test_gpu_ensemble_script_issues_parseable_commands(tmp_path):
     assert configs[3].stages == ("gate", "calibrate", "evaluate")
     assert configs[3].members == tuple(f"{name}.pt" for name, _, _ in members)
     assert subprocess.run(["bash", str(SCRIPT), "DATA"], capture_output=True, env=env).returncode == 2
+
+
+def test_hand_crop_flag_reaches_the_preprocessing_spec():
+    assert not train.parse_args(["--data-dir", "x"]).preprocess_spec(96).hand_crop
+    cfg = train.parse_args(["--data-dir", "x", "--hand-crop"])
+    assert cfg.hand_crop and cfg.preprocess_spec(96).hand_crop and cfg.preprocess_spec(96).image_size == 96
+    assert cfg.preprocess_spec(96).with_size(128).hand_crop  # phases keep the crop
