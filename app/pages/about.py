@@ -66,9 +66,26 @@ def _ensemble(manifest: Manifest | None, predictor: Predictor | None) -> None:
     if evaluation:
         st.caption(f"Evaluated on the {evaluation.get('split', '?')} split ({evaluation.get('n_images', '?')} images) "
                    f"on {evaluation.get('created', '?')}.")
+    _calibration(predictor)
     with st.expander("Lineage and training records (manifest.json)"):
         st.json({name: {"lineage": manifest.models[name].get("lineage"),
                         "training": manifest.models[name].get("training")} for name in manifest.members})
+
+
+def _calibration(predictor: Predictor | None) -> None:
+    calibration = None if predictor is None else predictor.calibration
+    if calibration is None:
+        st.caption("No calibration: bone ages are shown as the network gives them, without a prediction interval.")
+        return
+    fitted = calibration.fitted_on
+    st.markdown(
+        f"**Calibration** (fitted on the {fitted.get('n', calibration.n_fit + calibration.n_conformal)} "
+        f"{calibration.split} images, never trained on): the shown bone age is "
+        f"**{calibration.intercept:+.1f} + {calibration.slope:.3f} × the network's estimate** (the network pulls "
+        "towards the mean age; this undoes it). The "
+        f"{calibration.level:.0%} interval is split-conformal: its width follows the model's typical error at that "
+        f"age, scaled so that {calibration.level:.0%} of {calibration.n_conformal} held-out validation images fell "
+        "inside. Its coverage on the test split, by age group, is on the Model performance page.")
 
 
 def _preprocessing(predictor: Predictor) -> None:
