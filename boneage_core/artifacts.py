@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import shutil
@@ -22,6 +23,26 @@ SPLIT_FILE = "split.csv"
 CONFIG_FILE = "config.json"
 REPORT_FILE = "run_report.md"
 MANIFEST_FILE = "manifest.json"
+
+
+def write_json(path: str | os.PathLike, data: dict) -> Path:
+    """Write a JSON file atomically (a partial file, then a rename): readers see the old file or the new one."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.partial")
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    os.replace(tmp, path)
+    return path
+
+
+def read_json(path: str | os.PathLike, what: str, hint: str = "") -> dict | None:
+    """A JSON file's content; None when it does not exist, ArtifactError naming `what` when it is unreadable."""
+    path = Path(path)
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ArtifactError(f"{path}: unreadable {what} ({exc}){hint}") from exc
 
 
 def history_file(model: str) -> str:

@@ -16,7 +16,6 @@ The file is tied to the members (sha256) and the TTA setting it was fitted with;
 from __future__ import annotations
 
 import datetime as _dt
-import json
 import logging
 import math
 import os
@@ -26,6 +25,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from .artifacts import read_json, write_json
 from .data import AGE_GROUPS, age_group
 from .errors import ArtifactError
 from .heads import AGE, system_column
@@ -154,23 +154,14 @@ class AgeCalibration:
 
     def save(self, folder: str | os.PathLike) -> Path:
         """Write calibration.json into `folder` (atomically)."""
-        path = Path(folder) / CALIBRATION_FILE
-        tmp = path.with_name(f".{path.name}.partial")
-        tmp.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
-        os.replace(tmp, path)
-        return path
+        return write_json(Path(folder) / CALIBRATION_FILE, self.to_dict())
 
 
 def load_calibration(folder: str | os.PathLike) -> AgeCalibration | None:
     """The folder's calibration, None when it has none; ArtifactError when unreadable."""
     path = Path(folder) / CALIBRATION_FILE
-    if not path.is_file():
-        return None
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise ArtifactError(f"{path}: unreadable calibration ({exc})") from exc
-    return AgeCalibration.from_dict(data, str(path))
+    data = read_json(path, "calibration", "; re-run `train.py --stages calibrate,evaluate` on that folder")
+    return None if data is None else AgeCalibration.from_dict(data, str(path))
 
 
 def fit_calibration(predicted: np.ndarray, true: np.ndarray, members: dict[str, str], tta: bool,

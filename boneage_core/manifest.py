@@ -8,13 +8,12 @@ served with another model's metrics or intervals is refused instead of silently 
 from __future__ import annotations
 
 import datetime as _dt
-import json
 import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .artifacts import MANIFEST_FILE, METRICS_FILE, PREDICTIONS_FILE
+from .artifacts import MANIFEST_FILE, METRICS_FILE, PREDICTIONS_FILE, read_json, write_json
 from .checkpoint import file_sha256, read_meta
 from .errors import ArtifactError
 from .calibration import CALIBRATION_FILE
@@ -108,23 +107,14 @@ def evaluation_record(folder: str | os.PathLike, manifest: Manifest, split: str,
 
 def write_manifest(folder: str | os.PathLike, manifest: Manifest) -> Path:
     """Write manifest.json (atomically)."""
-    path = Path(folder) / MANIFEST_FILE
-    tmp = path.with_name(f".{path.name}.partial")
-    tmp.write_text(json.dumps(manifest.to_dict(), indent=2) + "\n")
-    os.replace(tmp, path)
-    return path
+    return write_json(Path(folder) / MANIFEST_FILE, manifest.to_dict())
 
 
 def read_manifest(folder: str | os.PathLike) -> Manifest | None:
     """The folder's manifest, or None when it has none; ArtifactError when it is unreadable."""
     path = Path(folder) / MANIFEST_FILE
-    if not path.is_file():
-        return None
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise ArtifactError(f"{path}: unreadable manifest ({exc}); re-run `train.py --stages evaluate` on that folder") from exc
-    return Manifest.from_dict(data, str(path))
+    data = read_json(path, "manifest", "; re-run `train.py --stages evaluate` on that folder")
+    return None if data is None else Manifest.from_dict(data, str(path))
 
 
 def manifest_version(folder: str | os.PathLike) -> str:
