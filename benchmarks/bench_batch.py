@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
           f"torch threads {torch.get_num_threads()}")
     print(f"model load       {load_s:.2f} s")
     print(f"batch            {elapsed:.2f} s -> {n / elapsed:.2f} images/s ({1000 * elapsed / n:.0f} ms/image, "
-          "decode + TTA regressor + classifier + CSV write with fsync)")
+          "decode + input gate + TTA ensemble + CSV write with fsync)")
     print(f"result           {summary.scored} scored, {summary.failed} failed; mean bone age "
           f"{frame['bone_age_months'].mean():.1f} months")
     print(f"peak RSS         {_peak_rss_mb():.0f} MB")

@@ -20,6 +20,7 @@ DATA_299 = SHARED / "data" / "rsna-bone-age-299"
 FULLRES = SHARED / "data" / "samples-fullres"
 GP_TABLE = SHARED / "reference" / "greulich-pyle-brush-foundation.csv"
 ARTIFACTS = REPO / "artifacts"
+FORMAT1 = REPO / "tests" / "data" / "format1"
 
 
 def require(path: Path) -> Path:
@@ -78,7 +79,14 @@ def quick_run(tmp_path_factory, data_299: Path) -> Path:
 @pytest.fixture(scope="session")
 def committed_artifacts() -> Path:
     """The trained artifacts committed with the repo (the app runs on these)."""
-    return require(ARTIFACTS / "regressor.pt").parent
+    return require(ARTIFACTS / "manifest.json").parent
+
+
+@pytest.fixture(scope="session")
+def format1_models() -> Path:
+    """The first committed models (regressor.pt + classifier.pt, checkpoint format 1), kept as test data:
+    the two-file layout, the upgrade of old checkpoints, and the parents of the served model's lineage."""
+    return require(FORMAT1 / "regressor.pt").parent
 
 
 @pytest.fixture(scope="session")

@@ -154,8 +154,8 @@ def test_missing_file_is_a_checkpoint_error(tmp_path):
 
 
 @pytest.mark.parametrize("name,head", [("regressor.pt", "age"), ("classifier.pt", "stage")])
-def test_committed_format_1_files_upgrade(committed_artifacts, name, head):
-    path = committed_artifacts / name
+def test_committed_format_1_files_upgrade(format1_models, name, head):
+    path = format1_models / name
     sha = file_sha256(path)
     raw = torch.load(path, map_location="cpu", weights_only=True)
     assert raw["format"] == "boneage-checkpoint/1"  # the committed files really are the old format
@@ -197,8 +197,8 @@ def test_lineage_of_a_parent(tmp_path):
     assert lineage_of(child)["parent_lineage"]["parent_sha256"] == sha
 
 
-def test_lineage_of_a_committed_format_1_parent(committed_artifacts):
-    path = committed_artifacts / "regressor.pt"
+def test_lineage_of_a_committed_format_1_parent(format1_models):
+    path = format1_models / "regressor.pt"
     lineage = lineage_of(path)
     assert lineage["parent_sha256"] == file_sha256(path)
     assert lineage["parent_lineage"]["upgraded_from"] == "boneage-checkpoint/1"

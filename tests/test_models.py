@@ -258,11 +258,11 @@ def test_save_and_load_round_trip(tmp_path):
 
 
 @pytest.mark.parametrize("name,heads", [("regressor.pt", (AGE,)), ("classifier.pt", (STAGE,))])
-def test_committed_format_1_models_load(committed_artifacts, name, heads):
-    model, meta = load_model(committed_artifacts / name)
+def test_committed_format_1_models_load(format1_models, name, heads):
+    model, meta = load_model(format1_models / name)
     assert model.spec.heads == heads and not model.training
-    assert meta["sha256"] == file_sha256(committed_artifacts / name)
-    assert parent_spec(str(committed_artifacts / name)) == model.spec
+    assert meta["sha256"] == file_sha256(format1_models / name)
+    assert parent_spec(str(format1_models / name)) == model.spec
     with torch.no_grad():
         out = model(torch.full((1, 1, 64, 64), 0.5), torch.tensor([1]))
     assert list(out) == list(heads) and torch.isfinite(out[heads[0]]).all()

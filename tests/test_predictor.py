@@ -44,9 +44,9 @@ def test_prediction_on_full_size_sample(predictor, fullres_sample):
     json.dumps(pred.to_dict())
 
 
-def test_two_file_layout_and_one_file_multihead_load_through_the_same_call(committed_artifacts, quick_run,
+def test_two_file_layout_and_one_file_multihead_load_through_the_same_call(format1_models, quick_run,
                                                                           fullres_sample):
-    pair, single = Predictor.load(committed_artifacts), Predictor.load(quick_run)
+    pair, single = Predictor.load(format1_models), Predictor.load(quick_run)
     assert sorted(pair.members) == ["classifier.pt", "regressor.pt"] and list(single.members) == ["multihead.pt"]
     for loaded in (pair, single):
         assert set(loaded.heads) == {AGE, STAGE}
@@ -169,13 +169,13 @@ def test_gradcam_is_aligned_to_the_input(predictor, fullres_sample, head):
     assert exp.is_blank == (exp.model_heatmap.max() <= 0)
 
 
-def test_gradcam_of_a_hand_crop_model_lies_in_the_crop_box(committed_artifacts, fullres_dir):
+def test_gradcam_of_a_hand_crop_model_lies_in_the_crop_box(format1_models, fullres_dir):
     """A checkpoint whose spec crops to the hand: its heatmap is put back into the crop box, zeros outside."""
     gray = load_gray(fullres_dir / "1378.png")  # its hand fills only part of the film
-    net, _ = load_model(committed_artifacts / "regressor.pt")
+    net, _ = load_model(format1_models / "regressor.pt")
     plain_exp = Predictor({"plain.pt": net}, net.mean.device).explain(gray, male=True)
     np.testing.assert_array_equal(plain_exp.heatmap, np.clip(resize_to(plain_exp.model_heatmap, gray.shape), 0, 1))
-    cropped, _ = load_model(committed_artifacts / "regressor.pt")
+    cropped, _ = load_model(format1_models / "regressor.pt")
     cropped.spec = dataclasses.replace(cropped.spec, preprocess=dataclasses.replace(cropped.spec.preprocess,
                                                                                    hand_crop=True))
     predictor = Predictor({"cropped.pt": cropped}, cropped.mean.device)
@@ -226,10 +226,10 @@ def test_missing_artifacts_are_reported(tmp_path):
         Predictor.load(tmp_path)
 
 
-def test_stage_derived_from_age_without_a_stage_head(committed_artifacts, tmp_path, fullres_sample):
+def test_stage_derived_from_age_without_a_stage_head(format1_models, tmp_path, fullres_sample):
     folder = tmp_path / "age-only"
     folder.mkdir()
-    shutil.copy(committed_artifacts / "regressor.pt", folder)
+    shutil.copy(format1_models / "regressor.pt", folder)
     pred = Predictor.load(folder).predict(fullres_sample, male=False)
     assert pred.stage_source == STAGE_FROM_AGE and pred.stage_probabilities is None
     assert pred.stage == pred.stage_from_age
