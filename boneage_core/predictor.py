@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .calibration import AgeCalibration, PredictionInterval, apply_calibration, load_calibration
+from .calibration import CALIBRATION_FILE, AgeCalibration, PredictionInterval, apply_calibration, load_calibration
 from .errors import ArtifactError, InputError, MissingArtifactError
 from .heads import AGE, STAGE, get_head
 from .imaging import ImageLoadError, ImageSource, check_gray_array, load_gray, source_name
@@ -124,7 +124,7 @@ def _calibration(folder: Path, manifest, heads: list[str], notes: list[str]) -> 
         return None
     try:
         calibration = load_calibration(folder)
-        reason = (f"{folder} has no calibration file (run `train.py --stages calibrate,evaluate`)" if calibration
+        reason = (f"{folder} has no {CALIBRATION_FILE} (run `train.py --stages calibrate,evaluate`)" if calibration
                   is None else calibration.stale_reason(manifest.member_hashes(), manifest.tta))
     except ArtifactError as exc:
         calibration, reason = None, str(exc)
@@ -201,6 +201,12 @@ class Predictor:
         logger.info("Loaded %s from %s on %s (TTA %s)", ", ".join(names), folder, dev, "on" if tta else "off")
         return cls(members, dev, calibration, tta, manifest_version(folder), notes, meta, gate, gate_name)
 
+    def calibration_for(self, tta: bool) -> AgeCalibration | None:
+        """The calibration when it was fitted with this TTA setting (as evaluate applies it), else None."""
+        if self.calibration is None or self.calibration.tta != tta:
+            return None
+        return self.calibration
+
     @property
     def heads(self) -> list[str]:
         """The heads the ensemble provides (age, stage), in member order."""
@@ -219,7 +225,8 @@ class Predictor:
             wanted = gate_features if self.gate is not None and name == self.gate_name else None
             per_member.append(member_outputs(net, torch.from_numpy(image)[None], male_t, self.device, tta,
                                              features=wanted))
-        combined, _ = apply_calibration({h: v[0] for h, v in ensemble_outputs(per_member).items()}, self.calibration)
+        combined, _ = apply_calibration({h: v[0] for h, v in ensemble_outputs(per_member).items()},
+                                        self.calibration_for(tta))
         return combined, first_input.astype(np.float32) / 255.0, gate_features[0] if gate_features else None
 
     def _gated_outputs(self, gray: np.ndarray, male: bool, tta: bool | None, name: str):
@@ -260,7 +267,8 @@ class Predictor:
             stage, source_kind = int(p.argmax()), STAGE_FROM_HEAD
         else:
             stage, source_kind = int(stage_from_age), STAGE_FROM_AGE
-        interval = None if (age is None or self.calibration is None) else self.calibration.interval(age)
+        calibration = self.calibration_for(self.tta if tta is None else tta)
+        interval = None if (age is None or calibration is None) else calibration.interval(age)
         return Prediction(name, male, age, stage, self.scheme.names[stage], probs, source_kind, stage_from_age,
                           interval, model_input, gray, gate_notes + input_warnings(model_input), verdict)
 

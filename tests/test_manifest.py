@@ -213,3 +213,14 @@ def test_no_manifest_means_no_evaluated_file(folder):
     (folder / PREDICTIONS).write_text("id\n1\n")
     with pytest.raises(ArtifactError, match="no manifest.json"):
         evaluated_path(folder, None, PREDICTIONS)
+
+
+def test_the_committed_candidate_folder_is_consistent():
+    """candidates/multihead-256: its files are the ones its manifest hashed, and its metrics belong to its model."""
+    folder = Path(__file__).resolve().parents[1] / "candidates" / "multihead-256"
+    manifest = read_manifest(folder)
+    assert manifest is not None and manifest.members == ["multihead.pt"]
+    verify_models(folder, manifest)  # model, gate and calibration hashes
+    assert set(manifest.extra) >= {"gate", "calibration"}
+    for name in ("metrics.json", "predictions.csv"):
+        assert stale_reason(folder, manifest, name) is None

@@ -149,6 +149,7 @@ def test_folder_without_manifest_loads_every_checkpoint_without_tta_or_intervals
 
 def test_ensemble_members_are_combined_by_the_shared_mean(quick_run, tmp_path, fullres_sample):
     single = Predictor.load(quick_run)
+    single.calibration = None  # the pair below has no manifest, so no calibration: compare the raw ensembles
     folder = tmp_path / "pair"
     shutil.copytree(quick_run, folder)
     (folder / "manifest.json").unlink()
@@ -261,3 +262,11 @@ def test_an_upside_down_hand_is_turned_back_or_flagged(committed_artifacts, full
 @pytest.mark.parametrize("months,text", [(0, "0 y 0 m"), (124.6, "10 y 5 m"), (239.7, "20 y 0 m")])
 def test_years_months(months, text):
     assert years_months(months) == text
+
+
+def test_calibration_is_applied_only_with_the_tta_it_was_fitted_with(quick_run, fullres_sample):
+    loaded = Predictor.load(quick_run)
+    fitted, other = loaded.calibration.tta, not loaded.calibration.tta
+    assert loaded.calibration_for(fitted) is loaded.calibration and loaded.calibration_for(other) is None
+    assert loaded.predict(fullres_sample, male=True, tta=fitted).interval is not None
+    assert loaded.predict(fullres_sample, male=True, tta=other).interval is None  # as evaluate: no correction

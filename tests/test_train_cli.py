@@ -14,7 +14,7 @@ import pytest
 from boneage_core import train_cli as train
 from boneage_core.checkpoint import file_sha256, read_meta
 from boneage_core.config import PRESETS, QUICK_OUT, TrainConfig, preset_config
-from boneage_core.heads import AGE, BASELINE, CNN, STAGE, age_stage_column, system_column
+from boneage_core.heads import AGE, BASELINE, CNN, STAGE, UNCORRECTED, age_stage_column, system_column
 from boneage_core.manifest import read_manifest, stale_reason
 from boneage_core.models import load_model
 from boneage_core.predictor import Predictor
@@ -24,7 +24,7 @@ def test_quick_run_writes_every_artifact(quick_run):
     names = {p.name for p in quick_run.iterdir()}
     expected = {"split.csv", "metrics.json", "predictions.csv", "config.json", "run_report.md", "multihead.pt",
                 "manifest.json", "gate.npz", "baseline.json", "baseline_regressor.ubj", "baseline_classifier.ubj",
-                "history_multihead.csv"}
+                "history_multihead.csv", "calibration.json"}
     assert expected <= names, expected - names
 
 
@@ -32,7 +32,9 @@ def test_quick_metrics_have_every_head_and_breakdown(quick_run):
     metrics = json.loads((quick_run / "metrics.json").read_text())
     ages = [system_column(CNN, AGE), system_column(BASELINE, AGE)]
     stages = [system_column(CNN, STAGE), age_stage_column(CNN), system_column(BASELINE, STAGE)]
-    assert set(metrics) == set(ages + stages)
+    uncorrected = system_column(UNCORRECTED, AGE)  # the ensemble before the validation-fitted correction
+    assert set(metrics) == set(ages + stages + [uncorrected])
+    assert metrics[system_column(CNN, AGE)]["interval"]["n"] == metrics[system_column(CNN, AGE)]["n"]
     for name in ages:
         m = metrics[name]
         assert m["head"] == AGE and {"mae", "rmse", "r2", "n", "by_sex", "by_age_group"} <= set(m)
