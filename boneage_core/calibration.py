@@ -176,23 +176,22 @@ def fit_calibration(predicted: np.ndarray, true: np.ndarray, members: dict[str, 
         raise ValueError("level must be in (0, 1)")
     order = np.random.default_rng(seed).permutation(len(predicted))
     fit_part, conf_part = order[: len(order) // 2], order[len(order) // 2:]
-    slope, intercept = np.polyfit(predicted[fit_part], true[fit_part], 1)
-    draft = AgeCalibration(float(intercept), float(slope), level, 0.0, 0.0, SCALE_KNOTS, (), len(fit_part), 0,
-                           split, tta, dict(members))
-    fit_corrected = draft.correct(predicted[fit_part])
+    slope, intercept = (float(v) for v in np.polyfit(predicted[fit_part], true[fit_part], 1))
+
+    def correct(age: np.ndarray) -> np.ndarray:
+        return clip_age(intercept + slope * age)
+
+    fit_corrected = correct(predicted[fit_part])
     values = local_scale(fit_corrected, true[fit_part] - fit_corrected)
-    draft = AgeCalibration(**{**asdict(draft), "scale_knots": SCALE_KNOTS, "scale_values": tuple(values)})
-    corrected = draft.correct(predicted[conf_part])
-    scores = np.sort((true[conf_part] - corrected) / draft.scale(corrected))
+    corrected = correct(predicted[conf_part])
+    scores = np.sort((true[conf_part] - corrected) / np.interp(corrected, SCALE_KNOTS, values))
     tail = (1 - level) / 2
     q_low, q_high = scores[_conformal_rank(len(scores), tail, False)], scores[_conformal_rank(len(scores), tail, True)]
-    all_corrected = draft.correct(predicted)
     fitted_on = {"created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
                  "n": int(len(predicted)), "mae_uncorrected": float(np.abs(true - predicted).mean()),
-                 "mae_corrected": float(np.abs(true - all_corrected).mean())}
-    calibration = AgeCalibration(**{**asdict(draft), "scale_knots": SCALE_KNOTS, "scale_values": tuple(values),
-                                    "q_low": float(q_low), "q_high": float(q_high), "n_conformal": len(conf_part),
-                                    "fitted_on": fitted_on})
+                 "mae_corrected": float(np.abs(true - correct(predicted)).mean())}
+    calibration = AgeCalibration(intercept, slope, level, float(q_low), float(q_high), SCALE_KNOTS, tuple(values),
+                                 len(fit_part), len(conf_part), split, tta, dict(members), fitted_on)
     logger.info("Calibration on %d %s images: true = %.2f + %.3f x predicted; %s MAE %.2f -> %.2f; %g%% conformal "
                 "quantiles %.2f / %.2f of the local error scale", len(predicted), split, intercept, slope, split,
                 fitted_on["mae_uncorrected"], fitted_on["mae_corrected"], level * 100, q_low, q_high)

@@ -296,12 +296,13 @@ class Predictor:
         net = self.member_for(head)
         gray, name = gray_of(source, name)
         spec = net.spec.preprocess
-        x = torch.from_numpy(prepare(gray, spec)).float().div(255.0)[None, None].to(self.device)
+        box = crop_box(gray, spec)  # found once: the model's input and the heatmap's way back share it
+        x = torch.from_numpy(prepare(gray, spec, box)).float().div(255.0)[None, None].to(self.device)
         model = HeadOutput(net, torch.tensor([int(male)], device=self.device), head).eval()
         with torch.inference_mode():
             target = get_head(head).cam_target(model(x), class_index)
         class_index = getattr(target, "category", None)
         with HiResCAM(model=model, target_layers=[net.cam_layer(head)]) as cam:
             model_heatmap = cam(input_tensor=x, targets=[target])[0]
-        heatmap = np.clip(heatmap_to_original(model_heatmap, gray.shape, crop_box(gray, spec)), 0.0, 1.0)
+        heatmap = np.clip(heatmap_to_original(model_heatmap, gray.shape, box), 0.0, 1.0)
         return Explanation(head, heatmap, model_heatmap, gray, alpha, class_index)

@@ -151,22 +151,23 @@ def contrast_stretch(gray: np.ndarray, low_percentile: float, high_percentile: f
     return np.clip((gray - lo) / (hi - lo), 0.0, 1.0).astype(np.float32)
 
 
-def preprocess(gray: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
+def preprocess(gray: np.ndarray, spec: PreprocessSpec, box: CropBox | None = None) -> np.ndarray:
     """Float gray image in [0, 1] (any size) -> float32 (S, S) in [0, 1], the model's view.
 
-    With spec.hand_crop the image is first cut to crop_box(gray, spec); heatmap_to_original maps back.
+    With spec.hand_crop the image is first cut to `box` (default crop_box(gray, spec); a caller that also
+    maps a heatmap back with heatmap_to_original passes the box it computed, so the hand is found once).
     """
     if gray.ndim != 2:
         raise ImageLoadError(f"expected a 2-D grayscale image, got shape {gray.shape}")
     if spec.hand_crop:
-        gray = crop_to_box(gray, crop_box(gray, spec))
+        gray = crop_to_box(gray, crop_box(gray, spec) if box is None else box)
     square = squash_resize(gray, spec.image_size)
     return contrast_stretch(square, spec.low_percentile, spec.high_percentile)
 
 
-def prepare(gray: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
+def prepare(gray: np.ndarray, spec: PreprocessSpec, box: CropBox | None = None) -> np.ndarray:
     """A gray image -> the uint8 (S, S) model input: what the training caches store and every network is fed."""
-    return to_uint8(preprocess(gray, spec))
+    return to_uint8(preprocess(gray, spec, box))
 
 
 def preprocess_source(source: ImageSource, spec: PreprocessSpec, name: str | None = None) -> np.ndarray:
