@@ -72,7 +72,9 @@ def main(argv: list[str] | None = None) -> int:
     if predictor.gate is None:
         print("no input gate:", "; ".join(predictor.notes))
         return 1
-    print(f"OOD limit {predictor.gate.limit:.2f}")
+    print("OOD limits (cosine distance to the k-th nearest training image, per level): "
+          + ", ".join(f"{level} {limit:.3f}" for level, limit in predictor.gate.limits.items())
+          + f"; scores are relative to them, refused above {predictor.gate.limit:.2f}")
     print(holdout_refusals(artifacts))
     print("\n".join(samples_and_variants(predictor, samples)))
     print("\n".join(negatives(predictor, samples)))

@@ -1,12 +1,16 @@
 """Input gate: is this a hand radiograph, upright, a left hand? Read off the network's own features.
 
-Three small models on the pooled backbone features of the ensemble's first age-head member (its
-features separate radiographs from other images better than the stage head's), all fitted on the
-training split and calibrated on the validation split:
+Three small models on the features of the ensemble's first age-head member (its features separate
+radiographs from other images better than the stage head's), all fitted on the training split and
+calibrated on the validation split:
 
-* an out-of-distribution score: the cosine distance to the k-th nearest of a bank of training
-  features (deep k-NN, Sun et al. 2022), refused above the largest validation score (or its
-  quantile ``1 - refuse_rate``);
+* an out-of-distribution score at two levels of the same backbone pass: the pooled features, and
+  the texture statistics of a mid-level block (``models.TEXTURE_BLOCK``; fine-tuning specialises the
+  pooled features so much that a photograph or a page of text can land among the hands there, while
+  the mid-level statistics keep them apart). At each level, the cosine distance to the k-th nearest
+  of a bank of training features (deep k-NN, Sun et al. 2022) is divided by that level's limit, the
+  largest validation distance (or its quantile ``1 - refuse_rate / 2``); the score is the larger of
+  the two ratios, and an image scoring above 1 is refused;
 * orientation: a linear classifier of the quarter turn (0, 90, 180, 270 degrees) that the image
   needs, learnt by rotating training inputs (self-supervised, no labels needed);
 * laterality: a linear classifier of mirrored (right-hand-like) against original inputs.
@@ -14,7 +18,9 @@ training split and calibrated on the validation split:
 An image the orientation model is sure about (p >= TURN_ABOVE) is turned back and scored with a
 warning; a less certain turn, and any suspected mirroring (right hands occur in the training data
 too, and the laterality model is weak), are flagged with a warning but scored as given. An image
-whose features lie outside the training distribution is refused with its score and the limit.
+whose features lie outside the training distribution is refused with its score and the limit, unless
+a suggested turn (p >= TURN_FLAG_ABOVE) brings it inside: a sideways film is then scored turned, with a
+warning (``Predictor``).
 """
 
 from __future__ import annotations
@@ -35,8 +41,13 @@ logger = logging.getLogger(__name__)
 GATE_FILE = "gate.npz"
 #: Probability from which a quarter turn is applied before scoring (one tilted film in the 24 samples had 0.91).
 TURN_ABOVE = 0.99
-#: Probability from which a suspected turn or mirroring is flagged (a warning, the image is scored as given).
+#: Probability from which suspected mirroring is flagged (a warning, the image is scored as given).
 FLAG_ABOVE = 0.9
+#: Probability of "not upright" from which a suspected turn is flagged: lower than for mirroring, because a
+#: turned film scored as given is far off (a 2-year-old upside down read 57 months at p = 0.63), and summed
+#: over the three turns, because the model can be sure a film is sideways but not which way
+#: (docs/ablations.md, section 6). On the served ensemble it flags 26 of the 1,892 upright holdout films (1.4 %).
+TURN_FLAG_ABOVE = 0.6
 QUARTER_TURNS = (0, 1, 2, 3)  # np.rot90 k that was applied to the upright image
 
 
@@ -54,19 +65,24 @@ class GateVerdict:
     turn_probability: float = 0.0
     mirrored: bool = False  # looks like a right hand or a mirrored film (flagged only)
     mirror_probability: float = 0.0
+    rotated_probability: float = 0.0  # 1 - P(upright): the image needs some turn
 
     @property
     def apply_turn(self) -> bool:
         return bool(self.turn) and self.turn_probability >= TURN_ABOVE
 
+    def turned_note(self) -> str:
+        """The warning for an image that was turned by `turn` before scoring."""
+        return (f"the image looked rotated (p = {self.turn_probability:.2f}); it was turned by {90 * self.turn} "
+                "degrees counter-clockwise before scoring")
+
     def warnings(self) -> list[str]:
         """What a reader should know about the orientation of this image."""
         notes = []
         if self.apply_turn:
-            notes.append(f"the image looked rotated (p = {self.turn_probability:.2f}); it was turned by "
-                         f"{90 * self.turn} degrees counter-clockwise before scoring")
+            notes.append(self.turned_note())
         elif self.turn:
-            notes.append(f"the image may be rotated (p = {self.turn_probability:.2f}, not sure enough to turn it): "
+            notes.append(f"the image may be rotated (p = {self.rotated_probability:.2f}, not sure enough to turn it): "
                          "check that the fingers point up")
         if self.mirrored:
             notes.append(f"the image may show a right hand or a mirrored film (p = {self.mirror_probability:.2f}); "
@@ -79,66 +95,100 @@ class GateVerdict:
 
     def reason(self) -> str:
         return (f"this does not look like a hand radiograph like those the models were trained on "
-                f"(out-of-distribution score {self.score:.1f}, limit {self.limit:.1f}); no bone age is given")
+                f"(out-of-distribution score {self.score:.2f}; the limit {self.limit:.2f} is where the farthest "
+                f"validation radiograph lies); no bone age is given. If it is a hand radiograph, check that it "
+                f"shows the whole hand with the fingers pointing up")
+
+
+#: The feature levels the OOD score reads (see the module docstring), in the order of the gate features.
+POOLED, TEXTURE = "pooled", "texture"
+LEVELS = (POOLED, TEXTURE)
 
 
 @dataclass
 class InputGate:
-    """The fitted gate (see the module docstring); `member` and `member_sha256` name the network it reads."""
+    """The fitted gate (see the module docstring); `member` and `member_sha256` name the network it reads.
 
-    reference: np.ndarray  # (n, F) L2-normalised training features (float16)
+    Its input is a member's gate features (``inference.gate_features``): `n_pooled` pooled features, then
+    the texture statistics. The orientation and laterality models read the pooled features.
+    """
+
+    references: dict[str, np.ndarray]  # level -> (n, F_level) L2-normalised training features (float16)
+    limits: dict[str, float]  # level -> distance at which that level refuses
+    n_pooled: int
     k: int
-    limit: float
-    turn_w: np.ndarray  # (4, F) logistic regression over QUARTER_TURNS
+    turn_w: np.ndarray  # (4, n_pooled) logistic regression over QUARTER_TURNS
     turn_b: np.ndarray  # (4,)
-    mirror_w: np.ndarray  # (F,)
+    mirror_w: np.ndarray  # (n_pooled,)
     mirror_b: float
     member: str = ""
     member_sha256: str = ""
     stats: dict = field(default_factory=dict)
 
+    limit = 1.0  # scores are distances relative to each level's limit
+
+    def levels(self, features: np.ndarray) -> dict[str, np.ndarray]:
+        """Gate features (N, F) split into their levels."""
+        features = np.atleast_2d(features)
+        return {POOLED: features[:, :self.n_pooled], TEXTURE: features[:, self.n_pooled:]}
+
+    def distances(self, features: np.ndarray) -> dict[str, np.ndarray]:
+        """Per level, the cosine distance to the k-th nearest training feature (0 = identical direction)."""
+        return {level: _kth_distance(self.references[level], f, self.k) for level, f in self.levels(features).items()}
+
     def score(self, features: np.ndarray) -> np.ndarray:
-        """OOD score per row: cosine distance to the k-th nearest training feature (0 = identical direction)."""
-        distances = 1.0 - _unit(np.atleast_2d(features)) @ self.reference.astype(np.float64).T
-        return np.partition(distances, self.k - 1, axis=1)[:, self.k - 1]
+        """OOD score per row: the largest of the levels' distances relative to their limits (> 1 is refused)."""
+        distances = self.distances(features)
+        return np.max([distances[level] / self.limits[level] for level in LEVELS], axis=0)
 
     def turn_probabilities(self, features: np.ndarray) -> np.ndarray:
-        logits = np.atleast_2d(features) @ self.turn_w.T + self.turn_b
+        logits = self.levels(features)[POOLED] @ self.turn_w.T + self.turn_b
         logits -= logits.max(1, keepdims=True)
         p = np.exp(logits)
         return p / p.sum(1, keepdims=True)
 
     def mirror_probability(self, features: np.ndarray) -> np.ndarray:
-        return 1.0 / (1.0 + np.exp(-(np.atleast_2d(features) @ self.mirror_w + self.mirror_b)))
+        return 1.0 / (1.0 + np.exp(-(self.levels(features)[POOLED] @ self.mirror_w + self.mirror_b)))
 
     def verdicts(self, features: np.ndarray) -> list[GateVerdict]:
         """One verdict per feature row."""
         scores, turns, mirrors = self.score(features), self.turn_probabilities(features), self.mirror_probability(features)
         out = []
         for s, t, m in zip(scores, turns, mirrors):
-            k = int(t.argmax())
-            out.append(GateVerdict(float(s), self.limit, k if t[k] >= FLAG_ABOVE else 0, float(t[k]),
-                                   bool(m >= FLAG_ABOVE), float(m)))
+            k = int(t[1:].argmax()) + 1  # the likeliest turn; flagged when P(not upright) is high enough
+            out.append(GateVerdict(float(s), self.limit, k if 1.0 - t[0] >= TURN_FLAG_ABOVE else 0, float(t[k]),
+                                   bool(m >= FLAG_ABOVE), float(m), float(1.0 - t[0])))
         return out
 
     def save(self, path: str | os.PathLike) -> None:
-        arrays = {k: np.asarray(getattr(self, k)) for k in ("reference", "turn_w", "turn_b", "mirror_w")}
-        scalars = {"k": self.k, "limit": self.limit, "mirror_b": self.mirror_b}
-        np.savez(path, **arrays, **{k: np.asarray(v) for k, v in scalars.items()}, member=np.asarray(self.member),
-                 member_sha256=np.asarray(self.member_sha256), stats=np.asarray(repr(self.stats)))
+        arrays = {f"reference_{level}": self.references[level] for level in LEVELS}
+        arrays.update({f"limit_{level}": np.asarray(self.limits[level]) for level in LEVELS})
+        arrays.update({k: np.asarray(getattr(self, k)) for k in ("turn_w", "turn_b", "mirror_w", "mirror_b", "k",
+                                                                  "n_pooled", "member", "member_sha256")})
+        np.savez(path, **arrays, stats=np.asarray(repr(self.stats)))
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "InputGate":
         try:
             with np.load(path, allow_pickle=False) as z:
-                return cls(z["reference"], int(z["k"]), float(z["limit"]), z["turn_w"], z["turn_b"], z["mirror_w"],
-                           float(z["mirror_b"]), str(z["member"]), str(z["member_sha256"]))
+                if "n_pooled" not in z.files and "reference" in z.files:
+                    raise KeyError("the older format with pooled features only; re-run `train.py --stages gate`")
+                return cls({level: z[f"reference_{level}"] for level in LEVELS},
+                           {level: float(z[f"limit_{level}"]) for level in LEVELS}, int(z["n_pooled"]), int(z["k"]),
+                           z["turn_w"], z["turn_b"], z["mirror_w"], float(z["mirror_b"]), str(z["member"]),
+                           str(z["member_sha256"]))
         except (OSError, KeyError, ValueError) as exc:
             raise ArtifactError(f"{path}: not a readable input gate ({exc})") from exc
 
 
 def _unit(features: np.ndarray) -> np.ndarray:
     return features / np.maximum(np.linalg.norm(features, axis=1, keepdims=True), 1e-12)
+
+
+def _kth_distance(reference: np.ndarray, features: np.ndarray, k: int) -> np.ndarray:
+    """Cosine distance of each row of `features` to its k-th nearest row of the unit `reference` bank."""
+    distances = 1.0 - _unit(features) @ reference.astype(np.float64).T
+    return np.partition(distances, k - 1, axis=1)[:, k - 1]
 
 
 def _logistic(x: np.ndarray, y: np.ndarray, seed: int):
@@ -149,28 +199,34 @@ def _logistic(x: np.ndarray, y: np.ndarray, seed: int):
 
 
 def fit_gate(train: np.ndarray, val: np.ndarray, turned: dict[int, np.ndarray], mirrored: np.ndarray,
-             upright: np.ndarray, refuse_rate: float = 0.0, k: int = 20, seed: int = 0) -> InputGate:
-    """Fit the gate from features: training split (the reference bank), validation split (calibration),
+             upright: np.ndarray, n_pooled: int, refuse_rate: float = 0.0, k: int = 20, seed: int = 0) -> InputGate:
+    """Fit the gate from gate features: training split (the reference banks), validation split (the limits),
     quarter-turned and mirrored copies.
 
     `turned[k]` holds features of training inputs rotated by np.rot90(k); `upright` the same images unturned
-    (the mirror classifier's negatives, `mirrored` its positives). The OOD limit is the validation
-    quantile 1 - refuse_rate (the largest validation score by default).
+    (the mirror classifier's negatives, `mirrored` its positives). Each level's limit is its validation
+    quantile 1 - refuse_rate / 2 (the largest validation distance by default), so that at most about
+    `refuse_rate` of the validation images are refused.
     """
-    gate = InputGate(_unit(train).astype(np.float16), min(k, len(train)), 0.0, np.zeros((4, train.shape[1])),
-                     np.zeros(4), np.zeros(train.shape[1]), 0.0)
-    gate.limit = float(np.quantile(gate.score(val), 1.0 - refuse_rate))
-    x = np.concatenate([upright] + [turned[k] for k in QUARTER_TURNS[1:]])
+    if not 0 < n_pooled < train.shape[1]:
+        raise ValueError(f"n_pooled {n_pooled} must split the {train.shape[1]} gate features into two levels")
+    gate = InputGate({}, {}, n_pooled, min(k, len(train)), np.zeros((4, n_pooled)), np.zeros(4), np.zeros(n_pooled), 0.0)
+    gate.references = {level: _unit(f).astype(np.float16) for level, f in gate.levels(train).items()}
+    gate.limits = {level: float(np.quantile(d, 1.0 - refuse_rate / len(LEVELS)))
+                   for level, d in gate.distances(val).items()}
+    x = np.concatenate([upright[:, :n_pooled]] + [turned[k][:, :n_pooled] for k in QUARTER_TURNS[1:]])
     # an image rotated by k quarter turns needs (4 - k) % 4 more to be upright again
     y = np.concatenate([np.zeros(len(upright), int)] + [np.full(len(turned[k]), (4 - k) % 4) for k in QUARTER_TURNS[1:]])
     turn = _logistic(x, y, seed)
     order = list(turn.classes_)
     gate.turn_w = turn.coef_[[order.index(k) for k in QUARTER_TURNS]]
     gate.turn_b = turn.intercept_[[order.index(k) for k in QUARTER_TURNS]]
-    mirror = _logistic(np.concatenate([upright, mirrored]), np.r_[np.zeros(len(upright)), np.ones(len(mirrored))], seed)
+    mirror = _logistic(np.concatenate([upright[:, :n_pooled], mirrored[:, :n_pooled]]),
+                       np.r_[np.zeros(len(upright)), np.ones(len(mirrored))], seed)
     gate.mirror_w, gate.mirror_b = mirror.coef_[0], float(mirror.intercept_[0])
     gate.stats = {"n_train": len(train), "n_val": len(val), "refuse_rate": refuse_rate, "k": gate.k}
-    logger.info("Input gate: OOD limit %.2f (validation quantile %.4f)", gate.limit, 1 - refuse_rate)
+    logger.info("Input gate: OOD limits %s (validation quantile %.4f)",
+                ", ".join(f"{level} {limit:.3f}" for level, limit in gate.limits.items()), 1 - refuse_rate / len(LEVELS))
     return gate
 
 

@@ -63,8 +63,8 @@ def member_outputs(net: torch.nn.Module, images: torch.Tensor, male: torch.Tenso
                    cpu_bf16: bool = False, features: list[np.ndarray] | None = None) -> dict[str, list[np.ndarray]]:
     """Decoded outputs of one network for uint8 (N, S, S) images: {head: [one array per view]}.
 
-    With a `features` list, the pooled features of the unzoomed view are appended to it per batch (what
-    the input gate reads), from the same backbone pass as the outputs.
+    With a `features` list, the gate features of the unzoomed view (:func:`gate_features`) are appended to
+    it per batch, from the same backbone pass as the outputs.
     """
     net.eval()
     spec = net.spec
@@ -75,10 +75,10 @@ def member_outputs(net: torch.nn.Module, images: torch.Tensor, male: torch.Tenso
         m = male[i:i + batch_size].to(device)
         for v, view in enumerate(tta_views(x, tta)):
             with autocast(device, cpu_bf16):
-                pooled = net.features(view)
+                pooled, texture = net.embed(view)
                 out = net.read_heads(pooled, m)
             if v == 0 and features is not None:
-                features.append(pooled.float().cpu().numpy().astype(np.float64))
+                features.append(gate_features(pooled, texture))
             for head in spec.heads:
                 decoded = get_head(head).decode(out[head], spec)
                 if v == len(per_view[head]):
@@ -96,10 +96,15 @@ def ensemble_outputs(members: Sequence[Mapping[str, list[np.ndarray]]]) -> dict[
 @torch.no_grad()
 def member_features(net: torch.nn.Module, images: torch.Tensor | np.ndarray, device: torch.device,
                     batch_size: int = 64, progress: bool = False) -> np.ndarray:
-    """Pooled backbone features (N, F) of uint8 (N, S, S) model inputs, one view (what the input gate reads)."""
+    """Gate features (N, F + 2C) of uint8 (N, S, S) model inputs, one view (what the input gate reads)."""
     net.eval()
     images = torch.as_tensor(np.ascontiguousarray(images)) if isinstance(images, np.ndarray) else images
     starts = range(0, len(images), batch_size)
-    out = [net.features(to_input(images[i:i + batch_size], device)).float().cpu().numpy()
+    out = [gate_features(*net.embed(to_input(images[i:i + batch_size], device)))
            for i in tqdm(starts, desc="features", disable=not progress or len(starts) < 3)]
-    return np.concatenate(out).astype(np.float64) if out else np.zeros((0, 0))
+    return np.concatenate(out) if out else np.zeros((0, 0))
+
+
+def gate_features(pooled: torch.Tensor, texture: torch.Tensor) -> np.ndarray:
+    """What the input gate reads: the pooled features (B, F), then the texture statistics (B, 2C), as float64."""
+    return torch.cat([pooled.float(), texture.float()], dim=1).cpu().numpy().astype(np.float64)

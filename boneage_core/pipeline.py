@@ -195,7 +195,7 @@ def evaluate_stage(cfg: TrainConfig, ds: Dataset, staging: Path, members: list[s
 
 def gate_stage(cfg: TrainConfig, ds: Dataset, staging: Path, members: list[str], n_fit: int = 2000,
                n_turned: int = 1000) -> None:
-    """Fit the input gate on the gate member's features: training images (some turned and mirrored), validation limit."""
+    """Fit the input gate on the gate member's features: training images (some turned and mirrored), validation limits."""
     if not members:
         raise MissingArtifactError(f"{staging}: the input gate needs a trained CNN; train one first")
     member = gate_member({name: read_meta(staging / name)["spec"]["heads"] for name in members})
@@ -209,7 +209,7 @@ def gate_stage(cfg: TrainConfig, ds: Dataset, staging: Path, members: list[str],
     turned = {k: member_features(net, np.rot90(base, k, axes=(1, 2)), device, progress=True) for k in (1, 2, 3)}
     mirrored = member_features(net, base[:, :, ::-1], device, progress=True)
     gate = fit_gate(train_f, member_features(net, val_img, device, progress=True), turned, mirrored,
-                    train_f[:n_turned], seed=cfg.seed)
+                    train_f[:n_turned], n_pooled=net.backbone.num_features, seed=cfg.seed)
     gate.member, gate.member_sha256 = member, meta["sha256"]
     gate.save(staging / GATE_FILE)
 

@@ -230,16 +230,22 @@ class Predictor:
         return combined, first_input.astype(np.float32) / 255.0, gate_features[0] if gate_features else None
 
     def _gated_outputs(self, gray: np.ndarray, male: bool, tta: bool | None, name: str):
-        """outputs() behind the input gate: refuses non-radiographs, turns back a film it is sure is rotated."""
+        """outputs() behind the input gate: refuses non-radiographs, turns back a film it is sure is rotated.
+
+        A film the gate would refuse as given, but for which the orientation model suggests a turn (p >=
+        TURN_FLAG_ABOVE), is tried turned: a sideways hand is scored turned (with a warning) rather than refused.
+        """
         combined, model_input, features = self.outputs(gray, male, tta)
         if features is None:
             return gray, combined, model_input, None, []
         verdict, notes = self.gate.verdicts(features)[0], []
-        if verdict.apply_turn:
-            notes = verdict.warnings()[:1]
-            gray = np.ascontiguousarray(np.rot90(gray, verdict.turn))
-            combined, model_input, features = self.outputs(gray, male, tta)
-            verdict = self.gate.verdicts(features)[0]
+        if verdict.apply_turn or (verdict.refused and verdict.turn):
+            turned = np.ascontiguousarray(np.rot90(gray, verdict.turn))
+            outputs = self.outputs(turned, male, tta)
+            turned_verdict = self.gate.verdicts(outputs[2])[0]
+            if verdict.apply_turn or not turned_verdict.refused:
+                notes = [verdict.turned_note()]
+                gray, (combined, model_input, features), verdict = turned, outputs, turned_verdict
         if verdict.refused:
             raise NotARadiographError(f"{name}: {verdict.reason()}")
         notes += [w for w in verdict.warnings() if w not in notes]

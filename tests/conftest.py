@@ -20,7 +20,7 @@ DATA_299 = SHARED / "data" / "rsna-bone-age-299"
 FULLRES = SHARED / "data" / "samples-fullres"
 GP_TABLE = SHARED / "reference" / "greulich-pyle-brush-foundation.csv"
 ARTIFACTS = REPO / "artifacts"
-FORMAT1 = ARTIFACTS  # the served two-file ensemble is in checkpoint format 1
+FORMAT1 = REPO / "tests" / "data" / "format1"  # the first served pair, in checkpoint format 1
 
 
 def require(path: Path) -> Path:
@@ -84,9 +84,8 @@ def committed_artifacts() -> Path:
 
 @pytest.fixture(scope="session")
 def format1_models() -> Path:
-    """The committed format-1 checkpoints (regressor.pt + classifier.pt): the two-file layout and the upgrade of
-    old checkpoints. Today they are the served ensemble in artifacts/; when they stop being served they move to
-    tests/data/ and this path follows them."""
+    """The committed format-1 checkpoints (regressor.pt + classifier.pt, served until the 256 px ensemble
+    replaced them): the two-file layout and the upgrade of old checkpoints."""
     return require(FORMAT1 / "regressor.pt").parent
 
 

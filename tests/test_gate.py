@@ -6,18 +6,24 @@ import numpy as np
 import pytest
 
 from boneage_core.errors import ArtifactError, InputError
-from boneage_core.gate import (GATE_FILE, InputGate, NotARadiographError, QUARTER_TURNS, fit_gate, load_gate)
+from boneage_core.gate import (GATE_FILE, TURN_FLAG_ABOVE, InputGate, NotARadiographError, QUARTER_TURNS, fit_gate,
+                               load_gate)
 from boneage_core.predictor import Predictor
 from negatives import negative_set
 
-F = 24
+F = 24  # pooled features
+T = 8  # texture statistics after them
+TURN_SHIFT = 10.0  # how far a turn or mirroring moves the pooled features (synthetic)
 
 
-def _features(rng, n, shift=0.0, scale=1.0):
-    """Radiograph-like features share a common direction (dimension 1); `shift` pulls them towards dimension 0."""
-    base = rng.standard_normal((n, F)) * scale
+def _features(rng, n, shift=0.0, scale=1.0, texture_shift=0.0):
+    """Radiograph-like gate features share a common direction at each level (dimensions 1 and F + 1); `shift`
+    pulls the pooled part towards dimension 0, `texture_shift` the texture part towards dimension F."""
+    base = rng.standard_normal((n, F + T)) * scale
     base[:, 1] += 10.0
+    base[:, F + 1] += 10.0
     base[:, 0] += shift
+    base[:, F] += texture_shift
     return base
 
 
@@ -27,9 +33,9 @@ def gate() -> InputGate:
     rng = np.random.default_rng(0)
     train, val = _features(rng, 600), _features(rng, 300)
     upright = train[:200]
-    turned = {k: upright + 8.0 * np.eye(F)[k] for k in (1, 2, 3)}
-    mirrored = upright + 8.0 * np.eye(F)[5]
-    return fit_gate(train, val, turned, mirrored, upright, refuse_rate=0.01, k=5)
+    turned = {k: upright + TURN_SHIFT * np.eye(F + T)[k] for k in (1, 2, 3)}
+    mirrored = upright + TURN_SHIFT * np.eye(F + T)[5]
+    return fit_gate(train, val, turned, mirrored, upright, n_pooled=F, refuse_rate=0.01, k=5)
 
 
 def test_in_distribution_passes_and_far_points_are_refused(gate):
@@ -41,35 +47,69 @@ def test_in_distribution_passes_and_far_points_are_refused(gate):
     assert "does not look like a hand radiograph" in outside[0].reason()
 
 
+def test_either_level_alone_refuses(gate):
+    """An image whose pooled features look like a radiograph's is still refused for a foreign texture."""
+    rng = np.random.default_rng(4)
+    texture_only = _features(rng, 50, texture_shift=25.0)
+    distances = gate.distances(texture_only)
+    assert np.all(distances["pooled"] <= gate.limits["pooled"] * 1.5)
+    assert np.all(distances["texture"] > gate.limits["texture"])
+    assert all(v.refused for v in gate.verdicts(texture_only))
+    assert all(v.refused for v in gate.verdicts(_features(rng, 50, shift=25.0)))  # and the pooled level alone
+
+
+def test_the_gate_needs_both_levels():
+    rng = np.random.default_rng(5)
+    train = _features(rng, 50)
+    with pytest.raises(ValueError, match="two levels"):
+        fit_gate(train, train, {k: train for k in (1, 2, 3)}, train, train, n_pooled=F + T)
+
+
 def test_the_limit_is_the_validation_quantile(gate):
     rng = np.random.default_rng(0)
     _features(rng, 600)
     val = _features(rng, 300)
     assert np.mean(gate.score(val) > gate.limit) == pytest.approx(0.01, abs=0.005)
+    for level in ("pooled", "texture"):  # each level refuses half the rate
+        assert np.mean(gate.distances(val)[level] > gate.limits[level]) == pytest.approx(0.005, abs=0.004)
 
 
 def test_turns_and_mirroring_are_detected_and_undone(gate):
     rng = np.random.default_rng(2)
     upright = _features(rng, 50)
     for k in (1, 2, 3):
-        verdicts = gate.verdicts(upright + 8.0 * np.eye(F)[k])
+        verdicts = gate.verdicts(upright + TURN_SHIFT * np.eye(F + T)[k])
         assert all(v.turn == (4 - k) % 4 for v in verdicts), k  # the turn that brings it back
-    assert all(v.mirrored for v in gate.verdicts(upright + 8.0 * np.eye(F)[5]))
+    assert all(v.mirrored for v in gate.verdicts(upright + TURN_SHIFT * np.eye(F + T)[5]))
     plain = gate.verdicts(upright)
     assert not any(v.turn or v.mirrored for v in plain)
     assert set(QUARTER_TURNS) == {0, 1, 2, 3}
+
+
+def test_a_film_surely_turned_but_not_surely_which_way_is_flagged(gate):
+    """P(not upright) summed over the turns decides the flag; no single turn is sure enough to apply."""
+    rng = np.random.default_rng(6)
+    between = _features(rng, 50) + TURN_SHIFT * (np.eye(F + T)[1] + np.eye(F + T)[3])
+    verdicts = gate.verdicts(between)
+    assert all(v.rotated_probability >= TURN_FLAG_ABOVE for v in verdicts)
+    assert all(v.turn in (1, 3) and not v.apply_turn for v in verdicts)
+    assert all(any("may be rotated" in w for w in v.warnings()) for v in verdicts)
 
 
 def test_save_load_round_trip_and_member_check(gate, tmp_path):
     gate.member, gate.member_sha256 = "multihead.pt", "ab" * 32
     gate.save(tmp_path / GATE_FILE)
     loaded = load_gate(tmp_path, "multihead.pt", "ab" * 32)
-    features = np.random.default_rng(3).standard_normal((5, F))
+    features = np.random.default_rng(3).standard_normal((5, F + T))
     np.testing.assert_allclose(loaded.score(features), gate.score(features))
+    assert loaded.limits == gate.limits and loaded.n_pooled == F
     np.testing.assert_allclose(loaded.turn_probabilities(features), gate.turn_probabilities(features))
     with pytest.raises(ArtifactError, match="fitted on multihead.pt"):
         load_gate(tmp_path, "multihead.pt", "cd" * 32)
     assert load_gate(tmp_path / "empty", "x.pt", "0") is None
+    np.savez(tmp_path / GATE_FILE, reference=np.zeros((3, F)), limit=np.asarray(0.5))  # the pooled-only format
+    with pytest.raises(ArtifactError, match="older format"):
+        load_gate(tmp_path, "multihead.pt", "ab" * 32)
     (tmp_path / GATE_FILE).write_bytes(b"garbage")
     with pytest.raises(ArtifactError, match="not a readable input gate"):
         InputGate.load(tmp_path / GATE_FILE)

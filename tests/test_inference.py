@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from boneage_core.heads import AGE, STAGE, combine, get_head
-from boneage_core.inference import (TTA_SCALES, autocast, ensemble_outputs, member_outputs, resolve_device,
-                                    to_input, tta_views)
+from boneage_core.inference import (TTA_SCALES, autocast, ensemble_outputs, member_features, member_outputs,
+                                    resolve_device, to_input, tta_views)
 from boneage_core.models import INIT_SCRATCH, ModelSpec, create_model
 from boneage_core.preprocess import PreprocessSpec
 
@@ -103,6 +103,18 @@ def test_member_outputs_ignore_batch_size(net, images):
     for head in (AGE, STAGE):
         for a, b in zip(whole[head], pieces[head], strict=True):
             np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-5)
+
+
+def test_gate_features_come_from_the_same_pass_as_the_outputs(net, images):
+    x, male = images
+    collected = []
+    member_outputs(net, x, male, CPU, tta=True, batch_size=4, features=collected)
+    from_outputs = np.concatenate(collected)
+    alone = member_features(net, x, CPU, batch_size=3)
+    pooled, texture = net.embed(to_input(x, CPU))
+    assert alone.shape == (len(x), pooled.shape[1] + texture.shape[1])
+    np.testing.assert_allclose(from_outputs, alone, rtol=1e-5, atol=1e-5)  # the unzoomed view, batch-independent
+    np.testing.assert_allclose(alone[:, :pooled.shape[1]], pooled.detach().numpy(), rtol=1e-5, atol=1e-5)
 
 
 def test_member_outputs_follow_the_images(net, images):

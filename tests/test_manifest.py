@@ -215,12 +215,11 @@ def test_no_manifest_means_no_evaluated_file(folder):
         evaluated_path(folder, None, PREDICTIONS)
 
 
-def test_the_committed_candidate_folder_is_consistent():
-    """candidates/multihead-256: its files are the ones its manifest hashed, and its metrics belong to its model."""
-    folder = Path(__file__).resolve().parents[1] / "candidates" / "multihead-256"
-    manifest = read_manifest(folder)
-    assert manifest is not None and manifest.members == ["multihead.pt"]
-    verify_models(folder, manifest)  # model, gate and calibration hashes
+def test_the_committed_artifacts_folder_is_consistent(committed_artifacts):
+    """artifacts/: its files are the ones its manifest hashed, and its metrics belong to its members."""
+    manifest = read_manifest(committed_artifacts)
+    assert manifest is not None and manifest.members
+    verify_models(committed_artifacts, manifest)  # model, gate and calibration hashes
     assert set(manifest.extra) >= {"gate", "calibration"}
     for name in ("metrics.json", "predictions.csv"):
-        assert stale_reason(folder, manifest, name) is None
+        assert stale_reason(committed_artifacts, manifest, name) is None

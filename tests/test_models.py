@@ -10,8 +10,8 @@ import torch
 from boneage_core.checkpoint import file_sha256, read_payload
 from boneage_core.heads import AGE, STAGE
 from boneage_core.imagenet import imagenet_weights_path
-from boneage_core.models import (INIT_IMAGENET, INIT_SCRATCH, BoneAgeNet, HeadOutput, ModelSpec, count_parameters,
-                                 create_model, freeze_blocks, load_model, parent_spec, save_model)
+from boneage_core.models import (INIT_IMAGENET, INIT_SCRATCH, TEXTURE_BLOCK, BoneAgeNet, HeadOutput, ModelSpec,
+                                 count_parameters, create_model, freeze_blocks, load_model, parent_spec, save_model)
 from boneage_core.preprocess import PreprocessSpec
 from boneage_core.stages import DEFAULT_SCHEME, StageScheme
 
@@ -88,13 +88,44 @@ def test_forward_gives_one_output_per_head(net):
 
 def test_one_backbone_pass_serves_every_head(net):
     calls = []
-    handle = net.backbone.register_forward_hook(lambda module, args, output: calls.append(output.shape))
+    handle = net.backbone.conv_stem.register_forward_hook(lambda module, args, output: calls.append(output.shape))
     try:
         with torch.no_grad():
             net(*_inputs(2))
     finally:
         handle.remove()
     assert len(calls) == 1
+
+
+def test_embed_is_the_timm_backbone_plus_texture_statistics(net):
+    x, _ = _inputs(2)
+    seen = {}
+    handle = net.backbone.blocks[TEXTURE_BLOCK].register_forward_hook(lambda m, a, out: seen.setdefault("act", out))
+    try:
+        with torch.no_grad():
+            pooled, texture = net.embed(x)
+            timm_pooled = net.backbone(((x - net.mean) / net.std).expand(-1, 3, -1, -1))
+    finally:
+        handle.remove()
+    torch.testing.assert_close(pooled, timm_pooled)  # the heads read exactly what timm's forward gives
+    torch.testing.assert_close(net.features(x), pooled)
+    act = seen["act"]
+    assert texture.shape == (2, 2 * act.shape[1])
+    torch.testing.assert_close(texture[:, :act.shape[1]], act.mean((2, 3)))
+    torch.testing.assert_close(texture[:, act.shape[1]:], act.std((2, 3), correction=0))
+
+
+def test_embed_goes_on_from_trunk_activations(net):
+    x, _ = _inputs(2)
+    with torch.no_grad():
+        whole = net.embed(x)
+        for n in (1, 3, TEXTURE_BLOCK + 1):
+            pooled, texture = net.embed(net.trunk(x, n), from_block=n)
+            torch.testing.assert_close(pooled, whole[0])
+            if n <= TEXTURE_BLOCK:
+                torch.testing.assert_close(texture, whole[1])
+            else:
+                assert texture is None
 
 
 def test_sex_input_changes_the_output(net):

@@ -259,6 +259,18 @@ def test_an_upside_down_hand_is_turned_back_or_flagged(committed_artifacts, full
             assert flipped.bone_age_months == pytest.approx(upright.bone_age_months, abs=3.0)
 
 
+def test_a_sideways_hand_is_scored_turned_not_refused(committed_artifacts, fullres_dir):
+    """The gate's texture level refuses some sideways films as given; the suggested turn brings them back."""
+    loaded = Predictor.load(committed_artifacts)
+    for stem in ("1377", "1380", "1385"):
+        upright = loaded.predict(fullres_dir / f"{stem}.png", male=False)
+        for k in (1, 3):
+            sideways = loaded.predict(np.ascontiguousarray(np.rot90(upright.original, k)), male=False)
+            assert any("rotated" in w for w in sideways.warnings), (stem, k)
+            if any("was turned" in w for w in sideways.warnings):
+                assert sideways.bone_age_months == pytest.approx(upright.bone_age_months, abs=3.0), (stem, k)
+
+
 @pytest.mark.parametrize("months,text", [(0, "0 y 0 m"), (124.6, "10 y 5 m"), (239.7, "20 y 0 m")])
 def test_years_months(months, text):
     assert years_months(months) == text

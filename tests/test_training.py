@@ -337,7 +337,7 @@ def _count_steps(monkeypatch, after_step=None) -> list:
 
     def counting(net, *args, **kwargs):
         forwards = []
-        handle = net.backbone.register_forward_hook(lambda m, i, o: forwards.append(m.training))
+        handle = net.backbone.conv_stem.register_forward_hook(lambda m, i, o: forwards.append(m.training))
         try:
             loss = real(net, *args, **kwargs)
         finally:
