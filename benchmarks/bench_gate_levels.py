@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from boneage_core.data import attach_paths, find_dataset, read_labels
+from boneage_core.data import attach_paths, find_dataset, read_labels, with_split
 from boneage_core.errors import ImageLoadError
 from boneage_core.imaging import load_gray
 from boneage_core.models import BoneAgeNet, load_model
@@ -54,8 +54,8 @@ def kth_distance(bank: np.ndarray, features: np.ndarray, k: int = K) -> np.ndarr
 
 def _images(args) -> dict[str, dict[str, np.ndarray]]:
     csv, image_dir = find_dataset(args.data_dir)
-    split = pd.read_csv(args.split)
-    frame = attach_paths(read_labels(csv), image_dir).merge(split, on="id")
+    split = pd.read_csv(args.split, dtype={"id": str, "split": str})
+    frame = with_split(attach_paths(read_labels(csv), image_dir), split)
     rng = np.random.default_rng(0)
     groups = {}
     for part, n in (("train", args.n_train), ("val", args.n_val), ("test", args.n_test)):
