@@ -21,35 +21,32 @@ import torch
 from boneage_core.data import attach_paths, find_dataset, read_labels, with_split
 from boneage_core.errors import ImageLoadError
 from boneage_core.imaging import load_gray
-from boneage_core.models import BoneAgeNet, load_model
+from boneage_core.gate import kth_distance, unit_rows
+from boneage_core.inference import to_input
+from boneage_core.models import BoneAgeNet, channel_statistics, load_model
 from boneage_core.preprocess import prepare
 from tests.negatives import negative_set
 
-K = 20
-
-
 @torch.no_grad()
 def block_statistics(net: BoneAgeNet, u8: np.ndarray, batch: int = 32) -> list[np.ndarray]:
-    """Per block, (N, 2C) per-channel mean then std of its activations; last, the (N, F) pooled features."""
+    """Per block, (N, 2C) `channel_statistics` of its activations; last, the (N, F) pooled features (one pass)."""
     chunks = []
     for i in range(0, len(u8), batch):
-        x = torch.from_numpy(u8[i:i + batch]).float()[:, None] / 255.0
-        h, levels = net.trunk(x, 0), []
-        for block in net.backbone.blocks:
-            h = block(h)
-            levels.append(torch.cat([h.mean((2, 3)), h.std((2, 3), correction=0)], 1).numpy())
-        levels.append(net.embed(x)[0].numpy())
-        chunks.append(levels)
+        levels = []
+        hooks = [block.register_forward_hook(lambda m, a, out: levels.append(channel_statistics(out).numpy()))
+                 for block in net.backbone.blocks]
+        try:
+            pooled, _ = net.embed(to_input(torch.from_numpy(u8[i:i + batch]), torch.device("cpu")), texture=False)
+        finally:
+            for hook in hooks:
+                hook.remove()
+        chunks.append(levels + [pooled.numpy()])
     return [np.concatenate(level) for level in zip(*chunks)]
 
 
-def _unit(f: np.ndarray) -> np.ndarray:
-    return f / np.maximum(np.linalg.norm(f, axis=1, keepdims=True), 1e-12)
-
-
-def kth_distance(bank: np.ndarray, features: np.ndarray, k: int = K) -> np.ndarray:
-    """Cosine distance of each feature row to its k-th nearest bank row."""
-    return np.partition(1.0 - _unit(features) @ _unit(bank).T, k - 1, axis=1)[:, k - 1]
+def _limit_and_distances(bank: np.ndarray, val: np.ndarray, groups: dict[str, np.ndarray]):
+    reference = unit_rows(bank)
+    return kth_distance(reference, val).max(), {g: kth_distance(reference, f) for g, f in groups.items()}
 
 
 def _images(args) -> dict[str, dict[str, np.ndarray]]:
@@ -96,12 +93,11 @@ def main() -> None:
         variants = [("", slice(None))] if level == n_levels - 1 else [(" mean+std", slice(None)),
                                                                       (" mean only", slice(0, width // 2))]
         for label, cols in variants:
-            bank = features["train"][level][:, cols]
-            limit = kth_distance(bank, features["val"][level][:, cols]).max()
-            counts = {g: (kth_distance(bank, features[g][level][:, cols]) > limit, len(features[g][level]))
-                      for g in ("test", "samples", "negatives")}
-            print(f"{name + label:24s} dim {bank.shape[1]:5d}  limit {limit:.3f}  " + "  ".join(
-                f"{g} refused {int(r.sum())}/{n}" for g, (r, n) in counts.items()))
+            limit, distances = _limit_and_distances(
+                features["train"][level][:, cols], features["val"][level][:, cols],
+                {g: features[g][level][:, cols] for g in ("test", "samples", "negatives")})
+            print(f"{name + label:24s} dim {features['train'][level][:, cols].shape[1]:5d}  limit {limit:.3f}  "
+                  + "  ".join(f"{g} refused {int((d > limit).sum())}/{len(d)}" for g, d in distances.items()))
 
 
 if __name__ == "__main__":

@@ -38,7 +38,7 @@ def _step(net, opt, x, m, y, device, cpu_bf16):
 
 def _cached_step(net, opt, activations, m, y, device, cpu_bf16, from_block):
     with autocast(device, cpu_bf16):
-        out = net.read_heads(net.embed(activations, from_block)[0], m)
+        out = net.read_heads(net.embed(activations, from_block, texture=False)[0], m)
     _update(net, opt, out, y)
 
 

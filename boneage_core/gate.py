@@ -48,6 +48,8 @@ FLAG_ABOVE = 0.9
 #: over the three turns, because the model can be sure a film is sideways but not which way
 #: (docs/ablations.md, section 6). On the served ensemble it flags 26 of the 1,892 upright holdout films (1.4 %).
 TURN_FLAG_ABOVE = 0.6
+#: Neighbours for the k-NN out-of-distribution distance (the k-th nearest training image).
+DEFAULT_K = 20
 QUARTER_TURNS = (0, 1, 2, 3)  # np.rot90 k that was applied to the upright image
 
 
@@ -132,9 +134,13 @@ class InputGate:
         features = np.atleast_2d(features)
         return {POOLED: features[:, :self.n_pooled], TEXTURE: features[:, self.n_pooled:]}
 
+    def pooled(self, features: np.ndarray) -> np.ndarray:
+        """The pooled level of gate features (what the orientation and laterality models read)."""
+        return self.levels(features)[POOLED]
+
     def distances(self, features: np.ndarray) -> dict[str, np.ndarray]:
         """Per level, the cosine distance to the k-th nearest training feature (0 = identical direction)."""
-        return {level: _kth_distance(self.references[level], f, self.k) for level, f in self.levels(features).items()}
+        return {level: kth_distance(self.references[level], f, self.k) for level, f in self.levels(features).items()}
 
     def score(self, features: np.ndarray) -> np.ndarray:
         """OOD score per row: the largest of the levels' distances relative to their limits (> 1 is refused)."""
@@ -142,13 +148,13 @@ class InputGate:
         return np.max([distances[level] / self.limits[level] for level in LEVELS], axis=0)
 
     def turn_probabilities(self, features: np.ndarray) -> np.ndarray:
-        logits = self.levels(features)[POOLED] @ self.turn_w.T + self.turn_b
+        logits = self.pooled(features) @ self.turn_w.T + self.turn_b
         logits -= logits.max(1, keepdims=True)
         p = np.exp(logits)
         return p / p.sum(1, keepdims=True)
 
     def mirror_probability(self, features: np.ndarray) -> np.ndarray:
-        return 1.0 / (1.0 + np.exp(-(self.levels(features)[POOLED] @ self.mirror_w + self.mirror_b)))
+        return 1.0 / (1.0 + np.exp(-(self.pooled(features) @ self.mirror_w + self.mirror_b)))
 
     def verdicts(self, features: np.ndarray) -> list[GateVerdict]:
         """One verdict per feature row."""
@@ -181,13 +187,14 @@ class InputGate:
             raise ArtifactError(f"{path}: not a readable input gate ({exc})") from exc
 
 
-def _unit(features: np.ndarray) -> np.ndarray:
+def unit_rows(features: np.ndarray) -> np.ndarray:
+    """Each row scaled to length 1 (the k-NN banks are stored this way)."""
     return features / np.maximum(np.linalg.norm(features, axis=1, keepdims=True), 1e-12)
 
 
-def _kth_distance(reference: np.ndarray, features: np.ndarray, k: int) -> np.ndarray:
+def kth_distance(reference: np.ndarray, features: np.ndarray, k: int = DEFAULT_K) -> np.ndarray:
     """Cosine distance of each row of `features` to its k-th nearest row of the unit `reference` bank."""
-    distances = 1.0 - _unit(features) @ reference.astype(np.float64).T
+    distances = 1.0 - unit_rows(features) @ reference.astype(np.float64).T
     return np.partition(distances, k - 1, axis=1)[:, k - 1]
 
 
@@ -199,7 +206,8 @@ def _logistic(x: np.ndarray, y: np.ndarray, seed: int):
 
 
 def fit_gate(train: np.ndarray, val: np.ndarray, turned: dict[int, np.ndarray], mirrored: np.ndarray,
-             upright: np.ndarray, n_pooled: int, refuse_rate: float = 0.0, k: int = 20, seed: int = 0) -> InputGate:
+             upright: np.ndarray, n_pooled: int, refuse_rate: float = 0.0, k: int = DEFAULT_K,
+             seed: int = 0) -> InputGate:
     """Fit the gate from gate features: training split (the reference banks), validation split (the limits),
     quarter-turned and mirrored copies.
 
@@ -211,17 +219,17 @@ def fit_gate(train: np.ndarray, val: np.ndarray, turned: dict[int, np.ndarray], 
     if not 0 < n_pooled < train.shape[1]:
         raise ValueError(f"n_pooled {n_pooled} must split the {train.shape[1]} gate features into two levels")
     gate = InputGate({}, {}, n_pooled, min(k, len(train)), np.zeros((4, n_pooled)), np.zeros(4), np.zeros(n_pooled), 0.0)
-    gate.references = {level: _unit(f).astype(np.float16) for level, f in gate.levels(train).items()}
+    gate.references = {level: unit_rows(f).astype(np.float16) for level, f in gate.levels(train).items()}
     gate.limits = {level: float(np.quantile(d, 1.0 - refuse_rate / len(LEVELS)))
                    for level, d in gate.distances(val).items()}
-    x = np.concatenate([upright[:, :n_pooled]] + [turned[k][:, :n_pooled] for k in QUARTER_TURNS[1:]])
+    x = np.concatenate([gate.pooled(upright)] + [gate.pooled(turned[k]) for k in QUARTER_TURNS[1:]])
     # an image rotated by k quarter turns needs (4 - k) % 4 more to be upright again
     y = np.concatenate([np.zeros(len(upright), int)] + [np.full(len(turned[k]), (4 - k) % 4) for k in QUARTER_TURNS[1:]])
     turn = _logistic(x, y, seed)
     order = list(turn.classes_)
     gate.turn_w = turn.coef_[[order.index(k) for k in QUARTER_TURNS]]
     gate.turn_b = turn.intercept_[[order.index(k) for k in QUARTER_TURNS]]
-    mirror = _logistic(np.concatenate([upright[:, :n_pooled], mirrored[:, :n_pooled]]),
+    mirror = _logistic(np.concatenate([gate.pooled(upright), gate.pooled(mirrored)]),
                        np.r_[np.zeros(len(upright)), np.ones(len(mirrored))], seed)
     gate.mirror_w, gate.mirror_b = mirror.coef_[0], float(mirror.intercept_[0])
     gate.stats = {"n_train": len(train), "n_val": len(val), "refuse_rate": refuse_rate, "k": gate.k}

@@ -61,6 +61,12 @@ class ModelSpec:
         )
 
 
+def channel_statistics(activations: torch.Tensor) -> torch.Tensor:
+    """Per-channel mean, then standard deviation, of (B, C, H, W) activations over space: (B, 2C)."""
+    flat = activations.float().flatten(2)
+    return torch.cat([flat.mean(2), flat.std(2, correction=0)], dim=1).to(activations.dtype)
+
+
 class BoneAgeNet(nn.Module):
     """EfficientNet features + sex embedding -> one small MLP per head.
 
@@ -90,7 +96,7 @@ class BoneAgeNet(nn.Module):
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """Pooled backbone features (B, F) of preprocessed images (B, 1, H, W): what the heads read."""
-        return self.embed(x)[0]
+        return self.embed(x, texture=False)[0]
 
     def trunk(self, x: torch.Tensor, n_blocks: int) -> torch.Tensor:
         """Activations of preprocessed images (B, 1, H, W) after the stem and the first n_blocks backbone blocks
@@ -101,22 +107,23 @@ class BoneAgeNet(nn.Module):
             h = block(h)
         return h
 
-    def embed(self, x: torch.Tensor, from_block: int = 0) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Pooled backbone features (B, F) and texture statistics (B, 2C: per-channel mean, then std, of block
+    def embed(self, x: torch.Tensor, from_block: int = 0, texture: bool = True
+              ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Pooled backbone features (B, F) and texture statistics (B, 2C: `channel_statistics` of block
         TEXTURE_BLOCK's activations) from one backbone pass.
 
         `x` is a batch of preprocessed images (B, 1, H, W), or with from_block > 0 the `trunk(images,
-        from_block)` activations (the texture statistics are then None if from_block > TEXTURE_BLOCK).
+        from_block)` activations. The statistics are None with texture=False (training and the heads do not
+        need them) or when from_block > TEXTURE_BLOCK.
         """
         b = self.backbone
         h = self.trunk(x, 0) if from_block == 0 else x
-        texture = None
+        stats = None
         for i in range(from_block, len(b.blocks)):
             h = b.blocks[i](h)
-            if i == TEXTURE_BLOCK:
-                flat = h.float().flatten(2)
-                texture = torch.cat([flat.mean(2), flat.std(2, correction=0)], dim=1).to(h.dtype)
-        return b.forward_head(b.bn2(b.conv_head(h))), texture
+            if texture and i == TEXTURE_BLOCK:
+                stats = channel_statistics(h)
+        return b.forward_head(b.bn2(b.conv_head(h))), stats
 
     def forward(self, x: torch.Tensor, male: torch.Tensor) -> dict[str, torch.Tensor]:
         return self.read_heads(self.features(x), male)

@@ -109,6 +109,9 @@ def test_embed_is_the_timm_backbone_plus_texture_statistics(net):
         handle.remove()
     torch.testing.assert_close(pooled, timm_pooled)  # the heads read exactly what timm's forward gives
     torch.testing.assert_close(net.features(x), pooled)
+    untextured = net.embed(x, texture=False)
+    torch.testing.assert_close(untextured[0], pooled)
+    assert untextured[1] is None  # training and the heads skip the statistics
     act = seen["act"]
     assert texture.shape == (2, 2 * act.shape[1])
     torch.testing.assert_close(texture[:, :act.shape[1]], act.mean((2, 3)))
