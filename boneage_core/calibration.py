@@ -79,6 +79,16 @@ def _conformal_rank(n: int, tail: float, upper: bool) -> int:
     return max(0, math.floor((n + 1) * tail) - 1)
 
 
+def linear_correction(age: np.ndarray | float, intercept: float, slope: float) -> np.ndarray:
+    """intercept + slope * age, clipped to the age range (the bias correction)."""
+    return clip_age(intercept + slope * np.asarray(age, dtype=np.float64))
+
+
+def error_scale(age: np.ndarray | float, knots: tuple[float, ...], values: tuple[float, ...]) -> np.ndarray:
+    """The local error scale tabulated at `knots`, linearly interpolated at `age`."""
+    return np.interp(np.asarray(age, dtype=np.float64), knots, values)
+
+
 def local_scale(predicted: np.ndarray, residual: np.ndarray, knots: tuple[float, ...] = SCALE_KNOTS,
                 neighbours: int = SCALE_NEIGHBOURS) -> np.ndarray:
     """Mean |residual| of the `neighbours` predictions nearest each knot (at least MIN_SCALE months)."""
@@ -111,10 +121,11 @@ class AgeCalibration:
 
     def correct(self, age: np.ndarray | float) -> np.ndarray:
         """The bias-corrected estimate(s), clipped to the age range."""
-        return clip_age(self.intercept + self.slope * np.asarray(age, dtype=np.float64))
+        return linear_correction(age, self.intercept, self.slope)
 
     def scale(self, age: np.ndarray | float) -> np.ndarray:
-        return np.interp(np.asarray(age, dtype=np.float64), self.scale_knots, self.scale_values)
+        """The local error scale (months) at estimate(s) `age`."""
+        return error_scale(age, self.scale_knots, self.scale_values)
 
     def bounds(self, corrected: np.ndarray | float) -> tuple[np.ndarray, np.ndarray]:
         """Interval ends around corrected estimate(s)."""
@@ -131,6 +142,10 @@ class AgeCalibration:
         if self.members != members:
             return (f"{CALIBRATION_FILE} was fitted for {sorted(self.members)} with other weights than the members "
                     f"now served ({sorted(members)}); re-run `train.py --stages calibrate,evaluate`")
+        return self.tta_mismatch(tta)
+
+    def tta_mismatch(self, tta: bool) -> str | None:
+        """Why this calibration does not apply to estimates made with this TTA setting, or None."""
         if self.tta != tta:
             return (f"{CALIBRATION_FILE} was fitted with TTA {'on' if self.tta else 'off'}, the members are served "
                     f"with TTA {'on' if tta else 'off'}")
@@ -177,20 +192,16 @@ def fit_calibration(predicted: np.ndarray, true: np.ndarray, members: dict[str, 
     order = np.random.default_rng(seed).permutation(len(predicted))
     fit_part, conf_part = order[: len(order) // 2], order[len(order) // 2:]
     slope, intercept = (float(v) for v in np.polyfit(predicted[fit_part], true[fit_part], 1))
-
-    def correct(age: np.ndarray) -> np.ndarray:
-        return clip_age(intercept + slope * age)
-
-    fit_corrected = correct(predicted[fit_part])
-    values = local_scale(fit_corrected, true[fit_part] - fit_corrected)
-    corrected = correct(predicted[conf_part])
-    scores = np.sort((true[conf_part] - corrected) / np.interp(corrected, SCALE_KNOTS, values))
+    fit_corrected = linear_correction(predicted[fit_part], intercept, slope)
+    values = tuple(local_scale(fit_corrected, true[fit_part] - fit_corrected))
+    corrected = linear_correction(predicted[conf_part], intercept, slope)
+    scores = np.sort((true[conf_part] - corrected) / error_scale(corrected, SCALE_KNOTS, values))
     tail = (1 - level) / 2
     q_low, q_high = scores[_conformal_rank(len(scores), tail, False)], scores[_conformal_rank(len(scores), tail, True)]
     fitted_on = {"created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
                  "n": int(len(predicted)), "mae_uncorrected": float(np.abs(true - predicted).mean()),
-                 "mae_corrected": float(np.abs(true - correct(predicted)).mean())}
-    calibration = AgeCalibration(intercept, slope, level, float(q_low), float(q_high), SCALE_KNOTS, tuple(values),
+                 "mae_corrected": float(np.abs(true - linear_correction(predicted, intercept, slope)).mean())}
+    calibration = AgeCalibration(intercept, slope, level, float(q_low), float(q_high), SCALE_KNOTS, values,
                                  len(fit_part), len(conf_part), split, tta, dict(members), fitted_on)
     logger.info("Calibration on %d %s images: true = %.2f + %.3f x predicted; %s MAE %.2f -> %.2f; %g%% conformal "
                 "quantiles %.2f / %.2f of the local error scale", len(predicted), split, intercept, slope, split,

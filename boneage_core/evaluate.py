@@ -24,9 +24,11 @@ from .errors import BoneAgeError, ImageLoadError, MissingArtifactError
 from .heads import AGE, BASELINE, CNN, STAGE, UNCORRECTED, age_stage_column, get_head, head_metrics, system_column
 from .checkpoint import read_meta
 from .gate import gate_member, load_gate
+from .imaging import load_gray
 from .inference import ensemble_outputs, member_features, member_outputs, resolve_device
 from .manifest import model_files, read_manifest, verify_models
 from .models import load_model
+from .preprocess import prepare
 from .stages import DEFAULT_SCHEME, StageScheme
 
 logger = logging.getLogger(__name__)
@@ -96,10 +98,12 @@ def cnn_columns(artifacts_dir: Path, members: list[str], frame: pd.DataFrame, ca
 
 def gate_columns(artifacts_dir: Path, member: str, frame: pd.DataFrame, cache_dir, device,
                  out: pd.DataFrame) -> None:
-    """The input gate's verdict per image (score, refused, turn applied or flagged, mirroring flagged).
+    """The input gate's decision per image, by the rule the app and the CLIs apply (``InputGate.decide``).
 
-    The images are scored as given (their labels are for them as filmed); these columns say how often the
-    gate would refuse, turn or flag a real radiograph in the app and the CLIs.
+    Columns: score as given, refused, turn applied, turn flagged, mirroring flagged. A film that needs a
+    turn tried is read again from its file, turned and prepared like an upload. The CNN columns score the
+    images as given (their labels are for them as filmed); these columns say how often the app would
+    refuse, turn or flag a real radiograph.
     """
     net, meta = load_model(artifacts_dir / member, device)
     gate = load_gate(artifacts_dir, member, meta["sha256"])
@@ -108,14 +112,20 @@ def gate_columns(artifacts_dir: Path, member: str, frame: pd.DataFrame, cache_di
     images = load_images(frame["id"].tolist(), frame["path"].tolist(), net.spec.preprocess, cache_dir)
     rows, pixels = _aligned(frame, images)
     verdicts = gate.verdicts(member_features(net, torch.from_numpy(pixels), device, progress=True))
+
+    def turned_features(path: str):  # read only for the few films the rule tries turned
+        return lambda k: member_features(net, prepare(np.rot90(load_gray(path), k), net.spec.preprocess)[None], device)
+
+    decisions = [gate.decide(v, turned_features(path)) for v, path in zip(verdicts, rows["path"])]
     out.loc[rows.index, "gate_score"] = [v.score for v in verdicts]
-    out.loc[rows.index, "gate_refused"] = [v.refused for v in verdicts]
-    out.loc[rows.index, "gate_turn"] = [v.turn if v.apply_turn else 0 for v in verdicts]
-    out.loc[rows.index, "gate_turn_flagged"] = [bool(v.turn) and not v.apply_turn for v in verdicts]
-    out.loc[rows.index, "gate_mirrored"] = [v.mirrored for v in verdicts]
-    logger.info("Input gate: %d of %d images would be refused, %d turned, %d flagged as maybe rotated, %d as maybe "
-                "mirrored", sum(v.refused for v in verdicts), len(verdicts), sum(v.apply_turn for v in verdicts),
-                sum(bool(v.turn) and not v.apply_turn for v in verdicts), sum(v.mirrored for v in verdicts))
+    out.loc[rows.index, "gate_refused"] = [d.refused for d in decisions]
+    out.loc[rows.index, "gate_turn"] = [d.turn for d in decisions]
+    out.loc[rows.index, "gate_turn_flagged"] = [d.turn_flagged for d in decisions]
+    out.loc[rows.index, "gate_mirrored"] = [d.verdict.mirrored for d in decisions]
+    logger.info("Input gate: %d of %d images would be refused (%d as given), %d turned, %d flagged as maybe rotated, "
+                "%d as maybe mirrored", sum(d.refused for d in decisions), len(decisions),
+                sum(v.refused for v in verdicts), sum(bool(d.turn) for d in decisions),
+                sum(d.turn_flagged for d in decisions), sum(d.verdict.mirrored for d in decisions))
 
 
 def baseline_columns(artifacts_dir: Path, frame: pd.DataFrame, cache_dir, out: pd.DataFrame,

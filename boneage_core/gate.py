@@ -29,7 +29,7 @@ import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -102,6 +102,28 @@ class GateVerdict:
                 f"shows the whole hand with the fingers pointing up")
 
 
+@dataclass(frozen=True)
+class GateDecision:
+    """What is done with one image: scored as given, scored turned, or refused; with the reader's warnings.
+
+    Made by :meth:`InputGate.decide`, the one place the rule lives (``Predictor`` and ``evaluate`` both use it).
+    """
+
+    verdict: GateVerdict  # the gate's verdict on the image that is scored (the turned one when turned)
+    turn: int = 0  # quarter turns (np.rot90 k) applied before scoring; 0 = scored as given
+    warnings: tuple[str, ...] = ()
+    as_given: GateVerdict | None = None  # the verdict on the image as given
+
+    @property
+    def refused(self) -> bool:
+        return self.verdict.refused
+
+    @property
+    def turn_flagged(self) -> bool:
+        """A turn is suspected but was not applied: the reader is asked to check the orientation."""
+        return bool(self.verdict.turn) and not self.verdict.apply_turn
+
+
 #: The feature levels the OOD score reads (see the module docstring), in the order of the gate features.
 POOLED, TEXTURE = "pooled", "texture"
 LEVELS = (POOLED, TEXTURE)
@@ -165,6 +187,21 @@ class InputGate:
             out.append(GateVerdict(float(s), self.limit, k if 1.0 - t[0] >= TURN_FLAG_ABOVE else 0, float(t[k]),
                                    bool(m >= FLAG_ABOVE), float(m), float(1.0 - t[0])))
         return out
+
+    def decide(self, verdict: GateVerdict, turned_features: Callable[[int], np.ndarray]) -> GateDecision:
+        """The gate's decision for an image with this verdict as given.
+
+        `turned_features(k)` gives the gate features of the image turned by k quarter turns; it is called
+        only when a turn is to be applied (p >= TURN_ABOVE) or when the image would be refused as given but
+        a turn is suggested (p >= TURN_FLAG_ABOVE): a sideways hand is then scored turned, not refused.
+        """
+        scored, turn, notes = verdict, 0, []
+        if verdict.apply_turn or (verdict.refused and verdict.turn):
+            turned = self.verdicts(turned_features(verdict.turn))[0]
+            if verdict.apply_turn or not turned.refused:
+                scored, turn, notes = turned, verdict.turn, [verdict.turned_note()]
+        notes += [w for w in scored.warnings() if w not in notes]
+        return GateDecision(scored, turn, tuple(notes), verdict)
 
     def save(self, path: str | os.PathLike) -> None:
         arrays = {f"reference_{level}": self.references[level] for level in LEVELS}

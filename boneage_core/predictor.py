@@ -20,7 +20,7 @@ from .errors import ArtifactError, InputError, MissingArtifactError
 from .heads import AGE, STAGE, get_head
 from .imaging import ImageLoadError, ImageSource, check_gray_array, load_gray, source_name
 from .gate import GateVerdict, InputGate, NotARadiographError, gate_member, load_gate
-from .inference import ensemble_outputs, member_outputs
+from .inference import ensemble_outputs, member_features, member_outputs
 from .manifest import manifest_version, model_files, read_manifest, verify_models
 from .models import BoneAgeNet, HeadOutput, load_model
 from .preprocess import crop_box, heatmap_to_original, input_warnings, prepare
@@ -203,7 +203,7 @@ class Predictor:
 
     def calibration_for(self, tta: bool) -> AgeCalibration | None:
         """The calibration when it was fitted with this TTA setting (as evaluate applies it), else None."""
-        if self.calibration is None or self.calibration.tta != tta:
+        if self.calibration is None or self.calibration.tta_mismatch(tta):
             return None
         return self.calibration
 
@@ -229,27 +229,28 @@ class Predictor:
                                         self.calibration_for(tta))
         return combined, first_input.astype(np.float32) / 255.0, gate_features[0] if gate_features else None
 
-    def _gated_outputs(self, gray: np.ndarray, male: bool, tta: bool | None, name: str):
-        """outputs() behind the input gate: refuses non-radiographs, turns back a film it is sure is rotated.
+    def gate_features(self, gray: np.ndarray) -> np.ndarray:
+        """The gate member's gate features of one gray image (one view; what the input gate reads)."""
+        net = self.members[self.gate_name]
+        return member_features(net, prepare(gray, net.spec.preprocess)[None], self.device)
 
-        A film the gate would refuse as given, but for which the orientation model suggests a turn (p >=
-        TURN_FLAG_ABOVE), is tried turned: a sideways hand is scored turned (with a warning) rather than refused.
+    def _gated_outputs(self, gray: np.ndarray, male: bool, tta: bool | None, name: str):
+        """outputs() behind the input gate (``InputGate.decide``): refuses non-radiographs, scores a film turned
+        when it is sure it is rotated or when only the suggested turn brings it inside the training distribution.
+
+        A turn is tried on the gate member alone; the ensemble runs again only on an image that will be scored.
         """
         combined, model_input, features = self.outputs(gray, male, tta)
         if features is None:
             return gray, combined, model_input, None, []
-        verdict, notes = self.gate.verdicts(features)[0], []
-        if verdict.apply_turn or (verdict.refused and verdict.turn):
-            turned = np.ascontiguousarray(np.rot90(gray, verdict.turn))
-            outputs = self.outputs(turned, male, tta)
-            turned_verdict = self.gate.verdicts(outputs[2])[0]
-            if verdict.apply_turn or not turned_verdict.refused:
-                notes = [verdict.turned_note()]
-                gray, (combined, model_input, features), verdict = turned, outputs, turned_verdict
-        if verdict.refused:
-            raise NotARadiographError(f"{name}: {verdict.reason()}")
-        notes += [w for w in verdict.warnings() if w not in notes]
-        return gray, combined, model_input, verdict, notes
+        decision = self.gate.decide(self.gate.verdicts(features)[0],
+                                    lambda k: self.gate_features(np.rot90(gray, k)))
+        if decision.refused:
+            raise NotARadiographError(f"{name}: {decision.verdict.reason()}")
+        if decision.turn:
+            gray = np.ascontiguousarray(np.rot90(gray, decision.turn))
+            combined, model_input, _ = self.outputs(gray, male, tta)
+        return gray, combined, model_input, decision.verdict, list(decision.warnings)
 
     def predict(self, source: ImageSource | np.ndarray, male, tta: bool | None = None,
                 name: str | None = None) -> Prediction:

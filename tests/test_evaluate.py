@@ -8,9 +8,12 @@ import shutil
 import numpy as np
 import pandas as pd
 import pytest
+from PIL import Image
 
 from boneage_core import evaluate
 from boneage_core.data import attach_paths, read_labels
+from boneage_core.gate import NotARadiographError, gate_member
+from boneage_core.imaging import load_gray
 from boneage_core.heads import AGE, BASELINE, CNN, STAGE, age_stage_column, system_column
 from boneage_core.metrics import regression_metrics
 from boneage_core.predictor import Predictor
@@ -93,3 +96,29 @@ def test_members_are_scored_one_by_one_when_a_head_has_several(quick_run, tmp_pa
     for member in ("multihead", "second"):
         assert columns[system_column(member, AGE)] == AGE
         np.testing.assert_allclose(frame[system_column(member, AGE)], frame[CNN_AGE], atol=1e-6)  # identical copies
+
+
+def test_the_gate_columns_follow_the_rule_the_app_applies(committed_artifacts, fullres_dir, tmp_path):
+    """gate_refused / gate_turn / gate_turn_flagged say what Predictor does with the same file (InputGate.decide)."""
+    labels = read_labels(fullres_dir / "boneage-samples.csv").head(3)
+    rows = []
+    for id_, age, male in zip(labels["id"], labels["boneage"], labels["male"]):
+        gray = load_gray(fullres_dir / f"{id_}.png")
+        for k in (0, 1, 2, 3):
+            Image.fromarray((np.rot90(gray, k) * 255).round().astype(np.uint8)).save(tmp_path / f"{id_}_{k}.png")
+            rows.append({"id": f"{id_}_{k}", "boneage": age, "male": male})
+    frame = attach_paths(pd.DataFrame(rows), tmp_path)
+    predictor = Predictor.load(committed_artifacts)
+    out = frame.copy()
+    evaluate.gate_columns(committed_artifacts, gate_member({n: m.spec.heads for n, m in predictor.members.items()}),
+                          frame, None, predictor.device, out)
+    assert out["gate_turn"].astype(int).any()  # the turned copies exercise the rule
+    for _, row in out.iterrows():
+        try:
+            pred = predictor.predict(row["path"], male=bool(row["male"]))
+        except NotARadiographError:
+            assert row["gate_refused"], row["id"]
+            continue
+        assert not row["gate_refused"], row["id"]
+        assert (int(row["gate_turn"]) != 0) == any("was turned" in w for w in pred.warnings), row["id"]
+        assert bool(row["gate_turn_flagged"]) == any("may be rotated" in w for w in pred.warnings), row["id"]

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from boneage_core.errors import ArtifactError, InputError
-from boneage_core.gate import (GATE_FILE, TURN_FLAG_ABOVE, InputGate, NotARadiographError, QUARTER_TURNS, fit_gate,
-                               load_gate)
+from boneage_core.gate import (GATE_FILE, TURN_ABOVE, TURN_FLAG_ABOVE, GateVerdict, InputGate, NotARadiographError,
+                               QUARTER_TURNS, fit_gate, load_gate)
 from boneage_core.predictor import Predictor
 from negatives import negative_set
 
@@ -94,6 +94,50 @@ def test_a_film_surely_turned_but_not_surely_which_way_is_flagged(gate):
     assert all(v.rotated_probability >= TURN_FLAG_ABOVE for v in verdicts)
     assert all(v.turn in (1, 3) and not v.apply_turn for v in verdicts)
     assert all(any("may be rotated" in w for w in v.warnings()) for v in verdicts)
+
+
+def _never_turned(k: int) -> np.ndarray:
+    raise AssertionError(f"the rule asked for the image turned by {k} without a reason to")
+
+
+def _turned_to(features: np.ndarray, asked: list[int]):
+    def turned(k: int) -> np.ndarray:
+        asked.append(k)
+        return features
+    return turned
+
+
+def test_decide_scores_a_passing_upright_film_as_given(gate):
+    decision = gate.decide(GateVerdict(0.5, 1.0), _never_turned)
+    assert not decision.refused and decision.turn == 0 and decision.warnings == ()
+    refused = gate.decide(GateVerdict(3.0, 1.0), _never_turned)  # no turn suggested: refused, nothing tried
+    assert refused.refused and refused.turn == 0
+
+
+def test_decide_scores_a_refused_film_turned_when_the_suggested_turn_passes(gate):
+    rng, asked = np.random.default_rng(7), []
+    as_given = GateVerdict(3.0, 1.0, turn=1, turn_probability=0.7, rotated_probability=0.95)
+    decision = gate.decide(as_given, _turned_to(_features(rng, 1), asked))
+    assert asked == [1] and decision.turn == 1 and not decision.refused
+    assert decision.as_given is as_given and decision.as_given.refused
+    assert decision.warnings[0] == as_given.turned_note()
+
+
+def test_decide_refuses_when_the_suggested_turn_fails_too(gate):
+    rng, asked = np.random.default_rng(8), []
+    as_given = GateVerdict(3.0, 1.0, turn=3, turn_probability=0.7, rotated_probability=0.95)
+    decision = gate.decide(as_given, _turned_to(_features(rng, 1, shift=25.0), asked))
+    assert asked == [3] and decision.refused and decision.turn == 0 and decision.verdict is as_given
+    assert decision.turn_flagged  # the warning that goes with the refusal: check the orientation
+
+
+def test_decide_applies_a_sure_turn_even_when_the_turned_film_is_refused(gate):
+    rng = np.random.default_rng(9)
+    sure = GateVerdict(0.5, 1.0, turn=2, turn_probability=TURN_ABOVE, rotated_probability=TURN_ABOVE)
+    passing = gate.decide(sure, _turned_to(_features(rng, 1), []))
+    assert passing.turn == 2 and not passing.refused and "turned by 180 degrees" in passing.warnings[0]
+    failing = gate.decide(sure, _turned_to(_features(rng, 1, shift=25.0), []))
+    assert failing.turn == 2 and failing.refused
 
 
 def test_save_load_round_trip_and_member_check(gate, tmp_path):

@@ -271,6 +271,33 @@ def test_a_sideways_hand_is_scored_turned_not_refused(committed_artifacts, fullr
                 assert sideways.bone_age_months == pytest.approx(upright.bone_age_months, abs=3.0), (stem, k)
 
 
+def test_a_turn_is_tried_on_the_gate_member_alone(committed_artifacts, fullres_dir, monkeypatch):
+    """The ensemble runs on a turned film only when it is scored turned; a refusal costs one ensemble pass."""
+    loaded = Predictor.load(committed_artifacts)
+    calls = {"outputs": 0, "gate_features": 0}
+    for method in calls:
+        def counted(*args, _method=getattr(loaded, method), _name=method, **kwargs):
+            calls[_name] += 1
+            return _method(*args, **kwargs)
+        monkeypatch.setattr(loaded, method, counted)
+    tried = 0
+    for path in sorted(fullres_dir.glob("*.png"))[:8]:
+        gray = load_gray(path)
+        for k in (1, 3):
+            calls.update(outputs=0, gate_features=0)
+            try:
+                pred = loaded.predict(np.ascontiguousarray(np.rot90(gray, k)), male=False)
+            except NotARadiographError:
+                assert calls["outputs"] == 1 and calls["gate_features"] == 1, (path.name, k)  # tried, and failed
+                tried += 1
+                continue
+            turned = any("was turned" in w for w in pred.warnings)
+            assert calls["outputs"] == (2 if turned else 1), (path.name, k)
+            assert calls["gate_features"] == int(turned), (path.name, k)  # scored as given: never tried turned
+            tried += calls["gate_features"]
+    assert tried >= 1  # some sideways film was tried turned
+
+
 @pytest.mark.parametrize("months,text", [(0, "0 y 0 m"), (124.6, "10 y 5 m"), (239.7, "20 y 0 m")])
 def test_years_months(months, text):
     assert years_months(months) == text
