@@ -20,7 +20,7 @@ warning; a less certain turn, and any suspected mirroring (right hands occur in 
 too, and the laterality model is weak), are flagged with a warning but scored as given. An image
 whose features lie outside the training distribution is refused with its score and the limit, unless
 a suggested turn (p >= TURN_FLAG_ABOVE) brings it inside: a sideways film is then scored turned, with a
-warning (``Predictor``).
+warning (:meth:`InputGate.decide`, used by ``Predictor`` and ``evaluate``).
 """
 
 from __future__ import annotations
