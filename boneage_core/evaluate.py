@@ -25,10 +25,9 @@ from .heads import AGE, BASELINE, CNN, STAGE, UNCORRECTED, age_stage_column, get
 from .checkpoint import read_meta
 from .gate import gate_member, load_gate
 from .imaging import load_gray
-from .inference import ensemble_outputs, member_features, member_outputs, resolve_device
+from .inference import ensemble_outputs, image_gate_features, member_features, member_outputs, resolve_device
 from .manifest import model_files, read_manifest, verify_models
 from .models import load_model
-from .preprocess import prepare
 from .stages import DEFAULT_SCHEME, StageScheme
 
 logger = logging.getLogger(__name__)
@@ -112,19 +111,16 @@ def gate_columns(artifacts_dir: Path, member: str, frame: pd.DataFrame, cache_di
     images = load_images(frame["id"].tolist(), frame["path"].tolist(), net.spec.preprocess, cache_dir)
     rows, pixels = _aligned(frame, images)
     verdicts = gate.verdicts(member_features(net, torch.from_numpy(pixels), device, progress=True))
-
-    def turned_features(path: str):  # read only for the few films the rule tries turned
-        return lambda k: member_features(net, prepare(np.rot90(load_gray(path), k), net.spec.preprocess)[None], device)
-
-    decisions = [gate.decide(v, turned_features(path)) for v, path in zip(verdicts, rows["path"])]
-    out.loc[rows.index, "gate_score"] = [v.score for v in verdicts]
+    decisions = [gate.decide(v, lambda k, path=path: image_gate_features(net, np.rot90(load_gray(path), k), device))
+                 for v, path in zip(verdicts, rows["path"])]  # a file is read again only when a turn is tried
+    out.loc[rows.index, "gate_score"] = [d.as_given.score for d in decisions]
     out.loc[rows.index, "gate_refused"] = [d.refused for d in decisions]
     out.loc[rows.index, "gate_turn"] = [d.turn for d in decisions]
     out.loc[rows.index, "gate_turn_flagged"] = [d.turn_flagged for d in decisions]
     out.loc[rows.index, "gate_mirrored"] = [d.verdict.mirrored for d in decisions]
     logger.info("Input gate: %d of %d images would be refused (%d as given), %d turned, %d flagged as maybe rotated, "
                 "%d as maybe mirrored", sum(d.refused for d in decisions), len(decisions),
-                sum(v.refused for v in verdicts), sum(bool(d.turn) for d in decisions),
+                sum(d.as_given.refused for d in decisions), sum(bool(d.turn) for d in decisions),
                 sum(d.turn_flagged for d in decisions), sum(d.verdict.mirrored for d in decisions))
 
 

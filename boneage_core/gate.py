@@ -110,9 +110,9 @@ class GateDecision:
     """
 
     verdict: GateVerdict  # the gate's verdict on the image that is scored (the turned one when turned)
+    as_given: GateVerdict  # the verdict on the image as given (the same one when not turned)
     turn: int = 0  # quarter turns (np.rot90 k) applied before scoring; 0 = scored as given
     warnings: tuple[str, ...] = ()
-    as_given: GateVerdict | None = None  # the verdict on the image as given
 
     @property
     def refused(self) -> bool:
@@ -201,7 +201,7 @@ class InputGate:
             if verdict.apply_turn or not turned.refused:
                 scored, turn, notes = turned, verdict.turn, [verdict.turned_note()]
         notes += [w for w in scored.warnings() if w not in notes]
-        return GateDecision(scored, turn, tuple(notes), verdict)
+        return GateDecision(scored, verdict, turn, tuple(notes))
 
     def save(self, path: str | os.PathLike) -> None:
         arrays = {f"reference_{level}": self.references[level] for level in LEVELS}

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from .heads import combine, get_head
+from .preprocess import prepare
 
 logger = logging.getLogger(__name__)
 
@@ -103,6 +104,11 @@ def member_features(net: torch.nn.Module, images: torch.Tensor | np.ndarray, dev
     out = [gate_features(*net.embed(to_input(images[i:i + batch_size], device)))
            for i in tqdm(starts, desc="features", disable=not progress or len(starts) < 3)]
     return np.concatenate(out) if out else np.zeros((0, 0))
+
+
+def image_gate_features(net: torch.nn.Module, gray: np.ndarray, device: torch.device) -> np.ndarray:
+    """Gate features (1, F + 2C) of one float gray image, prepared like every model input (:func:`prepare`)."""
+    return member_features(net, prepare(gray, net.spec.preprocess)[None], device)
 
 
 def gate_features(pooled: torch.Tensor, texture: torch.Tensor) -> np.ndarray:

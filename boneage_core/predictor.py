@@ -20,7 +20,7 @@ from .errors import ArtifactError, InputError, MissingArtifactError
 from .heads import AGE, STAGE, get_head
 from .imaging import ImageLoadError, ImageSource, check_gray_array, load_gray, source_name
 from .gate import GateVerdict, InputGate, NotARadiographError, gate_member, load_gate
-from .inference import ensemble_outputs, member_features, member_outputs
+from .inference import ensemble_outputs, image_gate_features, member_outputs
 from .manifest import manifest_version, model_files, read_manifest, verify_models
 from .models import BoneAgeNet, HeadOutput, load_model
 from .preprocess import crop_box, heatmap_to_original, input_warnings, prepare
@@ -231,8 +231,7 @@ class Predictor:
 
     def gate_features(self, gray: np.ndarray) -> np.ndarray:
         """The gate member's gate features of one gray image (one view; what the input gate reads)."""
-        net = self.members[self.gate_name]
-        return member_features(net, prepare(gray, net.spec.preprocess)[None], self.device)
+        return image_gate_features(self.members[self.gate_name], gray, self.device)
 
     def _gated_outputs(self, gray: np.ndarray, male: bool, tta: bool | None, name: str):
         """outputs() behind the input gate (``InputGate.decide``): refuses non-radiographs, scores a film turned
