@@ -43,15 +43,16 @@ def _aligned(frame: pd.DataFrame, images) -> tuple[pd.DataFrame, np.ndarray]:
     return keep, images.images[[pos[i] for i in keep["id"]]]
 
 
-def _member_run(path: Path, frame: pd.DataFrame, cache_dir, device, tta: bool,
-                failures: dict) -> tuple[pd.Index, dict[str, list[np.ndarray]], str]:
-    """One member's decoded outputs per head and view on the rows whose image loaded."""
+def _member_run(path: Path, frame: pd.DataFrame, cache_dir, device, tta: bool, failures: dict,
+                features: list[np.ndarray] | None = None) -> tuple[pd.Index, dict[str, list[np.ndarray]], str]:
+    """One member's decoded outputs per head and view on the rows whose image loaded (gate features into `features`)."""
     net, _ = load_model(path, device)
     images = load_images(frame["id"].tolist(), frame["path"].tolist(), net.spec.preprocess, cache_dir)
     failures.update(dict(images.failures))
     rows, pixels = _aligned(frame, images)
     male = torch.tensor(rows["male"].to_numpy(), dtype=torch.long)
-    return rows.index, member_outputs(net, torch.from_numpy(pixels), male, device, tta=tta, progress=True), path.stem
+    return rows.index, member_outputs(net, torch.from_numpy(pixels), male, device, tta=tta, progress=True,
+                                      features=features), path.stem
 
 
 def _add_columns(out: pd.DataFrame, index: pd.Index, system: str, decoded: dict[str, np.ndarray],
@@ -64,13 +65,17 @@ def _add_columns(out: pd.DataFrame, index: pd.Index, system: str, decoded: dict[
 
 def cnn_columns(artifacts_dir: Path, members: list[str], frame: pd.DataFrame, cache_dir, device, tta: bool,
                 out: pd.DataFrame, columns: dict[str, str], failures: dict,
-                calibration: AgeCalibration | None = None) -> None:
+                calibration: AgeCalibration | None = None,
+                gate_name: str | None = None) -> tuple[pd.Index, np.ndarray] | None:
     """Ensemble columns (cnn_age, cnn_stage, cnn_stage_pK) and, for heads with several members, one set per member.
 
     With a calibration, cnn_age is the corrected estimate, cnn_age_low / cnn_age_high its interval, and
-    the uncorrected ensemble estimate is kept as cnn_uncorrected_age.
+    the uncorrected ensemble estimate is kept as cnn_uncorrected_age. With a `gate_name`, returns that
+    member's rows and gate features, taken from the same backbone pass as its outputs.
     """
-    runs = [_member_run(artifacts_dir / name, frame, cache_dir, device, tta, failures) for name in members]
+    collected: list[np.ndarray] = []
+    runs = [_member_run(artifacts_dir / name, frame, cache_dir, device, tta, failures,
+                        collected if name == gate_name else None) for name in members]
     common = runs[0][0]
     for index, _, _ in runs[1:]:
         common = common.intersection(index)
@@ -93,24 +98,31 @@ def cnn_columns(artifacts_dir: Path, members: list[str], frame: pd.DataFrame, ca
         voters = [(o, stem) for o, stem in aligned if head in o]
         for o, stem in voters if len(voters) > 1 else []:
             _add_columns(out, common, stem, {head: ensemble_outputs([o])[head]}, columns)
+    if gate_name not in members:
+        return None
+    return runs[members.index(gate_name)][0], (np.concatenate(collected) if collected else np.zeros((0, 0)))
 
 
 def gate_columns(artifacts_dir: Path, member: str, frame: pd.DataFrame, cache_dir, device,
-                 out: pd.DataFrame) -> None:
+                 out: pd.DataFrame, features: tuple[pd.Index, np.ndarray] | None = None) -> None:
     """The input gate's decision per image, by the rule the app and the CLIs apply (``InputGate.decide``).
 
     Columns: score as given, refused, turn applied, turn flagged, mirroring flagged. A film that needs a
     turn tried is read again from its file, turned and prepared like an upload. The CNN columns score the
     images as given (their labels are for them as filmed); these columns say how often the app would
-    refuse, turn or flag a real radiograph.
+    refuse, turn or flag a real radiograph. `features` (rows, gate features), when given, are the
+    member's from the CNN columns' pass (:func:`cnn_columns`), so its images are not run twice.
     """
     net, meta = load_model(artifacts_dir / member, device)
     gate = load_gate(artifacts_dir, member, meta["sha256"])
     if gate is None:
         return
-    images = load_images(frame["id"].tolist(), frame["path"].tolist(), net.spec.preprocess, cache_dir)
-    rows, pixels = _aligned(frame, images)
-    verdicts = gate.verdicts(member_features(net, torch.from_numpy(pixels), device, progress=True))
+    if features is None:
+        images = load_images(frame["id"].tolist(), frame["path"].tolist(), net.spec.preprocess, cache_dir)
+        rows, pixels = _aligned(frame, images)
+        features = rows.index, member_features(net, torch.from_numpy(pixels), device, progress=True)
+    rows = frame.loc[features[0]]
+    verdicts = gate.verdicts(features[1])
     decisions = [gate.decide(v, lambda k, path=path: image_gate_features(net, np.rot90(load_gray(path), k), device))
                  for v, path in zip(verdicts, rows["path"])]  # a file is read again only when a turn is tried
     out.loc[rows.index, "gate_score"] = [d.as_given.score for d in decisions]
@@ -173,10 +185,11 @@ def predict_frame(artifacts_dir: str | Path, frame: pd.DataFrame, cache_dir=None
     out, columns, failures = frame.copy(), {}, {}
     if members:
         calibration = matching_calibration(artifacts_dir, members, tta)
-        cnn_columns(artifacts_dir, members, frame, cache_dir, resolve_device(device), tta, out, columns, failures,
-                    calibration)
         heads = {name: read_meta(artifacts_dir / name)["spec"]["heads"] for name in members}
-        gate_columns(artifacts_dir, gate_member(heads), frame, cache_dir, resolve_device(device), out)
+        gate_name = gate_member(heads)
+        features = cnn_columns(artifacts_dir, members, frame, cache_dir, resolve_device(device), tta, out, columns,
+                               failures, calibration, gate_name)
+        gate_columns(artifacts_dir, gate_name, frame, cache_dir, resolve_device(device), out, features)
     if (artifacts_dir / BASELINE_META).is_file():
         baseline_columns(artifacts_dir, frame, cache_dir, out, columns, failures)
     return out, columns, failures

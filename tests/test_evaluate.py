@@ -122,3 +122,20 @@ def test_the_gate_columns_follow_the_rule_the_app_applies(committed_artifacts, f
         assert not row["gate_refused"], row["id"]
         assert (int(row["gate_turn"]) != 0) == any("was turned" in w for w in pred.warnings), row["id"]
         assert bool(row["gate_turn_flagged"]) == any("may be rotated" in w for w in pred.warnings), row["id"]
+
+
+def test_the_gate_reads_the_features_of_the_ensemble_pass(committed_artifacts, fullres_dir, monkeypatch):
+    """predict_frame takes the gate member's features from its CNN pass; the decisions equal a separate gate pass."""
+    labels = attach_paths(read_labels(fullres_dir / "boneage-samples.csv").head(4), fullres_dir)
+    predictor = Predictor.load(committed_artifacts)
+    alone = labels.copy()
+    evaluate.gate_columns(committed_artifacts, predictor.gate_name, labels, None, predictor.device, alone)
+
+    def second_pass(*args, **kwargs):
+        raise AssertionError("the gate member's images were run a second time")
+
+    monkeypatch.setattr(evaluate, "member_features", second_pass)
+    frame, _, _ = evaluate.predict_frame(committed_artifacts, labels)
+    np.testing.assert_allclose(frame["gate_score"].astype(float), alone["gate_score"].astype(float), rtol=1e-4)
+    for column in ("gate_refused", "gate_turn", "gate_turn_flagged", "gate_mirrored"):
+        assert frame[column].tolist() == alone[column].tolist(), column

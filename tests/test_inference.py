@@ -7,10 +7,10 @@ import pytest
 import torch
 
 from boneage_core.heads import AGE, STAGE, combine, get_head
-from boneage_core.inference import (TTA_SCALES, autocast, ensemble_outputs, member_features, member_outputs,
-                                    resolve_device, to_input, tta_views)
+from boneage_core.inference import (TTA_SCALES, autocast, ensemble_outputs, image_gate_features, member_features,
+                                    member_outputs, resolve_device, to_input, tta_views)
 from boneage_core.models import INIT_SCRATCH, ModelSpec, create_model
-from boneage_core.preprocess import PreprocessSpec
+from boneage_core.preprocess import PreprocessSpec, prepare
 
 SIZE = 32
 CPU = torch.device("cpu")
@@ -115,6 +115,16 @@ def test_gate_features_come_from_the_same_pass_as_the_outputs(net, images):
     assert alone.shape == (len(x), pooled.shape[1] + texture.shape[1])
     np.testing.assert_allclose(from_outputs, alone, rtol=1e-5, atol=1e-5)  # the unzoomed view, batch-independent
     np.testing.assert_allclose(alone[:, :pooled.shape[1]], pooled.detach().numpy(), rtol=1e-5, atol=1e-5)
+
+
+def test_image_gate_features_prepare_the_image_like_every_model_input(net):
+    gray = np.random.default_rng(1).random((90, 70))  # any size: prepared (cropped, padded, resized) first
+    features = image_gate_features(net, gray, CPU)
+    prepared = torch.from_numpy(prepare(gray, net.spec.preprocess)[None])
+    np.testing.assert_allclose(features, member_features(net, prepared, CPU), rtol=1e-5, atol=1e-5)
+    assert features.shape[0] == 1 and np.isfinite(features).all()
+    other = image_gate_features(net, np.rot90(gray), CPU)
+    assert np.abs(other - features).max() > 1e-4  # the features follow the image
 
 
 def test_member_outputs_follow_the_images(net, images):
