@@ -17,7 +17,7 @@ import torch
 
 from boneage_core.data import attach_paths, find_dataset, load_images, read_labels
 from boneage_core.heads import AGE, STAGE, get_head
-from boneage_core.inference import autocast, resolve_device, to_input
+from boneage_core.inference import autocast, cpu_has_bf16, resolve_device, to_input
 from boneage_core.models import INIT_SCRATCH, ModelSpec, create_model, freeze_blocks
 from boneage_core.preprocess import PreprocessSpec
 from boneage_core.training import augment
@@ -88,7 +88,7 @@ def main() -> None:
     model_only = _timed(lambda: _step(net, opt, rand, m, y, device, args.cpu_bf16), args.steps, b, device)
     full = _timed(pipeline_step, args.steps, b, device)
     print(f"device={device} image_size={args.image_size} batch={b} freeze_blocks={args.freeze_blocks} "
-          f"threads={torch.get_num_threads()} cpu_bf16={args.cpu_bf16}")
+          f"threads={torch.get_num_threads()} cpu_bf16={args.cpu_bf16} (native bf16 on this CPU: {cpu_has_bf16()})")
     print(f"model forward+backward on random tensors: {model_only:8.1f} img/s")
     print(f"real pipeline (uint8 -> device -> augment -> step): {full:8.1f} img/s "
           f"({100 * full / model_only:.0f}% of model-only)")

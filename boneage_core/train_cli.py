@@ -53,7 +53,8 @@ def _parser(defaults: TrainConfig) -> argparse.ArgumentParser:
     p.add_argument("--augment", action=argparse.BooleanOptionalAction, default=defaults.fit.augment,
                    help="random affine, intensity and (--flip-prob) flips while training")
     p.add_argument("--cpu-bf16", action=argparse.BooleanOptionalAction, default=defaults.fit.cpu_bf16,
-                   help="bf16 autocast on CPU (faster on CPUs with bf16 units)")
+                   help="bf16 autocast on CPU where it has bf16 units (AVX512-BF16/AMX); "
+                        "ignored, with a warning, on CPUs without them (emulated bf16 is ~17x slower)")
     p.add_argument("--hand-crop", action=argparse.BooleanOptionalAction, default=defaults.hand_crop,
                    help="crop each image to the hand found in it before resizing (training and, via the "
                         "checkpoint, inference)")

@@ -6,9 +6,10 @@ import numpy as np
 import pytest
 import torch
 
+from boneage_core import inference
 from boneage_core.heads import AGE, STAGE, combine, get_head
-from boneage_core.inference import (TTA_SCALES, autocast, ensemble_outputs, image_gate_features, member_features,
-                                    member_outputs, resolve_device, to_input, tta_views)
+from boneage_core.inference import (TTA_SCALES, autocast, cpu_has_bf16, ensemble_outputs, image_gate_features,
+                                    member_features, member_outputs, resolve_device, to_input, tta_views)
 from boneage_core.models import INIT_SCRATCH, ModelSpec, create_model
 from boneage_core.preprocess import PreprocessSpec, prepare
 
@@ -69,13 +70,16 @@ def test_tta_views():
     torch.testing.assert_close(zoom_in, ones)  # zoom-in samples inside the image only
 
 
-def test_resolve_device_and_autocast():
+def test_resolve_device_and_autocast(monkeypatch):
     assert resolve_device("cpu") == CPU
     assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
-    with autocast(CPU):
-        assert not torch.is_autocast_enabled("cpu")
-    with autocast(CPU, cpu_bf16=True):
-        assert torch.is_autocast_enabled("cpu")
+    assert isinstance(cpu_has_bf16(), bool)
+    for has_bf16 in (True, False):
+        monkeypatch.setattr(inference, "cpu_has_bf16", lambda: has_bf16)
+        with autocast(CPU):
+            assert not torch.is_autocast_enabled("cpu")
+        with autocast(CPU, cpu_bf16=True):  # emulated bf16 (AVX2 CPUs) would be ~17x slower: float32 there
+            assert torch.is_autocast_enabled("cpu") == has_bf16
 
 
 def test_member_outputs_are_decoded_views(net, images):
