@@ -23,6 +23,9 @@ logger = logging.getLogger(__name__)
 
 #: Zoom factors of the deterministic test-time views (1.0 = the image itself).
 TTA_SCALES = (1.0, 0.94, 1.06)
+#: Images per inference batch on a GPU, and on the CPU, where small batches keep the activations in cache
+#: (docs/ablations.md section 12: on the 2-core AVX2 machine batches of 4 ran 2.7-3.1x faster than batches of 64).
+GPU_INFERENCE_BATCH, CPU_INFERENCE_BATCH = 64, 4
 
 
 def resolve_device(name: str = "auto") -> torch.device:
@@ -42,6 +45,11 @@ def autocast(device: torch.device, cpu_bf16: bool = False):
     """bf16 autocast on CUDA always; on the CPU only when asked and the CPU has bf16 units (training on AMX CPUs)."""
     enabled = device.type == "cuda" or (device.type == "cpu" and cpu_bf16 and cpu_has_bf16())
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=enabled)
+
+
+def inference_batch(device: torch.device) -> int:
+    """Images per forward pass when only predicting (no gradients) on this device."""
+    return GPU_INFERENCE_BATCH if device.type == "cuda" else CPU_INFERENCE_BATCH
 
 
 def to_input(batch_u8: torch.Tensor, device: torch.device) -> torch.Tensor:
@@ -67,15 +75,16 @@ def tta_views(x: torch.Tensor, tta: bool = True) -> list[torch.Tensor]:
 
 @torch.no_grad()
 def member_outputs(net: torch.nn.Module, images: torch.Tensor, male: torch.Tensor, device: torch.device,
-                   tta: bool = False, batch_size: int = 64, progress: bool = False,
+                   tta: bool = False, batch_size: int | None = None, progress: bool = False,
                    cpu_bf16: bool = False, features: list[np.ndarray] | None = None) -> dict[str, list[np.ndarray]]:
     """Decoded outputs of one network for uint8 (N, S, S) images: {head: [one array per view]}.
 
     With a `features` list, the gate features of the unzoomed view (:func:`gate_features`) are appended to
-    it per batch, from the same backbone pass as the outputs.
+    it per batch, from the same backbone pass as the outputs. `batch_size` defaults to :func:`inference_batch`.
     """
     net.eval()
     spec = net.spec
+    batch_size = batch_size or inference_batch(device)
     per_view: dict[str, list[list[np.ndarray]]] = {h: [] for h in spec.heads}
     starts = range(0, len(images), batch_size)
     for i in tqdm(starts, desc="predict", disable=not progress or len(starts) < 3):
@@ -103,9 +112,10 @@ def ensemble_outputs(members: Sequence[Mapping[str, list[np.ndarray]]]) -> dict[
 
 @torch.no_grad()
 def member_features(net: torch.nn.Module, images: torch.Tensor | np.ndarray, device: torch.device,
-                    batch_size: int = 64, progress: bool = False) -> np.ndarray:
+                    batch_size: int | None = None, progress: bool = False) -> np.ndarray:
     """Gate features (N, F + 2C) of uint8 (N, S, S) model inputs, one view (what the input gate reads)."""
     net.eval()
+    batch_size = batch_size or inference_batch(device)
     images = torch.as_tensor(np.ascontiguousarray(images)) if isinstance(images, np.ndarray) else images
     starts = range(0, len(images), batch_size)
     out = [gate_features(*net.embed(to_input(images[i:i + batch_size], device)))

@@ -232,7 +232,7 @@ def lr_factor(progress: float, warmup: float) -> float:
     return 0.5 * (1.0 + math.cos(math.pi * min((progress - warmup) / max(1.0 - warmup, 1e-9), 1.0)))
 
 
-def validate(net: BoneAgeNet, val: Split, device: torch.device, batch_size: int) -> dict[str, float]:
+def validate(net: BoneAgeNet, val: Split, device: torch.device, batch_size: int | None = None) -> dict[str, float]:
     """Validation score of every head (lower is better: MAE in months, stage NLL), through the inference path."""
     outs = member_outputs(net, val.images, val.male, device, tta=False, batch_size=batch_size)
     male = val.male.numpy()
@@ -389,7 +389,7 @@ def _validate_on_main(loop: _Loop, val: Split) -> dict[str, float]:
     One rank and not a sharded validation: the split is small next to training, and a head's score
     (MAE, NLL) is then computed exactly as in a single-process run.
     """
-    scores = validate(loop.ema.module, val, loop.device, loop.cfg.batch_size * 2) if loop.dist.is_main else None
+    scores = validate(loop.ema.module, val, loop.device) if loop.dist.is_main else None
     return loop.dist.broadcast_object(scores)
 
 

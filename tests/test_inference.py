@@ -8,8 +8,9 @@ import torch
 
 from boneage_core import inference
 from boneage_core.heads import AGE, STAGE, combine, get_head
-from boneage_core.inference import (TTA_SCALES, autocast, cpu_has_bf16, ensemble_outputs, image_gate_features,
-                                    member_features, member_outputs, resolve_device, to_input, tta_views)
+from boneage_core.inference import (CPU_INFERENCE_BATCH, GPU_INFERENCE_BATCH, TTA_SCALES, autocast, cpu_has_bf16,
+                                    ensemble_outputs, image_gate_features, inference_batch, member_features,
+                                    member_outputs, resolve_device, to_input, tta_views)
 from boneage_core.models import INIT_SCRATCH, ModelSpec, create_model
 from boneage_core.preprocess import PreprocessSpec, prepare
 
@@ -107,6 +108,21 @@ def test_member_outputs_ignore_batch_size(net, images):
     for head in (AGE, STAGE):
         for a, b in zip(whole[head], pieces[head], strict=True):
             np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-5)
+
+
+def test_cpu_inference_runs_in_small_batches_by_default(monkeypatch, net):
+    assert inference_batch(CPU) == CPU_INFERENCE_BATCH < GPU_INFERENCE_BATCH == inference_batch(torch.device("cuda"))
+    monkeypatch.setattr(inference, "CPU_INFERENCE_BATCH", 3)
+    seen = []
+    hook = net.backbone.conv_stem.register_forward_pre_hook(lambda _m, args: seen.append(args[0].shape[0]))
+    try:
+        n = 8
+        x, male = torch.zeros((n, SIZE, SIZE), dtype=torch.uint8), torch.zeros(n, dtype=torch.long)
+        member_outputs(net, x, male, CPU)
+        member_features(net, x, CPU)
+    finally:
+        hook.remove()
+    assert seen == [3, 3, 2, 3, 3, 2]
 
 
 def test_gate_features_come_from_the_same_pass_as_the_outputs(net, images):

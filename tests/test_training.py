@@ -387,7 +387,7 @@ def test_phase_minutes_end_a_phase(monkeypatch):
 def test_early_stopping_by_patience(monkeypatch):
     scores = iter([5.0, 4.0, 4.5, 4.0, 6.0, 1.0, 0.5])
 
-    def worsening(net, val, device, batch_size):
+    def worsening(net, val, device, batch_size=None):
         return {AGE: next(scores)}
 
     monkeypatch.setattr(training, "validate", worsening)

@@ -32,7 +32,7 @@ def _quantiles(scores: np.ndarray, level: float) -> tuple[float, float]:
 
 
 def spread_factor(sd: np.ndarray, ratio: np.ndarray, fit: np.ndarray, power: float) -> np.ndarray:
-    """a + b * sd ** power, least squares to `ratio` on the `fit` rows, floored at MIN_FACTOR of its mean (1 for power 0)."""
+    """a + b * sd ** power fitted to `ratio` on the `fit` rows, floored at MIN_FACTOR of its mean (1 for power 0)."""
     if power == 0:
         return np.ones_like(sd)
     x = sd ** power
