@@ -79,6 +79,12 @@ def _conformal_rank(n: int, tail: float, upper: bool) -> int:
     return max(0, math.floor((n + 1) * tail) - 1)
 
 
+def conformal_quantiles(scores: np.ndarray, level: float = LEVEL) -> tuple[float, float]:
+    """Split-conformal quantiles of both tails of `scores` at nominal coverage `level` (finite-sample ranks)."""
+    s, tail = np.sort(np.asarray(scores, dtype=np.float64)), (1 - level) / 2
+    return float(s[_conformal_rank(len(s), tail, False)]), float(s[_conformal_rank(len(s), tail, True)])
+
+
 def linear_correction(age: np.ndarray | float, intercept: float, slope: float) -> np.ndarray:
     """intercept + slope * age, clipped to the age range (the bias correction)."""
     return clip_age(intercept + slope * np.asarray(age, dtype=np.float64))
@@ -195,9 +201,8 @@ def fit_calibration(predicted: np.ndarray, true: np.ndarray, members: dict[str, 
     fit_corrected = linear_correction(predicted[fit_part], intercept, slope)
     values = tuple(local_scale(fit_corrected, true[fit_part] - fit_corrected))
     corrected = linear_correction(predicted[conf_part], intercept, slope)
-    scores = np.sort((true[conf_part] - corrected) / error_scale(corrected, SCALE_KNOTS, values))
-    tail = (1 - level) / 2
-    q_low, q_high = scores[_conformal_rank(len(scores), tail, False)], scores[_conformal_rank(len(scores), tail, True)]
+    q_low, q_high = conformal_quantiles((true[conf_part] - corrected) / error_scale(corrected, SCALE_KNOTS, values),
+                                        level)
     fitted_on = {"created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
                  "n": int(len(predicted)), "mae_uncorrected": float(np.abs(true - predicted).mean()),
                  "mae_corrected": float(np.abs(true - linear_correction(predicted, intercept, slope)).mean())}

@@ -219,8 +219,12 @@ class Predictor:
         tta = self.tta if tta is None else tta
         per_member, first_input, gate_features = [], None, []
         male_t = torch.tensor([int(male)])
+        box = None  # the hand is found once per image, for every member that crops to it
         for name, net in self.members.items():
-            image = prepare(gray, net.spec.preprocess)
+            spec = net.spec.preprocess
+            if spec.hand_crop and box is None:
+                box = crop_box(gray, spec)
+            image = prepare(gray, spec, box)
             first_input = image if first_input is None else first_input
             wanted = gate_features if self.gate is not None and name == self.gate_name else None
             per_member.append(member_outputs(net, torch.from_numpy(image)[None], male_t, self.device, tta,

@@ -232,9 +232,9 @@ def lr_factor(progress: float, warmup: float) -> float:
     return 0.5 * (1.0 + math.cos(math.pi * min((progress - warmup) / max(1.0 - warmup, 1e-9), 1.0)))
 
 
-def validate(net: BoneAgeNet, val: Split, device: torch.device, batch_size: int | None = None) -> dict[str, float]:
+def validate(net: BoneAgeNet, val: Split, device: torch.device) -> dict[str, float]:
     """Validation score of every head (lower is better: MAE in months, stage NLL), through the inference path."""
-    outs = member_outputs(net, val.images, val.male, device, tta=False, batch_size=batch_size)
+    outs = member_outputs(net, val.images, val.male, device, tta=False)
     male = val.male.numpy()
     return {h: get_head(h).val_score(views[0], val.boneage, male, net.spec.scheme) for h, views in outs.items()}
 

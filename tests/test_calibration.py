@@ -7,7 +7,8 @@ import pandas as pd
 import pytest
 
 from boneage_core.calibration import (CALIBRATION_FILE, LEVEL, AgeCalibration, _conformal_rank, apply_calibration,
-                                      fit_calibration, interval_columns, interval_coverage, load_calibration)
+                                      conformal_quantiles, fit_calibration, interval_columns, interval_coverage,
+                                      load_calibration)
 from boneage_core.errors import ArtifactError
 from boneage_core.heads import AGE, STAGE
 
@@ -47,6 +48,9 @@ def test_conformal_rank_is_the_finite_sample_quantile():
     assert _conformal_rank(99, 0.05, upper=True) == 94  # ceil(100 * 0.95) - 1
     assert _conformal_rank(99, 0.05, upper=False) == 4  # floor(100 * 0.05) - 1
     assert _conformal_rank(10, 0.05, upper=True) == 9 and _conformal_rank(10, 0.05, upper=False) == 0
+    scores = np.arange(99, dtype=float)[::-1]  # unsorted on purpose
+    tail = (1 - 0.9) / 2  # 0.04999..., so the lower rank is 3 (a conservative, wider interval)
+    assert conformal_quantiles(scores, 0.9) == (_conformal_rank(99, tail, False), _conformal_rank(99, tail, True))
 
 
 def test_fit_refuses_too_few_or_mismatched_predictions():

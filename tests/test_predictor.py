@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from boneage_core import predictor as predictor_module
 from boneage_core.calibration import CALIBRATION_FILE, load_calibration
 from boneage_core.errors import ArtifactError, InputError, MissingArtifactError
 from boneage_core.gate import NotARadiographError
@@ -269,6 +270,22 @@ def test_a_sideways_hand_is_scored_turned_not_refused(committed_artifacts, fullr
             assert any("rotated" in w for w in sideways.warnings), (stem, k)
             if any("was turned" in w for w in sideways.warnings):
                 assert sideways.bone_age_months == pytest.approx(upright.bone_age_months, abs=3.0), (stem, k)
+
+
+def test_the_hand_is_found_once_per_image_for_all_crop_members(committed_artifacts, fullres_sample, monkeypatch):
+    """Two hand-crop members (B, C) share one crop box; each member's input is still prepare(gray, its spec)."""
+    loaded = Predictor.load(committed_artifacts)
+    crop_specs = [net.spec.preprocess for net in loaded.members.values() if net.spec.preprocess.hand_crop]
+    assert len(crop_specs) >= 2
+    gray = load_gray(fullres_sample)
+    boxes, seen = [], []
+    monkeypatch.setattr(predictor_module, "crop_box", lambda g, spec: boxes.append(crop_box(g, spec)) or boxes[-1])
+    monkeypatch.setattr(predictor_module, "prepare", lambda g, spec, box=None: seen.append(prepare(g, spec, box))
+                        or seen[-1])
+    loaded.outputs(gray, male=True)
+    assert len(boxes) == 1 and boxes[0] != FULL_BOX
+    for net, image in zip(loaded.members.values(), seen, strict=True):
+        np.testing.assert_array_equal(image, prepare(gray, net.spec.preprocess))
 
 
 def test_a_turn_is_tried_on_the_gate_member_alone(committed_artifacts, fullres_dir, monkeypatch):

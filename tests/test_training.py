@@ -300,7 +300,7 @@ def test_fit_result_weights_load_into_the_final_spec(two_phase):
     fresh = BoneAgeNet(net.spec)
     fresh.load_state_dict(result.state_dict, strict=True)
     val = _data(24, 8)(48)[1]
-    scores = validate(fresh, val, CPU, batch_size=4)
+    scores = validate(fresh, val, CPU)
     assert scores[AGE] == pytest.approx(result.best_score, rel=1e-4)
 
 
@@ -322,7 +322,7 @@ def test_frozen_stages_do_not_train():
 def test_validate_scores_every_head_through_the_inference_path():
     net = _net((STAGE, AGE), seed=2)
     val = _data(4, 6)(32)[1]
-    scores = validate(net, val, CPU, batch_size=4)
+    scores = validate(net, val, CPU)
     outs = member_outputs(net, val.images, val.male, CPU)
     assert list(scores) == [STAGE, AGE]
     assert scores[AGE] == pytest.approx(np.abs(outs[AGE][0] - val.boneage).mean())
@@ -387,7 +387,7 @@ def test_phase_minutes_end_a_phase(monkeypatch):
 def test_early_stopping_by_patience(monkeypatch):
     scores = iter([5.0, 4.0, 4.5, 4.0, 6.0, 1.0, 0.5])
 
-    def worsening(net, val, device, batch_size=None):
+    def worsening(net, val, device):
         return {AGE: next(scores)}
 
     monkeypatch.setattr(training, "validate", worsening)

@@ -10,25 +10,19 @@ Run: ``python -m tools.spread_pilot --artifacts artifacts --splits 50``. Documen
 from __future__ import annotations
 
 import argparse
-import math
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from boneage_core.calibration import LEVEL, SCALE_KNOTS, error_scale, linear_correction, local_scale
+from boneage_core.calibration import (LEVEL, SCALE_KNOTS, conformal_quantiles, error_scale, linear_correction,
+                                      local_scale)
 from boneage_core.heads import AGE, UNCORRECTED, system_column
 from boneage_core.manifest import read_manifest
 
 POWERS = (0.0, 0.5, 1.0)  # 0 = the served interval (age-local scale only)
 #: Smallest spread factor, as a fraction of its mean on the fit part (keeps the scaled residuals finite).
 MIN_FACTOR = 0.25
-
-
-def _quantiles(scores: np.ndarray, level: float) -> tuple[float, float]:
-    """Finite-sample split-conformal quantiles of both tails (the rank rule of calibration.fit_calibration)."""
-    s, n, tail = np.sort(scores), len(scores), (1 - level) / 2
-    return s[max(0, math.floor((n + 1) * tail) - 1)], s[min(n - 1, math.ceil((n + 1) * (1 - tail)) - 1)]
 
 
 def spread_factor(sd: np.ndarray, ratio: np.ndarray, fit: np.ndarray, power: float) -> np.ndarray:
@@ -53,7 +47,7 @@ def one_split(pred: np.ndarray, true: np.ndarray, sd: np.ndarray, rng: np.random
     out = {}
     for p in POWERS:
         scale = age_scale * spread_factor(sd, np.abs(true - corr) / age_scale, fit, p)
-        lo, hi = _quantiles((true[conf] - corr[conf]) / scale[conf], level)
+        lo, hi = conformal_quantiles((true[conf] - corr[conf]) / scale[conf], level)
         low, high = corr[test] + lo * scale[test], corr[test] + hi * scale[test]
         out[p] = (float(np.mean((true[test] >= low) & (true[test] <= high))), float(np.mean(high - low)))
     return out
