@@ -17,6 +17,7 @@ import torch
 
 from boneage_core.data import attach_paths, find_dataset, load_images, read_labels
 from boneage_core.heads import AGE, STAGE, get_head
+from boneage_core.imagenet import BACKBONES
 from boneage_core.inference import autocast, cpu_has_bf16, resolve_device, to_input
 from boneage_core.models import INIT_SCRATCH, ModelSpec, create_model, freeze_blocks
 from boneage_core.preprocess import PreprocessSpec
@@ -64,6 +65,7 @@ def main() -> None:
     p.add_argument("--cpu-bf16", action="store_true")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--heads", default="age,stage", help="heads of the network (age,stage = one multi-head model)")
+    p.add_argument("--backbone", default=ModelSpec.backbone, choices=BACKBONES)
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     device = resolve_device("auto")
@@ -71,7 +73,7 @@ def main() -> None:
     labels = attach_paths(read_labels(csv), image_dir).head(args.batch_size * 8)
     spec = PreprocessSpec(image_size=args.image_size)
     images = torch.from_numpy(load_images(labels["id"].tolist(), labels["path"].tolist(), spec).images)
-    net = create_model(ModelSpec(heads=tuple(args.heads.split(",")), preprocess=spec), INIT_SCRATCH)[0].to(device)
+    net = create_model(ModelSpec(heads=tuple(args.heads.split(",")), backbone=args.backbone, preprocess=spec), INIT_SCRATCH)[0].to(device)
     net.to(memory_format=torch.channels_last)
     freeze_blocks(net, args.freeze_blocks)
     opt = torch.optim.AdamW([q for q in net.parameters() if q.requires_grad], lr=1e-4)
@@ -87,7 +89,7 @@ def main() -> None:
 
     model_only = _timed(lambda: _step(net, opt, rand, m, y, device, args.cpu_bf16), args.steps, b, device)
     full = _timed(pipeline_step, args.steps, b, device)
-    print(f"device={device} image_size={args.image_size} batch={b} freeze_blocks={args.freeze_blocks} "
+    print(f"backbone={args.backbone} device={device} image_size={args.image_size} batch={b} freeze_blocks={args.freeze_blocks} "
           f"threads={torch.get_num_threads()} cpu_bf16={args.cpu_bf16} (native bf16 on this CPU: {cpu_has_bf16()})")
     print(f"model forward+backward on random tensors: {model_only:8.1f} img/s")
     print(f"real pipeline (uint8 -> device -> augment -> step): {full:8.1f} img/s "
