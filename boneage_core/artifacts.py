@@ -19,6 +19,8 @@ logger = logging.getLogger(__name__)
 
 METRICS_FILE = "metrics.json"
 PREDICTIONS_FILE = "predictions.csv"
+#: the validation split's predictions (ensemble and members, uncorrected) the calibration was fitted on
+CALIBRATION_PREDICTIONS_FILE = "calibration_predictions.csv"
 SPLIT_FILE = "split.csv"
 CONFIG_FILE = "config.json"
 REPORT_FILE = "run_report.md"

@@ -50,7 +50,8 @@ class TrainConfig:
     images: str = ""  # optional explicit image folder
     out: str = "artifacts"
     stages: tuple[str, ...] = DEFAULT_STAGES
-    seed: int = 42
+    seed: int = 42  # initialisation, augmentation and batch order (not the split)
+    split_seed: int = 42  # the split a new --out folder gets (a folder's split.csv is reused): members share it
     quick: bool = False
     limit: int = 0  # use at most this many labelled images (0 = all); --quick sets it
     cache_dir: str = ".cache"

@@ -314,6 +314,16 @@ def make_split(labels: pd.DataFrame, seed: int = 42, fractions=(0.70, 0.15, 0.15
     return split.sort_values("id", key=lambda s: s.map(order)).reset_index(drop=True)
 
 
+#: the training summary's record of the split a network was trained on (its split_fingerprint)
+SPLIT_RECORD = "split_sha256"
+
+
+def split_fingerprint(split: pd.DataFrame) -> str:
+    """sha256 of a split's (id, split) pairs in id order: equal exactly when every image has the same part."""
+    rows = split[["id", "split"]].astype(str).sort_values("id", kind="stable")
+    return hashlib.sha256("\n".join(rows["id"] + "," + rows["split"]).encode()).hexdigest()
+
+
 def load_or_make_split(labels: pd.DataFrame, path: str | os.PathLike, seed: int = 42) -> pd.DataFrame:
     """Reuse the split at `path` when it covers every labelled id; otherwise make and save one."""
     path = Path(path)

@@ -155,6 +155,10 @@ class StageHead(Head):
         out.update({f"{prefix}_{self.name}_p{k}": decoded[:, k] for k in range(decoded.shape[1])})
         return out
 
+    def probabilities(self, frame: pd.DataFrame, prefix: str, n_classes: int) -> np.ndarray:
+        """The stage probabilities (n, n_classes) back from a prediction table's columns."""
+        return frame[[f"{prefix}_{self.name}_p{k}" for k in range(n_classes)]].to_numpy(dtype=np.float64)
+
     def cam_target(self, out, class_index):
         """The logit of the stage shown (class_index), or of the most likely stage."""
         from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget

@@ -17,8 +17,8 @@ from . import artifacts as art
 from .baseline import HogParams, fit_baseline
 from .checkpoint import read_meta
 from .config import MODEL_LAYOUTS, TrainConfig
-from .data import (ImageArray, attach_paths, find_dataset, load_images, load_images_mmap, load_or_make_split,
-                   read_labels, with_split)
+from .data import (SPLIT_RECORD, ImageArray, attach_paths, find_dataset, load_images, load_images_mmap,
+                   load_or_make_split, read_labels, split_fingerprint, with_split)
 from .distributed import LOCAL, DistContext
 from .calibration import MIN_CASES, fit_calibration
 from .evaluate import cnn_columns, member_hashes, predict_frame, score_predictions, summary_table
@@ -81,7 +81,7 @@ def prepare_dataset(cfg: TrainConfig, staging: Path | None, dist: DistContext = 
     check_enough_images(len(labels), labels_csv.name, cfg.limit)
     split = None
     if dist.is_main:
-        split = load_or_make_split(labels[["id", "boneage", "male"]], staging / art.SPLIT_FILE, cfg.seed)
+        split = load_or_make_split(labels[["id", "boneage", "male"]], staging / art.SPLIT_FILE, cfg.split_seed)
     split = dist.broadcast_object(split)
     frame = with_split(labels, split)
     frame["stage"] = DEFAULT_SCHEME.stage_of(frame["boneage"], frame["male"])
@@ -157,6 +157,8 @@ def train_cnn_stage(cfg: TrainConfig, ds: Dataset, staging: Path | None, name: s
     age_mean, age_std = _age_scaling(cfg, ds.part("train"))
     spec = ModelSpec(heads=MODEL_LAYOUTS[name], backbone=cfg.backbone, sex_embedding_dim=cfg.sex_embedding_dim,
                      preprocess=cfg.preprocess_spec(phases[-1].image_size), age_mean=age_mean, age_std=age_std)
+    if parent_spec(cfg.init_from) is not None:
+        check_same_split(Path(cfg.init_from), ds, "--init-from")
     net, lineage = create_model(spec, cfg.init_from)
     device = dist.device or resolve_device(cfg.device)
     stem = cfg.model_stem(name)
@@ -168,7 +170,7 @@ def train_cnn_stage(cfg: TrainConfig, ds: Dataset, staging: Path | None, name: s
                "notes": result.notes, "phases": [p.to_dict() for p in phases], "phases_run": result.phases_run,
                "train_seconds": round(result.seconds, 1), "device": str(device),
                "device_name": torch.cuda.get_device_name() if device.type == "cuda" else platform.processor() or "cpu",
-               "processes": dist.world}
+               "processes": dist.world, SPLIT_RECORD: split_fingerprint(ds.frame)}
     if staging is None:
         return summary
     save_model(staging / f"{stem}{MODEL_SUFFIX}", net.cpu(), cfg.to_dict(), lineage, extra=summary)
@@ -176,8 +178,27 @@ def train_cnn_stage(cfg: TrainConfig, ds: Dataset, staging: Path | None, name: s
     return summary
 
 
+def check_same_split(checkpoint: Path, ds: Dataset, role: str) -> None:
+    """Refuse a network trained on another split: its training images may be in this run's validation or test part.
+
+    Checkpoints from before the split was recorded cannot be checked; that is logged.
+    """
+    recorded = read_meta(checkpoint).get("extra", {}).get(SPLIT_RECORD)
+    if recorded is None:
+        logger.warning("%s %s does not record the split it was trained on: not checked against this run's split",
+                       role, checkpoint.name)
+    elif recorded != split_fingerprint(ds.frame):
+        raise LabelError(
+            f"{role} {checkpoint.name} was trained on another split than this run's {art.SPLIT_FILE} (sha256 "
+            f"{recorded[:12]} against {split_fingerprint(ds.frame)[:12]}): some of its training images may be "
+            "in this split's validation or test part, which would make its scores look better than they are. "
+            f"Train it into a folder holding this {art.SPLIT_FILE} (or with the same --split-seed and images)")
+
+
 def evaluate_stage(cfg: TrainConfig, ds: Dataset, staging: Path, members: list[str]) -> dict:
     """Score the members (and the baseline) on the holdout (test) split; writes metrics, predictions, manifest."""
+    for name in members:
+        check_same_split(staging / name, ds, "member")
     test = ds.part("test")
     manifest = build_manifest(staging, members, cfg.tta) if members else None
     frame, columns, failures = predict_frame(staging, test, cfg.cache_dir or None, cfg.device, cfg.tta, members)
@@ -218,10 +239,13 @@ def calibrate_stage(cfg: TrainConfig, ds: Dataset, staging: Path, members: list[
     """Fit the age calibration (bias correction + conformal intervals) on the validation split's ensemble estimates."""
     if not members:
         raise MissingArtifactError(f"{staging}: calibration needs a trained CNN; train one first")
+    for name in members:
+        check_same_split(staging / name, ds, "member")
     val = ds.part("val")
     out, columns, failures = val.copy(), {}, {}
     cnn_columns(staging, members, val, cfg.cache_dir or None, resolve_device(cfg.device), cfg.tta, out, columns,
                 failures)
+    out.drop(columns=["path"], errors="ignore").to_csv(staging / art.CALIBRATION_PREDICTIONS_FILE, index=False)
     column = system_column(CNN, AGE)
     if column not in out:
         logger.info("No age head among %s: nothing to calibrate", members)

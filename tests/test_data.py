@@ -21,6 +21,7 @@ from boneage_core.data import (
     make_split,
     parse_labels,
     read_labels,
+    split_fingerprint,
     with_split,
 )
 from boneage_core.preprocess import PreprocessSpec
@@ -242,6 +243,16 @@ def test_load_or_make_split_reuses_and_checks_coverage(tmp_path, real_labels):
     more = real_labels.iloc[:610]
     with pytest.raises(LabelError, match="does not cover 10 labelled id"):
         load_or_make_split(more, path)
+
+
+def test_split_fingerprint_follows_the_assignment_not_the_row_order(real_labels):
+    split = make_split(real_labels.iloc[:600].reset_index(drop=True), seed=42)
+    shuffled = split.sample(frac=1.0, random_state=0)
+    assert split_fingerprint(shuffled) == split_fingerprint(split)
+    moved = split.copy()
+    first_train, first_test = moved.index[moved["split"] == "train"][0], moved.index[moved["split"] == "test"][0]
+    moved.loc[[first_train, first_test], "split"] = ["test", "train"]  # one image each way: the same sizes
+    assert split_fingerprint(moved) != split_fingerprint(split)
 
 
 # --- image loading and cache ---

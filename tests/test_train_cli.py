@@ -13,6 +13,7 @@ import pytest
 
 from boneage_core import train_cli as train
 from boneage_core.checkpoint import file_sha256, read_meta
+from boneage_core.data import SPLIT_RECORD, split_fingerprint
 from boneage_core.config import PRESETS, QUICK_OUT, TrainConfig, preset_config
 from boneage_core.heads import AGE, BASELINE, CNN, STAGE, UNCORRECTED, age_stage_column, system_column
 from boneage_core.manifest import read_manifest, stale_reason
@@ -24,7 +25,7 @@ def test_quick_run_writes_every_artifact(quick_run):
     names = {p.name for p in quick_run.iterdir()}
     expected = {"split.csv", "metrics.json", "predictions.csv", "config.json", "run_report.md", "multihead.pt",
                 "manifest.json", "gate.npz", "baseline.json", "baseline_regressor.ubj", "baseline_classifier.ubj",
-                "history_multihead.csv", "calibration.json"}
+                "history_multihead.csv", "calibration.json", "calibration_predictions.csv"}
     assert expected <= names, expected - names
 
 
@@ -65,6 +66,9 @@ def test_split_is_70_15_15_and_predictions_cover_the_test_split(quick_run):
     preds = pd.read_csv(quick_run / "predictions.csv", dtype={"id": str})
     assert set(preds["id"]) == set(split.loc[split["split"] == "test", "id"])
     assert preds[system_column(CNN, AGE)].between(0, 240).all()
+    fitted_on = pd.read_csv(quick_run / "calibration_predictions.csv", dtype={"id": str})
+    assert set(fitted_on["id"]) == set(split.loc[split["split"] == "val", "id"])  # the calibration's own cases
+    assert fitted_on[system_column(CNN, AGE)].between(0, 240).all()
 
 
 def test_checkpoint_is_self_describing(quick_run):
@@ -106,6 +110,35 @@ def test_quick_without_out_never_targets_the_committed_artifacts():
     cfg = train.parse_args(["--data-dir", "x", "--quick"])
     assert cfg.out == QUICK_OUT
     assert train.parse_args(["--data-dir", "x", "--quick", "--out", "artifacts"]).out == "artifacts"
+
+
+def test_the_seed_does_not_change_the_split():
+    assert train.parse_args(["--data-dir", "x", "--seed", "7"]).split_seed == TrainConfig().split_seed
+    assert train.parse_args(["--data-dir", "x", "--split-seed", "3"]).split_seed == 3
+
+
+def test_checkpoints_record_their_split_and_other_splits_are_refused(quick_run, data_299, tmp_path, caplog):
+    import shutil
+
+    split = pd.read_csv(quick_run / "split.csv", dtype={"id": str})
+    assert read_meta(quick_run / "multihead.pt")["extra"][SPLIT_RECORD] == split_fingerprint(split)
+    out = tmp_path / "artifacts"
+    shutil.copytree(quick_run, out)
+    train_row, test_row = split.index[split["split"] == "train"][0], split.index[split["split"] == "test"][0]
+    split.loc[[train_row, test_row], "split"] = ["test", "train"]  # one training image now in the test part
+    split.to_csv(out / "split.csv", index=False)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    common = ["--data-dir", str(data_299), "--quick", "--no-pretrained", "--limit", "240",
+              "--cache-dir", str(tmp_path / "c")]
+    for stage in ("evaluate", "calibrate"):
+        caplog.clear()
+        assert train.main(common + ["--stages", stage, "--out", str(out)]) == 2
+        assert "trained on another split" in caplog.text and "multihead.pt" in caplog.text
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # nothing written
+    caplog.clear()
+    code = train.main(common + ["--stages", "multihead", "--split-seed", "5", "--init-from",
+                                str(quick_run / "multihead.pt"), "--out", str(tmp_path / "child")])
+    assert code == 2 and "--init-from multihead.pt was trained on another split" in caplog.text
 
 
 def test_rerun_reuses_split_and_keeps_untouched_models(quick_run, data_299, tmp_path):

@@ -1,0 +1,59 @@
+"""Subsets of an ensemble scored from saved predictions (tools/ensemble_subsets.py), against the served artifacts."""
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from boneage_core.artifacts import CALIBRATION_PREDICTIONS_FILE, MANIFEST_FILE, METRICS_FILE, PREDICTIONS_FILE
+from boneage_core.heads import AGE, CNN, STAGE, UNCORRECTED, get_head, system_column
+from boneage_core.stages import DEFAULT_SCHEME
+from tools.ensemble_subsets import member_stems, subset_scores, subset_table
+
+ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
+
+
+@pytest.fixture(scope="module")
+def served():
+    return pd.read_csv(ARTIFACTS / PREDICTIONS_FILE), json.loads((ARTIFACTS / METRICS_FILE).read_text())
+
+
+def test_all_members_reproduce_the_served_ensemble_before_correction(served):
+    frame, metrics = served
+    stems = tuple(member_stems(ARTIFACTS))
+    assert len(stems) >= 2
+    scores = subset_scores(frame, stems)
+    assert scores["mae"] == pytest.approx(metrics[system_column(UNCORRECTED, AGE)]["mae"], abs=1e-9)
+    assert scores["stage_acc"] == pytest.approx(metrics[system_column(CNN, STAGE)]["accuracy"], abs=1e-9)
+    probs = get_head(STAGE).probabilities(frame, CNN, DEFAULT_SCHEME.n_classes)
+    assert np.allclose(probs.sum(axis=1), 1.0)
+
+
+def test_one_member_reproduces_its_own_metrics(served):
+    frame, metrics = served
+    for stem in member_stems(ARTIFACTS):
+        assert subset_scores(frame, (stem,))["mae"] == pytest.approx(metrics[system_column(stem, AGE)]["mae"], abs=1e-9)
+
+
+def test_missing_member_columns_are_named(served):
+    frame, _ = served
+    with pytest.raises(SystemExit, match="no_such_member_age"):
+        subset_scores(frame, ("no_such_member",))
+
+
+def test_the_table_has_every_subset_sorted_by_validation(tmp_path, served):
+    frame, _ = served
+    for name in (MANIFEST_FILE, PREDICTIONS_FILE):
+        shutil.copy(ARTIFACTS / name, tmp_path / name)
+    val = frame.copy()
+    first = system_column(member_stems(ARTIFACTS)[0], AGE)
+    val[first] = val["boneage"]  # a perfect first member on "validation"
+    val.to_csv(tmp_path / CALIBRATION_PREDICTIONS_FILE, index=False)
+    table = subset_table(tmp_path)
+    n = len(member_stems(ARTIFACTS))
+    assert len(table) == 2 ** n - 1 and table["val_mae"].is_monotonic_increasing
+    assert table.loc[0, "members"] == member_stems(ARTIFACTS)[0] and table.loc[0, "val_mae"] == 0.0
+    assert len(subset_table(tmp_path, max_size=1)) == n

@@ -1,0 +1,80 @@
+"""Score every subset of an evaluated folder's members from its saved predictions, validation and test.
+
+The members' own columns of `calibration_predictions.csv` (validation, written by the calibrate stage) and
+`predictions.csv` (test, the evaluate stage) are combined with the tool's one combination rule
+(`heads.combine`: the mean of decoded outputs), so a subset's figures are those its own
+`calibrate,evaluate` run would give before the bias correction (which is close to the identity,
+docs/ablations.md section 3). Choose members on validation; the test columns are for the report.
+Run: ``python -m tools.ensemble_subsets --artifacts runs/ens4``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from boneage_core.artifacts import CALIBRATION_PREDICTIONS_FILE, PREDICTIONS_FILE
+from boneage_core.heads import AGE, STAGE, combine, get_head, system_column
+from boneage_core.manifest import read_manifest
+from boneage_core.metrics import quadratic_weighted_kappa, regression_metrics
+from boneage_core.stages import DEFAULT_SCHEME, StageScheme
+
+SPLITS = {"val": CALIBRATION_PREDICTIONS_FILE, "test": PREDICTIONS_FILE}
+
+
+def member_stems(folder: Path) -> list[str]:
+    """Column prefixes of the folder's manifest members (file stems)."""
+    manifest = read_manifest(folder)
+    if manifest is None:
+        raise SystemExit(f"{folder}: no manifest; run the evaluate stage there first")
+    return [Path(name).stem for name in manifest.members]
+
+
+def subset_scores(frame: pd.DataFrame, stems: tuple[str, ...], scheme: StageScheme = DEFAULT_SCHEME) -> dict:
+    """Age MAE / R² / within 12 months and stage accuracy / QWK of the mean of `stems`' columns."""
+    missing = [system_column(s, AGE) for s in stems if system_column(s, AGE) not in frame]
+    if missing:
+        raise SystemExit(f"columns {missing} are missing: per-member columns are written only for 2+ members")
+    rows = frame.dropna(subset=[system_column(s, AGE) for s in stems])
+    age = combine([rows[system_column(s, AGE)].to_numpy() for s in stems])
+    reg = regression_metrics(rows["boneage"], age)
+    true = scheme.stage_of(rows["boneage"], rows["male"])
+    probs = combine([get_head(STAGE).probabilities(rows, s, scheme.n_classes) for s in stems])
+    stage = probs.argmax(axis=1)
+    return {"n": reg["n"], "mae": reg["mae"], "r2": reg["r2"], "within_12m": reg["within_12m"],
+            "stage_acc": float(np.mean(stage == true)),
+            "stage_qwk": quadratic_weighted_kappa(true, stage, scheme.n_classes)}
+
+
+def subset_table(folder: Path, max_size: int | None = None) -> pd.DataFrame:
+    """One row per subset of members (sizes 1..max_size), sorted by validation MAE."""
+    stems = member_stems(folder)
+    frames = {split: pd.read_csv(folder / name) for split, name in SPLITS.items()}
+    rows = []
+    for size in range(1, min(max_size or len(stems), len(stems)) + 1):
+        for subset in itertools.combinations(stems, size):
+            row = {"members": " + ".join(subset), "size": size}
+            for split, frame in frames.items():
+                row.update({f"{split}_{k}": v for k, v in subset_scores(frame, subset).items()})
+            rows.append(row)
+    return pd.DataFrame(rows).sort_values("val_mae").reset_index(drop=True)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--artifacts", type=Path, required=True, help="a folder evaluated with calibrate,evaluate")
+    p.add_argument("--max-size", type=int, default=None, help="largest subset (default: all members)")
+    args = p.parse_args()
+    table = subset_table(args.artifacts, args.max_size)
+    shown = ["members", "val_mae", "val_stage_qwk", "test_mae", "test_r2", "test_within_12m", "test_stage_acc",
+             "test_stage_qwk"]
+    with pd.option_context("display.width", 200, "display.max_colwidth", 80):
+        print(table[shown].round(4).to_string(index=False))
+
+
+if __name__ == "__main__":
+    main()
