@@ -73,7 +73,8 @@ def main() -> None:
     labels = attach_paths(read_labels(csv), image_dir).head(args.batch_size * 8)
     spec = PreprocessSpec(image_size=args.image_size)
     images = torch.from_numpy(load_images(labels["id"].tolist(), labels["path"].tolist(), spec).images)
-    net = create_model(ModelSpec(heads=tuple(args.heads.split(",")), backbone=args.backbone, preprocess=spec), INIT_SCRATCH)[0].to(device)
+    model_spec = ModelSpec(heads=tuple(args.heads.split(",")), backbone=args.backbone, preprocess=spec)
+    net = create_model(model_spec, INIT_SCRATCH)[0].to(device)
     net.to(memory_format=torch.channels_last)
     freeze_blocks(net, args.freeze_blocks)
     opt = torch.optim.AdamW([q for q in net.parameters() if q.requires_grad], lr=1e-4)
@@ -89,8 +90,8 @@ def main() -> None:
 
     model_only = _timed(lambda: _step(net, opt, rand, m, y, device, args.cpu_bf16), args.steps, b, device)
     full = _timed(pipeline_step, args.steps, b, device)
-    print(f"backbone={args.backbone} device={device} image_size={args.image_size} batch={b} freeze_blocks={args.freeze_blocks} "
-          f"threads={torch.get_num_threads()} cpu_bf16={args.cpu_bf16} (native bf16 on this CPU: {cpu_has_bf16()})")
+    print(f"backbone={args.backbone} device={device} image_size={args.image_size} batch={b} "
+          f"freeze_blocks={args.freeze_blocks} threads={torch.get_num_threads()} cpu_bf16={args.cpu_bf16} (native bf16 on this CPU: {cpu_has_bf16()})")
     print(f"model forward+backward on random tensors: {model_only:8.1f} img/s")
     print(f"real pipeline (uint8 -> device -> augment -> step): {full:8.1f} img/s "
           f"({100 * full / model_only:.0f}% of model-only)")

@@ -43,6 +43,11 @@ def _aligned(frame: pd.DataFrame, images) -> tuple[pd.DataFrame, np.ndarray]:
     return keep, images.images[[pos[i] for i in keep["id"]]]
 
 
+def member_prefix(model_file: str | Path) -> str:
+    """Column prefix of one member's own predictions in a prediction table: its file stem."""
+    return Path(model_file).stem
+
+
 def _member_run(path: Path, frame: pd.DataFrame, cache_dir, device, tta: bool, failures: dict,
                 features: list[np.ndarray] | None = None) -> tuple[pd.Index, dict[str, list[np.ndarray]], str]:
     """One member's decoded outputs per head and view on the rows whose image loaded (gate features into `features`)."""
@@ -52,7 +57,7 @@ def _member_run(path: Path, frame: pd.DataFrame, cache_dir, device, tta: bool, f
     rows, pixels = _aligned(frame, images)
     male = torch.tensor(rows["male"].to_numpy(), dtype=torch.long)
     return rows.index, member_outputs(net, torch.from_numpy(pixels), male, device, tta=tta, progress=True,
-                                      features=features), path.stem
+                                      features=features), member_prefix(path)
 
 
 def _add_columns(out: pd.DataFrame, index: pd.Index, system: str, decoded: dict[str, np.ndarray],

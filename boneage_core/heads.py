@@ -152,12 +152,15 @@ class StageHead(Head):
 
     def columns(self, prefix, decoded):
         out = {f"{prefix}_{self.name}": self.point(decoded)}
-        out.update({f"{prefix}_{self.name}_p{k}": decoded[:, k] for k in range(decoded.shape[1])})
+        out.update({self._probability_column(prefix, k): decoded[:, k] for k in range(decoded.shape[1])})
         return out
+
+    def _probability_column(self, prefix: str, k: int) -> str:
+        return f"{prefix}_{self.name}_p{k}"
 
     def probabilities(self, frame: pd.DataFrame, prefix: str, n_classes: int) -> np.ndarray:
         """The stage probabilities (n, n_classes) back from a prediction table's columns."""
-        return frame[[f"{prefix}_{self.name}_p{k}" for k in range(n_classes)]].to_numpy(dtype=np.float64)
+        return frame[[self._probability_column(prefix, k) for k in range(n_classes)]].to_numpy(dtype=np.float64)
 
     def cam_target(self, out, class_index):
         """The logit of the stage shown (class_index), or of the most likely stage."""

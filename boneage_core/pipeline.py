@@ -158,7 +158,7 @@ def train_cnn_stage(cfg: TrainConfig, ds: Dataset, staging: Path | None, name: s
     spec = ModelSpec(heads=MODEL_LAYOUTS[name], backbone=cfg.backbone, sex_embedding_dim=cfg.sex_embedding_dim,
                      preprocess=cfg.preprocess_spec(phases[-1].image_size), age_mean=age_mean, age_std=age_std)
     if parent_spec(cfg.init_from) is not None:
-        check_same_split(Path(cfg.init_from), ds, "--init-from")
+        check_same_split([Path(cfg.init_from)], ds, "--init-from")
     net, lineage = create_model(spec, cfg.init_from)
     device = dist.device or resolve_device(cfg.device)
     stem = cfg.model_stem(name)
@@ -178,27 +178,28 @@ def train_cnn_stage(cfg: TrainConfig, ds: Dataset, staging: Path | None, name: s
     return summary
 
 
-def check_same_split(checkpoint: Path, ds: Dataset, role: str) -> None:
-    """Refuse a network trained on another split: its training images may be in this run's validation or test part.
+def check_same_split(checkpoints: list[Path], ds: Dataset, role: str) -> None:
+    """Refuse networks trained on another split: their training images may be in this run's validation or test part.
 
     Checkpoints from before the split was recorded cannot be checked; that is logged.
     """
-    recorded = read_meta(checkpoint).get("extra", {}).get(SPLIT_RECORD)
-    if recorded is None:
-        logger.warning("%s %s does not record the split it was trained on: not checked against this run's split",
-                       role, checkpoint.name)
-    elif recorded != split_fingerprint(ds.frame):
-        raise LabelError(
-            f"{role} {checkpoint.name} was trained on another split than this run's {art.SPLIT_FILE} (sha256 "
-            f"{recorded[:12]} against {split_fingerprint(ds.frame)[:12]}): some of its training images may be "
-            "in this split's validation or test part, which would make its scores look better than they are. "
-            f"Train it into a folder holding this {art.SPLIT_FILE} (or with the same --split-seed and images)")
+    here = split_fingerprint(ds.frame)
+    for checkpoint in checkpoints:
+        recorded = read_meta(checkpoint).get("extra", {}).get(SPLIT_RECORD)
+        if recorded is None:
+            logger.warning("%s %s does not record the split it was trained on: not checked against this run's "
+                           "split", role, checkpoint.name)
+        elif recorded != here:
+            raise LabelError(
+                f"{role} {checkpoint.name} was trained on another split than this run's {art.SPLIT_FILE} (sha256 "
+                f"{recorded[:12]} against {here[:12]}): some of its training images may be in this split's "
+                "validation or test part, which would make its scores look better than they are. "
+                f"Train it into a folder holding this {art.SPLIT_FILE} (or with the same --split-seed and images)")
 
 
 def evaluate_stage(cfg: TrainConfig, ds: Dataset, staging: Path, members: list[str]) -> dict:
     """Score the members (and the baseline) on the holdout (test) split; writes metrics, predictions, manifest."""
-    for name in members:
-        check_same_split(staging / name, ds, "member")
+    check_same_split([staging / name for name in members], ds, "member")
     test = ds.part("test")
     manifest = build_manifest(staging, members, cfg.tta) if members else None
     frame, columns, failures = predict_frame(staging, test, cfg.cache_dir or None, cfg.device, cfg.tta, members)
@@ -239,8 +240,7 @@ def calibrate_stage(cfg: TrainConfig, ds: Dataset, staging: Path, members: list[
     """Fit the age calibration (bias correction + conformal intervals) on the validation split's ensemble estimates."""
     if not members:
         raise MissingArtifactError(f"{staging}: calibration needs a trained CNN; train one first")
-    for name in members:
-        check_same_split(staging / name, ds, "member")
+    check_same_split([staging / name for name in members], ds, "member")
     val = ds.part("val")
     out, columns, failures = val.copy(), {}, {}
     cnn_columns(staging, members, val, cfg.cache_dir or None, resolve_device(cfg.device), cfg.tta, out, columns,

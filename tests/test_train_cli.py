@@ -13,8 +13,8 @@ import pytest
 
 from boneage_core import train_cli as train
 from boneage_core.checkpoint import file_sha256, read_meta
-from boneage_core.data import SPLIT_RECORD, split_fingerprint
 from boneage_core.config import PRESETS, QUICK_OUT, TrainConfig, preset_config
+from boneage_core.data import SPLIT_RECORD, split_fingerprint
 from boneage_core.heads import AGE, BASELINE, CNN, STAGE, UNCORRECTED, age_stage_column, system_column
 from boneage_core.manifest import read_manifest, stale_reason
 from boneage_core.models import load_model

@@ -18,6 +18,7 @@ import numpy as np
 import pandas as pd
 
 from boneage_core.artifacts import CALIBRATION_PREDICTIONS_FILE, PREDICTIONS_FILE
+from boneage_core.evaluate import member_prefix
 from boneage_core.heads import AGE, STAGE, combine, get_head, system_column
 from boneage_core.manifest import read_manifest
 from boneage_core.metrics import quadratic_weighted_kappa, regression_metrics
@@ -31,7 +32,7 @@ def member_stems(folder: Path) -> list[str]:
     manifest = read_manifest(folder)
     if manifest is None:
         raise SystemExit(f"{folder}: no manifest; run the evaluate stage there first")
-    return [Path(name).stem for name in manifest.members]
+    return [member_prefix(name) for name in manifest.members]
 
 
 def subset_scores(frame: pd.DataFrame, stems: tuple[str, ...], scheme: StageScheme = DEFAULT_SCHEME) -> dict:
@@ -40,11 +41,11 @@ def subset_scores(frame: pd.DataFrame, stems: tuple[str, ...], scheme: StageSche
     if missing:
         raise SystemExit(f"columns {missing} are missing: per-member columns are written only for 2+ members")
     rows = frame.dropna(subset=[system_column(s, AGE) for s in stems])
-    age = combine([rows[system_column(s, AGE)].to_numpy() for s in stems])
+    age = combine([get_head(AGE).from_columns(rows, s).to_numpy() for s in stems])
     reg = regression_metrics(rows["boneage"], age)
     true = scheme.stage_of(rows["boneage"], rows["male"])
     probs = combine([get_head(STAGE).probabilities(rows, s, scheme.n_classes) for s in stems])
-    stage = probs.argmax(axis=1)
+    stage = get_head(STAGE).point(probs)
     return {"n": reg["n"], "mae": reg["mae"], "r2": reg["r2"], "within_12m": reg["within_12m"],
             "stage_acc": float(np.mean(stage == true)),
             "stage_qwk": quadratic_weighted_kappa(true, stage, scheme.n_classes)}

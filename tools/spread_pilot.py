@@ -17,6 +17,7 @@ import pandas as pd
 
 from boneage_core.calibration import (LEVEL, SCALE_KNOTS, conformal_quantiles, error_scale, linear_correction,
                                       local_scale)
+from boneage_core.evaluate import member_prefix
 from boneage_core.heads import AGE, UNCORRECTED, system_column
 from boneage_core.manifest import read_manifest
 
@@ -63,7 +64,7 @@ def main(argv: list[str] | None = None) -> None:
     folder = Path(args.artifacts)
     frame = pd.read_csv(folder / "predictions.csv")
     frame = frame[frame["split"] == "test"]
-    members = [Path(m).stem for m in read_manifest(folder).members]
+    members = [member_prefix(m) for m in read_manifest(folder).members]
     pred = frame[system_column(UNCORRECTED, AGE)].to_numpy(float)
     true = frame["boneage"].to_numpy(float)
     sd = frame[[system_column(m, AGE) for m in members]].to_numpy(float).std(axis=1)
