@@ -48,6 +48,11 @@ def member_prefix(model_file: str | Path) -> str:
     return Path(model_file).stem
 
 
+def view_prefix(member: str, view: int) -> str:
+    """Column prefix of a member's (:func:`member_prefix`) predictions on one test-time view (an index into TTA_SCALES)."""
+    return f"{member}.view{view}"
+
+
 def _member_run(path: Path, frame: pd.DataFrame, cache_dir, device, tta: bool, failures: dict,
                 features: list[np.ndarray] | None = None) -> tuple[pd.Index, dict[str, list[np.ndarray]], str]:
     """One member's decoded outputs per head and view on the rows whose image loaded (gate features into `features`)."""
@@ -68,15 +73,26 @@ def _add_columns(out: pd.DataFrame, index: pd.Index, system: str, decoded: dict[
         columns[system_column(system, head)] = head
 
 
+def _view_columns(aligned: list[tuple[dict[str, list[np.ndarray]], str]]) -> dict[str, np.ndarray]:
+    """Every member's columns on every test-time view, e.g. multihead.view1_age (not scored, for view ablations)."""
+    out: dict[str, np.ndarray] = {}
+    for outputs, stem in aligned:
+        for head, views in outputs.items():
+            for v, values in enumerate(views):
+                out.update(get_head(head).columns(view_prefix(stem, v), values))
+    return out
+
+
 def cnn_columns(artifacts_dir: Path, members: list[str], frame: pd.DataFrame, cache_dir, device, tta: bool,
                 out: pd.DataFrame, columns: dict[str, str], failures: dict,
                 calibration: AgeCalibration | None = None,
-                gate_name: str | None = None) -> tuple[pd.Index, np.ndarray] | None:
+                gate_name: str | None = None, per_view: bool = False) -> tuple[pd.Index, np.ndarray] | None:
     """Ensemble columns (cnn_age, cnn_stage, cnn_stage_pK) and, for heads with several members, one set per member.
 
     With a calibration, cnn_age is the corrected estimate, cnn_age_low / cnn_age_high its interval, and
-    the uncorrected ensemble estimate is kept as cnn_uncorrected_age. With a `gate_name`, returns that
-    member's rows and gate features, taken from the same backbone pass as its outputs.
+    the uncorrected ensemble estimate is kept as cnn_uncorrected_age. With `per_view` and TTA, every member's
+    columns on every view are added too (:func:`view_prefix`; written, not scored). With a `gate_name`,
+    returns that member's rows and gate features, taken from the same backbone pass as its outputs.
     """
     collected: list[np.ndarray] = []
     runs = [_member_run(artifacts_dir / name, frame, cache_dir, device, tta, failures,
@@ -103,6 +119,9 @@ def cnn_columns(artifacts_dir: Path, members: list[str], frame: pd.DataFrame, ca
         voters = [(o, stem) for o, stem in aligned if head in o]
         for o, stem in voters if len(voters) > 1 else []:
             _add_columns(out, common, stem, {head: ensemble_outputs([o])[head]}, columns)
+    if per_view and tta:
+        views = pd.DataFrame(_view_columns(aligned), index=common)
+        out[list(views.columns)] = views.reindex(out.index)
     if gate_name not in members:
         return None
     return runs[members.index(gate_name)][0], (np.concatenate(collected) if collected else np.zeros((0, 0)))
@@ -175,10 +194,12 @@ def matching_calibration(artifacts_dir: str | Path, members: list[str], tta: boo
 
 
 def predict_frame(artifacts_dir: str | Path, frame: pd.DataFrame, cache_dir=None, device: str = "auto",
-                  tta: bool | None = None, members: list[str] | None = None) -> tuple[pd.DataFrame, dict[str, str], dict[str, str]]:
+                  tta: bool | None = None, members: list[str] | None = None,
+                  per_view: bool = False) -> tuple[pd.DataFrame, dict[str, str], dict[str, str]]:
     """Prediction columns for a frame with id, path, boneage, male.
 
-    Members and TTA default to the folder's manifest (every checkpoint, no TTA without one).
+    Members and TTA default to the folder's manifest (every checkpoint, no TTA without one); `per_view` adds
+    every member's columns on every test-time view (:func:`cnn_columns`).
     Returns (frame with prediction columns, {column: head}, {id: error} for unreadable images).
     """
     artifacts_dir = Path(artifacts_dir)
@@ -193,7 +214,7 @@ def predict_frame(artifacts_dir: str | Path, frame: pd.DataFrame, cache_dir=None
         heads = {name: read_meta(artifacts_dir / name)["spec"]["heads"] for name in members}
         gate_name = gate_member(heads)
         features = cnn_columns(artifacts_dir, members, frame, cache_dir, resolve_device(device), tta, out, columns,
-                               failures, calibration, gate_name)
+                               failures, calibration, gate_name, per_view)
         gate_columns(artifacts_dir, gate_name, frame, cache_dir, resolve_device(device), out, features)
     if (artifacts_dir / BASELINE_META).is_file():
         baseline_columns(artifacts_dir, frame, cache_dir, out, columns, failures)

@@ -202,7 +202,8 @@ def evaluate_stage(cfg: TrainConfig, ds: Dataset, staging: Path, members: list[s
     check_same_split([staging / name for name in members], ds, "member")
     test = ds.part("test")
     manifest = build_manifest(staging, members, cfg.tta) if members else None
-    frame, columns, failures = predict_frame(staging, test, cfg.cache_dir or None, cfg.device, cfg.tta, members)
+    frame, columns, failures = predict_frame(staging, test, cfg.cache_dir or None, cfg.device, cfg.tta, members,
+                                             per_view=True)
     ds.failures.update(failures)
     metrics = score_predictions(frame, columns, n_boot=cfg.bootstrap, seed=cfg.seed)
     (staging / art.METRICS_FILE).write_text(json.dumps(metrics, indent=2))
@@ -244,7 +245,7 @@ def calibrate_stage(cfg: TrainConfig, ds: Dataset, staging: Path, members: list[
     val = ds.part("val")
     out, columns, failures = val.copy(), {}, {}
     cnn_columns(staging, members, val, cfg.cache_dir or None, resolve_device(cfg.device), cfg.tta, out, columns,
-                failures)
+                failures, per_view=True)
     out.drop(columns=["path"], errors="ignore").to_csv(staging / art.CALIBRATION_PREDICTIONS_FILE, index=False)
     column = system_column(CNN, AGE)
     if column not in out:

@@ -11,7 +11,8 @@ import pytest
 from boneage_core.artifacts import CALIBRATION_PREDICTIONS_FILE, MANIFEST_FILE, METRICS_FILE, PREDICTIONS_FILE
 from boneage_core.heads import AGE, CNN, STAGE, UNCORRECTED, get_head, system_column
 from boneage_core.stages import DEFAULT_SCHEME
-from tools.ensemble_subsets import member_stems, subset_scores, subset_table
+from boneage_core.evaluate import view_prefix
+from tools.ensemble_subsets import member_stems, prefixes, subset_scores, subset_table
 
 ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
 
@@ -57,3 +58,33 @@ def test_the_table_has_every_subset_sorted_by_validation(tmp_path, served):
     assert len(table) == 2 ** n - 1 and table["val_mae"].is_monotonic_increasing
     assert table.loc[0, "members"] == member_stems(ARTIFACTS)[0] and table.loc[0, "val_mae"] == 0.0
     assert len(subset_table(tmp_path, max_size=1)) == n
+
+
+def _with_views(frame: pd.DataFrame, stems: list[str], shift: float) -> pd.DataFrame:
+    """Two made-up views per member: its own columns moved by +shift and -shift months (their mean is the member)."""
+    out = frame.copy()
+    for stem in stems:
+        for v, sign in enumerate((1.0, -1.0)):
+            out[system_column(view_prefix(stem, v), AGE)] = frame[system_column(stem, AGE)] + sign * shift
+            probs = get_head(STAGE).probabilities(frame, stem, DEFAULT_SCHEME.n_classes)
+            out = out.assign(**get_head(STAGE).columns(view_prefix(stem, v), probs))
+    return out
+
+
+def test_view_sets_score_the_members_own_views(tmp_path, served):
+    frame, _ = served
+    stems = member_stems(ARTIFACTS)
+    shutil.copy(ARTIFACTS / MANIFEST_FILE, tmp_path / MANIFEST_FILE)
+    with_views = _with_views(frame, stems, shift=30.0)
+    for name in (PREDICTIONS_FILE, CALIBRATION_PREDICTIONS_FILE):
+        with_views.to_csv(tmp_path / name, index=False)
+    table = subset_table(tmp_path, max_size=1, view_sets=[(0, 1), (0,)])
+    assert len(table) == 2 * len(stems) and set(table["views"]) == {"0,1", "0"}
+    for stem in stems:
+        both = table[(table["members"] == stem) & (table["views"] == "0,1")]["test_mae"].item()
+        one = table[(table["members"] == stem) & (table["views"] == "0")]["test_mae"].item()
+        assert both == pytest.approx(subset_scores(frame, (stem,))["mae"], abs=1e-6)  # the views' mean is the member
+        assert one > both + 10  # a view 30 months off is worse
+    assert prefixes(("a", "b"), (0, 2)) == ("a.view0", "a.view2", "b.view0", "b.view2")
+    with pytest.raises(SystemExit, match="view2_age"):
+        subset_table(tmp_path, max_size=1, view_sets=[(2,)])

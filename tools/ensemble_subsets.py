@@ -5,7 +5,9 @@ The members' own columns of `calibration_predictions.csv` (validation, written b
 (`heads.combine`: the mean of decoded outputs), so a subset's figures are those its own
 `calibrate,evaluate` run would give before the bias correction (which is close to the identity,
 docs/ablations.md section 3). Choose members on validation; the test columns are for the report.
-Run: ``python -m tools.ensemble_subsets --artifacts runs/ens4``.
+With ``--views``, each subset is also scored on a subset of the test-time views (the members' per-view
+columns, e.g. ``multihead.view1_age``, which the calibrate and evaluate stages write when TTA is on).
+Run: ``python -m tools.ensemble_subsets --artifacts runs/ens4 [--views 0,1,2 0,1 0,2]``.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import numpy as np
 import pandas as pd
 
 from boneage_core.artifacts import CALIBRATION_PREDICTIONS_FILE, PREDICTIONS_FILE
-from boneage_core.evaluate import member_prefix
+from boneage_core.evaluate import member_prefix, view_prefix
 from boneage_core.heads import AGE, STAGE, combine, get_head, system_column
 from boneage_core.manifest import read_manifest
 from boneage_core.metrics import quadratic_weighted_kappa, regression_metrics
@@ -35,11 +37,17 @@ def member_stems(folder: Path) -> list[str]:
     return [member_prefix(name) for name in manifest.members]
 
 
+def prefixes(stems: tuple[str, ...], views: tuple[int, ...] | None = None) -> tuple[str, ...]:
+    """Column prefixes of members (`stems`), or of each member on each of `views`."""
+    return stems if views is None else tuple(view_prefix(s, v) for s in stems for v in views)
+
+
 def subset_scores(frame: pd.DataFrame, stems: tuple[str, ...], scheme: StageScheme = DEFAULT_SCHEME) -> dict:
-    """Age MAE / R² / within 12 months and stage accuracy / QWK of the mean of `stems`' columns."""
+    """Age MAE / R² / within 12 months and stage accuracy / QWK of the mean of the columns of `stems` (prefixes)."""
     missing = [system_column(s, AGE) for s in stems if system_column(s, AGE) not in frame]
     if missing:
-        raise SystemExit(f"columns {missing} are missing: per-member columns are written only for 2+ members")
+        raise SystemExit(f"columns {missing} are missing: per-member columns are written only for 2+ members, "
+                         "per-view columns only with TTA")
     rows = frame.dropna(subset=[system_column(s, AGE) for s in stems])
     age = combine([get_head(AGE).from_columns(rows, s).to_numpy() for s in stems])
     reg = regression_metrics(rows["boneage"], age)
@@ -51,27 +59,36 @@ def subset_scores(frame: pd.DataFrame, stems: tuple[str, ...], scheme: StageSche
             "stage_qwk": quadratic_weighted_kappa(true, stage, scheme.n_classes)}
 
 
-def subset_table(folder: Path, max_size: int | None = None) -> pd.DataFrame:
-    """One row per subset of members (sizes 1..max_size), sorted by validation MAE."""
+def subset_table(folder: Path, max_size: int | None = None,
+                 view_sets: list[tuple[int, ...]] | None = None) -> pd.DataFrame:
+    """One row per subset of members (sizes 1..max_size) and view set (all views when None), sorted by validation MAE."""
     stems = member_stems(folder)
     frames = {split: pd.read_csv(folder / name) for split, name in SPLITS.items()}
     rows = []
     for size in range(1, min(max_size or len(stems), len(stems)) + 1):
-        for subset in itertools.combinations(stems, size):
-            row = {"members": " + ".join(subset), "size": size}
+        for subset, views in itertools.product(itertools.combinations(stems, size), view_sets or [None]):
+            row = {"members": " + ".join(subset), "size": size,
+                   "views": "all" if views is None else ",".join(map(str, views))}
             for split, frame in frames.items():
-                row.update({f"{split}_{k}": v for k, v in subset_scores(frame, subset).items()})
+                row.update({f"{split}_{k}": v for k, v in subset_scores(frame, prefixes(subset, views)).items()})
             rows.append(row)
     return pd.DataFrame(rows).sort_values("val_mae").reset_index(drop=True)
+
+
+def view_set(text: str) -> tuple[int, ...]:
+    """'0,2' -> (0, 2): view indices into inference.TTA_SCALES."""
+    return tuple(int(v) for v in text.split(","))
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--artifacts", type=Path, required=True, help="a folder evaluated with calibrate,evaluate")
     p.add_argument("--max-size", type=int, default=None, help="largest subset (default: all members)")
+    p.add_argument("--views", type=view_set, nargs="+", default=None, metavar="V,V",
+                   help="score each subset on these sets of test-time views, e.g. 0,1,2 0,1 0,2 (0 = the image itself)")
     args = p.parse_args()
-    table = subset_table(args.artifacts, args.max_size)
-    shown = ["members", "val_mae", "val_stage_qwk", "test_mae", "test_r2", "test_within_12m", "test_stage_acc",
+    table = subset_table(args.artifacts, args.max_size, args.views)
+    shown = ["members", "views", "val_mae", "val_stage_qwk", "test_mae", "test_r2", "test_within_12m", "test_stage_acc",
              "test_stage_qwk"]
     with pd.option_context("display.width", 200, "display.max_colwidth", 80):
         print(table[shown].round(4).to_string(index=False))
