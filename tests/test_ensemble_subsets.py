@@ -1,5 +1,6 @@
 """Subsets of an ensemble scored from saved predictions (tools/ensemble_subsets.py), against the served artifacts."""
 
+import argparse
 import json
 import shutil
 from pathlib import Path
@@ -12,7 +13,7 @@ from boneage_core.artifacts import CALIBRATION_PREDICTIONS_FILE, MANIFEST_FILE, 
 from boneage_core.heads import AGE, CNN, STAGE, UNCORRECTED, get_head, system_column
 from boneage_core.stages import DEFAULT_SCHEME
 from boneage_core.evaluate import view_prefix
-from tools.ensemble_subsets import member_stems, prefixes, subset_scores, subset_table
+from tools.ensemble_subsets import member_stems, prefixes, subset_scores, subset_table, view_set
 
 ARTIFACTS = Path(__file__).resolve().parents[1] / "artifacts"
 
@@ -86,5 +87,12 @@ def test_view_sets_score_the_members_own_views(tmp_path, served):
         assert both == pytest.approx(subset_scores(frame, (stem,))["mae"], abs=1e-6)  # the views' mean is the member
         assert one > both + 10  # a view 30 months off is worse
     assert prefixes(("a", "b"), (0, 2)) == ("a.view0", "a.view2", "b.view0", "b.view2")
-    with pytest.raises(SystemExit, match="view2_age"):
+    with pytest.raises(SystemExit, match=system_column(view_prefix(stems[0], 2), AGE)):
         subset_table(tmp_path, max_size=1, view_sets=[(2,)])
+
+
+def test_view_sets_are_distinct_indices_of_the_served_views():
+    assert view_set("0,2") == (0, 2)
+    for bad in ("0,0", "3", "-1", "a"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            view_set(bad)

@@ -16,6 +16,7 @@ from boneage_core.gate import NotARadiographError, gate_member
 from boneage_core.imaging import load_gray
 from boneage_core.heads import AGE, BASELINE, CNN, STAGE, UNCORRECTED, age_stage_column, get_head, system_column
 from boneage_core.inference import TTA_SCALES
+from boneage_core.manifest import read_manifest
 from boneage_core.metrics import regression_metrics
 from boneage_core.predictor import Predictor
 from boneage_core.stages import DEFAULT_SCHEME
@@ -91,7 +92,8 @@ def test_per_view_columns_average_to_the_ensemble_and_view_0_is_the_plain_image(
     """Each member's columns on each test-time view (for view ablations): written, not scored, only with TTA."""
     labels = attach_paths(read_labels(fullres_dir / "boneage-samples.csv"), fullres_dir).head(3)
     frame, columns, _ = evaluate.predict_frame(quick_run, labels, tta=True, per_view=True)
-    prefixes = [evaluate.view_prefix("multihead", v) for v in range(len(TTA_SCALES))]
+    member = evaluate.member_prefix(read_manifest(quick_run).members[0])
+    prefixes = [evaluate.view_prefix(member, v) for v in range(len(TTA_SCALES))]
     assert not any(p in c for c in columns for p in prefixes)  # not among the scored columns
     raw = frame[system_column(UNCORRECTED, AGE) if system_column(UNCORRECTED, AGE) in frame else CNN_AGE]
     views = np.stack([get_head(AGE).from_columns(frame, p).to_numpy() for p in prefixes])
@@ -103,7 +105,7 @@ def test_per_view_columns_average_to_the_ensemble_and_view_0_is_the_plain_image(
     plain, plain_columns, _ = evaluate.predict_frame(quick_run, labels, tta=False, per_view=True)
     plain_raw = plain[system_column(UNCORRECTED, AGE) if system_column(UNCORRECTED, AGE) in plain else CNN_AGE]
     np.testing.assert_allclose(views[0], plain_raw, atol=1e-4)
-    assert not [c for c in plain if ".view" in c]  # one view: nothing to ablate
+    assert not [c for c in plain if c.startswith(evaluate.view_prefix(member, 0))]  # one view: nothing to ablate
 
 
 def test_members_are_scored_one_by_one_when_a_head_has_several(quick_run, tmp_path, fullres_dir):

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from boneage_core.artifacts import METRICS_FILE
-from boneage_core.heads import AGE, CNN, system_column
+from boneage_core.heads import AGE, CNN, UNCORRECTED, system_column
 from tools.readme_results import BEGIN, END, main, readme_block, replace_block, results_block
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -39,3 +39,18 @@ def test_changed_metrics_change_the_block_and_write_replaces_only_the_block(tmp_
 def test_a_readme_without_the_markers_is_refused():
     with pytest.raises(SystemExit, match="no results block"):
         replace_block("# no block here\n", "block")
+
+
+def test_empty_groups_are_left_out_and_an_uncalibrated_ensemble_is_not_called_corrected(tmp_path):
+    folder = tmp_path / "artifacts"
+    shutil.copytree(ARTIFACTS, folder, ignore=shutil.ignore_patterns("*.pt", "*.ubj", "gate.npz"))
+    metrics = json.loads((folder / METRICS_FILE).read_text())
+    age = metrics[system_column(CNN, AGE)]
+    youngest = next(iter(age["by_age_group"]))
+    age["by_age_group"][youngest] = {"n": 0}  # what metrics.regression_breakdown writes for an empty group
+    age["interval"]["by_age_group"][youngest] = {"n": 0}
+    del metrics[system_column(UNCORRECTED, AGE)]
+    (folder / METRICS_FILE).write_text(json.dumps(metrics))
+    block = results_block(folder)
+    assert "no bias correction" in block and "bias-corrected" not in block
+    assert youngest.replace("-", "–") not in block

@@ -22,6 +22,7 @@ import pandas as pd
 from boneage_core.artifacts import CALIBRATION_PREDICTIONS_FILE, PREDICTIONS_FILE
 from boneage_core.evaluate import member_prefix, view_prefix
 from boneage_core.heads import AGE, STAGE, combine, get_head, system_column
+from boneage_core.inference import TTA_SCALES
 from boneage_core.manifest import read_manifest
 from boneage_core.metrics import quadratic_weighted_kappa, regression_metrics
 from boneage_core.stages import DEFAULT_SCHEME, StageScheme
@@ -76,11 +77,19 @@ def subset_table(folder: Path, max_size: int | None = None,
 
 
 def view_set(text: str) -> tuple[int, ...]:
-    """'0,2' -> (0, 2): view indices into inference.TTA_SCALES."""
-    return tuple(int(v) for v in text.split(","))
+    """'0,2' -> (0, 2): distinct view indices into inference.TTA_SCALES (argparse error otherwise)."""
+    try:
+        views = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: view indices separated by commas, e.g. 0,2") from None
+    if len(set(views)) != len(views) or not all(0 <= v < len(TTA_SCALES) for v in views):
+        raise argparse.ArgumentTypeError(f"{text!r}: distinct views among 0..{len(TTA_SCALES) - 1} "
+                                         f"(scales {', '.join(map(str, TTA_SCALES))})")
+    return views
 
 
 def main() -> None:
+    """Print the subset table of one evaluated folder."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--artifacts", type=Path, required=True, help="a folder evaluated with calibrate,evaluate")
     p.add_argument("--max-size", type=int, default=None, help="largest subset (default: all members)")

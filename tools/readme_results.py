@@ -17,6 +17,8 @@ from boneage_core.evaluate import member_prefix
 from boneage_core.heads import AGE, BASELINE, CNN, STAGE, UNCORRECTED, age_stage_column, system_column
 from boneage_core.inference import TTA_SCALES
 from boneage_core.manifest import read_manifest
+from boneage_core.plots import FEW_CASES
+from boneage_core.vocab import parse_sex
 
 BEGIN, END = "<!-- results: written by tools/readme_results.py -->", "<!-- end of results -->"
 
@@ -41,6 +43,11 @@ def _pct(value) -> str:
     return "–" if value is None else f"{100 * value:.0f} %"
 
 
+def _few(v: dict) -> str:
+    """' (n = 14)' after a subgroup's figure when it has few cases (plots.FEW_CASES), else ''."""
+    return f" (n = {v['n']})" if v["n"] < FEW_CASES else ""
+
+
 def _age_row(label: str, m: dict) -> str:
     return f"| {label} | {_num(m['mae'], 2)} | {_num(m['rmse'], 2)} | {_num(m['r2'], 3)} | {_pct(m['within_12m'])} | | | |"
 
@@ -51,12 +58,12 @@ def _stage_row(label: str, m: dict) -> str:
 
 def results_table(metrics: dict, members: list[str], tta: bool) -> list[str]:
     """The markdown table: the ensemble (age, before correction, each member, stage), then the baseline."""
-    cnn_age, cnn_stage = system_column(CNN, AGE), system_column(CNN, STAGE)
+    cnn_age, cnn_stage, uncorrected = system_column(CNN, AGE), system_column(CNN, STAGE), system_column(UNCORRECTED, AGE)
     views = f"{len(TTA_SCALES)}-view TTA" if tta else "no TTA"
+    corrected = "bias-corrected" if uncorrected in metrics else "no bias correction"
     lines = ["| prediction (metrics.json key) | MAE (months) | RMSE | R² | within 12 m | stage accuracy | macro F1 | QWK |",
              "|---|---|---|---|---|---|---|---|"]
-    lines.append(_age_row(f"CNN ensemble, bone age (`{cnn_age}`, {views}, bias-corrected)", metrics[cnn_age]))
-    uncorrected = system_column(UNCORRECTED, AGE)
+    lines.append(_age_row(f"CNN ensemble, bone age (`{cnn_age}`, {views}, {corrected})", metrics[cnn_age]))
     if uncorrected in metrics:
         lines.append(_age_row(f"the same before the bias correction (`{uncorrected}`)", metrics[uncorrected]))
     for name in members:
@@ -82,18 +89,22 @@ def interval_paragraph(metrics: dict, calibration: dict | None) -> list[str]:
     age = metrics[system_column(CNN, AGE)]
     interval = age.get("interval")
     if not interval:
-        return ["No prediction intervals: the artifacts have no calibration."]
-    groups = ", ".join(f"{_group(g)} {_num(v['coverage'], 2)}" + (f" (n = {v['n']})" if v["n"] < 30 else "")
-                       for g, v in interval["by_age_group"].items())
-    text = (f"**Prediction intervals** ({100 * interval['level']:.0f} %, split-conformal, fitted on the validation split; "
+        return [f"No prediction intervals and no bias correction: no `{CALIBRATION_FILE}` matched these members."]
+    scored = {g: v for g, v in interval["by_age_group"].items() if v["n"]}
+    groups = ", ".join(f"{_group(g)} {_num(v['coverage'], 2)}{_few(v)}" for g, v in scored.items())
+    below = [_group(g) for g, v in scored.items() if v["coverage"] < interval["level"]]
+    level = f"{100 * interval['level']:.0f} %"
+    text = (f"**Prediction intervals** ({level}, split-conformal, fitted on the validation split; "
             f"`{CALIBRATION_FILE}`): coverage on the test split {_num(interval['coverage'], 3)}, mean width "
-            f"{_num(interval['mean_width'], 1)} months; by true-age group {groups}.")
+            f"{_num(interval['mean_width'], 1)} months; by true-age group {groups}"
+            + (f" (below {level} in {', '.join(below)}: the level holds over all cases, not within every group)."
+               if below else "."))
     uncorrected = metrics.get(system_column(UNCORRECTED, AGE))
     if calibration and uncorrected:
         fitted = calibration.get("fitted_on", {})
         text += (f" The linear bias correction fitted on validation is `true = {_num(calibration['intercept'], 2)} + "
                  f"{_num(calibration['slope'], 3)} × predicted` (validation MAE {_num(fitted.get('mae_uncorrected'), 2)} → "
-                 f"{_num(fitted.get('mae_corrected'), 2)}, test {_num(uncorrected['mae'], 2)} → {_num(age['mae'], 2)}).")
+                 f"{_num(fitted.get('mae_corrected'), 2)}, half of them the fit's own cases; test {_num(uncorrected['mae'], 2)} → {_num(age['mae'], 2)}).")
     return [text]
 
 
@@ -106,13 +117,15 @@ def breakdown_paragraph(metrics: dict) -> list[str]:
                            f"{_num(derived['per_class'][name]['recall'], 2)}" for name in head["per_class"])
         parts.append(f"Per-stage recall, stage head / stage from the predicted age: {recall}.")
     age = metrics[system_column(CNN, AGE)]
-    sexes = ", ".join(f"{'girls' if sex == 'female' else 'boys'} {_num(v['mae'], 2)} (95 % CI "
-                      f"{_num(v['mae_ci95'][0], 1)}–{_num(v['mae_ci95'][1], 1)})" for sex, v in age["by_sex"].items())
-    groups = ", ".join(f"{_group(g)} {_num(v['mae'], 1)}" + (f" (n = {v['n']})" if v["n"] < 30 else "")
-                       for g, v in age["by_age_group"].items())
-    first, last = list(age["by_age_group"].items())[0], list(age["by_age_group"].items())[-1]
+    sexes = ", ".join(f"{'boys' if parse_sex(sex) else 'girls'} {_num(v['mae'], 2)} (95 % CI "
+                      f"{_num(v['mae_ci95'][0], 1)}–{_num(v['mae_ci95'][1], 1)})"
+                      for sex, v in age["by_sex"].items() if v["n"])
+    scored = [(g, v) for g, v in age["by_age_group"].items() if v["n"]]
+    groups = ", ".join(f"{_group(g)} {_num(v['mae'], 1)}{_few(v)}" for g, v in scored)
+    (first, low), (last, high) = scored[0], scored[-1]
     parts.append(f"MAE by sex: {sexes}; by age group: {groups}; bias (predicted − true) "
-                 f"{_signed(first[1]['bias'])} months at {_group(first[0])} and {_signed(last[1]['bias'])} at {_group(last[0])}.")
+                 f"{_signed(low['bias'])} months at {_group(first)}{_few(low)} and {_signed(high['bias'])} at "
+                 f"{_group(last)}{_few(high)}.")
     return [" ".join(parts)]
 
 
@@ -150,6 +163,7 @@ def readme_block(text: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Print the block, or write it into a README (--write)."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--artifacts", type=Path, default=Path("artifacts"))
     p.add_argument("--write", type=Path, default=None, metavar="README", help="replace the block in this file")
