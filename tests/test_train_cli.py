@@ -141,6 +141,27 @@ def test_checkpoints_record_their_split_and_other_splits_are_refused(quick_run, 
     assert code == 2 and "--init-from multihead.pt was trained on another split" in caplog.text
 
 
+def test_calibrate_with_tta_writes_each_views_columns(quick_run, data_299, tmp_path):
+    """calibration_predictions.csv holds every member's columns on every test-time view (tools/ensemble_subsets --views)."""
+    import shutil
+
+    import numpy as np
+
+    from boneage_core.evaluate import member_prefix, view_prefix
+    from boneage_core.inference import TTA_SCALES
+
+    out = tmp_path / "artifacts"
+    shutil.copytree(quick_run, out)
+    code = train.main(["--data-dir", str(data_299), "--quick", "--no-pretrained", "--limit", "240", "--cache-dir",
+                       str(tmp_path / "c"), "--stages", "calibrate", "--tta", "--out", str(out)])
+    assert code == 0
+    frame = pd.read_csv(out / "calibration_predictions.csv", dtype={"id": str})
+    member = member_prefix(read_manifest(out).members[0])
+    views = np.stack([frame[system_column(view_prefix(member, v), AGE)] for v in range(len(TTA_SCALES))])
+    np.testing.assert_allclose(views.mean(axis=0), frame[system_column(CNN, AGE)], atol=1e-6)  # uncalibrated here
+    assert np.ptp(views, axis=0).max() > 0
+
+
 def test_rerun_reuses_split_and_keeps_untouched_models(quick_run, data_299, tmp_path):
     import shutil
 
