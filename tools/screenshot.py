@@ -20,6 +20,8 @@ from pathlib import Path
 from app.options import AGE_MODES, SEXES
 from boneage_core.vocab import parse_sex
 
+#: True once every Plotly chart on the page has drawn its SVG (charts render after the script has finished).
+PLOTS_DRAWN = "[...document.querySelectorAll('[data-testid=stPlotlyChart]')].every(c => c.querySelector('.main-svg'))"
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
          "--disable-component-update", "--disable-sync", "--no-first-run", "--hide-scrollbars"]
 
@@ -66,6 +68,7 @@ def main(argv: list[str] | None = None) -> int:
                 page.wait_for_selector(".st-key-assess_age_years input", timeout=ms)
         page.wait_for_timeout(3000)  # let charts and images settle
         page.wait_for_selector("[data-testid=stStatusWidget]", state="detached", timeout=ms)
+        page.wait_for_function(PLOTS_DRAWN, timeout=ms)
         page.evaluate("window.scrollTo(0, 0)")
         args.out.parent.mkdir(parents=True, exist_ok=True)
         page.screenshot(path=str(args.out), full_page=args.full_page)
