@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from boneage_core.calibration import CALIBRATION_FILE
 from boneage_core.artifacts import CALIBRATION_PREDICTIONS_FILE, MANIFEST_FILE, METRICS_FILE, PREDICTIONS_FILE
 from boneage_core.heads import AGE, CNN, STAGE, UNCORRECTED, get_head, system_column
 from boneage_core.stages import DEFAULT_SCHEME
@@ -46,10 +47,15 @@ def test_missing_member_columns_are_named(served):
         subset_scores(frame, ("no_such_member",))
 
 
+def _copy_served(folder: Path) -> None:
+    """The served manifest, test predictions and calibration (what ties both prediction tables to the members)."""
+    for name in (MANIFEST_FILE, PREDICTIONS_FILE, CALIBRATION_FILE):
+        shutil.copy(ARTIFACTS / name, folder / name)
+
+
 def test_the_table_has_every_subset_sorted_by_validation(tmp_path, served):
     frame, _ = served
-    for name in (MANIFEST_FILE, PREDICTIONS_FILE):
-        shutil.copy(ARTIFACTS / name, tmp_path / name)
+    _copy_served(tmp_path)
     val = frame.copy()
     first = system_column(member_stems(ARTIFACTS)[0], AGE)
     val[first] = val["boneage"]  # a perfect first member on "validation"
@@ -75,22 +81,38 @@ def _with_views(frame: pd.DataFrame, stems: list[str], shift: float) -> pd.DataF
 def test_view_sets_score_the_members_own_views(tmp_path, served):
     frame, _ = served
     stems = member_stems(ARTIFACTS)
-    shutil.copy(ARTIFACTS / MANIFEST_FILE, tmp_path / MANIFEST_FILE)
-    with_views = _with_views(frame, stems, shift=30.0)
+    _copy_served(tmp_path)
+    with_views = _with_views(frame, stems, shift=30.0)  # made-up validation views
     real_view2 = [c for c in with_views if any(c.startswith(view_prefix(s, 2) + "_") for s in stems)]
-    with_views = with_views.drop(columns=real_view2)  # the served files have all three views
-    for name in (PREDICTIONS_FILE, CALIBRATION_PREDICTIONS_FILE):
-        with_views.to_csv(tmp_path / name, index=False)
+    with_views.drop(columns=real_view2).to_csv(tmp_path / CALIBRATION_PREDICTIONS_FILE, index=False)
     table = subset_table(tmp_path, max_size=1, view_sets=[(0, 1), (0,)])
     assert len(table) == 2 * len(stems) and set(table["views"]) == {"0,1", "0"}
     for stem in stems:
-        both = table[(table["members"] == stem) & (table["views"] == "0,1")]["test_mae"].item()
-        one = table[(table["members"] == stem) & (table["views"] == "0")]["test_mae"].item()
+        both = table[(table["members"] == stem) & (table["views"] == "0,1")]["val_mae"].item()
+        one = table[(table["members"] == stem) & (table["views"] == "0")]["val_mae"].item()
         assert both == pytest.approx(subset_scores(frame, (stem,))["mae"], abs=1e-6)  # the views' mean is the member
         assert one > both + 10  # a view 30 months off is worse
     assert prefixes(("a", "b"), (0, 2)) == ("a.view0", "a.view2", "b.view0", "b.view2")
     with pytest.raises(SystemExit, match=system_column(view_prefix(stems[0], 2), AGE)):
         subset_table(tmp_path, max_size=1, view_sets=[(2,)])
+
+
+def test_tables_of_other_weights_are_refused(tmp_path, served):
+    frame, _ = served
+    _copy_served(tmp_path)
+    frame.to_csv(tmp_path / CALIBRATION_PREDICTIONS_FILE, index=False)
+    assert len(subset_table(tmp_path, max_size=1)) == len(member_stems(ARTIFACTS))
+    changed = frame.copy()
+    changed[system_column(CNN, AGE)] += 1.0  # predictions.csv no longer the one the evaluation recorded
+    changed.to_csv(tmp_path / PREDICTIONS_FILE, index=False)
+    with pytest.raises(SystemExit, match=f"{PREDICTIONS_FILE} refused"):
+        subset_table(tmp_path, max_size=1)
+    shutil.copy(ARTIFACTS / PREDICTIONS_FILE, tmp_path / PREDICTIONS_FILE)
+    calibration = json.loads((tmp_path / CALIBRATION_FILE).read_text())
+    calibration["members"] = {name: "0" * 64 for name in calibration["members"]}  # fitted for other weights
+    (tmp_path / CALIBRATION_FILE).write_text(json.dumps(calibration))
+    with pytest.raises(SystemExit, match=f"{CALIBRATION_PREDICTIONS_FILE} refused"):
+        subset_table(tmp_path, max_size=1)
 
 
 def test_view_sets_are_distinct_indices_of_the_served_views():

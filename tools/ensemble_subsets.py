@@ -16,15 +16,16 @@ import argparse
 import itertools
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 from boneage_core.artifacts import CALIBRATION_PREDICTIONS_FILE, PREDICTIONS_FILE
 from boneage_core.evaluate import member_prefix, view_prefix
 from boneage_core.heads import AGE, STAGE, combine, get_head, system_column
 from boneage_core.inference import TTA_SCALES
-from boneage_core.manifest import read_manifest
-from boneage_core.metrics import quadratic_weighted_kappa, regression_metrics
+from boneage_core.calibration import load_calibration
+from boneage_core.errors import ArtifactError
+from boneage_core.manifest import evaluated_path, read_manifest
+from boneage_core.metrics import classification_metrics, regression_metrics
 from boneage_core.stages import DEFAULT_SCHEME, StageScheme
 
 SPLITS = {"val": CALIBRATION_PREDICTIONS_FILE, "test": PREDICTIONS_FILE}
@@ -36,6 +37,23 @@ def member_stems(folder: Path) -> list[str]:
     if manifest is None:
         raise SystemExit(f"{folder}: no manifest; run the evaluate stage there first")
     return [member_prefix(name) for name in manifest.members]
+
+
+def prediction_path(folder: Path, name: str) -> Path:
+    """A prediction table of the current members: predictions.csv by the manifest's evaluation record,
+    calibration_predictions.csv when the calibration fitted on it belongs to the members (SystemExit otherwise)."""
+    manifest = read_manifest(folder)
+    try:
+        if name == PREDICTIONS_FILE:
+            return evaluated_path(folder, manifest, name)
+        calibration = load_calibration(folder)
+        reason = "no calibration" if calibration is None else calibration.stale_reason(manifest.member_hashes(),
+                                                                                           manifest.tta)
+        if reason:
+            raise ArtifactError(f"{name} refused: {reason}")
+    except ArtifactError as exc:
+        raise SystemExit(str(exc)) from None
+    return folder / name
 
 
 def prefixes(stems: tuple[str, ...], views: tuple[int, ...] | None = None) -> tuple[str, ...]:
@@ -54,17 +72,16 @@ def subset_scores(frame: pd.DataFrame, stems: tuple[str, ...], scheme: StageSche
     reg = regression_metrics(rows["boneage"], age)
     true = scheme.stage_of(rows["boneage"], rows["male"])
     probs = combine([get_head(STAGE).probabilities(rows, s, scheme.n_classes) for s in stems])
-    stage = get_head(STAGE).point(probs)
+    cls = classification_metrics(true, get_head(STAGE).point(probs), scheme.n_classes)
     return {"n": reg["n"], "mae": reg["mae"], "r2": reg["r2"], "within_12m": reg["within_12m"],
-            "stage_acc": float(np.mean(stage == true)),
-            "stage_qwk": quadratic_weighted_kappa(true, stage, scheme.n_classes)}
+            "stage_acc": cls["accuracy"], "stage_qwk": cls["qwk"]}
 
 
 def subset_table(folder: Path, max_size: int | None = None,
                  view_sets: list[tuple[int, ...]] | None = None) -> pd.DataFrame:
     """One row per subset of members (sizes 1..max_size) and view set (all views when None), sorted by validation MAE."""
     stems = member_stems(folder)
-    frames = {split: pd.read_csv(folder / name) for split, name in SPLITS.items()}
+    frames = {split: pd.read_csv(prediction_path(folder, name)) for split, name in SPLITS.items()}
     rows = []
     for size in range(1, min(max_size or len(stems), len(stems)) + 1):
         for subset, views in itertools.product(itertools.combinations(stems, size), view_sets or [None]):

@@ -146,20 +146,24 @@ def results_block(folder: Path) -> str:
     return "\n".join(lines)
 
 
-def replace_block(text: str, block: str) -> str:
-    """`text` with its results block replaced by `block` (SystemExit when the markers are missing)."""
+def _block_span(text: str) -> tuple[int, int]:
+    """Start and end of the results block in `text`, markers included (SystemExit when they are missing)."""
     start, end = text.find(BEGIN), text.find(END)
     if start < 0 or end < start:
         raise SystemExit(f"the README has no results block ({BEGIN!r} ... {END!r})")
-    return text[:start] + block + text[end + len(END):]
+    return start, end + len(END)
+
+
+def replace_block(text: str, block: str) -> str:
+    """`text` with its results block replaced by `block`."""
+    start, end = _block_span(text)
+    return text[:start] + block + text[end:]
 
 
 def readme_block(text: str) -> str:
     """The results block as the README has it."""
-    start, end = text.find(BEGIN), text.find(END)
-    if start < 0 or end < start:
-        raise SystemExit(f"the README has no results block ({BEGIN!r} ... {END!r})")
-    return text[start:end + len(END)]
+    start, end = _block_span(text)
+    return text[start:end]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from boneage_core.artifacts import PREDICTIONS_FILE
 from boneage_core.calibration import (LEVEL, SCALE_KNOTS, conformal_quantiles, error_scale, linear_correction,
                                       local_scale)
 from boneage_core.evaluate import member_prefix
@@ -62,7 +63,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
     folder = Path(args.artifacts)
-    frame = pd.read_csv(folder / "predictions.csv")
+    frame = pd.read_csv(folder / PREDICTIONS_FILE)
     frame = frame[frame["split"] == "test"]
     members = [member_prefix(m) for m in read_manifest(folder).members]
     pred = frame[system_column(UNCORRECTED, AGE)].to_numpy(float)
