@@ -1,6 +1,6 @@
 """Inference throughput (images/s) of one member through inference.member_outputs, by batch size.
 
-python -m benchmarks.bench_inference_batch --model artifacts/multihead_crop.pt --threads 2 [--images 64] [--tta]
+python -m benchmarks.bench_inference_batch --model artifacts/multihead_crop.pt --threads 2 [--images 64] [--tta | --views 1,0.94]
 What evaluate, training's validation and the input gate's fit run: the model's own input size, random
 uint8 inputs (speed does not depend on the content), no gradients, float32 on the CPU. The first batch
 size is run once before the clock starts; every size is timed `--repeats` times and the best is kept.
@@ -15,6 +15,7 @@ import torch
 
 from boneage_core.inference import inference_batch, member_outputs, resolve_device
 from boneage_core.models import load_model
+from boneage_core.views import NO_TTA, add_views_arguments, describe_views
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -22,7 +23,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", default="artifacts/multihead_crop.pt")
     parser.add_argument("--images", type=int, default=64)
     parser.add_argument("--batch-sizes", default="1,4,8,16,32,64")
-    parser.add_argument("--tta", action="store_true", help="the three test-time views of each image")
+    add_views_arguments(parser, NO_TTA, "of each image")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--device", default="cpu")
@@ -36,11 +37,11 @@ def main(argv: list[str] | None = None) -> int:
     images = torch.randint(0, 256, (args.images, size, size), dtype=torch.uint8, generator=gen)
     male = torch.randint(0, 2, (args.images,), generator=gen)
     sizes = [int(b) for b in args.batch_sizes.split(",")]
-    member_outputs(net, images[:sizes[0]], male[:sizes[0]], device, tta=args.tta, batch_size=sizes[0])
-    print(f"{args.model}: {size} px, {args.images} images, TTA {'on' if args.tta else 'off'}, "
+    member_outputs(net, images[:sizes[0]], male[:sizes[0]], device, views=args.views, batch_size=sizes[0])
+    print(f"{args.model}: {size} px, {args.images} images, {describe_views(args.views)}, "
           f"threads {torch.get_num_threads()}, device {device} (default batch here: {inference_batch(device)})")
     for b in sizes:
-        best = min(_timed(lambda: member_outputs(net, images, male, device, tta=args.tta, batch_size=b))
+        best = min(_timed(lambda: member_outputs(net, images, male, device, views=args.views, batch_size=b))
                    for _ in range(args.repeats))
         print(f"batch {b:3d}: {args.images / best:7.1f} images/s ({best:.2f} s)")
     return 0

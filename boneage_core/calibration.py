@@ -9,7 +9,7 @@ narrow for infants (small errors in months), wider in puberty. Split-conformal q
 finite-sample rank give at least the nominal coverage on exchangeable data; the test split's coverage,
 by age group, is reported by :func:`interval_coverage`.
 
-The file is tied to the members (sha256) and the TTA setting it was fitted with; ``Predictor`` and
+The file is tied to the members (sha256) and the test-time views (``views``) it was fitted with; ``Predictor`` and
 ``evaluate`` apply it through :func:`apply_calibration` (the one place the correction happens).
 """
 
@@ -28,6 +28,7 @@ import pandas as pd
 from .artifacts import read_json, write_json
 from .data import AGE_GROUPS, age_group
 from .errors import ArtifactError
+from .views import VIEWS_KEY, Views, describe_views, views_from_record
 from .heads import AGE, system_column
 from .vocab import clip_age
 
@@ -121,7 +122,7 @@ class AgeCalibration:
     n_fit: int  # images the correction and the scale were fitted on
     n_conformal: int  # images the quantiles came from
     split: str
-    tta: bool
+    views: Views  # the test-time zoom factors of the estimates it was fitted on (views.py)
     members: dict[str, str]  # model file -> sha256
     fitted_on: dict = field(default_factory=dict)  # validation MAE before / after, created
 
@@ -143,23 +144,24 @@ class AgeCalibration:
         low, high = self.bounds(corrected)
         return PredictionInterval(float(low), float(high), self.level, self.n_conformal)
 
-    def stale_reason(self, members: dict[str, str], tta: bool) -> str | None:
-        """Why this calibration does not belong to these members / TTA setting, or None."""
+    def stale_reason(self, members: dict[str, str], views: Views) -> str | None:
+        """Why this calibration does not belong to these members / test-time views, or None."""
         if self.members != members:
             return (f"{CALIBRATION_FILE} was fitted for {sorted(self.members)} with other weights than the members "
                     f"now served ({sorted(members)}); re-run `train.py --stages calibrate,evaluate`")
-        return self.tta_mismatch(tta)
+        return self.views_mismatch(views)
 
-    def tta_mismatch(self, tta: bool) -> str | None:
-        """Why this calibration does not apply to estimates made with this TTA setting, or None."""
-        if self.tta != tta:
-            return (f"{CALIBRATION_FILE} was fitted with TTA {'on' if self.tta else 'off'}, the members are served "
-                    f"with TTA {'on' if tta else 'off'}")
+    def views_mismatch(self, views: Views) -> str | None:
+        """Why this calibration does not apply to estimates made with these test-time views, or None."""
+        if tuple(self.views) != tuple(views):
+            return (f"{CALIBRATION_FILE} was fitted with {describe_views(self.views)}, the estimates are made with "
+                    f"{describe_views(views)}")
         return None
 
     def to_dict(self) -> dict:
         out = asdict(self)
         out["scale_knots"], out["scale_values"] = list(self.scale_knots), list(self.scale_values)
+        out[VIEWS_KEY] = list(self.views)
         return {"format": CALIBRATION_FORMAT, **out}
 
     @classmethod
@@ -167,9 +169,12 @@ class AgeCalibration:
         if not isinstance(data, dict) or data.get("format") != CALIBRATION_FORMAT:
             raise ArtifactError(f"{source}: not a bone-age calibration file")
         try:
-            kwargs = {k: data[k] for k in cls.__dataclass_fields__ if k != "fitted_on"}
+            kwargs = {k: data[k] for k in cls.__dataclass_fields__ if k not in ("fitted_on", VIEWS_KEY)}
+            kwargs[VIEWS_KEY] = views_from_record(data, source)  # files before view sets say "tta": true/false
         except KeyError as exc:
             raise ArtifactError(f"{source}: calibration lacks {exc}") from exc
+        except ValueError as exc:
+            raise ArtifactError(f"{source}: {exc}") from exc
         kwargs["scale_knots"], kwargs["scale_values"] = tuple(kwargs["scale_knots"]), tuple(kwargs["scale_values"])
         return cls(**kwargs, fitted_on=dict(data.get("fitted_on", {})))
 
@@ -185,7 +190,7 @@ def load_calibration(folder: str | os.PathLike) -> AgeCalibration | None:
     return None if data is None else AgeCalibration.from_dict(data, str(path))
 
 
-def fit_calibration(predicted: np.ndarray, true: np.ndarray, members: dict[str, str], tta: bool,
+def fit_calibration(predicted: np.ndarray, true: np.ndarray, members: dict[str, str], views: Views,
                     level: float = LEVEL, split: str = "val", seed: int = 0) -> AgeCalibration:
     """Fit the correction and error scale on a random half of (predicted, true), the conformal quantiles on the other."""
     predicted, true = np.asarray(predicted, np.float64), np.asarray(true, np.float64)
@@ -207,7 +212,7 @@ def fit_calibration(predicted: np.ndarray, true: np.ndarray, members: dict[str, 
                  "n": int(len(predicted)), "mae_uncorrected": float(np.abs(true - predicted).mean()),
                  "mae_corrected": float(np.abs(true - linear_correction(predicted, intercept, slope)).mean())}
     calibration = AgeCalibration(intercept, slope, level, float(q_low), float(q_high), SCALE_KNOTS, values,
-                                 len(fit_part), len(conf_part), split, tta, dict(members), fitted_on)
+                                 len(fit_part), len(conf_part), split, tuple(views), dict(members), fitted_on)
     logger.info("Calibration on %d %s images: true = %.2f + %.3f x predicted; %s MAE %.2f -> %.2f; %g%% conformal "
                 "quantiles %.2f / %.2f of the local error scale", len(predicted), split, intercept, slope, split,
                 fitted_on["mae_uncorrected"], fitted_on["mae_corrected"], level * 100, q_low, q_high)

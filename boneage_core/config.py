@@ -14,6 +14,7 @@ from .manifest import MODEL_SUFFIX
 from .models import INIT_IMAGENET
 from .preprocess import PreprocessSpec
 from .training import FitConfig, Phase, parse_phases
+from .views import NO_TTA, TTA_SCALES, VIEWS_KEY, Views, as_views, views_from_record
 
 #: CNN training stages and the heads of the model file each writes (<stage>.pt): the separate-model
 #: layout (regressor + classifier) and one multi-head network (age and stage from one backbone pass).
@@ -30,12 +31,12 @@ MODEL_NAME_PATTERN = re.compile(r"[A-Za-z0-9_-]+")
 _PRESET_STAGES = ("multihead", "gate", "calibrate", "evaluate")  # the preset trains one multi-head network (the baseline apart)
 PRESETS: dict[str, dict[str, Any]] = {
     # the measured CPU recipe (2 cores): 192 px, stem + 3 stages frozen, 6 epochs, bf16 autocast
-    "cpu": {"stages": _PRESET_STAGES, "phases": "192:6:1e-3:3", "tta": True,
+    "cpu": {"stages": _PRESET_STAGES, "phases": "192:6:1e-3:3", "views": TTA_SCALES,
             "fit": {"warmup_epochs": 0.3, "patience": 3, "cpu_bf16": True}},
     # one H100, about 10 minutes per command: full resolution of the 299 px training copy (larger sizes only
     # upsample), nothing frozen, AdamW with warm-up + cosine, flips, EMA; the time budget bounds a slow card
     "gpu": {"stages": _PRESET_STAGES, "phases": "", "image_size": 299, "epochs": 30,
-            "lr": 1e-3, "freeze_blocks": 0, "tta": True,
+            "lr": 1e-3, "freeze_blocks": 0, "views": TTA_SCALES,
             "fit": {"optimizer": "adamw", "batch_size": 64, "flip_prob": 0.5, "ema_decay": 0.998, "patience": 8,
                     "max_train_minutes": 8.0}},
 }
@@ -79,7 +80,7 @@ class TrainConfig:
     xgb_learning_rate: float = 0.05
     # evaluation
     bootstrap: int = 500
-    tta: bool = False
+    views: Views = NO_TTA  # test-time zoom factors of the calibrate and evaluate stages, served by the manifest
     # naming and provenance
     model_name: str = ""  # the CNN stage writes <model_name>.pt instead of <stage>.pt (ensemble members in one folder)
     preset: str = ""  # the --preset the run started from (a record; the fields above hold its values)
@@ -93,6 +94,7 @@ class TrainConfig:
         if self.preset and self.preset not in PRESETS:
             raise ValueError(f"unknown preset {self.preset!r}; choose from {tuple(PRESETS)}")
         self._check_model_name()
+        object.__setattr__(self, "views", as_views(self.views))  # validated, in TTA_SCALES order
         self.training_phases()  # validates the phase text
 
     def _check_model_name(self) -> None:
@@ -129,7 +131,7 @@ class TrainConfig:
 
     def to_dict(self) -> dict:
         out = asdict(self)
-        out["stages"], out["members"] = list(self.stages), list(self.members)
+        out["stages"], out["members"], out["views"] = list(self.stages), list(self.members), list(self.views)
         return out
 
     @classmethod
@@ -139,6 +141,7 @@ class TrainConfig:
         for key in ("stages", "members"):
             if key in kwargs:
                 kwargs[key] = tuple(kwargs[key])
+        kwargs[VIEWS_KEY] = views_from_record(data, "config")  # runs before view sets saved "tta": true/false
         if isinstance(kwargs.get("fit"), dict):
             known = {f.name for f in fields(FitConfig)}
             kwargs["fit"] = FitConfig(**{k: v for k, v in kwargs["fit"].items() if k in known})

@@ -29,6 +29,7 @@ from .inference import ensemble_outputs, image_gate_features, member_features, m
 from .manifest import model_files, read_manifest, verify_models
 from .models import load_model
 from .stages import DEFAULT_SCHEME, StageScheme
+from .views import NO_TTA, Views, add_views_arguments, as_views, view_index
 
 logger = logging.getLogger(__name__)
 
@@ -49,11 +50,11 @@ def member_prefix(model_file: str | Path) -> str:
 
 
 def view_prefix(member: str, view: int) -> str:
-    """Column prefix of a member's (:func:`member_prefix`) predictions on one test-time view (an index into TTA_SCALES)."""
+    """Column prefix of a member's (:func:`member_prefix`) predictions on one test-time view (views.view_index)."""
     return f"{member}.view{view}"
 
 
-def _member_run(path: Path, frame: pd.DataFrame, cache_dir, device, tta: bool, failures: dict,
+def _member_run(path: Path, frame: pd.DataFrame, cache_dir, device, views: Views, failures: dict,
                 features: list[np.ndarray] | None = None) -> tuple[pd.Index, dict[str, list[np.ndarray]], str]:
     """One member's decoded outputs per head and view on the rows whose image loaded (gate features into `features`)."""
     net, _ = load_model(path, device)
@@ -61,7 +62,7 @@ def _member_run(path: Path, frame: pd.DataFrame, cache_dir, device, tta: bool, f
     failures.update(dict(images.failures))
     rows, pixels = _aligned(frame, images)
     male = torch.tensor(rows["male"].to_numpy(), dtype=torch.long)
-    return rows.index, member_outputs(net, torch.from_numpy(pixels), male, device, tta=tta, progress=True,
+    return rows.index, member_outputs(net, torch.from_numpy(pixels), male, device, views=views, progress=True,
                                       features=features), member_prefix(path)
 
 
@@ -73,29 +74,29 @@ def _add_columns(out: pd.DataFrame, index: pd.Index, system: str, decoded: dict[
         columns[system_column(system, head)] = head
 
 
-def _view_columns(aligned: list[tuple[dict[str, list[np.ndarray]], str]]) -> dict[str, np.ndarray]:
+def _view_columns(aligned: list[tuple[dict[str, list[np.ndarray]], str]], views: Views) -> dict[str, np.ndarray]:
     """Every member's columns on every test-time view, e.g. multihead.view1_age (not scored, for view ablations)."""
     out: dict[str, np.ndarray] = {}
     for outputs, stem in aligned:
-        for head, views in outputs.items():
-            for v, values in enumerate(views):
-                out.update(get_head(head).columns(view_prefix(stem, v), values))
+        for head, by_view in outputs.items():
+            for scale, values in zip(views, by_view):
+                out.update(get_head(head).columns(view_prefix(stem, view_index(scale)), values))
     return out
 
 
-def cnn_columns(artifacts_dir: Path, members: list[str], frame: pd.DataFrame, cache_dir, device, tta: bool,
+def cnn_columns(artifacts_dir: Path, members: list[str], frame: pd.DataFrame, cache_dir, device, views: Views,
                 out: pd.DataFrame, columns: dict[str, str], failures: dict,
                 calibration: AgeCalibration | None = None,
                 gate_name: str | None = None, per_view: bool = False) -> tuple[pd.Index, np.ndarray] | None:
     """Ensemble columns (cnn_age, cnn_stage, cnn_stage_pK) and, for heads with several members, one set per member.
 
     With a calibration, cnn_age is the corrected estimate, cnn_age_low / cnn_age_high its interval, and
-    the uncorrected ensemble estimate is kept as cnn_uncorrected_age. With `per_view` and TTA, every member's
+    the uncorrected ensemble estimate is kept as cnn_uncorrected_age. With `per_view` and several views, every member's
     columns on every view are added too (:func:`view_prefix`; written, not scored). With a `gate_name`,
     returns that member's rows and gate features, taken from the same backbone pass as its outputs.
     """
     collected: list[np.ndarray] = []
-    runs = [_member_run(artifacts_dir / name, frame, cache_dir, device, tta, failures,
+    runs = [_member_run(artifacts_dir / name, frame, cache_dir, device, views, failures,
                         collected if name == gate_name else None) for name in members]
     common = runs[0][0]
     for index, _, _ in runs[1:]:
@@ -103,7 +104,7 @@ def cnn_columns(artifacts_dir: Path, members: list[str], frame: pd.DataFrame, ca
     aligned = []
     for index, outputs, stem in runs:
         keep = index.get_indexer(common)
-        aligned.append(({h: [v[keep] for v in views] for h, views in outputs.items()}, stem))
+        aligned.append(({h: [v[keep] for v in by_view] for h, by_view in outputs.items()}, stem))
     raw = ensemble_outputs([o for o, _ in aligned])
     combined, bounds = apply_calibration(raw, calibration)
     _add_columns(out, common, CNN, combined, columns)
@@ -119,9 +120,9 @@ def cnn_columns(artifacts_dir: Path, members: list[str], frame: pd.DataFrame, ca
         voters = [(o, stem) for o, stem in aligned if head in o]
         for o, stem in voters if len(voters) > 1 else []:
             _add_columns(out, common, stem, {head: ensemble_outputs([o])[head]}, columns)
-    if per_view and tta:
-        views = pd.DataFrame(_view_columns(aligned), index=common)
-        out[list(views.columns)] = views.reindex(out.index)
+    if per_view and len(views) > 1:
+        view_table = pd.DataFrame(_view_columns(aligned, views), index=common)
+        out[list(view_table.columns)] = view_table.reindex(out.index)
     if gate_name not in members:
         return None
     return runs[members.index(gate_name)][0], (np.concatenate(collected) if collected else np.zeros((0, 0)))
@@ -181,12 +182,12 @@ def member_hashes(artifacts_dir: str | Path, members: list[str]) -> dict[str, st
     return {name: read_meta(Path(artifacts_dir) / name)["sha256"] for name in members}
 
 
-def matching_calibration(artifacts_dir: str | Path, members: list[str], tta: bool) -> AgeCalibration | None:
-    """The folder's calibration when it was fitted for exactly these members and TTA setting, else None (logged)."""
+def matching_calibration(artifacts_dir: str | Path, members: list[str], views: Views) -> AgeCalibration | None:
+    """The folder's calibration when it was fitted for exactly these members and views, else None (logged)."""
     calibration = load_calibration(artifacts_dir)
     if calibration is None:
         return None
-    reason = calibration.stale_reason(member_hashes(artifacts_dir, members), tta)
+    reason = calibration.stale_reason(member_hashes(artifacts_dir, members), views)
     if reason:
         logger.warning("Calibration not applied: %s", reason)
         return None
@@ -194,11 +195,11 @@ def matching_calibration(artifacts_dir: str | Path, members: list[str], tta: boo
 
 
 def predict_frame(artifacts_dir: str | Path, frame: pd.DataFrame, cache_dir=None, device: str = "auto",
-                  tta: bool | None = None, members: list[str] | None = None,
+                  views: Views | None = None, members: list[str] | None = None,
                   per_view: bool = False) -> tuple[pd.DataFrame, dict[str, str], dict[str, str]]:
     """Prediction columns for a frame with id, path, boneage, male.
 
-    Members and TTA default to the folder's manifest (every checkpoint, no TTA without one); `per_view` adds
+    Members and test-time views default to the folder's manifest (every checkpoint, no TTA without one); `per_view` adds
     every member's columns on every test-time view (:func:`cnn_columns`).
     Returns (frame with prediction columns, {column: head}, {id: error} for unreadable images).
     """
@@ -207,13 +208,13 @@ def predict_frame(artifacts_dir: str | Path, frame: pd.DataFrame, cache_dir=None
     if manifest is not None and members is None:
         verify_models(artifacts_dir, manifest)
     members = members if members is not None else (manifest.members if manifest else model_files(artifacts_dir))
-    tta = (manifest.tta if manifest else False) if tta is None else tta
+    views = (manifest.views if manifest else NO_TTA) if views is None else as_views(views)
     out, columns, failures = frame.copy(), {}, {}
     if members:
-        calibration = matching_calibration(artifacts_dir, members, tta)
+        calibration = matching_calibration(artifacts_dir, members, views)
         heads = {name: read_meta(artifacts_dir / name)["spec"]["heads"] for name in members}
         gate_name = gate_member(heads)
-        features = cnn_columns(artifacts_dir, members, frame, cache_dir, resolve_device(device), tta, out, columns,
+        features = cnn_columns(artifacts_dir, members, frame, cache_dir, resolve_device(device), views, out, columns,
                                failures, calibration, gate_name, per_view)
         gate_columns(artifacts_dir, gate_name, frame, cache_dir, resolve_device(device), out, features)
     if (artifacts_dir / BASELINE_META).is_file():
@@ -250,7 +251,7 @@ def summary_table(metrics: dict) -> str:
 
 
 def evaluate_folder(artifacts_dir: str | Path, images_dir: str | Path, labels_csv: str | Path, cache_dir=None,
-                    device: str = "auto", tta: bool | None = None, n_boot: int = 500,
+                    device: str = "auto", views: Views | None = None, n_boot: int = 500,
                     min_meaningful_n: int = 20) -> tuple[dict, pd.DataFrame]:
     """Score the saved models on a labelled folder (any supported label format).
 
@@ -267,7 +268,7 @@ def evaluate_folder(artifacts_dir: str | Path, images_dir: str | Path, labels_cs
     if manifest is not None:
         verify_models(folder, manifest)
     labels = attach_paths(read_labels(labels_csv), images_dir)
-    frame, columns, failures = predict_frame(folder, labels, cache_dir, device, tta)
+    frame, columns, failures = predict_frame(folder, labels, cache_dir, device, views)
     if failures:
         logger.warning("%d image(s) could not be read and were left out: %s", len(failures), list(failures)[:5])
     metrics = score_predictions(frame, columns, n_boot=n_boot)
@@ -287,8 +288,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", help="write metrics JSON here")
     parser.add_argument("--predictions", help="also write per-image predictions CSV here")
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
-                        help="test-time augmentation (default: as the manifest says the artifacts were evaluated)")
+    add_views_arguments(parser, None, "(default: the manifest's, as the artifacts were evaluated)")
     parser.add_argument("--bootstrap", type=int, default=500)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -305,7 +305,7 @@ def main(argv: list[str] | None = None) -> int:
                          path if path.exists() else path.parent)
             return 2
     try:
-        metrics, frame = evaluate_folder(args.artifacts, args.images, args.labels, device=args.device, tta=args.tta,
+        metrics, frame = evaluate_folder(args.artifacts, args.images, args.labels, device=args.device, views=args.views,
                                          n_boot=args.bootstrap)
     except (BoneAgeError, FileNotFoundError) as exc:
         logger.error("%s", exc)

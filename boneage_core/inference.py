@@ -18,11 +18,10 @@ from tqdm.auto import tqdm
 
 from .heads import combine, get_head
 from .preprocess import prepare
+from .views import NO_TTA, TTA_SCALES, Views
 
 logger = logging.getLogger(__name__)
 
-#: Zoom factors of the deterministic test-time views (1.0 = the image itself).
-TTA_SCALES = (1.0, 0.94, 1.06)
 #: Images per inference batch on a GPU, and on the CPU, where small batches keep the activations in cache
 #: (docs/ablations.md section 12: on the 2-core AVX2 machine batches of 4 ran 2.7-3.1x faster than batches of 64).
 GPU_INFERENCE_BATCH, CPU_INFERENCE_BATCH = 64, 4
@@ -58,26 +57,24 @@ def to_input(batch_u8: torch.Tensor, device: torch.device) -> torch.Tensor:
     return x.contiguous(memory_format=torch.channels_last)
 
 
-def tta_views(x: torch.Tensor, tta: bool = True) -> list[torch.Tensor]:
-    """The test-time views of a batch: the image, slightly zoomed in, slightly zoomed out (or just the image)."""
-    if not tta:
-        return [x]
-    views = []
-    for s in TTA_SCALES:
+def tta_views(x: torch.Tensor, views: Views = TTA_SCALES) -> list[torch.Tensor]:
+    """The test-time views of a batch, one per zoom factor of the view set (views.as_views; 1.0 is the image)."""
+    out = []
+    for s in views:
         if s == 1.0:
-            views.append(x)
+            out.append(x)
             continue
         theta = torch.tensor([[s, 0.0, 0.0], [0.0, s, 0.0]], dtype=x.dtype, device=x.device).expand(x.shape[0], 2, 3)
         grid = F.affine_grid(theta, list(x.shape), align_corners=False)
-        views.append(F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False))
-    return views
+        out.append(F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False))
+    return out
 
 
 @torch.no_grad()
 def member_outputs(net: torch.nn.Module, images: torch.Tensor, male: torch.Tensor, device: torch.device,
-                   tta: bool = False, batch_size: int | None = None, progress: bool = False,
+                   views: Views = NO_TTA, batch_size: int | None = None, progress: bool = False,
                    cpu_bf16: bool = False, features: list[np.ndarray] | None = None) -> dict[str, list[np.ndarray]]:
-    """Decoded outputs of one network for uint8 (N, S, S) images: {head: [one array per view]}.
+    """Decoded outputs of one network for uint8 (N, S, S) images: {head: [one array per view of `views`]}.
 
     With a `features` list, the gate features of the unzoomed view (:func:`gate_features`) are appended to
     it per batch, from the same backbone pass as the outputs. `batch_size` defaults to :func:`inference_batch`.
@@ -90,18 +87,18 @@ def member_outputs(net: torch.nn.Module, images: torch.Tensor, male: torch.Tenso
     for i in tqdm(starts, desc="predict", disable=not progress or len(starts) < 3):
         x = to_input(images[i:i + batch_size], device)
         m = male[i:i + batch_size].to(device)
-        for v, view in enumerate(tta_views(x, tta)):
+        for v, (scale, view) in enumerate(zip(views, tta_views(x, views))):
             with autocast(device, cpu_bf16):
                 pooled, texture = net.embed(view)
                 out = net.read_heads(pooled, m)
-            if v == 0 and features is not None:
+            if scale == 1.0 and features is not None:
                 features.append(gate_features(pooled, texture))
             for head in spec.heads:
                 decoded = get_head(head).decode(out[head], spec)
                 if v == len(per_view[head]):
                     per_view[head].append([])
                 per_view[head][v].append(decoded)
-    return {h: [np.concatenate(chunks) for chunks in views] for h, views in per_view.items()}
+    return {h: [np.concatenate(chunks) for chunks in by_view] for h, by_view in per_view.items()}
 
 
 def ensemble_outputs(members: Sequence[Mapping[str, list[np.ndarray]]]) -> dict[str, np.ndarray]:

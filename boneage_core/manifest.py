@@ -18,6 +18,7 @@ from .checkpoint import file_sha256, read_meta
 from .errors import ArtifactError
 from .calibration import CALIBRATION_FILE
 from .gate import GATE_FILE
+from .views import LEGACY_TTA_KEY, NO_TTA, VIEWS_KEY, Views, describe_views, views_from_record
 
 logger = logging.getLogger(__name__)
 
@@ -49,12 +50,12 @@ class Manifest:
 
     members: list[str]
     models: dict[str, dict]
-    tta: bool = False
+    views: Views = NO_TTA  # the test-time zoom factors the members are served and were evaluated with
     evaluation: dict | None = None
     extra: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
-        return {"format": MANIFEST_FORMAT, "members": self.members, "tta": self.tta, "models": self.models,
+        return {"format": MANIFEST_FORMAT, "members": self.members, VIEWS_KEY: list(self.views), "models": self.models,
                 "evaluation": self.evaluation, **self.extra}
 
     @classmethod
@@ -63,13 +64,17 @@ class Manifest:
             raise ArtifactError(f"{source}: not a bone-age manifest (format {data.get('format') if isinstance(data, dict) else None!r})")
         try:
             members, models = list(data["members"]), dict(data["models"])
+            views = views_from_record(data, source)  # manifests before view sets say "tta": true/false
         except (KeyError, TypeError) as exc:
             raise ArtifactError(f"{source}: manifest lacks {exc}") from exc
+        except ValueError as exc:
+            raise ArtifactError(f"{source}: {exc}") from exc
         unknown = [m for m in members if m not in models]
         if unknown:
             raise ArtifactError(f"{source}: members {unknown} are not described under 'models'")
-        extra = {k: v for k, v in data.items() if k not in ("format", "members", "tta", "models", "evaluation")}
-        return cls(members, models, bool(data.get("tta", False)), data.get("evaluation"), extra)
+        extra = {k: v for k, v in data.items()
+                 if k not in ("format", "members", VIEWS_KEY, LEGACY_TTA_KEY, "models", "evaluation")}
+        return cls(members, models, views, data.get("evaluation"), extra)
 
     def member_hashes(self) -> dict[str, str]:
         return {m: self.models[m]["sha256"] for m in self.members}
@@ -79,7 +84,7 @@ class Manifest:
         return list(dict.fromkeys(h for m in self.members for h in self.models[m]["heads"]))
 
 
-def build_manifest(folder: str | os.PathLike, members: list[str] | None = None, tta: bool = False,
+def build_manifest(folder: str | os.PathLike, members: list[str] | None = None, views: Views = NO_TTA,
                    evaluation: dict | None = None) -> Manifest:
     """Describe the model files of a folder; members default to every checkpoint in it."""
     folder = Path(folder)
@@ -92,7 +97,7 @@ def build_manifest(folder: str | os.PathLike, members: list[str] | None = None, 
         raise ArtifactError(f"{folder}: no model files ({MODEL_SUFFIX}) to describe")
     extra = {key: {"file": name, "sha256": file_sha256(folder / name)}
              for key, name in COMPANION_FILES.items() if (folder / name).is_file()}
-    return Manifest(members, {name: _model_entry(folder / name) for name in files}, tta, evaluation, extra)
+    return Manifest(members, {name: _model_entry(folder / name) for name in files}, tuple(views), evaluation, extra)
 
 
 def evaluation_record(folder: str | os.PathLike, manifest: Manifest, split: str, n_images: int,
@@ -100,7 +105,7 @@ def evaluation_record(folder: str | os.PathLike, manifest: Manifest, split: str,
     """What an evaluation of the manifest's members wrote: settings, member hashes and output-file hashes."""
     folder = Path(folder)
     return {"created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), "split": split,
-            "n_images": int(n_images), "gate_refused": gate_refused, "tta": manifest.tta, "members": list(manifest.members),
+            "n_images": int(n_images), "gate_refused": gate_refused, VIEWS_KEY: list(manifest.views), "members": list(manifest.members),
             "model_sha256": manifest.member_hashes(),
             "files": {name: file_sha256(folder / name) for name in files if (folder / name).is_file()}}
 
@@ -153,6 +158,10 @@ def stale_reason(folder: str | os.PathLike, manifest: Manifest, name: str) -> st
     if evaluation.get("model_sha256") != manifest.member_hashes():
         return (f"{name} was made by other model files than the ones now in {folder} "
                 "(re-run `train.py --stages evaluate` on it)")
+    evaluated_views = views_from_record(evaluation, MANIFEST_FILE)
+    if evaluated_views != manifest.views:
+        return (f"{name} was made with {describe_views(evaluated_views)}, the manifest serves "
+                f"{describe_views(manifest.views)} (re-run `train.py --stages calibrate,evaluate` with those views)")
     if file_sha256(folder / name) != recorded:
         return f"{name} changed after the evaluation that the manifest records"
     return None

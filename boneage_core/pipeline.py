@@ -32,6 +32,7 @@ from .models import ModelSpec, create_model, load_model, parent_spec, save_model
 from .preprocess import PreprocessSpec
 from .stages import DEFAULT_SCHEME
 from .training import Split, fit
+from .views import Views
 
 logger = logging.getLogger(__name__)
 
@@ -201,8 +202,8 @@ def evaluate_stage(cfg: TrainConfig, ds: Dataset, staging: Path, members: list[s
     """Score the members (and the baseline) on the holdout (test) split; writes metrics, predictions, manifest."""
     check_same_split([staging / name for name in members], ds, "member")
     test = ds.part("test")
-    manifest = build_manifest(staging, members, cfg.tta) if members else None
-    frame, columns, failures = predict_frame(staging, test, cfg.cache_dir or None, cfg.device, cfg.tta, members,
+    manifest = build_manifest(staging, members, cfg.views) if members else None
+    frame, columns, failures = predict_frame(staging, test, cfg.cache_dir or None, cfg.device, cfg.views, members,
                                              per_view=True)
     ds.failures.update(failures)
     metrics = score_predictions(frame, columns, n_boot=cfg.bootstrap, seed=cfg.seed)
@@ -244,7 +245,7 @@ def calibrate_stage(cfg: TrainConfig, ds: Dataset, staging: Path, members: list[
     check_same_split([staging / name for name in members], ds, "member")
     val = ds.part("val")
     out, columns, failures = val.copy(), {}, {}
-    cnn_columns(staging, members, val, cfg.cache_dir or None, resolve_device(cfg.device), cfg.tta, out, columns,
+    cnn_columns(staging, members, val, cfg.cache_dir or None, resolve_device(cfg.device), cfg.views, out, columns,
                 failures, per_view=True)
     out.drop(columns=["path"], errors="ignore").to_csv(staging / art.CALIBRATION_PREDICTIONS_FILE, index=False)
     column = system_column(CNN, AGE)
@@ -256,7 +257,7 @@ def calibrate_stage(cfg: TrainConfig, ds: Dataset, staging: Path, members: list[
         logger.warning("No calibration (no bias correction, no prediction intervals): only %d validation images "
                        "were scored, %d are needed", len(rows), MIN_CASES)
         return
-    fit_calibration(rows[column].to_numpy(), rows["boneage"].to_numpy(), member_hashes(staging, members), cfg.tta,
+    fit_calibration(rows[column].to_numpy(), rows["boneage"].to_numpy(), member_hashes(staging, members), cfg.views,
                     seed=cfg.seed).save(staging)
 
 
@@ -270,14 +271,14 @@ def choose_members(cfg: TrainConfig, staging: Path, trained: list[str]) -> list[
     return previous.members if previous is not None else model_files(staging)
 
 
-def describe_models(staging: Path, members: list[str], tta: bool) -> None:
+def describe_models(staging: Path, members: list[str], views: Views) -> None:
     """Rewrite the manifest after training without evaluation: the old evaluation stays, and is stale if members changed."""
     if not members:
         return
     previous = read_manifest(staging)
     evaluation = previous.evaluation if previous is not None else None
-    keep_tta = previous.tta if previous is not None else tta
-    write_manifest(staging, build_manifest(staging, members, keep_tta, evaluation))
+    kept_views = previous.views if previous is not None else views
+    write_manifest(staging, build_manifest(staging, members, kept_views, evaluation))
 
 
 def _kept_model_lines(staging: Path, trained: dict) -> list[str]:
@@ -341,7 +342,7 @@ def run(cfg: TrainConfig, dist: DistContext = LOCAL) -> dict:
                 metrics = evaluate_stage(cfg, ds, staging, choose_members(cfg, staging, list(summaries)))
             ds.timings[stage] = time.time() - t0
         if "evaluate" not in cfg.stages:
-            describe_models(staging, choose_members(cfg, staging, list(summaries)), cfg.tta)
+            describe_models(staging, choose_members(cfg, staging, list(summaries)), cfg.views)
         cfg.save(staging / art.CONFIG_FILE)
         write_report(cfg, ds, staging, metrics, summaries)
     dist.barrier()

@@ -1,6 +1,6 @@
 """Command-line bone-age prediction for one or more radiographs; errors are reported per file.
 
-python -m boneage_core.predict --artifacts DIR --sex M|F [--json] [--tta] IMAGE...
+python -m boneage_core.predict --artifacts DIR --sex M|F [--json] [--views 1,0.94 | --tta | --no-tta] IMAGE...
 (for folders or CSV lists of many images with a sex per row, use ``python -m boneage_core.batch``)
 """
 
@@ -15,6 +15,7 @@ from pathlib import Path
 from .errors import BoneAgeError
 from .predictor import Predictor
 from .report import AssessmentReport
+from .views import add_views_arguments
 from .vocab import SEX_HELP, SexError, parse_sex
 
 logger = logging.getLogger(__name__)
@@ -45,8 +46,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--artifacts", default="artifacts")
     parser.add_argument("--sex", required=True, type=sex_argument, help=f"{SEX_HELP}; applies to every image")
     parser.add_argument("--json", action="store_true", help="one JSON report per line")
-    parser.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
-                        help="test-time augmentation (default: as the artifacts were evaluated)")
+    add_views_arguments(parser, None, "(default: the manifest's, as the artifacts were evaluated; other views "
+                        "give estimates without the bias correction and interval, which were fitted on those)")
     parser.add_argument("--device", default="cpu")
     return parser
 
@@ -73,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     failed = 0
     for path in args.images:
         try:
-            pred = predictor.predict(path, args.sex, tta=args.tta)
+            pred = predictor.predict(path, args.sex, views=args.views)
         except Exception as exc:  # noqa: BLE001 - one bad file must not stop the others; reported, counted
             failed += 1
             _report_error(path, exc, args.json)

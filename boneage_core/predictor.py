@@ -26,6 +26,7 @@ from .models import BoneAgeNet, HeadOutput, load_model
 from .preprocess import crop_box, heatmap_to_original, input_warnings, prepare
 from .stages import StageScheme
 from .report import years_months
+from .views import NO_TTA, Views, as_views, describe_views
 from .vocab import STAGE_FROM_AGE, STAGE_FROM_HEAD, parse_sex, sex_code
 
 logger = logging.getLogger(__name__)
@@ -125,7 +126,7 @@ def _calibration(folder: Path, manifest, heads: list[str], notes: list[str]) -> 
     try:
         calibration = load_calibration(folder)
         reason = (f"{folder} has no {CALIBRATION_FILE} (run `train.py --stages calibrate,evaluate`)" if calibration
-                  is None else calibration.stale_reason(manifest.member_hashes(), manifest.tta))
+                  is None else calibration.stale_reason(manifest.member_hashes(), manifest.views))
     except ArtifactError as exc:
         calibration, reason = None, str(exc)
     if reason:
@@ -155,7 +156,7 @@ class Predictor:
     """The CNN ensemble of an artifacts folder, ready for single images."""
 
     def __init__(self, members: dict[str, BoneAgeNet], device: torch.device, calibration: AgeCalibration | None = None,
-                 tta: bool = False, version: str = "unversioned", notes: list[str] | None = None,
+                 views: Views = NO_TTA, version: str = "unversioned", notes: list[str] | None = None,
                  meta: dict[str, dict] | None = None, gate: InputGate | None = None, gate_name: str | None = None):
         if not members:
             raise MissingArtifactError("a Predictor needs at least one model")
@@ -163,7 +164,7 @@ class Predictor:
         self.meta = meta or {}
         self.device = device
         self.calibration = calibration  # bias correction of the age and its prediction interval
-        self.tta = tta  # default test-time augmentation: as the holdout metrics were computed
+        self.views = as_views(views)  # default test-time zoom factors: as the holdout metrics were computed
         self.version = version  # the manifest hash: the model version on every report
         self.notes = notes or []  # what the folder lacks (shown by front ends)
         self.gate = gate  # refuses non-radiographs, turns / mirrors images that need it
@@ -174,7 +175,7 @@ class Predictor:
 
     @classmethod
     def load(cls, artifacts_dir: str | Path = "artifacts", device: str | torch.device = "cpu") -> "Predictor":
-        """The members named in manifest.json (hash-checked), its TTA setting, and their calibration (intervals).
+        """The members named in manifest.json (hash-checked), its test-time views, and their calibration (intervals).
 
         A folder without a manifest loads every checkpoint in it, without TTA and without intervals.
         """
@@ -184,9 +185,9 @@ class Predictor:
         notes: list[str] = []
         if manifest is not None:
             verify_models(folder, manifest)
-            names, tta = manifest.members, manifest.tta
+            names, views = manifest.members, manifest.views
         else:
-            names, tta = model_files(folder), False
+            names, views = model_files(folder), NO_TTA
             if names:
                 notes.append(f"{folder} has no manifest.json: no test-time augmentation and no prediction intervals")
         if not names:
@@ -198,12 +199,12 @@ class Predictor:
         calibration = _calibration(folder, manifest, heads, notes)
         gate_name = gate_member({name: net.spec.heads for name, net in members.items()})
         gate = _gate(folder, gate_name, meta[gate_name]["sha256"], notes)
-        logger.info("Loaded %s from %s on %s (TTA %s)", ", ".join(names), folder, dev, "on" if tta else "off")
-        return cls(members, dev, calibration, tta, manifest_version(folder), notes, meta, gate, gate_name)
+        logger.info("Loaded %s from %s on %s (%s)", ", ".join(names), folder, dev, describe_views(views))
+        return cls(members, dev, calibration, views, manifest_version(folder), notes, meta, gate, gate_name)
 
-    def calibration_for(self, tta: bool) -> AgeCalibration | None:
-        """The calibration when it was fitted with this TTA setting (as evaluate applies it), else None."""
-        if self.calibration is None or self.calibration.tta_mismatch(tta):
+    def calibration_for(self, views: Views) -> AgeCalibration | None:
+        """The calibration when it was fitted with these test-time views (as evaluate applies it), else None."""
+        if self.calibration is None or self.calibration.views_mismatch(views):
             return None
         return self.calibration
 
@@ -212,11 +213,11 @@ class Predictor:
         """The heads the ensemble provides (age, stage), in member order."""
         return list(dict.fromkeys(h for net in self.members.values() for h in net.spec.heads))
 
-    def outputs(self, gray: np.ndarray, male: bool, tta: bool | None = None
+    def outputs(self, gray: np.ndarray, male: bool, views: Views | None = None
                 ) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray | None]:
         """Combined decoded outputs per head for one gray image, the first member's model input, and the gate
         member's pooled features (from the same backbone pass; None without a gate)."""
-        tta = self.tta if tta is None else tta
+        views = self.views if views is None else as_views(views)
         per_member, first_input, gate_features = [], None, []
         male_t = torch.tensor([int(male)])
         box = None  # the hand is found once per image, for every member that crops to it
@@ -227,23 +228,23 @@ class Predictor:
             image = prepare(gray, spec, box)
             first_input = image if first_input is None else first_input
             wanted = gate_features if self.gate is not None and name == self.gate_name else None
-            per_member.append(member_outputs(net, torch.from_numpy(image)[None], male_t, self.device, tta,
+            per_member.append(member_outputs(net, torch.from_numpy(image)[None], male_t, self.device, views,
                                              features=wanted))
         combined, _ = apply_calibration({h: v[0] for h, v in ensemble_outputs(per_member).items()},
-                                        self.calibration_for(tta))
+                                        self.calibration_for(views))
         return combined, first_input.astype(np.float32) / 255.0, gate_features[0] if gate_features else None
 
     def gate_features(self, gray: np.ndarray) -> np.ndarray:
         """The gate member's gate features of one gray image (one view; what the input gate reads)."""
         return image_gate_features(self.members[self.gate_name], gray, self.device)
 
-    def _gated_outputs(self, gray: np.ndarray, male: bool, tta: bool | None, name: str):
+    def _gated_outputs(self, gray: np.ndarray, male: bool, views: Views | None, name: str):
         """outputs() behind the input gate (``InputGate.decide``): refuses non-radiographs, scores a film turned
         when it is sure it is rotated or when only the suggested turn brings it inside the training distribution.
 
         A turn is tried on the gate member alone; the ensemble runs again only on an image that will be scored.
         """
-        combined, model_input, features = self.outputs(gray, male, tta)
+        combined, model_input, features = self.outputs(gray, male, views)
         if features is None:
             return gray, combined, model_input, None, []
         decision = self.gate.decide(self.gate.verdicts(features)[0],
@@ -252,20 +253,20 @@ class Predictor:
             raise NotARadiographError(f"{name}: {decision.verdict.reason()}")
         if decision.turn:
             gray = np.ascontiguousarray(np.rot90(gray, decision.turn))
-            combined, model_input, _ = self.outputs(gray, male, tta)
+            combined, model_input, _ = self.outputs(gray, male, views)
         return gray, combined, model_input, decision.verdict, list(decision.warnings)
 
-    def predict(self, source: ImageSource | np.ndarray, male, tta: bool | None = None,
+    def predict(self, source: ImageSource | np.ndarray, male, views: Views | None = None,
                 name: str | None = None) -> Prediction:
         """Bone age (months), stage with probabilities, and the model's input for one image or gray array.
 
         `male` is required (True/False or M/F): the estimate moves by ~2 years with sex, so it is never guessed.
-        tta=None uses the artifacts' own setting (how their holdout metrics and intervals were made).
+        views=None uses the artifacts' own test-time views (how their holdout metrics and intervals were made).
         """
         male = parse_sex(male)
         gray, name = gray_of(source, name)
         try:
-            gray, combined, model_input, verdict, gate_notes = self._gated_outputs(gray, male, tta, name)
+            gray, combined, model_input, verdict, gate_notes = self._gated_outputs(gray, male, views, name)
         except ImageLoadError as exc:
             raise ImageLoadError(f"{name}: {exc}") from exc
         age = float(combined[AGE]) if AGE in combined else None
@@ -277,7 +278,7 @@ class Predictor:
             stage, source_kind = int(p.argmax()), STAGE_FROM_HEAD
         else:
             stage, source_kind = int(stage_from_age), STAGE_FROM_AGE
-        calibration = self.calibration_for(self.tta if tta is None else tta)
+        calibration = self.calibration_for(self.views if views is None else as_views(views))
         interval = None if (age is None or calibration is None) else calibration.interval(age)
         return Prediction(name, male, age, stage, self.scheme.names[stage], probs, source_kind, stage_from_age,
                           interval, model_input, gray, gate_notes + input_warnings(model_input), verdict)

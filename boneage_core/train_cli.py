@@ -24,10 +24,11 @@ from .errors import ArtifactError, BoneAgeError
 from .inference import resolve_device
 from .models import INIT_SCRATCH
 from .pipeline import run, seed_everything
+from .views import add_views_arguments
 
 logger = logging.getLogger(__name__)
 
-_SPECIAL = {"data_dir", "stages", "quick", "backbone", "augment", "cpu_bf16", "tta", "hand_crop", "members", "out",
+_SPECIAL = {"data_dir", "stages", "quick", "backbone", "augment", "cpu_bf16", "views", "hand_crop", "members", "out",
             "fit", "seed", "preset"}
 _FIT_FIELDS = {f.name for f in fields(FitConfig)} - {"seed"}  # the run's --seed seeds the loop too
 
@@ -58,8 +59,8 @@ def _parser(defaults: TrainConfig) -> argparse.ArgumentParser:
     p.add_argument("--hand-crop", action=argparse.BooleanOptionalAction, default=defaults.hand_crop,
                    help="crop each image to the hand found in it before resizing (training and, via the "
                         "checkpoint, inference)")
-    p.add_argument("--tta", action=argparse.BooleanOptionalAction, default=defaults.tta,
-                   help="test-time augmentation in the evaluate stage")
+    add_views_arguments(p, defaults.views, "of the calibrate and evaluate stages (recorded in the manifest and "
+                        "served)")
     p.add_argument("--members", default="", help="comma list of model files to serve and evaluate "
                    "(default: the ones this run trains)")
     p.add_argument("--seed", type=int, default=defaults.seed)

@@ -234,7 +234,7 @@ def lr_factor(progress: float, warmup: float) -> float:
 
 def validate(net: BoneAgeNet, val: Split, device: torch.device) -> dict[str, float]:
     """Validation score of every head (lower is better: MAE in months, stage NLL), through the inference path."""
-    outs = member_outputs(net, val.images, val.male, device, tta=False)
+    outs = member_outputs(net, val.images, val.male, device)  # the image alone (views.NO_TTA)
     male = val.male.numpy()
     return {h: get_head(h).val_score(views[0], val.boneage, male, net.spec.scheme) for h, views in outs.items()}
 

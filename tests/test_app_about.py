@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from app import state
 from boneage_core.manifest import read_manifest
+from boneage_core.views import describe_views
 
 
 def test_about_page_describes_the_ensemble(open_page):
@@ -15,7 +16,7 @@ def test_about_page_describes_the_ensemble(open_page):
     assert not at.error
     text = " ".join(m.value for m in at.markdown)
     assert predictor.version in text, "the model version hash"
-    assert ("on" if manifest.tta else "off") in text
+    assert describe_views(manifest.views) in text
     size = spec.preprocess.image_size
     assert f"{size}×{size} px" in text
     members = next(d.value for d in at.dataframe if "member" in d.value.columns)

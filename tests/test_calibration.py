@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -11,6 +13,7 @@ from boneage_core.calibration import (CALIBRATION_FILE, LEVEL, AgeCalibration, _
                                       load_calibration)
 from boneage_core.errors import ArtifactError
 from boneage_core.heads import AGE, STAGE
+from boneage_core.views import NO_TTA, TTA_SCALES
 
 MEMBERS = {"multihead.pt": "a" * 64}
 
@@ -25,7 +28,7 @@ def _compressed(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
 
 def test_bias_correction_removes_the_pull_towards_the_mean():
     pred, true = _compressed(4000, 0)
-    cal = fit_calibration(pred, true, MEMBERS, tta=True)
+    cal = fit_calibration(pred, true, MEMBERS, TTA_SCALES)
     assert cal.slope == pytest.approx(1 / 0.85, rel=0.05)
     young = true < 24
     assert (pred[young] - true[young]).mean() > 10  # uncorrected: infants over-estimated
@@ -35,7 +38,7 @@ def test_bias_correction_removes_the_pull_towards_the_mean():
 
 def test_intervals_cover_new_data_at_their_level_and_adapt_to_age():
     pred, true = _compressed(3000, 1)
-    cal = fit_calibration(pred, true, MEMBERS, tta=False)
+    cal = fit_calibration(pred, true, MEMBERS, NO_TTA)
     new_pred, new_true = _compressed(20000, 2)
     low, high = cal.bounds(cal.correct(new_pred))
     inside = (low <= new_true) & (new_true <= high)
@@ -55,20 +58,22 @@ def test_conformal_rank_is_the_finite_sample_quantile():
 
 def test_fit_refuses_too_few_or_mismatched_predictions():
     with pytest.raises(ValueError, match="at least"):
-        fit_calibration(np.arange(5.0), np.arange(5.0), MEMBERS, tta=False)
+        fit_calibration(np.arange(5.0), np.arange(5.0), MEMBERS, NO_TTA)
     with pytest.raises(ValueError, match="same length"):
-        fit_calibration(np.arange(50.0), np.arange(40.0), MEMBERS, tta=False)
+        fit_calibration(np.arange(50.0), np.arange(40.0), MEMBERS, NO_TTA)
 
 
 def test_file_round_trip_and_staleness(tmp_path):
     pred, true = _compressed(500, 3)
-    cal = fit_calibration(pred, true, MEMBERS, tta=True)
+    cal = fit_calibration(pred, true, MEMBERS, TTA_SCALES)
     assert (tmp_path / CALIBRATION_FILE) == cal.save(tmp_path)
     back = load_calibration(tmp_path)
     assert back == cal
-    assert back.stale_reason(MEMBERS, True) is None
-    assert "other weights" in back.stale_reason({"multihead.pt": "b" * 64}, True)
-    assert "TTA" in back.stale_reason(MEMBERS, False)
+    assert back.stale_reason(MEMBERS, TTA_SCALES) is None
+    assert "other weights" in back.stale_reason({"multihead.pt": "b" * 64}, TTA_SCALES)
+    assert "no TTA" in back.stale_reason(MEMBERS, NO_TTA)
+    assert "2 test-time views" in back.stale_reason(MEMBERS, (1.0, 0.94))
+    assert json.loads((tmp_path / CALIBRATION_FILE).read_text())["views"] == list(TTA_SCALES)
     assert load_calibration(tmp_path / "nowhere") is None
     (tmp_path / CALIBRATION_FILE).write_text("{not json")
     with pytest.raises(ArtifactError, match="unreadable"):
@@ -77,7 +82,7 @@ def test_file_round_trip_and_staleness(tmp_path):
 
 def test_apply_corrects_only_the_age_and_gives_bounds():
     pred, true = _compressed(500, 4)
-    cal = fit_calibration(pred, true, MEMBERS, tta=False)
+    cal = fit_calibration(pred, true, MEMBERS, NO_TTA)
     stage = np.array([[0.2, 0.8]])
     out, bounds = apply_calibration({AGE: np.array([30.0]), STAGE: stage}, cal)
     assert out[AGE][0] == pytest.approx(float(cal.correct(30.0))) and out[STAGE] is stage
@@ -102,3 +107,15 @@ def test_coverage_report_by_age_group():
 def test_from_dict_refuses_other_files():
     with pytest.raises(ArtifactError, match="not a bone-age calibration"):
         AgeCalibration.from_dict({"format": "something else"})
+
+
+def test_files_written_before_view_sets_read_their_tta_flag(tmp_path):
+    """calibration.json files with "tta": true/false (before view sets) keep applying to the same estimates."""
+    cal = fit_calibration(*_compressed(500, 5), MEMBERS, TTA_SCALES)
+    data = cal.to_dict()
+    del data["views"]
+    for flag, views in ((True, TTA_SCALES), (False, NO_TTA)):
+        back = AgeCalibration.from_dict({**data, "tta": flag})
+        assert back.views == views and back.stale_reason(MEMBERS, views) is None
+    with pytest.raises(ArtifactError, match="must include 1.0"):
+        AgeCalibration.from_dict({**data, "views": [0.94]})

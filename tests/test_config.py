@@ -12,6 +12,7 @@ from boneage_core.heads import AGE, STAGE
 from boneage_core.imagenet import BACKBONES
 from boneage_core.models import INIT_IMAGENET
 from boneage_core.training import FitConfig, Phase
+from boneage_core.views import NO_TTA, TTA_SCALES
 
 
 def test_defaults_are_valid():
@@ -76,7 +77,7 @@ def test_fit_config_is_the_nested_loop_settings_with_the_run_seed():
 def test_round_trip_via_file(tmp_path):
     cfg = replace(TrainConfig(), data_dir="/data/rsna", stages=("regressor", "multihead", "evaluate"), seed=3,
                   lr=3e-4, backbone="tf_efficientnet_lite1", fit=FitConfig(optimizer="sam", max_train_minutes=3.5),
-                  tta=True, init_from="runs/a/multihead.pt", phases="64:1:1e-3:2,96:2",
+                  views=(1.0, 0.94), init_from="runs/a/multihead.pt", phases="64:1:1e-3:2,96:2",
                   members=("multihead.pt", "regressor.pt"))
     path = tmp_path / "config.json"
     cfg.save(path)
@@ -174,7 +175,7 @@ def test_gpu_preset_values():
     cfg = preset_config("gpu")
     assert "multihead" in cfg.stages and not {"regressor", "classifier"} & set(cfg.stages)
     assert cfg.training_phases() == (Phase(299, 30, 1e-3, 0),)  # full size of the 299 px copy, nothing frozen
-    assert cfg.tta and cfg.backbone == TrainConfig().backbone
+    assert cfg.views == TTA_SCALES and cfg.backbone == TrainConfig().backbone
     fit = cfg.fit
     assert (fit.optimizer, fit.batch_size, fit.flip_prob, fit.ema_decay, fit.patience) == ("adamw", 64, 0.5, 0.998, 8)
     assert fit.augment and not fit.cpu_bf16 and 0 < fit.max_train_minutes <= 10
@@ -209,3 +210,13 @@ def test_unknown_preset_is_refused():
         preset_config("tpu")
     with pytest.raises(ValueError, match="tpu"):
         replace(TrainConfig(), preset="tpu")
+
+
+def test_views_are_validated_and_old_configs_read_their_tta_flag(tmp_path):
+    assert TrainConfig(views=(0.94, 1.0)).views == (1.0, 0.94)  # stored in TTA_SCALES order
+    with pytest.raises(ValueError, match="must include 1.0"):
+        TrainConfig(views=(0.94,))
+    data = TrainConfig().to_dict()
+    del data["views"]
+    assert TrainConfig.from_dict({**data, "tta": True}).views == TTA_SCALES
+    assert TrainConfig.from_dict(data).views == NO_TTA

@@ -15,7 +15,7 @@ from boneage_core.data import attach_paths, read_labels
 from boneage_core.gate import NotARadiographError, gate_member
 from boneage_core.imaging import load_gray
 from boneage_core.heads import AGE, BASELINE, CNN, STAGE, UNCORRECTED, age_stage_column, get_head, system_column
-from boneage_core.inference import TTA_SCALES
+from boneage_core.views import NO_TTA, TTA_SCALES
 from boneage_core.manifest import read_manifest
 from boneage_core.metrics import regression_metrics
 from boneage_core.predictor import Predictor
@@ -71,16 +71,16 @@ def test_score_predictions_scores_only_present_columns():
     assert np.isclose(metrics[CNN_AGE]["mae"], (2 + 10 + 10 + 0) / 4)
 
 
-@pytest.mark.parametrize("tta", [False, True])
-def test_evaluate_and_predictor_agree_image_by_image(quick_run, fullres_dir, tta):
+@pytest.mark.parametrize("views", [NO_TTA, (1.0, 0.94), TTA_SCALES])
+def test_evaluate_and_predictor_agree_image_by_image(quick_run, fullres_dir, views):
     """The one inference path: evaluate's batched columns equal Predictor.predict on each file."""
     labels = attach_paths(read_labels(fullres_dir / "boneage-samples.csv"), fullres_dir).head(6)
-    frame, columns, failures = evaluate.predict_frame(quick_run, labels, tta=tta)
+    frame, columns, failures = evaluate.predict_frame(quick_run, labels, views=views)
     assert not failures and {CNN_AGE, CNN_STAGE} <= set(columns)
     predictor = Predictor.load(quick_run)
     probability_columns = [f"{CNN_STAGE}_p{k}" for k in range(DEFAULT_SCHEME.n_classes)]
     for _, row in frame.iterrows():
-        pred = predictor.predict(row["path"], male=bool(row["male"]), tta=tta)
+        pred = predictor.predict(row["path"], male=bool(row["male"]), views=views)
         assert pred.bone_age_months == pytest.approx(row[CNN_AGE], abs=0.01)
         assert pred.stage == int(row[CNN_STAGE])
         stored = row[probability_columns].to_numpy(dtype=float)
@@ -89,9 +89,9 @@ def test_evaluate_and_predictor_agree_image_by_image(quick_run, fullres_dir, tta
 
 
 def test_per_view_columns_average_to_the_ensemble_and_view_0_is_the_plain_image(quick_run, fullres_dir):
-    """Each member's columns on each test-time view (for view ablations): written, not scored, only with TTA."""
+    """Each member's columns on each test-time view (for view ablations): written, not scored, only with 2+ views."""
     labels = attach_paths(read_labels(fullres_dir / "boneage-samples.csv"), fullres_dir).head(3)
-    frame, columns, _ = evaluate.predict_frame(quick_run, labels, tta=True, per_view=True)
+    frame, columns, _ = evaluate.predict_frame(quick_run, labels, views=TTA_SCALES, per_view=True)
     member = evaluate.member_prefix(read_manifest(quick_run).members[0])
     prefixes = [evaluate.view_prefix(member, v) for v in range(len(TTA_SCALES))]
     assert not any(p in c for c in columns for p in prefixes)  # not among the scored columns
@@ -102,7 +102,7 @@ def test_per_view_columns_average_to_the_ensemble_and_view_0_is_the_plain_image(
     probs = np.stack([get_head(STAGE).probabilities(frame, p, DEFAULT_SCHEME.n_classes) for p in prefixes])
     np.testing.assert_allclose(probs.mean(axis=0), get_head(STAGE).probabilities(frame, CNN, DEFAULT_SCHEME.n_classes),
                                atol=1e-6)
-    plain, plain_columns, _ = evaluate.predict_frame(quick_run, labels, tta=False, per_view=True)
+    plain, plain_columns, _ = evaluate.predict_frame(quick_run, labels, views=NO_TTA, per_view=True)
     plain_raw = plain[system_column(UNCORRECTED, AGE) if system_column(UNCORRECTED, AGE) in plain else CNN_AGE]
     np.testing.assert_allclose(views[0], plain_raw, atol=1e-4)
     assert not [c for c in plain if c.startswith(evaluate.view_prefix(member, 0))]  # one view: nothing to ablate

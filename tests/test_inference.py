@@ -13,6 +13,7 @@ from boneage_core.inference import (CPU_INFERENCE_BATCH, GPU_INFERENCE_BATCH, TT
                                     member_outputs, resolve_device, to_input, tta_views)
 from boneage_core.models import INIT_SCRATCH, ModelSpec, create_model
 from boneage_core.preprocess import PreprocessSpec, prepare
+from boneage_core.views import NO_TTA
 
 SIZE = 32
 CPU = torch.device("cpu")
@@ -57,7 +58,7 @@ def test_to_input():
 
 def test_tta_views():
     x = torch.rand(3, 1, SIZE, SIZE, generator=torch.Generator().manual_seed(1))
-    assert len(tta_views(x, tta=False)) == 1 and tta_views(x, tta=False)[0] is x
+    assert len(tta_views(x, NO_TTA)) == 1 and tta_views(x, NO_TTA)[0] is x
     views = tta_views(x)
     assert len(views) == len(TTA_SCALES) == 3 and TTA_SCALES[0] == 1.0
     assert views[0] is x
@@ -69,6 +70,9 @@ def test_tta_views():
     assert zoom_out[0, 0, 0, 0] < 1 and zoom_out[0, 0, -1, -1] < 1  # zoom-out: borders partly empty
     assert zoom_out[0, 0, SIZE // 2, SIZE // 2] == pytest.approx(1.0)
     torch.testing.assert_close(zoom_in, ones)  # zoom-in samples inside the image only
+    first, zoom_out_alone = tta_views(x, (1.0, 1.06))
+    assert first is x
+    torch.testing.assert_close(zoom_out_alone, views[2])  # a view set is a subset of the same views
 
 
 def test_resolve_device_and_autocast(monkeypatch):
@@ -85,7 +89,7 @@ def test_resolve_device_and_autocast(monkeypatch):
 
 def test_member_outputs_are_decoded_views(net, images):
     x, male = images
-    out = member_outputs(net, x, male, CPU, tta=False, batch_size=3)
+    out = member_outputs(net, x, male, CPU, views=NO_TTA, batch_size=3)
     assert list(out) == [AGE, STAGE]
     assert len(out[AGE]) == len(out[STAGE]) == 1
     assert out[AGE][0].shape == (7,) and out[STAGE][0].shape == (7, 5)
@@ -94,7 +98,7 @@ def test_member_outputs_are_decoded_views(net, images):
         raw = net(to_input(x, CPU), male)
     for head in (AGE, STAGE):
         np.testing.assert_allclose(out[head][0], get_head(head).decode(raw[head], net.spec), rtol=1e-5, atol=1e-5)
-    tta = member_outputs(net, x, male, CPU, tta=True, batch_size=3)
+    tta = member_outputs(net, x, male, CPU, views=TTA_SCALES, batch_size=3)
     assert len(tta[AGE]) == len(tta[STAGE]) == 3
     assert all(v.shape == (7,) for v in tta[AGE]) and all(v.shape == (7, 5) for v in tta[STAGE])
     np.testing.assert_allclose(tta[AGE][0], out[AGE][0], rtol=0, atol=1e-5)
@@ -103,8 +107,8 @@ def test_member_outputs_are_decoded_views(net, images):
 
 def test_member_outputs_ignore_batch_size(net, images):
     x, male = images
-    whole = member_outputs(net, x, male, CPU, tta=True, batch_size=64)
-    pieces = member_outputs(net, x, male, CPU, tta=True, batch_size=2)  # 2 + 2 + 2 + 1
+    whole = member_outputs(net, x, male, CPU, views=TTA_SCALES, batch_size=64)
+    pieces = member_outputs(net, x, male, CPU, views=TTA_SCALES, batch_size=2)  # 2 + 2 + 2 + 1
     for head in (AGE, STAGE):
         for a, b in zip(whole[head], pieces[head], strict=True):
             np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-5)
@@ -128,7 +132,7 @@ def test_cpu_inference_runs_in_small_batches_by_default(monkeypatch, net):
 def test_gate_features_come_from_the_same_pass_as_the_outputs(net, images):
     x, male = images
     collected = []
-    member_outputs(net, x, male, CPU, tta=True, batch_size=4, features=collected)
+    member_outputs(net, x, male, CPU, views=TTA_SCALES, batch_size=4, features=collected)
     from_outputs = np.concatenate(collected)
     alone = member_features(net, x, CPU, batch_size=3)
     pooled, texture = net.embed(to_input(x, CPU))
@@ -150,8 +154,8 @@ def test_image_gate_features_prepare_the_image_like_every_model_input(net):
 def test_member_outputs_follow_the_images(net, images):
     x, male = images
     order = torch.tensor([6, 2, 0, 5, 1, 4, 3])
-    base = member_outputs(net, x, male, CPU, tta=True, batch_size=4)
-    shuffled = member_outputs(net, x[order], male[order], CPU, tta=True, batch_size=4)
+    base = member_outputs(net, x, male, CPU, views=TTA_SCALES, batch_size=4)
+    shuffled = member_outputs(net, x[order], male[order], CPU, views=TTA_SCALES, batch_size=4)
     for head in (AGE, STAGE):
         for a, b in zip(base[head], shuffled[head], strict=True):
             np.testing.assert_allclose(b, a[order.numpy()], rtol=1e-5, atol=1e-5)
@@ -177,9 +181,9 @@ def test_ensemble_members_without_a_head_do_not_vote():
 
 def test_ensemble_of_real_members_is_combine_of_all_views(net, images):
     x, male = images
-    members = [member_outputs(net, x, male, CPU, tta=True),
-               member_outputs(_net(seed=2), x, male, CPU, tta=False),
-               member_outputs(_net(heads=(AGE,), seed=3), x, male, CPU, tta=False)]
+    members = [member_outputs(net, x, male, CPU, views=TTA_SCALES),
+               member_outputs(_net(seed=2), x, male, CPU, views=NO_TTA),
+               member_outputs(_net(heads=(AGE,), seed=3), x, male, CPU, views=NO_TTA)]
     out = ensemble_outputs(members)
     views_age = members[0][AGE] + members[1][AGE] + members[2][AGE]
     np.testing.assert_allclose(out[AGE], combine(views_age), rtol=0, atol=1e-12)
@@ -188,3 +192,16 @@ def test_ensemble_of_real_members_is_combine_of_all_views(net, images):
     np.testing.assert_allclose(out[STAGE], combine(views_stage), rtol=0, atol=1e-12)
     assert out[STAGE].shape == (7, 5)
     np.testing.assert_allclose(out[STAGE].sum(axis=1), 1.0, atol=1e-6)
+
+
+def test_member_outputs_on_a_view_set_are_those_views_of_all_views(net, images):
+    """Two views (image + zoom-in) give exactly the first two of the three views; the gate still reads the image."""
+    x, male = images
+    every, collected = member_outputs(net, x, male, CPU, views=TTA_SCALES, batch_size=4), []
+    two = member_outputs(net, x, male, CPU, views=(1.0, 0.94), batch_size=4, features=collected)
+    for head in (AGE, STAGE):
+        assert len(two[head]) == 2
+        for a, b in zip(every[head][:2], two[head], strict=True):
+            np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(np.concatenate(collected), member_features(net, x, CPU, batch_size=3),
+                               rtol=1e-5, atol=1e-5)

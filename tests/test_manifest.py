@@ -16,6 +16,7 @@ from boneage_core.manifest import (EVALUATED_FILES, MANIFEST_FORMAT, Manifest, b
                                    verify_models, write_manifest)
 from boneage_core.models import ModelSpec
 from boneage_core.preprocess import PreprocessSpec
+from boneage_core.views import NO_TTA, TTA_SCALES
 
 MANIFEST, METRICS, PREDICTIONS = "manifest.json", "metrics.json", "predictions.csv"
 
@@ -41,7 +42,7 @@ def evaluated(folder) -> tuple[Path, Manifest]:
     """The folder after an evaluation: metrics and predictions recorded in the written manifest."""
     (folder / METRICS).write_text(json.dumps({"cnn_age": {"mae": 9.5}}))
     (folder / PREDICTIONS).write_text("id,boneage,male,cnn_age\n1,100,True,98.5\n")
-    manifest = build_manifest(folder, tta=True)
+    manifest = build_manifest(folder, views=TTA_SCALES)
     manifest.evaluation = evaluation_record(folder, manifest, "test", 1)
     write_manifest(folder, manifest)
     return folder, manifest
@@ -64,7 +65,7 @@ def test_build_describes_every_model(folder):
     assert manifest.models["regressor.pt"]["image_size"] == 48 and manifest.models["multihead.pt"]["image_size"] == 64
     assert manifest.heads() == [STAGE, AGE]
     assert manifest.member_hashes() == {n: file_sha256(folder / n) for n in manifest.members}
-    assert manifest.tta is False and manifest.evaluation is None
+    assert manifest.views == NO_TTA and manifest.evaluation is None
 
 
 def test_members_subset_keeps_every_model_described(folder):
@@ -86,16 +87,16 @@ def test_folder_without_models_is_refused(tmp_path):
 
 
 def test_write_read_round_trip(folder):
-    manifest = build_manifest(folder, ["multihead.pt"], tta=True, evaluation={"split": "test"})
+    manifest = build_manifest(folder, ["multihead.pt"], views=(1.0, 1.06), evaluation={"split": "test"})
     manifest.extra["note"] = "kept"
     path = write_manifest(folder, manifest)
     assert path == folder / MANIFEST
     assert not list(folder.glob(".*partial"))
     data = json.loads(path.read_text())
-    assert data["format"] == MANIFEST_FORMAT and data["note"] == "kept"
+    assert data["format"] == MANIFEST_FORMAT and data["note"] == "kept" and data["views"] == [1.0, 1.06]
     back = read_manifest(folder)
     assert back == manifest
-    assert back.tta is True and back.evaluation == {"split": "test"} and back.members == ["multihead.pt"]
+    assert back.views == (1.0, 1.06) and back.evaluation == {"split": "test"} and back.members == ["multihead.pt"]
 
 
 def test_missing_manifest_reads_as_none_and_unversioned(folder):
@@ -124,7 +125,7 @@ def test_manifest_version_follows_the_manifest(folder):
     assert first == file_sha256(folder / MANIFEST)[:12] and len(first) == 12
     write_manifest(folder, manifest)
     assert manifest_version(folder) == first  # same content, same version
-    manifest.tta = True
+    manifest.views = TTA_SCALES
     write_manifest(folder, manifest)
     assert manifest_version(folder) != first
 
@@ -159,7 +160,7 @@ def test_verify_models_ignores_files_that_are_not_members(folder):
 def test_fresh_evaluation_is_accepted(evaluated):
     folder, manifest = evaluated
     record = manifest.evaluation
-    assert record["split"] == "test" and record["n_images"] == 1 and record["tta"] is True
+    assert record["split"] == "test" and record["n_images"] == 1 and record["views"] == list(TTA_SCALES)
     assert record["model_sha256"] == manifest.member_hashes()
     assert record["files"] == {name: file_sha256(folder / name) for name in EVALUATED_FILES}
     on_disk = read_manifest(folder)
@@ -172,7 +173,7 @@ def test_evaluation_of_other_models_is_refused(evaluated):
     """A model retrained after the evaluation: the manifest is rewritten with the old evaluation (describe_models)."""
     folder, old = evaluated
     _save_tiny(folder / "regressor.pt", (AGE,), seed=9, size=48)
-    write_manifest(folder, build_manifest(folder, old.members, old.tta, old.evaluation))
+    write_manifest(folder, build_manifest(folder, old.members, old.views, old.evaluation))
     manifest = read_manifest(folder)
     for name in (METRICS, PREDICTIONS):
         assert "other model files" in stale_reason(folder, manifest, name)
@@ -182,7 +183,7 @@ def test_evaluation_of_other_models_is_refused(evaluated):
 
 def test_evaluation_of_other_members_is_refused(evaluated):
     folder, old = evaluated
-    manifest = build_manifest(folder, ["regressor.pt"], old.tta, old.evaluation)
+    manifest = build_manifest(folder, ["regressor.pt"], old.views, old.evaluation)
     with pytest.raises(ArtifactError, match="other model files"):
         evaluated_path(folder, manifest, PREDICTIONS)
 
@@ -223,3 +224,27 @@ def test_the_committed_artifacts_folder_is_consistent(committed_artifacts):
     assert set(manifest.extra) >= {"gate", "calibration"}
     for name in ("metrics.json", "predictions.csv"):
         assert stale_reason(committed_artifacts, manifest, name) is None
+
+
+def test_evaluation_with_other_views_is_refused(evaluated):
+    """The manifest's views edited after the evaluation: metrics and predictions no longer describe what is served."""
+    folder, old = evaluated
+    write_manifest(folder, build_manifest(folder, old.members, (1.0, 0.94), old.evaluation))
+    with pytest.raises(ArtifactError, match="made with 3 test-time views.*serves 2 test-time views"):
+        evaluated_path(folder, read_manifest(folder), METRICS)
+
+
+def test_manifests_written_before_view_sets_read_their_tta_flag(evaluated):
+    """Committed manifests said "tta": true in the manifest and in its evaluation record; they stay valid."""
+    folder, manifest = evaluated
+    data = json.loads((folder / MANIFEST).read_text())
+    data["tta"] = data.pop("views") == list(TTA_SCALES)
+    data["evaluation"]["tta"] = data["evaluation"].pop("views") == list(TTA_SCALES)
+    (folder / MANIFEST).write_text(json.dumps(data))
+    back = read_manifest(folder)
+    assert back.views == TTA_SCALES and "tta" not in back.extra
+    assert evaluated_path(folder, back, METRICS) == folder / METRICS
+    data["views"] = [1.06]
+    (folder / MANIFEST).write_text(json.dumps(data))
+    with pytest.raises(ArtifactError, match="must include 1.0"):
+        read_manifest(folder)

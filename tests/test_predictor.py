@@ -23,6 +23,7 @@ from boneage_core.predictor import Predictor, overlay_heatmap
 from boneage_core.preprocess import (FULL_BOX, box_pixels, crop_box, heatmap_to_original, prepare,
                                      preprocess_source, resize_to, to_uint8)
 from boneage_core.report import years_months
+from boneage_core.views import NO_TTA, TTA_SCALES
 from boneage_core.vocab import STAGE_FROM_AGE, STAGE_FROM_HEAD, SexError
 
 
@@ -76,21 +77,29 @@ def test_missing_or_unknown_sex_is_refused(predictor, fullres_sample, value):
 
 
 def test_tta_runs_and_stays_close(predictor, fullres_sample):
-    plain = predictor.predict(fullres_sample, male=True, tta=False)
-    tta = predictor.predict(fullres_sample, male=True, tta=True)
+    plain = predictor.predict(fullres_sample, male=True, views=NO_TTA)
+    tta = predictor.predict(fullres_sample, male=True, views=TTA_SCALES)
     assert plain.bone_age_months != tta.bone_age_months and abs(plain.bone_age_months - tta.bone_age_months) < 30
+    with pytest.raises(ValueError, match="must include 1.0"):
+        predictor.predict(fullres_sample, male=True, views=(0.94,))
 
 
-def test_default_tta_follows_the_manifest(quick_run, tmp_path, fullres_sample):
+def test_default_views_follow_the_manifest(quick_run, tmp_path, fullres_sample):
     folder = tmp_path / "artifacts"
     shutil.copytree(quick_run, folder)
     manifest = json.loads((folder / "manifest.json").read_text())
-    for tta in (False, True):
-        (folder / "manifest.json").write_text(json.dumps({**manifest, "tta": tta}))
+    del manifest["views"]
+    records = [({"tta": False}, NO_TTA), ({"tta": True}, TTA_SCALES), ({"views": [1.0, 0.94]}, (1.0, 0.94))]
+    estimates = set()
+    for record, views in records:  # the legacy flag of older manifests, and a view set
+        (folder / "manifest.json").write_text(json.dumps({**manifest, **record}))
         loaded = Predictor.load(folder)
-        assert loaded.tta is tta
+        assert loaded.views == views
         default = loaded.predict(fullres_sample, male=True)
-        assert default.bone_age_months == pytest.approx(loaded.predict(fullres_sample, male=True, tta=tta).bone_age_months)
+        assert default.bone_age_months == pytest.approx(loaded.predict(fullres_sample, male=True,
+                                                                       views=views).bone_age_months)
+        estimates.add(round(default.bone_age_months, 6))
+    assert len(estimates) == 3  # each view set gives its own estimate
 
 
 @pytest.mark.parametrize("name", ["multihead.pt", "gate.npz"])
@@ -112,7 +121,7 @@ def test_missing_calibration_gives_no_intervals_and_says_why(quick_run, tmp_path
     with pytest.raises(ArtifactError, match=f"lists {CALIBRATION_FILE}, which is missing"):
         Predictor.load(folder)  # the manifest records it: a lost file is an error, not a silent change
     manifest = read_manifest(folder)
-    write_manifest(folder, build_manifest(folder, manifest.members, manifest.tta, manifest.evaluation))
+    write_manifest(folder, build_manifest(folder, manifest.members, manifest.views, manifest.evaluation))
     loaded = Predictor.load(folder)
     assert loaded.calibration is None and any(CALIBRATION_FILE in note for note in loaded.notes)
     assert loaded.predict(fullres_sample, male=True).interval is None
@@ -124,7 +133,7 @@ def test_calibration_of_other_weights_is_refused(quick_run, tmp_path, fullres_sa
     calibration = load_calibration(folder)
     other = dataclasses.replace(calibration, members={name: "0" * 64 for name in calibration.members})
     other.save(folder)
-    write_manifest(folder, build_manifest(folder, read_manifest(folder).members, read_manifest(folder).tta))
+    write_manifest(folder, build_manifest(folder, read_manifest(folder).members, read_manifest(folder).views))
     loaded = Predictor.load(folder)  # hashes fine, but the calibration belongs to other weights
     assert loaded.calibration is None and any("other weights" in note for note in loaded.notes)
 
@@ -144,7 +153,7 @@ def test_folder_without_manifest_loads_every_checkpoint_without_tta_or_intervals
     shutil.copytree(quick_run, folder)
     (folder / "manifest.json").unlink()
     loaded = Predictor.load(folder)
-    assert list(loaded.members) == ["multihead.pt"] and not loaded.tta and loaded.calibration is None
+    assert list(loaded.members) == ["multihead.pt"] and loaded.views == NO_TTA and loaded.calibration is None
     assert loaded.version == "unversioned" and loaded.notes
 
 
@@ -157,7 +166,7 @@ def test_ensemble_members_are_combined_by_the_shared_mean(quick_run, tmp_path, f
     shutil.copy(folder / "multihead.pt", folder / "copy.pt")
     pair = Predictor.load(folder)
     assert len(pair.members) == 2
-    a, b = single.predict(fullres_sample, male=True, tta=False), pair.predict(fullres_sample, male=True, tta=False)
+    a, b = single.predict(fullres_sample, male=True, views=NO_TTA), pair.predict(fullres_sample, male=True, views=NO_TTA)
     assert a.bone_age_months == pytest.approx(b.bone_age_months, abs=1e-6)
 
 
@@ -320,9 +329,11 @@ def test_years_months(months, text):
     assert years_months(months) == text
 
 
-def test_calibration_is_applied_only_with_the_tta_it_was_fitted_with(quick_run, fullres_sample):
+def test_calibration_is_applied_only_with_the_views_it_was_fitted_with(quick_run, fullres_sample):
     loaded = Predictor.load(quick_run)
-    fitted, other = loaded.calibration.tta, not loaded.calibration.tta
-    assert loaded.calibration_for(fitted) is loaded.calibration and loaded.calibration_for(other) is None
-    assert loaded.predict(fullres_sample, male=True, tta=fitted).interval is not None
-    assert loaded.predict(fullres_sample, male=True, tta=other).interval is None  # as evaluate: no correction
+    fitted = loaded.calibration.views
+    assert loaded.calibration_for(fitted) is loaded.calibration
+    assert loaded.predict(fullres_sample, male=True, views=fitted).interval is not None
+    for other in {NO_TTA, (1.0, 0.94), TTA_SCALES} - {fitted}:
+        assert loaded.calibration_for(other) is None
+        assert loaded.predict(fullres_sample, male=True, views=other).interval is None  # as evaluate: no correction

@@ -19,6 +19,7 @@ from boneage_core.heads import AGE, BASELINE, CNN, STAGE, UNCORRECTED, age_stage
 from boneage_core.manifest import read_manifest, stale_reason
 from boneage_core.models import load_model
 from boneage_core.predictor import Predictor
+from boneage_core.views import NO_TTA
 
 
 def test_quick_run_writes_every_artifact(quick_run):
@@ -141,23 +142,26 @@ def test_checkpoints_record_their_split_and_other_splits_are_refused(quick_run, 
     assert code == 2 and "--init-from multihead.pt was trained on another split" in caplog.text
 
 
-def test_calibrate_with_tta_writes_each_views_columns(quick_run, data_299, tmp_path):
-    """calibration_predictions.csv holds every member's columns on every test-time view (tools/ensemble_subsets --views)."""
+def test_calibrate_with_views_writes_each_views_columns(quick_run, data_299, tmp_path):
+    """calibration_predictions.csv holds every member's columns on each test-time view it used, numbered by
+    views.view_index (tools/ensemble_subsets --views); the calibration records the view set."""
     import shutil
 
     import numpy as np
 
     from boneage_core.evaluate import member_prefix, view_prefix
-    from boneage_core.inference import TTA_SCALES
+    from boneage_core.calibration import load_calibration
 
     out = tmp_path / "artifacts"
     shutil.copytree(quick_run, out)
     code = train.main(["--data-dir", str(data_299), "--quick", "--no-pretrained", "--limit", "240", "--cache-dir",
-                       str(tmp_path / "c"), "--stages", "calibrate", "--tta", "--out", str(out)])
+                       str(tmp_path / "c"), "--stages", "calibrate", "--views", "1,1.06", "--out", str(out)])
     assert code == 0
     frame = pd.read_csv(out / "calibration_predictions.csv", dtype={"id": str})
     member = member_prefix(read_manifest(out).members[0])
-    views = np.stack([frame[system_column(view_prefix(member, v), AGE)] for v in range(len(TTA_SCALES))])
+    views = np.stack([frame[system_column(view_prefix(member, v), AGE)] for v in (0, 2)])
+    assert system_column(view_prefix(member, 1), AGE) not in frame  # zoom 0.94 was not used
+    assert load_calibration(out).views == (1.0, 1.06)
     np.testing.assert_allclose(views.mean(axis=0), frame[system_column(CNN, AGE)], atol=1e-6)  # uncalibrated here
     assert np.ptp(views, axis=0).max() > 0
 
@@ -277,7 +281,7 @@ def test_flags_given_override_the_preset():
                             "--no-tta", "--batch-size", "16", "--stages", "multihead"])
     gpu = preset_config("gpu")
     assert cfg.epochs == 3 and cfg.training_phases()[0].epochs == 3 and cfg.image_size == gpu.image_size
-    assert cfg.fit.flip_prob == 0.0 and cfg.fit.batch_size == 16 and not cfg.tta and cfg.stages == ("multihead",)
+    assert cfg.fit.flip_prob == 0.0 and cfg.fit.batch_size == 16 and cfg.views == NO_TTA and cfg.stages == ("multihead",)
     assert cfg.fit.ema_decay == gpu.fit.ema_decay and cfg.fit.patience == gpu.fit.patience and cfg.preset == "gpu"
     phased = train.parse_args(["--data-dir", "x", "--preset", "gpu", "--phases", "224:2:5e-4:1"])
     assert [(p.image_size, p.epochs, p.lr, p.freeze_blocks) for p in phased.training_phases()] == [(224, 2, 5e-4, 1)]

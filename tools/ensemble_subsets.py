@@ -21,12 +21,12 @@ import pandas as pd
 from boneage_core.artifacts import CALIBRATION_PREDICTIONS_FILE, PREDICTIONS_FILE
 from boneage_core.evaluate import member_prefix, view_prefix
 from boneage_core.heads import AGE, STAGE, combine, get_head, system_column
-from boneage_core.inference import TTA_SCALES
 from boneage_core.calibration import load_calibration
 from boneage_core.errors import ArtifactError
 from boneage_core.manifest import evaluated_path, read_manifest
 from boneage_core.metrics import classification_metrics, regression_metrics
 from boneage_core.stages import DEFAULT_SCHEME, StageScheme
+from boneage_core.views import TTA_SCALES
 
 SPLITS = {"val": CALIBRATION_PREDICTIONS_FILE, "test": PREDICTIONS_FILE}
 
@@ -48,7 +48,7 @@ def prediction_path(folder: Path, name: str) -> Path:
             return evaluated_path(folder, manifest, name)
         calibration = load_calibration(folder)
         reason = "no calibration" if calibration is None else calibration.stale_reason(manifest.member_hashes(),
-                                                                                           manifest.tta)
+                                                                                           manifest.views)
         if reason:
             raise ArtifactError(f"{name} refused: {reason}")
     except ArtifactError as exc:
@@ -66,7 +66,7 @@ def subset_scores(frame: pd.DataFrame, stems: tuple[str, ...], scheme: StageSche
     missing = [system_column(s, AGE) for s in stems if system_column(s, AGE) not in frame]
     if missing:
         raise SystemExit(f"columns {missing} are missing: per-member columns are written only for 2+ members, "
-                         "per-view columns only with TTA")
+                         "per-view columns only for the views the run used (several)")
     rows = frame.dropna(subset=[system_column(s, AGE) for s in stems])
     age = combine([get_head(AGE).from_columns(rows, s).to_numpy() for s in stems])
     reg = regression_metrics(rows["boneage"], age)
@@ -94,7 +94,7 @@ def subset_table(folder: Path, max_size: int | None = None,
 
 
 def view_set(text: str) -> tuple[int, ...]:
-    """'0,2' -> (0, 2): distinct view indices into inference.TTA_SCALES (argparse error otherwise)."""
+    """'0,2' -> (0, 2): distinct view indices into views.TTA_SCALES (argparse error otherwise)."""
     try:
         views = tuple(int(v) for v in text.split(","))
     except ValueError:

@@ -15,9 +15,9 @@ from boneage_core.artifacts import METRICS_FILE, read_json
 from boneage_core.calibration import CALIBRATION_FILE
 from boneage_core.evaluate import member_prefix
 from boneage_core.heads import AGE, BASELINE, CNN, STAGE, UNCORRECTED, age_stage_column, system_column
-from boneage_core.inference import TTA_SCALES
 from boneage_core.manifest import read_manifest
 from boneage_core.plots import FEW_CASES
+from boneage_core.views import Views, short_views
 from boneage_core.vocab import parse_sex
 
 BEGIN, END = "<!-- results: written by tools/readme_results.py -->", "<!-- end of results -->"
@@ -56,14 +56,13 @@ def _stage_row(label: str, m: dict) -> str:
     return f"| {label} | | | | | {_num(m['accuracy'], 3)} | {_num(m['f1_macro'], 3)} | {_num(m['qwk'], 3)} |"
 
 
-def results_table(metrics: dict, members: list[str], tta: bool) -> list[str]:
+def results_table(metrics: dict, members: list[str], views: Views) -> list[str]:
     """The markdown table: the ensemble (age, before correction, each member, stage), then the baseline."""
     cnn_age, cnn_stage, uncorrected = system_column(CNN, AGE), system_column(CNN, STAGE), system_column(UNCORRECTED, AGE)
-    views = f"{len(TTA_SCALES)}-view TTA" if tta else "no TTA"
     corrected = "bias-corrected" if uncorrected in metrics else "no bias correction"
     lines = ["| prediction (metrics.json key) | MAE (months) | RMSE | R² | within 12 m | stage accuracy | macro F1 | QWK |",
              "|---|---|---|---|---|---|---|---|"]
-    lines.append(_age_row(f"CNN ensemble, bone age (`{cnn_age}`, {views}, {corrected})", metrics[cnn_age]))
+    lines.append(_age_row(f"CNN ensemble, bone age (`{cnn_age}`, {short_views(views)}, {corrected})", metrics[cnn_age]))
     if uncorrected in metrics:
         lines.append(_age_row(f"the same before the bias correction (`{uncorrected}`)", metrics[uncorrected]))
     for name in members:
@@ -140,7 +139,7 @@ def results_block(folder: Path) -> str:
     calibration = read_json(folder / CALIBRATION_FILE, "calibration")
     n = metrics[system_column(CNN, AGE)]["n"]
     lines = [BEGIN, f"Holdout test split, n = {n}; members {', '.join(f'`{m}`' for m in manifest.members)}.", ""]
-    lines += results_table(metrics, manifest.members, manifest.tta) + [""]
+    lines += results_table(metrics, manifest.members, manifest.views) + [""]
     lines += interval_paragraph(metrics, calibration) + [""]
     lines += breakdown_paragraph(metrics) + [END]
     return "\n".join(lines)

@@ -13,6 +13,7 @@ from boneage_core.heads import AGE, CNN, STAGE, age_stage_column, get_head, syst
 from boneage_core.manifest import Manifest
 from boneage_core.predictor import Predictor
 from boneage_core.report import DISCLAIMER
+from boneage_core.views import describe_views
 
 logger = logging.getLogger(__name__)
 
@@ -51,8 +52,8 @@ def _ensemble(manifest: Manifest | None, predictor: Predictor | None) -> None:
     st.markdown(
         f"**Model version {version}** (the first 12 hex digits of manifest.json's SHA-256; every report carries "
         f"it). An ensemble of **{len(manifest.members)}** member(s) providing the head(s) "
-        f"**{', '.join(get_head(h).label for h in heads)}**; test-time augmentation "
-        f"**{'on' if manifest.tta else 'off'}** (as in the holdout evaluation). Members' outputs are averaged "
+        f"**{', '.join(get_head(h).label for h in heads)}**; **{describe_views(manifest.views)}** "
+        "(as in the holdout evaluation). Members' outputs are averaged "
         "per head after decoding (months; stage probabilities).")
     rows = []
     for name in manifest.members:
