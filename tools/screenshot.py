@@ -22,8 +22,26 @@ from boneage_core.vocab import parse_sex
 
 #: True once every Plotly chart on the page has drawn its SVG (charts render after the script has finished).
 PLOTS_DRAWN = "[...document.querySelectorAll('[data-testid=stPlotlyChart]')].every(c => c.querySelector('.main-svg'))"
+#: What changes while the page is still filling in (loading skeletons replaced by tables, metrics and charts).
+PAGE_SIGNATURE = ("(() => { const m = document.querySelector('[data-testid=stMain]'); "
+                  "return [m.scrollHeight, m.querySelectorAll('*').length, "
+                  "document.querySelectorAll('[data-testid=stSkeleton]').length].join(','); })()")
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
          "--disable-component-update", "--disable-sync", "--no-first-run", "--hide-scrollbars"]
+
+
+def wait_until_settled(page, timeout_s: float, quiet_s: float = 2.0) -> float:
+    """Wait until the page's height, element count and skeleton count stay the same for `quiet_s`; seconds waited."""
+    t0 = time.monotonic()
+    last, since = None, t0
+    while time.monotonic() - t0 < timeout_s:
+        now = page.evaluate(PAGE_SIGNATURE)
+        if now != last:
+            last, since = now, time.monotonic()
+        elif time.monotonic() - since >= quiet_s and now.endswith(",0"):  # no skeleton left
+            return time.monotonic() - t0
+        page.wait_for_timeout(250)
+    raise TimeoutError(f"the page kept changing for {timeout_s:.0f} s (last state {last})")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -69,6 +87,7 @@ def main(argv: list[str] | None = None) -> int:
         page.wait_for_timeout(3000)  # let charts and images settle
         page.wait_for_selector("[data-testid=stStatusWidget]", state="detached", timeout=ms)
         page.wait_for_function(PLOTS_DRAWN, timeout=ms)
+        print(f"settled after {wait_until_settled(page, args.timeout):.1f} s more")
         page.evaluate("window.scrollTo(0, 0)")
         args.out.parent.mkdir(parents=True, exist_ok=True)
         page.screenshot(path=str(args.out), full_page=args.full_page)
