@@ -28,7 +28,7 @@ import pandas as pd
 from .artifacts import read_json, write_json
 from .data import AGE_GROUPS, age_group
 from .errors import ArtifactError
-from .views import VIEWS_KEY, Views, describe_views, views_from_record
+from .views import LEGACY_TTA_KEY, VIEWS_KEY, Views, as_views, describe_views, views_from_record
 from .heads import AGE, system_column
 from .vocab import clip_age
 
@@ -170,6 +170,8 @@ class AgeCalibration:
             raise ArtifactError(f"{source}: not a bone-age calibration file")
         try:
             kwargs = {k: data[k] for k in cls.__dataclass_fields__ if k not in ("fitted_on", VIEWS_KEY)}
+            if VIEWS_KEY not in data and LEGACY_TTA_KEY not in data:
+                raise KeyError(VIEWS_KEY)
             kwargs[VIEWS_KEY] = views_from_record(data, source)  # files before view sets say "tta": true/false
         except KeyError as exc:
             raise ArtifactError(f"{source}: calibration lacks {exc}") from exc
@@ -212,7 +214,7 @@ def fit_calibration(predicted: np.ndarray, true: np.ndarray, members: dict[str, 
                  "n": int(len(predicted)), "mae_uncorrected": float(np.abs(true - predicted).mean()),
                  "mae_corrected": float(np.abs(true - linear_correction(predicted, intercept, slope)).mean())}
     calibration = AgeCalibration(intercept, slope, level, float(q_low), float(q_high), SCALE_KNOTS, values,
-                                 len(fit_part), len(conf_part), split, tuple(views), dict(members), fitted_on)
+                                 len(fit_part), len(conf_part), split, as_views(views), dict(members), fitted_on)
     logger.info("Calibration on %d %s images: true = %.2f + %.3f x predicted; %s MAE %.2f -> %.2f; %g%% conformal "
                 "quantiles %.2f / %.2f of the local error scale", len(predicted), split, intercept, slope, split,
                 fitted_on["mae_uncorrected"], fitted_on["mae_corrected"], level * 100, q_low, q_high)

@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 
 from .heads import combine, get_head
 from .preprocess import prepare
-from .views import NO_TTA, TTA_SCALES, Views
+from .views import NO_TTA, TTA_SCALES, Views, as_views
 
 logger = logging.getLogger(__name__)
 
@@ -81,6 +81,7 @@ def member_outputs(net: torch.nn.Module, images: torch.Tensor, male: torch.Tenso
     """
     net.eval()
     spec = net.spec
+    views = as_views(views)  # validated: holds 1.0, the view the gate features come from
     batch_size = batch_size or inference_batch(device)
     per_view: dict[str, list[list[np.ndarray]]] = {h: [] for h in spec.heads}
     starts = range(0, len(images), batch_size)

@@ -18,7 +18,7 @@ from .checkpoint import file_sha256, read_meta
 from .errors import ArtifactError
 from .calibration import CALIBRATION_FILE
 from .gate import GATE_FILE
-from .views import LEGACY_TTA_KEY, NO_TTA, VIEWS_KEY, Views, describe_views, views_from_record
+from .views import LEGACY_TTA_KEY, NO_TTA, VIEWS_KEY, Views, as_views, describe_views, views_from_record
 
 logger = logging.getLogger(__name__)
 
@@ -97,7 +97,7 @@ def build_manifest(folder: str | os.PathLike, members: list[str] | None = None, 
         raise ArtifactError(f"{folder}: no model files ({MODEL_SUFFIX}) to describe")
     extra = {key: {"file": name, "sha256": file_sha256(folder / name)}
              for key, name in COMPANION_FILES.items() if (folder / name).is_file()}
-    return Manifest(members, {name: _model_entry(folder / name) for name in files}, tuple(views), evaluation, extra)
+    return Manifest(members, {name: _model_entry(folder / name) for name in files}, as_views(views), evaluation, extra)
 
 
 def evaluation_record(folder: str | os.PathLike, manifest: Manifest, split: str, n_images: int,
@@ -158,7 +158,10 @@ def stale_reason(folder: str | os.PathLike, manifest: Manifest, name: str) -> st
     if evaluation.get("model_sha256") != manifest.member_hashes():
         return (f"{name} was made by other model files than the ones now in {folder} "
                 "(re-run `train.py --stages evaluate` on it)")
-    evaluated_views = views_from_record(evaluation, MANIFEST_FILE)
+    try:
+        evaluated_views = views_from_record(evaluation, MANIFEST_FILE)
+    except ValueError as exc:
+        return f"{name}: the evaluation record's views are unreadable ({exc})"
     if evaluated_views != manifest.views:
         return (f"{name} was made with {describe_views(evaluated_views)}, the manifest serves "
                 f"{describe_views(manifest.views)} (re-run `train.py --stages calibrate,evaluate` with those views)")

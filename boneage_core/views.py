@@ -43,10 +43,10 @@ def as_views(scales: Iterable[float]) -> Views:
 def parse_views(text: str) -> Views:
     """'1,0.94' -> (1.0, 0.94); 'all' -> TTA_SCALES; 'none' -> NO_TTA (ValueError on anything else)."""
     word = text.strip().lower()
-    if word in ("all", "tta"):
-        return TTA_SCALES
+    if word in ("all", "tta"):  # a new tuple each time: argparse tells a given value from its default by identity
+        return as_views(TTA_SCALES)
     if word == "none":
-        return NO_TTA
+        return as_views(NO_TTA)
     return as_views(part for part in word.split(",") if part.strip())
 
 
@@ -82,13 +82,13 @@ def views_argument(text: str) -> Views:
 
 def add_views_arguments(parser: argparse.ArgumentParser, default: Views | None, what: str) -> None:
     """--views 1,0.94 | all | none, with --tta (all views) and --no-tta (the image alone) as shorthands."""
-    group = parser.add_mutually_exclusive_group()
+    group = parser.add_mutually_exclusive_group()  # values are fresh tuples, so argparse sees any given one as given
     group.add_argument("--views", type=views_argument, default=default, metavar="SCALES",
                        help=f"test-time zoom factors {what}: a comma list among {_choices()} holding 1, "
                             "or 'all' / 'none'")
-    group.add_argument("--tta", dest="views", action="store_const", const=TTA_SCALES, default=argparse.SUPPRESS,
+    group.add_argument("--tta", dest="views", action="store_const", const=as_views(TTA_SCALES), default=argparse.SUPPRESS,
                        help="all test-time views (--views all)")
-    group.add_argument("--no-tta", dest="views", action="store_const", const=NO_TTA, default=argparse.SUPPRESS,
+    group.add_argument("--no-tta", dest="views", action="store_const", const=as_views(NO_TTA), default=argparse.SUPPRESS,
                        help="the image alone (--views none)")
 
 

@@ -119,3 +119,10 @@ def test_files_written_before_view_sets_read_their_tta_flag(tmp_path):
         assert back.views == views and back.stale_reason(MEMBERS, views) is None
     with pytest.raises(ArtifactError, match="must include 1.0"):
         AgeCalibration.from_dict({**data, "views": [0.94]})
+
+
+def test_a_calibration_without_views_or_tta_is_refused():
+    data = fit_calibration(*_compressed(500, 6), MEMBERS, NO_TTA).to_dict()
+    del data["views"]
+    with pytest.raises(ArtifactError, match="lacks 'views'"):
+        AgeCalibration.from_dict(data)

@@ -205,3 +205,9 @@ def test_member_outputs_on_a_view_set_are_those_views_of_all_views(net, images):
             np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(np.concatenate(collected), member_features(net, x, CPU, batch_size=3),
                                rtol=1e-5, atol=1e-5)
+
+
+def test_member_outputs_refuse_a_view_set_without_the_image(net, images):
+    x, male = images
+    with pytest.raises(ValueError, match="must include 1.0"):
+        member_outputs(net, x, male, CPU, views=(0.94,))

@@ -248,3 +248,11 @@ def test_manifests_written_before_view_sets_read_their_tta_flag(evaluated):
     (folder / MANIFEST).write_text(json.dumps(data))
     with pytest.raises(ArtifactError, match="must include 1.0"):
         read_manifest(folder)
+
+
+def test_an_unreadable_evaluation_view_set_is_a_stale_reason(evaluated):
+    folder, manifest = evaluated
+    manifest.evaluation["views"] = [0.94]
+    assert "views are unreadable" in stale_reason(folder, manifest, METRICS)
+    with pytest.raises(ArtifactError, match="views are unreadable"):
+        evaluated_path(folder, manifest, METRICS)

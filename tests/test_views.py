@@ -66,7 +66,8 @@ def test_views_arguments(argv, expected):
     assert parser.parse_args(argv).views == expected
 
 
-@pytest.mark.parametrize("argv", [["--views", "0.94"], ["--views", "1,2"], ["--tta", "--views", "1"]])
+@pytest.mark.parametrize("argv", [["--views", "0.94"], ["--views", "1,2"], ["--tta", "--views", "1"],
+                                  ["--views", "all", "--no-tta"], ["--views", "none", "--no-tta"]])
 def test_views_arguments_refuse_bad_sets(argv, capsys):
     parser = argparse.ArgumentParser()
     add_views_arguments(parser, NO_TTA, "here")

@@ -6,7 +6,9 @@ The members' own columns of `calibration_predictions.csv` (validation, written b
 `calibrate,evaluate` run would give before the bias correction (which is close to the identity,
 docs/ablations.md section 3). Choose members on validation; the test columns are for the report.
 With ``--views``, each subset is also scored on a subset of the test-time views (the members' per-view
-columns, e.g. ``multihead.view1_age``, which the calibrate and evaluate stages write when TTA is on).
+columns, e.g. ``multihead.view1_age``, which the calibrate and evaluate stages write when the run used
+several test-time views). Here ``--views`` takes view *positions* in ``views.TTA_SCALES`` (0 = zoom 1,
+1 = 0.94, 2 = 1.06), not the zoom factors that ``train.py --views`` takes.
 Run: ``python -m tools.ensemble_subsets --artifacts runs/ens4 [--views 0,1,2 0,1 0,2]``.
 """
 
