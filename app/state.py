@@ -22,7 +22,7 @@ from PIL import Image
 from boneage_core import artifacts as art
 from boneage_core.clinical import ReferenceError, load_reference, reference_path
 from boneage_core.errors import ArtifactError
-from boneage_core.manifest import Manifest, read_manifest
+from boneage_core.manifest import EVALUATED_FILES, Manifest, read_manifest, stale_reason
 from boneage_core.predictor import Explanation, Prediction, Predictor
 from boneage_core.preprocess import resize_to
 
@@ -199,11 +199,27 @@ def _read_manifest(folder: str, mtime: float) -> Manifest | None:
     return read_manifest(folder)
 
 
+@st.cache_data(show_spinner=False)
+def _evaluation_problem(folder: str, name: str, mtimes: tuple[float, float]) -> str | None:
+    """Why an evaluated file does not belong to the manifest's model files (manifest.stale_reason), or None."""
+    manifest = read_manifest(folder)
+    return None if manifest is None else stale_reason(folder, manifest, name)
+
+
 def _load(name: str, reader) -> Any:
     path = artifact_path(name)
     if path is None:
         st.info(f"`{name}` is not in `{artifacts_dir()}`; run `python train.py` to create it.")
         return None
+    manifest_path = path.parent / art.MANIFEST_FILE
+    if name in EVALUATED_FILES and manifest_path.is_file():  # figures of other weights are refused, not shown
+        try:
+            problem = _evaluation_problem(str(path.parent), name, (path.stat().st_mtime, manifest_path.stat().st_mtime))
+        except ArtifactError as exc:
+            problem = str(exc)
+        if problem:
+            st.warning(f"`{name}` is not shown: {problem}")
+            return None
     try:
         return reader(str(path), path.stat().st_mtime)
     except (OSError, ValueError) as exc:

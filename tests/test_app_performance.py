@@ -44,3 +44,22 @@ def test_pages_degrade_without_artifacts(tmp_path, monkeypatch, open_page):
     at = open_page("performance")
     assert any("metrics.json" in i.value for i in at.info)
     assert not at.get("plotly_chart")
+
+
+def test_metrics_of_other_weights_are_not_shown(tmp_path, monkeypatch, open_page):
+    """metrics.json / predictions.csv that the manifest's evaluation did not write (an edited or swapped-in file)
+    are refused with the reason, not shown as if these weights had made them."""
+    import shutil
+
+    folder = tmp_path / "artifacts"
+    folder.mkdir()
+    for name in ("manifest.json", "metrics.json", "predictions.csv"):
+        shutil.copy(state.artifacts_dir() / name, folder / name)
+    metrics = json.loads((folder / "metrics.json").read_text())
+    metrics["cnn_age"]["mae"] = 1.0  # a figure these weights never produced
+    (folder / "metrics.json").write_text(json.dumps(metrics))
+    monkeypatch.setenv(state.ARTIFACTS_ENV, str(folder))
+    at = open_page("performance")
+    assert any("metrics.json` is not shown" in w.value and "changed after the evaluation" in w.value
+               for w in at.warning)
+    assert not any("1.000" in str(d.value) for d in at.dataframe)
