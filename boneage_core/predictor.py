@@ -202,6 +202,10 @@ class Predictor:
         logger.info("Loaded %s from %s on %s (%s)", ", ".join(names), folder, dev, describe_views(views))
         return cls(members, dev, calibration, views, manifest_version(folder), notes, meta, gate, gate_name)
 
+    def resolve_views(self, views: Views | None) -> Views:
+        """The served views (None) or the given zoom factors, validated (views.as_views)."""
+        return self.views if views is None else as_views(views)
+
     def calibration_for(self, views: Views) -> AgeCalibration | None:
         """The calibration when it was fitted with these test-time views (as evaluate applies it), else None."""
         if self.calibration is None or self.calibration.views_mismatch(views):
@@ -217,7 +221,7 @@ class Predictor:
                 ) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray | None]:
         """Combined decoded outputs per head for one gray image, the first member's model input, and the gate
         member's pooled features (from the same backbone pass; None without a gate)."""
-        views = self.views if views is None else as_views(views)
+        views = self.resolve_views(views)
         per_member, first_input, gate_features = [], None, []
         male_t = torch.tensor([int(male)])
         box = None  # the hand is found once per image, for every member that crops to it
@@ -263,7 +267,7 @@ class Predictor:
         `male` is required (True/False or M/F): the estimate moves by ~2 years with sex, so it is never guessed.
         views=None uses the artifacts' own test-time views (how their holdout metrics and intervals were made).
         """
-        male = parse_sex(male)
+        male, views = parse_sex(male), self.resolve_views(views)
         gray, name = gray_of(source, name)
         try:
             gray, combined, model_input, verdict, gate_notes = self._gated_outputs(gray, male, views, name)
@@ -278,7 +282,7 @@ class Predictor:
             stage, source_kind = int(p.argmax()), STAGE_FROM_HEAD
         else:
             stage, source_kind = int(stage_from_age), STAGE_FROM_AGE
-        calibration = self.calibration_for(self.views if views is None else as_views(views))
+        calibration = self.calibration_for(views)
         interval = None if (age is None or calibration is None) else calibration.interval(age)
         return Prediction(name, male, age, stage, self.scheme.names[stage], probs, source_kind, stage_from_age,
                           interval, model_input, gray, gate_notes + input_warnings(model_input), verdict)

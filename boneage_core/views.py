@@ -69,7 +69,7 @@ def describe_views(views: Views) -> str:
     """Human text: 'no TTA (the image alone)' or '2 test-time views (zoom 1, 0.94)'."""
     if tuple(views) == NO_TTA:
         return "no TTA (the image alone)"
-    return f"{len(views)} test-time views (zoom {', '.join(f'{s:g}' for s in views)})"
+    return f"{len(views)} test-time views (zoom {_zooms(views)})"
 
 
 def views_argument(text: str) -> Views:
@@ -97,8 +97,12 @@ def short_views(views: Views) -> str:
     if tuple(views) == NO_TTA:
         return "no TTA"
     text = f"{len(views)}-view TTA"
-    return text if tuple(views) == TTA_SCALES else f"{text} (zoom {', '.join(f'{s:g}' for s in views)})"
+    return text if tuple(views) == TTA_SCALES else f"{text} (zoom {_zooms(views)})"
+
+
+def _zooms(views: Iterable[float]) -> str:
+    return ", ".join(f"{s:g}" for s in views)
 
 
 def _choices() -> str:
-    return ", ".join(f"{s:g}" for s in TTA_SCALES)
+    return _zooms(TTA_SCALES)
