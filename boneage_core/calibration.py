@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .artifacts import read_json, write_json
+from .artifacts import CALIBRATION_PREDICTIONS_FILE, read_json, write_json
 from .data import AGE_GROUPS, age_group
 from .errors import ArtifactError
 from .views import LEGACY_TTA_KEY, VIEWS_KEY, Views, as_views, describe_views, views_from_record
@@ -46,6 +46,8 @@ SCALE_NEIGHBOURS = 150
 MIN_SCALE = 1.0
 #: Fewest validation predictions a calibration is fitted on.
 MIN_CASES = 20
+#: Key in ``fitted_on`` of the sha256 of the validation table (calibration_predictions.csv) it was fitted on.
+PREDICTIONS_SHA_KEY = "predictions_sha256"
 
 
 @dataclass(frozen=True)
@@ -158,6 +160,17 @@ class AgeCalibration:
                     f"{describe_views(views)}")
         return None
 
+    def predictions_mismatch(self, sha256: str) -> str | None:
+        """Why a validation table with this sha256 is not the one this calibration was fitted on, or None.
+
+        Calibrations written before the table's hash was recorded (no ``fitted_on["predictions_sha256"]``) can't
+        tell, and accept it."""
+        recorded = self.fitted_on.get(PREDICTIONS_SHA_KEY)
+        if recorded is not None and recorded != sha256:
+            return (f"{CALIBRATION_PREDICTIONS_FILE} is not the table {CALIBRATION_FILE} was fitted on (its sha256 "
+                    "differs); re-run `train.py --stages calibrate,evaluate`")
+        return None
+
     def to_dict(self) -> dict:
         out = asdict(self)
         out["scale_knots"], out["scale_values"] = list(self.scale_knots), list(self.scale_values)
@@ -193,8 +206,11 @@ def load_calibration(folder: str | os.PathLike) -> AgeCalibration | None:
 
 
 def fit_calibration(predicted: np.ndarray, true: np.ndarray, members: dict[str, str], views: Views,
-                    level: float = LEVEL, split: str = "val", seed: int = 0) -> AgeCalibration:
-    """Fit the correction and error scale on a random half of (predicted, true), the conformal quantiles on the other."""
+                    level: float = LEVEL, split: str = "val", seed: int = 0,
+                    predictions_sha256: str | None = None) -> AgeCalibration:
+    """Fit the correction and error scale on a random half of (predicted, true), the conformal quantiles on the other.
+
+    `predictions_sha256` (of the saved table the estimates come from) is recorded in ``fitted_on``."""
     predicted, true = np.asarray(predicted, np.float64), np.asarray(true, np.float64)
     if predicted.shape != true.shape or predicted.ndim != 1:
         raise ValueError("predicted and true must be 1-D arrays of the same length")
@@ -213,6 +229,8 @@ def fit_calibration(predicted: np.ndarray, true: np.ndarray, members: dict[str, 
     fitted_on = {"created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
                  "n": int(len(predicted)), "mae_uncorrected": float(np.abs(true - predicted).mean()),
                  "mae_corrected": float(np.abs(true - linear_correction(predicted, intercept, slope)).mean())}
+    if predictions_sha256 is not None:
+        fitted_on[PREDICTIONS_SHA_KEY] = predictions_sha256
     calibration = AgeCalibration(intercept, slope, level, float(q_low), float(q_high), SCALE_KNOTS, values,
                                  len(fit_part), len(conf_part), split, as_views(views), dict(members), fitted_on)
     logger.info("Calibration on %d %s images: true = %.2f + %.3f x predicted; %s MAE %.2f -> %.2f; %g%% conformal "

@@ -216,6 +216,7 @@ def predict_frame(artifacts_dir: str | Path, frame: pd.DataFrame, cache_dir=None
         gate_name = gate_member(heads)
         features = cnn_columns(artifacts_dir, members, frame, cache_dir, resolve_device(device), views, out, columns,
                                failures, calibration, gate_name, per_view)
+        out = out.copy()  # one block per dtype again after the column-by-column inserts (pandas' defragmentation)
         gate_columns(artifacts_dir, gate_name, frame, cache_dir, resolve_device(device), out, features)
     if (artifacts_dir / BASELINE_META).is_file():
         baseline_columns(artifacts_dir, frame, cache_dir, out, columns, failures)

@@ -15,7 +15,7 @@ import torch
 
 from . import artifacts as art
 from .baseline import HogParams, fit_baseline
-from .checkpoint import read_meta
+from .checkpoint import file_sha256, read_meta
 from .config import MODEL_LAYOUTS, TrainConfig
 from .data import (SPLIT_RECORD, ImageArray, attach_paths, find_dataset, load_images, load_images_mmap,
                    load_or_make_split, read_labels, split_fingerprint, with_split)
@@ -32,7 +32,7 @@ from .models import ModelSpec, create_model, load_model, parent_spec, save_model
 from .preprocess import PreprocessSpec
 from .stages import DEFAULT_SCHEME
 from .training import Split, fit
-from .views import Views
+from .views import Views, describe_views
 
 logger = logging.getLogger(__name__)
 
@@ -247,7 +247,8 @@ def calibrate_stage(cfg: TrainConfig, ds: Dataset, staging: Path, members: list[
     out, columns, failures = val.copy(), {}, {}
     cnn_columns(staging, members, val, cfg.cache_dir or None, resolve_device(cfg.device), cfg.views, out, columns,
                 failures, per_view=True)
-    out.drop(columns=["path"], errors="ignore").to_csv(staging / art.CALIBRATION_PREDICTIONS_FILE, index=False)
+    table = staging / art.CALIBRATION_PREDICTIONS_FILE
+    out.drop(columns=["path"], errors="ignore").to_csv(table, index=False)
     column = system_column(CNN, AGE)
     if column not in out:
         logger.info("No age head among %s: nothing to calibrate", members)
@@ -258,7 +259,7 @@ def calibrate_stage(cfg: TrainConfig, ds: Dataset, staging: Path, members: list[
                        "were scored, %d are needed", len(rows), MIN_CASES)
         return
     fit_calibration(rows[column].to_numpy(), rows["boneage"].to_numpy(), member_hashes(staging, members), cfg.views,
-                    seed=cfg.seed).save(staging)
+                    seed=cfg.seed, predictions_sha256=file_sha256(table)).save(staging)
 
 
 def choose_members(cfg: TrainConfig, staging: Path, trained: list[str]) -> list[str]:
@@ -271,13 +272,21 @@ def choose_members(cfg: TrainConfig, staging: Path, trained: list[str]) -> list[
     return previous.members if previous is not None else model_files(staging)
 
 
-def describe_models(staging: Path, members: list[str], views: Views) -> None:
-    """Rewrite the manifest after training without evaluation: the old evaluation stays, and is stale if members changed."""
+def describe_models(staging: Path, members: list[str], views: Views, calibrated: bool = False) -> None:
+    """Rewrite the manifest after training without evaluation: the old evaluation stays, and is stale if members changed.
+
+    The manifest keeps serving the views its evaluation used; a calibration just fitted (`calibrated`) on other
+    `views` is then not applied (it belongs to those views), which is logged with the command that serves them.
+    """
     if not members:
         return
     previous = read_manifest(staging)
     evaluation = previous.evaluation if previous is not None else None
     kept_views = previous.views if previous is not None else views
+    if calibrated and tuple(kept_views) != tuple(views):
+        logger.warning("The calibration was fitted on %s, but %s still serves %s (its evaluation's views), so the "
+                       "calibration is not applied: run the evaluate stage with the same --views to serve them",
+                       describe_views(views), art.MANIFEST_FILE, describe_views(kept_views))
     write_manifest(staging, build_manifest(staging, members, kept_views, evaluation))
 
 
@@ -342,7 +351,8 @@ def run(cfg: TrainConfig, dist: DistContext = LOCAL) -> dict:
                 metrics = evaluate_stage(cfg, ds, staging, choose_members(cfg, staging, list(summaries)))
             ds.timings[stage] = time.time() - t0
         if "evaluate" not in cfg.stages:
-            describe_models(staging, choose_members(cfg, staging, list(summaries)), cfg.views)
+            describe_models(staging, choose_members(cfg, staging, list(summaries)), cfg.views,
+                            calibrated="calibrate" in cfg.stages)
         cfg.save(staging / art.CONFIG_FILE)
         write_report(cfg, ds, staging, metrics, summaries)
     dist.barrier()

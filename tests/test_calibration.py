@@ -10,7 +10,7 @@ import pytest
 
 from boneage_core.calibration import (CALIBRATION_FILE, LEVEL, AgeCalibration, _conformal_rank, apply_calibration,
                                       conformal_quantiles, fit_calibration, interval_columns, interval_coverage,
-                                      load_calibration)
+                                      load_calibration, PREDICTIONS_SHA_KEY)
 from boneage_core.errors import ArtifactError
 from boneage_core.heads import AGE, STAGE
 from boneage_core.views import NO_TTA, TTA_SCALES
@@ -126,3 +126,16 @@ def test_a_calibration_without_views_or_tta_is_refused():
     del data["views"]
     with pytest.raises(ArtifactError, match="lacks 'views'"):
         AgeCalibration.from_dict(data)
+
+
+def test_the_validation_table_it_was_fitted_on_is_recorded(tmp_path):
+    """The sha256 of calibration_predictions.csv is kept in fitted_on: another table is named as not the one;
+    a calibration written before the hash was recorded can't tell, and accepts any."""
+    pred, true = _compressed(200, 4)
+    cal = fit_calibration(pred, true, MEMBERS, TTA_SCALES, predictions_sha256="c" * 64)
+    cal.save(tmp_path)
+    back = load_calibration(tmp_path)
+    assert back.fitted_on[PREDICTIONS_SHA_KEY] == "c" * 64 and back.predictions_mismatch("c" * 64) is None
+    assert "is not the table calibration.json was fitted on" in back.predictions_mismatch("d" * 64)
+    legacy = fit_calibration(pred, true, MEMBERS, TTA_SCALES)
+    assert PREDICTIONS_SHA_KEY not in legacy.fitted_on and legacy.predictions_mismatch("d" * 64) is None

@@ -142,15 +142,17 @@ def test_checkpoints_record_their_split_and_other_splits_are_refused(quick_run, 
     assert code == 2 and "--init-from multihead.pt was trained on another split" in caplog.text
 
 
-def test_calibrate_with_views_writes_each_views_columns(quick_run, data_299, tmp_path):
+def test_calibrate_with_views_writes_each_views_columns(quick_run, data_299, tmp_path, caplog):
     """calibration_predictions.csv holds every member's columns on each test-time view it used, numbered by
-    views.view_index (tools/ensemble_subsets --views); the calibration records the view set."""
+    views.view_index (tools/ensemble_subsets --views); the calibration records the view set. Without the evaluate
+    stage the manifest keeps its evaluated views, and the log says the new calibration is therefore not applied."""
     import shutil
 
     import numpy as np
 
     from boneage_core.evaluate import member_prefix, view_prefix
     from boneage_core.calibration import load_calibration
+    from boneage_core.checkpoint import file_sha256
 
     out = tmp_path / "artifacts"
     shutil.copytree(quick_run, out)
@@ -162,8 +164,13 @@ def test_calibrate_with_views_writes_each_views_columns(quick_run, data_299, tmp
     views = np.stack([frame[system_column(view_prefix(member, v), AGE)] for v in (0, 2)])
     assert system_column(view_prefix(member, 1), AGE) not in frame  # zoom 0.94 was not used
     assert load_calibration(out).views == (1.0, 1.06)
+    table_sha = file_sha256(out / "calibration_predictions.csv")  # the table the calibration was fitted on
+    assert load_calibration(out).fitted_on["predictions_sha256"] == table_sha
     np.testing.assert_allclose(views.mean(axis=0), frame[system_column(CNN, AGE)], atol=1e-6)  # uncalibrated here
     assert np.ptp(views, axis=0).max() > 0
+    served = read_manifest(quick_run).views
+    assert served != (1.0, 1.06) and read_manifest(out).views == served
+    assert "the calibration is not applied: run the evaluate stage with the same --views" in caplog.text
 
 
 def test_rerun_reuses_split_and_keeps_untouched_models(quick_run, data_299, tmp_path):

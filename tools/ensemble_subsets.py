@@ -7,9 +7,9 @@ The members' own columns of `calibration_predictions.csv` (validation, written b
 docs/ablations.md section 3). Choose members on validation; the test columns are for the report.
 With ``--views``, each subset is also scored on a subset of the test-time views (the members' per-view
 columns, e.g. ``multihead.view1_age``, which the calibrate and evaluate stages write when the run used
-several test-time views). Here ``--views`` takes view *positions* in ``views.TTA_SCALES`` (0 = zoom 1,
-1 = 0.94, 2 = 1.06), not the zoom factors that ``train.py --views`` takes.
-Run: ``python -m tools.ensemble_subsets --artifacts runs/ens4 [--views 0,1,2 0,1 0,2]``.
+several test-time views). ``--views`` takes zoom sets as ``train.py --views`` does (``1,0.94``, ``all``,
+``none``), several at once.
+Run: ``python -m tools.ensemble_subsets --artifacts runs/ens4 [--views all 1,0.94 none]``.
 """
 
 from __future__ import annotations
@@ -24,11 +24,12 @@ from boneage_core.artifacts import CALIBRATION_PREDICTIONS_FILE, PREDICTIONS_FIL
 from boneage_core.evaluate import member_prefix, view_prefix
 from boneage_core.heads import AGE, STAGE, combine, get_head, system_column
 from boneage_core.calibration import load_calibration
+from boneage_core.checkpoint import file_sha256
 from boneage_core.errors import ArtifactError
 from boneage_core.manifest import evaluated_path, read_manifest
 from boneage_core.metrics import classification_metrics, regression_metrics
 from boneage_core.stages import DEFAULT_SCHEME, StageScheme
-from boneage_core.views import TTA_SCALES
+from boneage_core.views import Views, short_views, view_index, views_argument
 
 SPLITS = {"val": CALIBRATION_PREDICTIONS_FILE, "test": PREDICTIONS_FILE}
 
@@ -43,14 +44,17 @@ def member_stems(folder: Path) -> list[str]:
 
 def prediction_path(folder: Path, name: str) -> Path:
     """A prediction table of the current members: predictions.csv by the manifest's evaluation record,
-    calibration_predictions.csv when the calibration fitted on it belongs to the members (SystemExit otherwise)."""
+    calibration_predictions.csv when it is the table the members' calibration was fitted on (SystemExit otherwise)."""
     manifest = read_manifest(folder)
     try:
         if name == PREDICTIONS_FILE:
             return evaluated_path(folder, manifest, name)
+        if not (folder / name).is_file():
+            raise ArtifactError(f"{folder}: no {name}; run `train.py --stages calibrate,evaluate` there")
         calibration = load_calibration(folder)
-        reason = "no calibration" if calibration is None else calibration.stale_reason(manifest.member_hashes(),
-                                                                                           manifest.views)
+        reason = "no calibration" if calibration is None else (
+            calibration.stale_reason(manifest.member_hashes(), manifest.views)
+            or calibration.predictions_mismatch(file_sha256(folder / name)))
         if reason:
             raise ArtifactError(f"{name} refused: {reason}")
     except ArtifactError as exc:
@@ -58,9 +62,9 @@ def prediction_path(folder: Path, name: str) -> Path:
     return folder / name
 
 
-def prefixes(stems: tuple[str, ...], views: tuple[int, ...] | None = None) -> tuple[str, ...]:
-    """Column prefixes of members (`stems`), or of each member on each of `views`."""
-    return stems if views is None else tuple(view_prefix(s, v) for s in stems for v in views)
+def prefixes(stems: tuple[str, ...], views: Views | None = None) -> tuple[str, ...]:
+    """Column prefixes of members (`stems`), or of each member on each of `views` (zoom factors)."""
+    return stems if views is None else tuple(view_prefix(s, view_index(v)) for s in stems for v in views)
 
 
 def subset_scores(frame: pd.DataFrame, stems: tuple[str, ...], scheme: StageScheme = DEFAULT_SCHEME) -> dict:
@@ -80,41 +84,35 @@ def subset_scores(frame: pd.DataFrame, stems: tuple[str, ...], scheme: StageSche
 
 
 def subset_table(folder: Path, max_size: int | None = None,
-                 view_sets: list[tuple[int, ...]] | None = None) -> pd.DataFrame:
-    """One row per subset of members (sizes 1..max_size) and view set (all views when None), sorted by validation MAE."""
+                 view_sets: list[Views] | None = None) -> pd.DataFrame:
+    """One row per subset of members (sizes 1..max_size) and view set (the served views when None), by validation MAE."""
     stems = member_stems(folder)
     frames = {split: pd.read_csv(prediction_path(folder, name)) for split, name in SPLITS.items()}
     rows = []
     for size in range(1, min(max_size or len(stems), len(stems)) + 1):
         for subset, views in itertools.product(itertools.combinations(stems, size), view_sets or [None]):
             row = {"members": " + ".join(subset), "size": size,
-                   "views": "all" if views is None else ",".join(map(str, views))}
+                   "views": "served" if views is None else short_views(views)}
             for split, frame in frames.items():
                 row.update({f"{split}_{k}": v for k, v in subset_scores(frame, prefixes(subset, views)).items()})
             rows.append(row)
     return pd.DataFrame(rows).sort_values("val_mae").reset_index(drop=True)
 
 
-def view_set(text: str) -> tuple[int, ...]:
-    """'0,2' -> (0, 2): distinct view indices into views.TTA_SCALES (argparse error otherwise)."""
-    try:
-        views = tuple(int(v) for v in text.split(","))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r}: view indices separated by commas, e.g. 0,2") from None
-    if len(set(views)) != len(views) or not all(0 <= v < len(TTA_SCALES) for v in views):
-        raise argparse.ArgumentTypeError(f"{text!r}: distinct views among 0..{len(TTA_SCALES) - 1} "
-                                         f"(scales {', '.join(map(str, TTA_SCALES))})")
-    return views
-
-
-def main() -> None:
-    """Print the subset table of one evaluated folder."""
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The tool's options (argparse exits with status 2 and a message on bad ones)."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--artifacts", type=Path, required=True, help="a folder evaluated with calibrate,evaluate")
     p.add_argument("--max-size", type=int, default=None, help="largest subset (default: all members)")
-    p.add_argument("--views", type=view_set, nargs="+", default=None, metavar="V,V",
-                   help="score each subset on these sets of test-time views, e.g. 0,1,2 0,1 0,2 (0 = the image itself)")
-    args = p.parse_args()
+    p.add_argument("--views", type=views_argument, nargs="+", default=None, metavar="SCALES",
+                   help="score each subset on each of these test-time view sets, e.g. all 1,0.94 none "
+                        "(default: the views the folder was evaluated with)")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Print the subset table of one evaluated folder."""
+    args = parse_args(argv)
     table = subset_table(args.artifacts, args.max_size, args.views)
     shown = ["members", "views", "val_mae", "val_stage_qwk", "test_mae", "test_r2", "test_within_12m", "test_stage_acc",
              "test_stage_qwk"]
