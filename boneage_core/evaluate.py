@@ -66,11 +66,11 @@ def _member_run(path: Path, frame: pd.DataFrame, cache_dir, device, views: Views
                                       features=features), member_prefix(path)
 
 
-def _add_columns(out: pd.DataFrame, index: pd.Index, system: str, decoded: dict[str, np.ndarray],
+def _add_columns(out: dict[str, pd.Series], index: pd.Index, system: str, decoded: dict[str, np.ndarray],
                  columns: dict[str, str]) -> None:
     for head, values in decoded.items():
         for column, data in get_head(head).columns(system, values).items():
-            out.loc[index, column] = data
+            out[column] = pd.Series(data, index=index)
         columns[system_column(system, head)] = head
 
 
@@ -85,15 +85,17 @@ def _view_columns(aligned: list[tuple[dict[str, list[np.ndarray]], str]], views:
 
 
 def cnn_columns(artifacts_dir: Path, members: list[str], frame: pd.DataFrame, cache_dir, device, views: Views,
-                out: pd.DataFrame, columns: dict[str, str], failures: dict,
-                calibration: AgeCalibration | None = None,
-                gate_name: str | None = None, per_view: bool = False) -> tuple[pd.Index, np.ndarray] | None:
+                columns: dict[str, str], failures: dict,
+                calibration: AgeCalibration | None = None, gate_name: str | None = None,
+                per_view: bool = False) -> tuple[pd.DataFrame, tuple[pd.Index, np.ndarray] | None]:
     """Ensemble columns (cnn_age, cnn_stage, cnn_stage_pK) and, for heads with several members, one set per member.
 
     With a calibration, cnn_age is the corrected estimate, cnn_age_low / cnn_age_high its interval, and
     the uncorrected ensemble estimate is kept as cnn_uncorrected_age. With `per_view` and several views, every member's
-    columns on every view are added too (:func:`view_prefix`; written, not scored). With a `gate_name`,
-    returns that member's rows and gate features, taken from the same backbone pass as its outputs.
+    columns on every view are added too (:func:`view_prefix`; written, not scored). Returns the new columns as one
+    frame indexed like `frame` (NaN where an image did not load; joined by the caller in one step, so the frame
+    is not built column by column) and, with a `gate_name`, that member's rows and gate features, taken from the
+    same backbone pass as its outputs.
     """
     collected: list[np.ndarray] = []
     runs = [_member_run(artifacts_dir / name, frame, cache_dir, device, views, failures,
@@ -107,25 +109,27 @@ def cnn_columns(artifacts_dir: Path, members: list[str], frame: pd.DataFrame, ca
         aligned.append(({h: [v[keep] for v in by_view] for h, by_view in outputs.items()}, stem))
     raw = ensemble_outputs([o for o, _ in aligned])
     combined, bounds = apply_calibration(raw, calibration)
-    _add_columns(out, common, CNN, combined, columns)
+    new: dict[str, pd.Series] = {}
+    _add_columns(new, common, CNN, combined, columns)
     if bounds is not None:
-        _add_columns(out, common, UNCORRECTED, {AGE: raw[AGE]}, columns)
+        _add_columns(new, common, UNCORRECTED, {AGE: raw[AGE]}, columns)
         for column, values in zip(interval_columns(CNN), bounds):
-            out.loc[common, column] = values
+            new[column] = pd.Series(values, index=common)
     if AGE in combined:
         column = age_stage_column(CNN)
-        out.loc[common, column] = DEFAULT_SCHEME.stage_of(combined[AGE], frame.loc[common, "male"].to_numpy(bool))
+        new[column] = pd.Series(DEFAULT_SCHEME.stage_of(combined[AGE], frame.loc[common, "male"].to_numpy(bool)),
+                                index=common)
         columns[column] = STAGE
     for head in list(dict.fromkeys(h for o, _ in aligned for h in o)):
         voters = [(o, stem) for o, stem in aligned if head in o]
         for o, stem in voters if len(voters) > 1 else []:
-            _add_columns(out, common, stem, {head: ensemble_outputs([o])[head]}, columns)
+            _add_columns(new, common, stem, {head: ensemble_outputs([o])[head]}, columns)
     if per_view and len(views) > 1:
-        view_table = pd.DataFrame(_view_columns(aligned, views), index=common)
-        out[list(view_table.columns)] = view_table.reindex(out.index)
+        new.update({k: pd.Series(v, index=common) for k, v in _view_columns(aligned, views).items()})
+    table = pd.DataFrame(new, index=frame.index)
     if gate_name not in members:
-        return None
-    return runs[members.index(gate_name)][0], (np.concatenate(collected) if collected else np.zeros((0, 0)))
+        return table, None
+    return table, (runs[members.index(gate_name)][0], np.concatenate(collected) if collected else np.zeros((0, 0)))
 
 
 def gate_columns(artifacts_dir: Path, member: str, frame: pd.DataFrame, cache_dir, device,
@@ -214,9 +218,9 @@ def predict_frame(artifacts_dir: str | Path, frame: pd.DataFrame, cache_dir=None
         calibration = matching_calibration(artifacts_dir, members, views)
         heads = {name: read_meta(artifacts_dir / name)["spec"]["heads"] for name in members}
         gate_name = gate_member(heads)
-        features = cnn_columns(artifacts_dir, members, frame, cache_dir, resolve_device(device), views, out, columns,
-                               failures, calibration, gate_name, per_view)
-        out = out.copy()  # one block per dtype again after the column-by-column inserts (pandas' defragmentation)
+        new, features = cnn_columns(artifacts_dir, members, frame, cache_dir, resolve_device(device), views, columns,
+                                    failures, calibration, gate_name, per_view)
+        out = pd.concat([out, new], axis=1)
         gate_columns(artifacts_dir, gate_name, frame, cache_dir, resolve_device(device), out, features)
     if (artifacts_dir / BASELINE_META).is_file():
         baseline_columns(artifacts_dir, frame, cache_dir, out, columns, failures)

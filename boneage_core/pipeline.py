@@ -20,7 +20,7 @@ from .config import MODEL_LAYOUTS, TrainConfig
 from .data import (SPLIT_RECORD, ImageArray, attach_paths, find_dataset, load_images, load_images_mmap,
                    load_or_make_split, read_labels, split_fingerprint, with_split)
 from .distributed import LOCAL, DistContext
-from .calibration import MIN_CASES, fit_calibration
+from .calibration import MIN_CASES, fit_calibration, load_calibration
 from .evaluate import cnn_columns, member_hashes, predict_frame, score_predictions, summary_table
 from .heads import AGE, CNN, system_column
 from .errors import LabelError, MissingArtifactError
@@ -244,9 +244,10 @@ def calibrate_stage(cfg: TrainConfig, ds: Dataset, staging: Path, members: list[
         raise MissingArtifactError(f"{staging}: calibration needs a trained CNN; train one first")
     check_same_split([staging / name for name in members], ds, "member")
     val = ds.part("val")
-    out, columns, failures = val.copy(), {}, {}
-    cnn_columns(staging, members, val, cfg.cache_dir or None, resolve_device(cfg.device), cfg.views, out, columns,
-                failures, per_view=True)
+    columns, failures = {}, {}
+    new, _ = cnn_columns(staging, members, val, cfg.cache_dir or None, resolve_device(cfg.device), cfg.views, columns,
+                         failures, per_view=True)
+    out = pd.concat([val, new], axis=1)
     table = staging / art.CALIBRATION_PREDICTIONS_FILE
     out.drop(columns=["path"], errors="ignore").to_csv(table, index=False)
     column = system_column(CNN, AGE)
@@ -275,18 +276,19 @@ def choose_members(cfg: TrainConfig, staging: Path, trained: list[str]) -> list[
 def describe_models(staging: Path, members: list[str], views: Views, calibrated: bool = False) -> None:
     """Rewrite the manifest after training without evaluation: the old evaluation stays, and is stale if members changed.
 
-    The manifest keeps serving the views its evaluation used; a calibration just fitted (`calibrated`) on other
-    `views` is then not applied (it belongs to those views), which is logged with the command that serves them.
+    The manifest keeps serving the views its evaluation used; after a calibrate stage (`calibrated`), a calibration
+    fitted on other views is then not applied, which is logged with the command that serves them.
     """
     if not members:
         return
     previous = read_manifest(staging)
     evaluation = previous.evaluation if previous is not None else None
     kept_views = previous.views if previous is not None else views
-    if calibrated and tuple(kept_views) != tuple(views):
+    calibration = load_calibration(staging) if calibrated else None
+    if calibration is not None and calibration.views_mismatch(kept_views):
         logger.warning("The calibration was fitted on %s, but %s still serves %s (its evaluation's views), so the "
                        "calibration is not applied: run the evaluate stage with the same --views to serve them",
-                       describe_views(views), art.MANIFEST_FILE, describe_views(kept_views))
+                       describe_views(calibration.views), art.MANIFEST_FILE, describe_views(kept_views))
     write_manifest(staging, build_manifest(staging, members, kept_views, evaluation))
 
 

@@ -47,7 +47,7 @@ def parse_views(text: str) -> Views:
         return as_views(TTA_SCALES)
     if word == "none":
         return as_views(NO_TTA)
-    return as_views(part for part in word.split(",") if part.strip())
+    return as_views([part for part in word.split(",") if part.strip()])
 
 
 def views_from_record(record: Mapping, source: str = "record") -> Views:

@@ -120,6 +120,25 @@ def test_members_are_scored_one_by_one_when_a_head_has_several(quick_run, tmp_pa
         np.testing.assert_allclose(frame[system_column(member, AGE)], frame[CNN_AGE], atol=1e-6)  # identical copies
 
 
+def test_many_members_on_every_view_are_joined_in_one_step(quick_run, tmp_path, fullres_dir):
+    """Five members on three views add over a hundred columns: built as one frame and joined once, not inserted
+    column by column (pandas' PerformanceWarning, an error under pytest.ini, fired here when they were)."""
+    folder = tmp_path / "five"
+    shutil.copytree(quick_run, folder)
+    (folder / "manifest.json").unlink()
+    members = ["multihead.pt"] + [f"copy{i}.pt" for i in range(4)]
+    for name in members[1:]:
+        shutil.copy(folder / "multihead.pt", folder / name)
+    labels = attach_paths(read_labels(fullres_dir / "boneage-samples.csv"), fullres_dir).head(2)
+    frame, _, _ = evaluate.predict_frame(folder, labels, views=TTA_SCALES, members=members, per_view=True)
+    view_columns = [c for c in frame if ".view" in c]
+    assert len(view_columns) > 100 and len(frame) == 2
+    for member in members:
+        for v in range(len(TTA_SCALES)):
+            column = system_column(evaluate.view_prefix(evaluate.member_prefix(member), v), AGE)
+            np.testing.assert_allclose(frame[column], frame[system_column(evaluate.view_prefix("multihead", v), AGE)])
+
+
 def test_the_gate_columns_follow_the_rule_the_app_applies(committed_artifacts, fullres_dir, tmp_path):
     """gate_refused / gate_turn / gate_turn_flagged say what Predictor does with the same file (InputGate.decide)."""
     labels = read_labels(fullres_dir / "boneage-samples.csv").head(3)

@@ -171,6 +171,11 @@ def test_calibrate_with_views_writes_each_views_columns(quick_run, data_299, tmp
     served = read_manifest(quick_run).views
     assert served != (1.0, 1.06) and read_manifest(out).views == served
     assert "the calibration is not applied: run the evaluate stage with the same --views" in caplog.text
+    caplog.clear()
+    served_text = ",".join(f"{v:g}" for v in served)
+    assert train.main(["--data-dir", str(data_299), "--quick", "--no-pretrained", "--limit", "240", "--cache-dir",
+                       str(tmp_path / "c"), "--stages", "calibrate", "--views", served_text, "--out", str(out)]) == 0
+    assert load_calibration(out).views == served and "calibration is not applied" not in caplog.text
 
 
 def test_rerun_reuses_split_and_keeps_untouched_models(quick_run, data_299, tmp_path):

@@ -32,6 +32,8 @@ def test_parse_views_words_and_lists():
     assert parse_views("1, 0.94") == (1.0, 0.94) and parse_views("1.06,1") == (1.0, 1.06)
     with pytest.raises(ValueError):
         parse_views("0.94")
+    with pytest.raises(ValueError, match=r"got \['a'\]"):  # the text given, not a generator's repr
+        parse_views("a")
 
 
 def test_views_from_record_reads_views_and_the_legacy_flag():
