@@ -13,10 +13,10 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .artifacts import MANIFEST_FILE, METRICS_FILE, PREDICTIONS_FILE, read_json, write_json
+from .artifacts import CALIBRATION_PREDICTIONS_FILE, MANIFEST_FILE, METRICS_FILE, PREDICTIONS_FILE, read_json, write_json
 from .checkpoint import file_sha256, read_meta
 from .errors import ArtifactError
-from .calibration import CALIBRATION_FILE
+from .calibration import CALIBRATION_FILE, load_calibration
 from .gate import GATE_FILE
 from .views import LEGACY_TTA_KEY, NO_TTA, VIEWS_KEY, Views, as_views, describe_views, views_from_record
 
@@ -179,3 +179,19 @@ def evaluated_path(folder: str | os.PathLike, manifest: Manifest | None, name: s
     if reason:
         raise ArtifactError(f"{name} refused: {reason}")
     return Path(folder) / name
+
+
+def fitted_table_path(folder: str | os.PathLike, manifest: Manifest | None) -> Path:
+    """calibration_predictions.csv when it is the table the calibration of the manifest's members and views was
+    fitted on (the counterpart of :func:`evaluated_path` for the validation split); ArtifactError otherwise."""
+    path = Path(folder) / CALIBRATION_PREDICTIONS_FILE
+    if manifest is None or not path.is_file():
+        raise ArtifactError(f"{folder}: no {MANIFEST_FILE if manifest is None else CALIBRATION_PREDICTIONS_FILE}; "
+                            "run `train.py --stages calibrate,evaluate` there")
+    calibration = load_calibration(folder)
+    reason = "no calibration" if calibration is None else (
+        calibration.stale_reason(manifest.member_hashes(), manifest.views)
+        or calibration.predictions_mismatch(file_sha256(path)))
+    if reason:
+        raise ArtifactError(f"{CALIBRATION_PREDICTIONS_FILE} refused: {reason}")
+    return path

@@ -20,7 +20,7 @@ from .errors import ArtifactError, InputError, MissingArtifactError
 from .heads import AGE, STAGE, get_head
 from .imaging import ImageLoadError, ImageSource, check_gray_array, load_gray, source_name
 from .gate import GateVerdict, InputGate, NotARadiographError, gate_member, load_gate
-from .inference import ensemble_outputs, image_gate_features, member_outputs
+from .inference import ensemble_outputs, image_gate_features, member_outputs, to_input
 from .manifest import manifest_version, model_files, read_manifest, verify_models
 from .models import BoneAgeNet, HeadOutput, load_model
 from .preprocess import crop_box, heatmap_to_original, input_warnings, prepare
@@ -202,10 +202,6 @@ class Predictor:
         logger.info("Loaded %s from %s on %s (%s)", ", ".join(names), folder, dev, describe_views(views))
         return cls(members, dev, calibration, views, manifest_version(folder), notes, meta, gate, gate_name)
 
-    def resolve_views(self, views: Views | None) -> Views:
-        """The served views (None) or the given zoom factors, validated (views.as_views)."""
-        return self.views if views is None else as_views(views)
-
     def calibration_for(self, views: Views) -> AgeCalibration | None:
         """The calibration when it was fitted with these test-time views (as evaluate applies it), else None."""
         if self.calibration is None or self.calibration.views_mismatch(views):
@@ -217,11 +213,10 @@ class Predictor:
         """The heads the ensemble provides (age, stage), in member order."""
         return list(dict.fromkeys(h for net in self.members.values() for h in net.spec.heads))
 
-    def outputs(self, gray: np.ndarray, male: bool, views: Views | None = None
+    def outputs(self, gray: np.ndarray, male: bool, views: Views
                 ) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray | None]:
-        """Combined decoded outputs per head for one gray image, the first member's model input, and the gate
-        member's pooled features (from the same backbone pass; None without a gate)."""
-        views = self.resolve_views(views)
+        """Combined decoded outputs per head for one gray image on `views` (resolved by the caller), the first
+        member's model input, and the gate member's pooled features (from the same backbone pass; None without a gate)."""
         per_member, first_input, gate_features = [], None, []
         male_t = torch.tensor([int(male)])
         box = None  # the hand is found once per image, for every member that crops to it
@@ -242,7 +237,7 @@ class Predictor:
         """The gate member's gate features of one gray image (one view; what the input gate reads)."""
         return image_gate_features(self.members[self.gate_name], gray, self.device)
 
-    def _gated_outputs(self, gray: np.ndarray, male: bool, views: Views | None, name: str):
+    def _gated_outputs(self, gray: np.ndarray, male: bool, views: Views, name: str):
         """outputs() behind the input gate (``InputGate.decide``): refuses non-radiographs, scores a film turned
         when it is sure it is rotated or when only the suggested turn brings it inside the training distribution.
 
@@ -267,7 +262,7 @@ class Predictor:
         `male` is required (True/False or M/F): the estimate moves by ~2 years with sex, so it is never guessed.
         views=None uses the artifacts' own test-time views (how their holdout metrics and intervals were made).
         """
-        male, views = parse_sex(male), self.resolve_views(views)
+        male, views = parse_sex(male), (self.views if views is None else as_views(views))
         gray, name = gray_of(source, name)
         try:
             gray, combined, model_input, verdict, gate_notes = self._gated_outputs(gray, male, views, name)
@@ -312,7 +307,7 @@ class Predictor:
         gray, name = gray_of(source, name)
         spec = net.spec.preprocess
         box = crop_box(gray, spec)  # found once: the model's input and the heatmap's way back share it
-        x = torch.from_numpy(prepare(gray, spec, box)).float().div(255.0)[None, None].to(self.device)
+        x = to_input(torch.from_numpy(prepare(gray, spec, box))[None], self.device)  # as member_outputs feeds it
         model = HeadOutput(net, torch.tensor([int(male)], device=self.device), head).eval()
         with torch.inference_mode():
             target = get_head(head).cam_target(model(x), class_index)

@@ -12,7 +12,7 @@ from boneage_core.checkpoint import file_sha256, read_meta, save_checkpoint
 from boneage_core.errors import ArtifactError
 from boneage_core.heads import AGE, STAGE
 from boneage_core.manifest import (EVALUATED_FILES, MANIFEST_FORMAT, Manifest, build_manifest, evaluated_path,
-                                   evaluation_record, manifest_version, model_files, read_manifest, stale_reason,
+                                   evaluation_record, fitted_table_path, manifest_version, model_files, read_manifest, stale_reason,
                                    verify_models, write_manifest)
 from boneage_core.models import ModelSpec
 from boneage_core.preprocess import PreprocessSpec
@@ -224,6 +224,10 @@ def test_the_committed_artifacts_folder_is_consistent(committed_artifacts):
     assert set(manifest.extra) >= {"gate", "calibration"}
     for name in ("metrics.json", "predictions.csv"):
         assert stale_reason(committed_artifacts, manifest, name) is None
+    table = fitted_table_path(committed_artifacts, manifest)  # the validation table its calibration was fitted on
+    assert table.name == "calibration_predictions.csv"
+    with pytest.raises(ArtifactError, match="no manifest.json"):
+        fitted_table_path(committed_artifacts, None)
 
 
 def test_evaluation_with_other_views_is_refused(evaluated):

@@ -291,7 +291,7 @@ def test_the_hand_is_found_once_per_image_for_all_crop_members(committed_artifac
     monkeypatch.setattr(predictor_module, "crop_box", lambda g, spec: boxes.append(crop_box(g, spec)) or boxes[-1])
     monkeypatch.setattr(predictor_module, "prepare", lambda g, spec, box=None: seen.append(prepare(g, spec, box))
                         or seen[-1])
-    loaded.outputs(gray, male=True)
+    loaded.outputs(gray, male=True, views=loaded.views)
     assert len(boxes) == 1 and boxes[0] != FULL_BOX
     for net, image in zip(loaded.members.values(), seen, strict=True):
         np.testing.assert_array_equal(image, prepare(gray, net.spec.preprocess))

@@ -23,10 +23,8 @@ import pandas as pd
 from boneage_core.artifacts import CALIBRATION_PREDICTIONS_FILE, PREDICTIONS_FILE
 from boneage_core.evaluate import member_prefix, view_prefix
 from boneage_core.heads import AGE, STAGE, combine, get_head, system_column
-from boneage_core.calibration import load_calibration
-from boneage_core.checkpoint import file_sha256
 from boneage_core.errors import ArtifactError
-from boneage_core.manifest import evaluated_path, read_manifest
+from boneage_core.manifest import evaluated_path, fitted_table_path, read_manifest
 from boneage_core.metrics import classification_metrics, regression_metrics
 from boneage_core.stages import DEFAULT_SCHEME, StageScheme
 from boneage_core.views import Views, short_views, view_index, views_argument
@@ -49,17 +47,9 @@ def prediction_path(folder: Path, name: str) -> Path:
     try:
         if name == PREDICTIONS_FILE:
             return evaluated_path(folder, manifest, name)
-        if not (folder / name).is_file():
-            raise ArtifactError(f"{folder}: no {name}; run `train.py --stages calibrate,evaluate` there")
-        calibration = load_calibration(folder)
-        reason = "no calibration" if calibration is None else (
-            calibration.stale_reason(manifest.member_hashes(), manifest.views)
-            or calibration.predictions_mismatch(file_sha256(folder / name)))
-        if reason:
-            raise ArtifactError(f"{name} refused: {reason}")
+        return fitted_table_path(folder, manifest)
     except ArtifactError as exc:
         raise SystemExit(str(exc)) from None
-    return folder / name
 
 
 def prefixes(stems: tuple[str, ...], views: Views | None = None) -> tuple[str, ...]:

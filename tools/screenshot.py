@@ -25,7 +25,7 @@ PLOTS_DRAWN = "[...document.querySelectorAll('[data-testid=stPlotlyChart]')].eve
 #: What changes while the page is still filling in (loading skeletons replaced by tables, metrics and charts).
 PAGE_SIGNATURE = ("(() => { const m = document.querySelector('[data-testid=stMain]'); "
                   "return [m.scrollHeight, m.querySelectorAll('*').length, "
-                  "document.querySelectorAll('[data-testid=stSkeleton]').length].join(','); })()")
+                  "document.querySelectorAll('[data-testid=stSkeleton]').length]; })()")  # height, elements, skeletons
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
          "--disable-component-update", "--disable-sync", "--no-first-run", "--hide-scrollbars"]
 
@@ -38,7 +38,7 @@ def wait_until_settled(page, timeout_s: float, quiet_s: float = 2.0) -> float:
         now = page.evaluate(PAGE_SIGNATURE)
         if now != last:
             last, since = now, time.monotonic()
-        elif time.monotonic() - since >= quiet_s and now.endswith(",0"):  # no skeleton left
+        elif time.monotonic() - since >= quiet_s and now[-1] == 0:  # no skeleton left
             return time.monotonic() - t0
         page.wait_for_timeout(250)
     raise TimeoutError(f"the page kept changing for {timeout_s:.0f} s (last state {last})")
