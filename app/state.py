@@ -220,6 +220,9 @@ def _load(name: str, reader) -> Any:
         if problem:
             st.warning(f"`{name}` is not shown: {problem}")
             return None
+    elif name in EVALUATED_FILES:  # a folder written before manifests, or by hand: shown, but said to be unchecked
+        st.warning(f"`{name}` is shown unchecked: `{path.parent}` has no `{art.MANIFEST_FILE}`, so nothing ties these "
+                   "figures to the model files there (`python train.py --stages evaluate` writes one).")
     try:
         return reader(str(path), path.stat().st_mtime)
     except (OSError, ValueError) as exc:

@@ -11,6 +11,7 @@ import logging
 import math
 import os
 import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -49,21 +50,50 @@ def member_prefix(model_file: str | Path) -> str:
     return Path(model_file).stem
 
 
-def view_prefix(member: str, view: int) -> str:
-    """Column prefix of a member's (:func:`member_prefix`) predictions on one test-time view (views.view_index)."""
-    return f"{member}.view{view}"
+def view_prefix(member: str, scale: float) -> str:
+    """Column prefix of a member's (:func:`member_prefix`) predictions on the view of one zoom factor.
+
+    The number is the zoom's position in TTA_SCALES (:func:`views.view_index`), e.g. multihead.view1 = zoom 0.94;
+    a zoom outside TTA_SCALES raises ValueError.
+    """
+    return f"{member}.view{view_index(scale)}"
 
 
-def _member_run(path: Path, frame: pd.DataFrame, cache_dir, device, views: Views, failures: dict,
-                features: list[np.ndarray] | None = None) -> tuple[pd.Index, dict[str, list[np.ndarray]], str]:
-    """One member's decoded outputs per head and view on the rows whose image loaded (gate features into `features`)."""
+@dataclass(eq=False)
+class NewColumns:
+    """Prediction columns made for a frame, returned rather than written into it.
+
+    `table` is indexed like the frame (NaN where an image did not load); `heads` maps each scored column to its
+    head ({column: head}); `failures` maps the id of each unreadable image to its error; `gate_features` is the
+    gate member's (rows, gate features) from the same backbone pass, when asked for.
+    """
+
+    table: pd.DataFrame
+    heads: dict[str, str] = field(default_factory=dict)
+    failures: dict[str, str] = field(default_factory=dict)
+    gate_features: tuple[pd.Index, np.ndarray] | None = None
+
+
+@dataclass
+class _MemberRun:
+    rows: pd.Index  # the rows whose image loaded
+    outputs: dict[str, list[np.ndarray]]  # decoded outputs per head and view
+    stem: str
+    failures: dict[str, str]
+
+
+def _member_run(path: Path, frame: pd.DataFrame, cache_dir, device, views: Views,
+                features: list[np.ndarray] | None = None) -> _MemberRun:
+    """One member's decoded outputs per head and view on the rows whose image loaded, and the images that did not.
+
+    The gate features of its backbone pass are appended to `features` when given.
+    """
     net, _ = load_model(path, device)
     images = load_images(frame["id"].tolist(), frame["path"].tolist(), net.spec.preprocess, cache_dir)
-    failures.update(dict(images.failures))
     rows, pixels = _aligned(frame, images)
     male = torch.tensor(rows["male"].to_numpy(), dtype=torch.long)
-    return rows.index, member_outputs(net, torch.from_numpy(pixels), male, device, views=views, progress=True,
-                                      features=features), member_prefix(path)
+    outputs = member_outputs(net, torch.from_numpy(pixels), male, device, views=views, progress=True, features=features)
+    return _MemberRun(rows.index, outputs, member_prefix(path), dict(images.failures))
 
 
 def _add_columns(out: dict[str, pd.Series], index: pd.Index, system: str, decoded: dict[str, np.ndarray],
@@ -80,36 +110,36 @@ def _view_columns(aligned: list[tuple[dict[str, list[np.ndarray]], str]], views:
     for outputs, stem in aligned:
         for head, by_view in outputs.items():
             for scale, values in zip(views, by_view):
-                out.update(get_head(head).columns(view_prefix(stem, view_index(scale)), values))
+                out.update(get_head(head).columns(view_prefix(stem, scale), values))
     return out
 
 
 def cnn_columns(artifacts_dir: Path, members: list[str], frame: pd.DataFrame, cache_dir, device, views: Views,
-                columns: dict[str, str], failures: dict,
                 calibration: AgeCalibration | None = None, gate_name: str | None = None,
-                per_view: bool = False) -> tuple[pd.DataFrame, tuple[pd.Index, np.ndarray] | None]:
+                per_view: bool = False) -> NewColumns:
     """Ensemble columns (cnn_age, cnn_stage, cnn_stage_pK) and, for heads with several members, one set per member.
 
     With a calibration, cnn_age is the corrected estimate, cnn_age_low / cnn_age_high its interval, and
     the uncorrected ensemble estimate is kept as cnn_uncorrected_age. With `per_view` and several views, every member's
-    columns on every view are added too (:func:`view_prefix`; written, not scored). Returns the new columns as one
-    frame indexed like `frame` (NaN where an image did not load; joined by the caller in one step, so the frame
-    is not built column by column) and, with a `gate_name`, that member's rows and gate features, taken from the
-    same backbone pass as its outputs.
+    columns on every view are added too (:func:`view_prefix`; written, not scored). Returns a :class:`NewColumns`:
+    the table indexed like `frame` (NaN where an image did not load; the caller joins it in one step, so the frame
+    is not built column by column), {column: head}, {id: error}, and with a `gate_name` that member's (rows, gate
+    features) from the same backbone pass as its outputs.
     """
     collected: list[np.ndarray] = []
-    runs = [_member_run(artifacts_dir / name, frame, cache_dir, device, views, failures,
+    runs = [_member_run(artifacts_dir / name, frame, cache_dir, device, views,
                         collected if name == gate_name else None) for name in members]
-    common = runs[0][0]
-    for index, _, _ in runs[1:]:
-        common = common.intersection(index)
+    common = runs[0].rows
+    for run in runs[1:]:
+        common = common.intersection(run.rows)
     aligned = []
-    for index, outputs, stem in runs:
-        keep = index.get_indexer(common)
-        aligned.append(({h: [v[keep] for v in by_view] for h, by_view in outputs.items()}, stem))
+    for run in runs:
+        keep = run.rows.get_indexer(common)
+        aligned.append(({h: [v[keep] for v in by_view] for h, by_view in run.outputs.items()}, run.stem))
     raw = ensemble_outputs([o for o, _ in aligned])
     combined, bounds = apply_calibration(raw, calibration)
     new: dict[str, pd.Series] = {}
+    columns: dict[str, str] = {}
     _add_columns(new, common, CNN, combined, columns)
     if bounds is not None:
         _add_columns(new, common, UNCORRECTED, {AGE: raw[AGE]}, columns)
@@ -126,26 +156,29 @@ def cnn_columns(artifacts_dir: Path, members: list[str], frame: pd.DataFrame, ca
             _add_columns(new, common, stem, {head: ensemble_outputs([o])[head]}, columns)
     if per_view and len(views) > 1:
         new.update({k: pd.Series(v, index=common) for k, v in _view_columns(aligned, views).items()})
-    table = pd.DataFrame(new, index=frame.index)
-    if gate_name not in members:
-        return table, None
-    return table, (runs[members.index(gate_name)][0], np.concatenate(collected) if collected else np.zeros((0, 0)))
+    failures = {id_: error for run in runs for id_, error in run.failures.items()}
+    result = NewColumns(pd.DataFrame(new, index=frame.index), columns, failures)
+    if gate_name in members:
+        result.gate_features = (runs[members.index(gate_name)].rows,
+                                np.concatenate(collected) if collected else np.zeros((0, 0)))
+    return result
 
 
 def gate_columns(artifacts_dir: Path, member: str, frame: pd.DataFrame, cache_dir, device,
-                 out: pd.DataFrame, features: tuple[pd.Index, np.ndarray] | None = None) -> None:
+                 features: tuple[pd.Index, np.ndarray] | None = None) -> pd.DataFrame:
     """The input gate's decision per image, by the rule the app and the CLIs apply (``InputGate.decide``).
 
     Columns: score as given, refused, turn applied, turn flagged, mirroring flagged. A film that needs a
     turn tried is read again from its file, turned and prepared like an upload. The CNN columns score the
     images as given (their labels are for them as filmed); these columns say how often the app would
     refuse, turn or flag a real radiograph. `features` (rows, gate features), when given, are the
-    member's from the CNN columns' pass (:func:`cnn_columns`), so its images are not run twice.
+    member's from the CNN columns' pass (:func:`cnn_columns`), so its images are not run twice. Returns the
+    columns as a frame indexed like `frame` (no columns when the folder has no gate; NaN where an image did not load).
     """
     net, meta = load_model(artifacts_dir / member, device)
     gate = load_gate(artifacts_dir, member, meta["sha256"])
     if gate is None:
-        return
+        return pd.DataFrame(index=frame.index)
     if features is None:
         images = load_images(frame["id"].tolist(), frame["path"].tolist(), net.spec.preprocess, cache_dir)
         rows, pixels = _aligned(frame, images)
@@ -154,31 +187,33 @@ def gate_columns(artifacts_dir: Path, member: str, frame: pd.DataFrame, cache_di
     verdicts = gate.verdicts(features[1])
     decisions = [gate.decide(v, lambda k, path=path: image_gate_features(net, np.rot90(load_gray(path), k), device))
                  for v, path in zip(verdicts, rows["path"])]  # a file is read again only when a turn is tried
-    out.loc[rows.index, "gate_score"] = [d.as_given.score for d in decisions]
-    out.loc[rows.index, "gate_refused"] = [d.refused for d in decisions]
-    out.loc[rows.index, "gate_turn"] = [d.turn for d in decisions]
-    out.loc[rows.index, "gate_turn_flagged"] = [d.turn_flagged for d in decisions]
-    out.loc[rows.index, "gate_mirrored"] = [d.verdict.mirrored for d in decisions]
+    out = pd.DataFrame({"gate_score": [d.as_given.score for d in decisions],
+                        "gate_refused": [d.refused for d in decisions],
+                        "gate_turn": [d.turn for d in decisions],
+                        "gate_turn_flagged": [d.turn_flagged for d in decisions],
+                        "gate_mirrored": [d.verdict.mirrored for d in decisions]}, index=rows.index)
     logger.info("Input gate: %d of %d images would be refused (%d as given), %d turned, %d flagged as maybe rotated, "
                 "%d as maybe mirrored", sum(d.refused for d in decisions), len(decisions),
                 sum(d.as_given.refused for d in decisions), sum(bool(d.turn) for d in decisions),
                 sum(d.turn_flagged for d in decisions), sum(d.verdict.mirrored for d in decisions))
+    return out.reindex(frame.index)
 
 
-def baseline_columns(artifacts_dir: Path, frame: pd.DataFrame, cache_dir, out: pd.DataFrame,
-                     columns: dict[str, str], failures: dict) -> None:
-    """baseline_age and baseline_stage from the HOG + XGBoost models, when present."""
+def baseline_columns(artifacts_dir: Path, frame: pd.DataFrame, cache_dir) -> NewColumns:
+    """baseline_age and baseline_stage from the HOG + XGBoost models, when present, with their heads and failures."""
     model = HogXGBoost.load(artifacts_dir)
     images = load_images(frame["id"].tolist(), frame["path"].tolist(), model.spec, cache_dir)
-    failures.update(dict(images.failures))
     rows, pixels = _aligned(frame, images)
     feats = model.features(pixels, rows["male"].to_numpy())
+    new: dict[str, pd.Series] = {}
+    heads: dict[str, str] = {}
     if model.regressor is not None:
-        out.loc[rows.index, system_column(BASELINE, AGE)] = model.predict_age(feats)
-        columns[system_column(BASELINE, AGE)] = AGE
+        new[system_column(BASELINE, AGE)] = pd.Series(model.predict_age(feats), index=rows.index)
+        heads[system_column(BASELINE, AGE)] = AGE
     if model.classifier is not None:
-        out.loc[rows.index, system_column(BASELINE, STAGE)] = model.predict_stage_proba(feats).argmax(1)
-        columns[system_column(BASELINE, STAGE)] = STAGE
+        new[system_column(BASELINE, STAGE)] = pd.Series(model.predict_stage_proba(feats).argmax(1), index=rows.index)
+        heads[system_column(BASELINE, STAGE)] = STAGE
+    return NewColumns(pd.DataFrame(new, index=frame.index), heads, dict(images.failures))
 
 
 def member_hashes(artifacts_dir: str | Path, members: list[str]) -> dict[str, str]:
@@ -213,17 +248,20 @@ def predict_frame(artifacts_dir: str | Path, frame: pd.DataFrame, cache_dir=None
         verify_models(artifacts_dir, manifest)
     members = members if members is not None else (manifest.members if manifest else model_files(artifacts_dir))
     views = (manifest.views if manifest else NO_TTA) if views is None else as_views(views)
-    out, columns, failures = frame.copy(), {}, {}
+    parts: list[NewColumns] = []
     if members:
         calibration = matching_calibration(artifacts_dir, members, views)
         heads = {name: read_meta(artifacts_dir / name)["spec"]["heads"] for name in members}
         gate_name = gate_member(heads)
-        new, features = cnn_columns(artifacts_dir, members, frame, cache_dir, resolve_device(device), views, columns,
-                                    failures, calibration, gate_name, per_view)
-        out = pd.concat([out, new], axis=1)
-        gate_columns(artifacts_dir, gate_name, frame, cache_dir, resolve_device(device), out, features)
+        cnn = cnn_columns(artifacts_dir, members, frame, cache_dir, resolve_device(device), views, calibration,
+                          gate_name, per_view)
+        gate = gate_columns(artifacts_dir, gate_name, frame, cache_dir, resolve_device(device), cnn.gate_features)
+        parts += [cnn, NewColumns(gate)]
     if (artifacts_dir / BASELINE_META).is_file():
-        baseline_columns(artifacts_dir, frame, cache_dir, out, columns, failures)
+        parts.append(baseline_columns(artifacts_dir, frame, cache_dir))
+    out = pd.concat([frame, *(part.table for part in parts)], axis=1)
+    columns = {column: head for part in parts for column, head in part.heads.items()}
+    failures = {id_: error for part in parts for id_, error in part.failures.items()}
     return out, columns, failures
 
 

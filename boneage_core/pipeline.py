@@ -244,10 +244,13 @@ def calibrate_stage(cfg: TrainConfig, ds: Dataset, staging: Path, members: list[
         raise MissingArtifactError(f"{staging}: calibration needs a trained CNN; train one first")
     check_same_split([staging / name for name in members], ds, "member")
     val = ds.part("val")
-    columns, failures = {}, {}
-    new, _ = cnn_columns(staging, members, val, cfg.cache_dir or None, resolve_device(cfg.device), cfg.views, columns,
-                         failures, per_view=True)
-    out = pd.concat([val, new], axis=1)
+    new = cnn_columns(staging, members, val, cfg.cache_dir or None, resolve_device(cfg.device), cfg.views,
+                      per_view=True)
+    if new.failures:
+        logger.warning("%d validation image(s) could not be read and were left out of the calibration: %s",
+                       len(new.failures), list(new.failures)[:5])
+        ds.failures.update(new.failures)  # listed in the run report
+    out = pd.concat([val, new.table], axis=1)
     table = staging / art.CALIBRATION_PREDICTIONS_FILE
     out.drop(columns=["path"], errors="ignore").to_csv(table, index=False)
     column = system_column(CNN, AGE)

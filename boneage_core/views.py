@@ -61,15 +61,25 @@ def views_from_record(record: Mapping, source: str = "record") -> Views:
 
 
 def view_index(scale: float) -> int:
-    """Position of a zoom factor in TTA_SCALES (the number in per-view prediction columns, e.g. view1 = 0.94)."""
+    """Position of a zoom factor in TTA_SCALES (the number in per-view columns: view1 = zoom 0.94); else ValueError."""
+    if scale not in TTA_SCALES:
+        raise ValueError(f"zoom {scale!r} is not a test-time view; choose among {_choices()}")
     return TTA_SCALES.index(scale)
 
 
-def describe_views(views: Views) -> str:
-    """Human text: 'no TTA (the image alone)' or '2 test-time views (zoom 1, 0.94)'."""
-    if tuple(views) == NO_TTA:
-        return "no TTA (the image alone)"
-    return f"{len(views)} test-time views (zoom {_zooms(views)})"
+def describe_views(views: Views, short: bool = False) -> str:
+    """Human text of a view set, for prose or (`short`) for a table cell.
+
+    Prose: 'no TTA (the image alone)', '2 test-time views (zoom 1, 0.94)'. Short: 'no TTA', '3-view TTA'
+    (every view), '2-view TTA (zoom 1, 0.94)'.
+    """
+    views = tuple(views)
+    if views == NO_TTA:
+        return "no TTA" if short else "no TTA (the image alone)"
+    if not short:
+        return f"{len(views)} test-time views (zoom {_zooms(views)})"
+    text = f"{len(views)}-view TTA"
+    return text if views == TTA_SCALES else f"{text} (zoom {_zooms(views)})"
 
 
 def views_argument(text: str) -> Views:
@@ -90,14 +100,6 @@ def add_views_arguments(parser: argparse.ArgumentParser, default: Views | None, 
                        help="all test-time views (--views all)")
     group.add_argument("--no-tta", dest="views", action="store_const", const=as_views(NO_TTA), default=argparse.SUPPRESS,
                        help="the image alone (--views none)")
-
-
-def short_views(views: Views) -> str:
-    """Table text: 'no TTA', '3-view TTA' (every view) or '2-view TTA (zoom 1, 0.94)'."""
-    if tuple(views) == NO_TTA:
-        return "no TTA"
-    text = f"{len(views)}-view TTA"
-    return text if tuple(views) == TTA_SCALES else f"{text} (zoom {_zooms(views)})"
 
 
 def _zooms(views: Iterable[float]) -> str:

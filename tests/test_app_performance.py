@@ -63,3 +63,18 @@ def test_metrics_of_other_weights_are_not_shown(tmp_path, monkeypatch, open_page
     assert any("metrics.json` is not shown" in w.value and "changed after the evaluation" in w.value
                for w in at.warning)
     assert not any("1.000" in str(d.value) for d in at.dataframe)
+
+
+def test_metrics_without_a_manifest_are_shown_with_a_warning(tmp_path, monkeypatch, open_page, metrics):
+    """A folder with metrics.json but no manifest.json: the figures are shown, and said to be unchecked."""
+    import shutil
+
+    folder = tmp_path / "artifacts"
+    folder.mkdir()
+    for name in ("metrics.json", "predictions.csv"):
+        shutil.copy(state.artifacts_dir() / name, folder / name)
+    monkeypatch.setenv(state.ARTIFACTS_ENV, str(folder))
+    at = open_page("performance")
+    assert any("metrics.json` is shown unchecked" in w.value and "manifest.json" in w.value for w in at.warning)
+    age_table = at.dataframe[0].value
+    assert age_table.loc["MAE (months)", plots.column_label("cnn_age", AGE)] == pytest.approx(metrics["cnn_age"]["mae"])

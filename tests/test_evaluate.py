@@ -93,7 +93,7 @@ def test_per_view_columns_average_to_the_ensemble_and_view_0_is_the_plain_image(
     labels = attach_paths(read_labels(fullres_dir / "boneage-samples.csv"), fullres_dir).head(3)
     frame, columns, _ = evaluate.predict_frame(quick_run, labels, views=TTA_SCALES, per_view=True)
     member = evaluate.member_prefix(read_manifest(quick_run).members[0])
-    prefixes = [evaluate.view_prefix(member, v) for v in range(len(TTA_SCALES))]
+    prefixes = [evaluate.view_prefix(member, v) for v in TTA_SCALES]
     assert not any(p in c for c in columns for p in prefixes)  # not among the scored columns
     raw = frame[system_column(UNCORRECTED, AGE) if system_column(UNCORRECTED, AGE) in frame else CNN_AGE]
     views = np.stack([get_head(AGE).from_columns(frame, p).to_numpy() for p in prefixes])
@@ -105,7 +105,7 @@ def test_per_view_columns_average_to_the_ensemble_and_view_0_is_the_plain_image(
     plain, plain_columns, _ = evaluate.predict_frame(quick_run, labels, views=NO_TTA, per_view=True)
     plain_raw = plain[system_column(UNCORRECTED, AGE) if system_column(UNCORRECTED, AGE) in plain else CNN_AGE]
     np.testing.assert_allclose(views[0], plain_raw, atol=1e-4)
-    assert not [c for c in plain if c.startswith(evaluate.view_prefix(member, 0))]  # one view: nothing to ablate
+    assert not [c for c in plain if c.startswith(evaluate.view_prefix(member, 1.0))]  # one view: nothing to ablate
 
 
 def test_members_are_scored_one_by_one_when_a_head_has_several(quick_run, tmp_path, fullres_dir):
@@ -134,7 +134,7 @@ def test_many_members_on_every_view_are_joined_in_one_step(quick_run, tmp_path, 
     view_columns = [c for c in frame if ".view" in c]
     assert len(view_columns) > 100 and len(frame) == 2
     for member in members:
-        for v in range(len(TTA_SCALES)):
+        for v in TTA_SCALES:
             column = system_column(evaluate.view_prefix(evaluate.member_prefix(member), v), AGE)
             np.testing.assert_allclose(frame[column], frame[system_column(evaluate.view_prefix("multihead", v), AGE)])
 
@@ -150,9 +150,10 @@ def test_the_gate_columns_follow_the_rule_the_app_applies(committed_artifacts, f
             rows.append({"id": f"{id_}_{k}", "boneage": age, "male": male})
     frame = attach_paths(pd.DataFrame(rows), tmp_path)
     predictor = Predictor.load(committed_artifacts)
-    out = frame.copy()
-    evaluate.gate_columns(committed_artifacts, gate_member({n: m.spec.heads for n, m in predictor.members.items()}),
-                          frame, None, predictor.device, out)
+    member = gate_member({n: m.spec.heads for n, m in predictor.members.items()})
+    gate = evaluate.gate_columns(committed_artifacts, member, frame, None, predictor.device)
+    assert gate.index.equals(frame.index)
+    out = pd.concat([frame, gate], axis=1)
     assert out["gate_turn"].astype(int).any()  # the turned copies exercise the rule
     for _, row in out.iterrows():
         try:
@@ -169,8 +170,7 @@ def test_the_gate_reads_the_features_of_the_ensemble_pass(committed_artifacts, f
     """predict_frame takes the gate member's features from its CNN pass; the decisions equal a separate gate pass."""
     labels = attach_paths(read_labels(fullres_dir / "boneage-samples.csv").head(4), fullres_dir)
     predictor = Predictor.load(committed_artifacts)
-    alone = labels.copy()
-    evaluate.gate_columns(committed_artifacts, predictor.gate_name, labels, None, predictor.device, alone)
+    alone = evaluate.gate_columns(committed_artifacts, predictor.gate_name, labels, None, predictor.device)
 
     def second_pass(*args, **kwargs):
         raise AssertionError("the gate member's images were run a second time")

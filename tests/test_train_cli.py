@@ -143,9 +143,10 @@ def test_checkpoints_record_their_split_and_other_splits_are_refused(quick_run, 
 
 
 def test_calibrate_with_views_writes_each_views_columns(quick_run, data_299, tmp_path, caplog):
-    """calibration_predictions.csv holds every member's columns on each test-time view it used, numbered by
-    views.view_index (tools/ensemble_subsets --views); the calibration records the view set. Without the evaluate
-    stage the manifest keeps its evaluated views, and the log says the new calibration is therefore not applied."""
+    """calibration_predictions.csv holds every member's columns on each test-time view it used, numbered by the
+    zoom's position in TTA_SCALES (tools/ensemble_subsets --views); the calibration records the view set. Without
+    the evaluate stage the manifest keeps its evaluated views, and the log says the new calibration is therefore
+    not applied."""
     import shutil
 
     import numpy as np
@@ -161,8 +162,8 @@ def test_calibrate_with_views_writes_each_views_columns(quick_run, data_299, tmp
     assert code == 0
     frame = pd.read_csv(out / "calibration_predictions.csv", dtype={"id": str})
     member = member_prefix(read_manifest(out).members[0])
-    views = np.stack([frame[system_column(view_prefix(member, v), AGE)] for v in (0, 2)])
-    assert system_column(view_prefix(member, 1), AGE) not in frame  # zoom 0.94 was not used
+    views = np.stack([frame[system_column(view_prefix(member, v), AGE)] for v in (1.0, 1.06)])
+    assert system_column(view_prefix(member, 0.94), AGE) not in frame  # zoom 0.94 was not used
     assert load_calibration(out).views == (1.0, 1.06)
     table_sha = file_sha256(out / "calibration_predictions.csv")  # the table the calibration was fitted on
     assert load_calibration(out).fitted_on["predictions_sha256"] == table_sha

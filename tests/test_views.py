@@ -7,7 +7,7 @@ import argparse
 import pytest
 
 from boneage_core.views import (NO_TTA, TTA_SCALES, add_views_arguments, as_views, describe_views, parse_views,
-                                short_views, view_index, views_from_record)
+                                view_index, views_from_record)
 
 
 def test_as_views_orders_like_tta_scales_and_needs_the_image_itself():
@@ -51,13 +51,16 @@ def test_views_from_record_reads_views_and_the_legacy_flag():
 def test_view_index_names_per_view_columns():
     assert [view_index(s) for s in TTA_SCALES] == [0, 1, 2]
     assert [view_index(s) for s in as_views([1.0, 1.06])] == [0, 2]
+    with pytest.raises(ValueError, match="not a test-time view"):
+        view_index(0.5)
 
 
 def test_descriptions():
     assert describe_views(NO_TTA) == "no TTA (the image alone)"
     assert describe_views((1.0, 0.94)) == "2 test-time views (zoom 1, 0.94)"
-    assert short_views(NO_TTA) == "no TTA" and short_views(TTA_SCALES) == "3-view TTA"
-    assert short_views((1.0, 0.94)) == "2-view TTA (zoom 1, 0.94)"
+    assert describe_views(TTA_SCALES) == "3 test-time views (zoom 1, 0.94, 1.06)"
+    assert describe_views(NO_TTA, short=True) == "no TTA" and describe_views(TTA_SCALES, short=True) == "3-view TTA"
+    assert describe_views((1.0, 0.94), short=True) == "2-view TTA (zoom 1, 0.94)"
 
 
 @pytest.mark.parametrize("argv, expected", [([], None), (["--tta"], TTA_SCALES), (["--no-tta"], NO_TTA),

@@ -27,7 +27,7 @@ from boneage_core.errors import ArtifactError
 from boneage_core.manifest import evaluated_path, fitted_table_path, read_manifest
 from boneage_core.metrics import classification_metrics, regression_metrics
 from boneage_core.stages import DEFAULT_SCHEME, StageScheme
-from boneage_core.views import Views, short_views, view_index, views_argument
+from boneage_core.views import Views, describe_views, views_argument
 
 SPLITS = {"val": CALIBRATION_PREDICTIONS_FILE, "test": PREDICTIONS_FILE}
 
@@ -54,7 +54,7 @@ def prediction_path(folder: Path, name: str) -> Path:
 
 def prefixes(stems: tuple[str, ...], views: Views | None = None) -> tuple[str, ...]:
     """Column prefixes of members (`stems`), or of each member on each of `views` (zoom factors)."""
-    return stems if views is None else tuple(view_prefix(s, view_index(v)) for s in stems for v in views)
+    return stems if views is None else tuple(view_prefix(s, v) for s in stems for v in views)
 
 
 def subset_scores(frame: pd.DataFrame, stems: tuple[str, ...], scheme: StageScheme = DEFAULT_SCHEME) -> dict:
@@ -82,7 +82,7 @@ def subset_table(folder: Path, max_size: int | None = None,
     for size in range(1, min(max_size or len(stems), len(stems)) + 1):
         for subset, views in itertools.product(itertools.combinations(stems, size), view_sets or [None]):
             row = {"members": " + ".join(subset), "size": size,
-                   "views": "served" if views is None else short_views(views)}
+                   "views": "served" if views is None else describe_views(views, short=True)}
             for split, frame in frames.items():
                 row.update({f"{split}_{k}": v for k, v in subset_scores(frame, prefixes(subset, views)).items()})
             rows.append(row)

@@ -17,7 +17,7 @@ from boneage_core.evaluate import member_prefix
 from boneage_core.heads import AGE, BASELINE, CNN, STAGE, UNCORRECTED, age_stage_column, system_column
 from boneage_core.manifest import read_manifest
 from boneage_core.plots import FEW_CASES
-from boneage_core.views import Views, short_views
+from boneage_core.views import Views, describe_views
 from boneage_core.vocab import parse_sex
 
 BEGIN, END = "<!-- results: written by tools/readme_results.py -->", "<!-- end of results -->"
@@ -62,7 +62,8 @@ def results_table(metrics: dict, members: list[str], views: Views) -> list[str]:
     corrected = "bias-corrected" if uncorrected in metrics else "no bias correction"
     lines = ["| prediction (metrics.json key) | MAE (months) | RMSE | R² | within 12 m | stage accuracy | macro F1 | QWK |",
              "|---|---|---|---|---|---|---|---|"]
-    lines.append(_age_row(f"CNN ensemble, bone age (`{cnn_age}`, {short_views(views)}, {corrected})", metrics[cnn_age]))
+    ensemble = f"CNN ensemble, bone age (`{cnn_age}`, {describe_views(views, short=True)}, {corrected})"
+    lines.append(_age_row(ensemble, metrics[cnn_age]))
     if uncorrected in metrics:
         lines.append(_age_row(f"the same before the bias correction (`{uncorrected}`)", metrics[uncorrected]))
     for name in members:
