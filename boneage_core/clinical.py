@@ -75,9 +75,9 @@ NORMAL = "within normal limits"
 INDETERMINATE = "indeterminate (uncertainty too wide)"
 CATEGORIES = (ADVANCED, NORMAL, DELAYED, INDETERMINATE)
 #: The rule in words, for a user interface.
-RULE_TEXT = (f"advanced only when the whole interval of z lies above +{Z_LIMIT:g}, delayed only when it lies "
-             f"wholly below -{Z_LIMIT:g}, within normal limits when z of the estimate is within +/-{Z_LIMIT:g}; "
-             "otherwise indeterminate (the estimate is beyond the limit but its interval reaches back inside)")
+RULE_TEXT = (f"one rule for every category, on the whole interval of z: advanced when it lies wholly above "
+             f"+{Z_LIMIT:g}, delayed when it lies wholly below -{Z_LIMIT:g}, within normal limits when it lies wholly "
+             f"within +/-{Z_LIMIT:g}; otherwise indeterminate (the interval crosses a limit)")
 
 
 @dataclass(frozen=True)
@@ -100,6 +100,23 @@ class ClinicalReadout:
         return asdict(self)
 
     @property
+    def explanation(self) -> str:
+        """Why the category is what it is, in the numbers shown beside it."""
+        z, low, high, lim = self.z_score, self.z_low, self.z_high, Z_LIMIT
+        span = f"z {z:+.2f} (interval {low:+.2f} to {high:+.2f})"
+        if self.category == ADVANCED:
+            return f"{span}: the whole interval lies above +{lim:g}"
+        if self.category == DELAYED:
+            return f"{span}: the whole interval lies below -{lim:g}"
+        if self.category == NORMAL:
+            return f"{span}: the whole interval lies within +/-{lim:g}"
+        ends = [f"{low:+.2f} is below -{lim:g}"] if low < -lim else []
+        ends += [f"{high:+.2f} is above +{lim:g}"] if high > lim else []
+        where = "within" if -lim <= z <= lim else "beyond"
+        return (f"{span}: the estimate is {where} +/-{lim:g}, but the interval crosses a limit ({' and '.join(ends)}); "
+                "the model's uncertainty is too wide to call this normal, advanced or delayed")
+
+    @property
     def text(self) -> str:
         sign = "+" if self.difference_months >= 0 else "-"
         return (f"Bone age {self.bone_age_months:.1f} m (interval {self.interval_low_months:.1f}-"
@@ -110,15 +127,14 @@ class ClinicalReadout:
 
 
 def categorise(z: float, z_low: float, z_high: float, limit: float = Z_LIMIT) -> str:
-    """The read-out category of a z-score and the z-scores of its interval ends.
+    """The read-out category of a z-score and the z-scores of its interval ends: one rule for every category.
 
-    The rule, in this order:
       1. ADVANCED when z_low > +limit (the whole interval of z lies above the limit);
       2. DELAYED when z_high < -limit (the whole interval lies below -limit);
-      3. NORMAL when -limit <= z <= +limit (the point estimate is within the limits; by 1 and 2 the interval
-         does not lie wholly beyond them);
-      4. otherwise INDETERMINATE: the point estimate is beyond a limit but its interval reaches back inside.
-    With z_low == z == z_high (no uncertainty) this is the plain |z| > limit rule.
+      3. NORMAL when -limit <= z_low and z_high <= +limit (the whole interval lies within the limits);
+      4. otherwise INDETERMINATE: the interval crosses a limit, so neither "normal" nor a call is supported.
+    Normal needs as much evidence as a call: an interval reaching beyond -2 is never reported as normal. With
+    z_low == z == z_high (no uncertainty) this is the plain |z| > limit rule.
     """
     if z_low > z_high:
         raise ValueError(f"z interval is reversed: {z_low} > {z_high}")
@@ -126,7 +142,7 @@ def categorise(z: float, z_low: float, z_high: float, limit: float = Z_LIMIT) ->
         return ADVANCED
     if z_high < -limit:
         return DELAYED
-    if -limit <= z <= limit:
+    if -limit <= z_low and z_high <= limit:
         return NORMAL
     return INDETERMINATE
 
@@ -219,6 +235,35 @@ def false_call_rate(predicted: np.ndarray, low: np.ndarray, high: np.ndarray, tr
         logger.info("false_call_rate: %d case(s) outside the reference table skipped", outside)
     return {"n": int(len(true_age)), "n_outside_reference": outside,
             "overall": _call_counts(list(categories[scored])), "under_2y": _call_counts(list(categories[young]))}
+
+
+#: The oldest chronological age a typed age may give (years): the reference ends at 19 y, RSNA's labels at 19 y.
+MAX_AGE_YEARS = 25
+
+
+def age_from_years_months(years: float, months: float | None = None) -> float:
+    """A typed age (whole years, optional months 0-11) in months; ValueError saying what is wrong otherwise."""
+    if years != int(years) or not 0 <= years <= MAX_AGE_YEARS:
+        raise ValueError(f"{years:g} years is not a child's age in whole years: type 0 to {MAX_AGE_YEARS}")
+    months = 0 if months is None else months
+    if months != int(months) or not 0 <= months <= 11:
+        raise ValueError(f"{months:g} months is not 0 to 11: type the months beside the whole years")
+    return float(years) * 12 + float(months)
+
+
+#: Date formats a typed date may use: ISO (2015-03-01) or DICOM's (20150301).
+DATE_HELP = "YYYY-MM-DD (or YYYYMMDD)"
+
+
+def parse_date(text: str, what: str = "date") -> date:
+    """A typed date (ISO 2015-03-01 or DICOM 20150301) -> date; ValueError naming `what` and the format otherwise."""
+    value = str(text).strip()
+    try:
+        if len(value) == 8 and value.isdigit():
+            return date(int(value[:4]), int(value[4:6]), int(value[6:]))
+        return date.fromisoformat(value)
+    except ValueError:
+        raise ValueError(f"{what} {value!r} is not a date: type it as {DATE_HELP}") from None
 
 
 def chronological_age_months(birth_date: date, study_date: date) -> float:

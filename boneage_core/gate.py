@@ -73,19 +73,27 @@ class GateVerdict:
     def apply_turn(self) -> bool:
         return bool(self.turn) and self.turn_probability >= TURN_ABOVE
 
-    def turned_note(self) -> str:
-        """The warning for an image that was turned by `turn` before scoring."""
-        return (f"the image looked rotated (p = {self.turn_probability:.2f}); it was turned by {90 * self.turn} "
-                "degrees counter-clockwise before scoring")
+    def turned_note(self, searched_turn: int | None = None) -> str:
+        """The warning for an image turned before scoring: by its suggested turn, or (`searched_turn`) by the turn
+        found when trying all three (:meth:`InputGate.decide`)."""
+        if searched_turn is not None:
+            why, turn = (f"p = {self.rotated_probability:.2f} that it was not upright; of the three turns this one "
+                         "made it look upright"), searched_turn
+        elif self.apply_turn:
+            why, turn = f"p = {self.turn_probability:.2f} that it needed this turn", self.turn
+        else:
+            why, turn = (f"p = {self.rotated_probability:.2f} that it was not upright; refused as given, it passed "
+                         "the gate turned"), self.turn
+        return f"the image looked rotated ({why}); it was turned by {90 * turn} degrees counter-clockwise before scoring"
 
     def warnings(self) -> list[str]:
-        """What a reader should know about the orientation of this image."""
+        """What a reader should know about the orientation of this image (as scored)."""
         notes = []
         if self.apply_turn:
             notes.append(self.turned_note())
         elif self.turn:
-            notes.append(f"the image may be rotated (p = {self.rotated_probability:.2f}, not sure enough to turn it): "
-                         "check that the fingers point up")
+            notes.append(f"the image may be rotated (p = {self.rotated_probability:.2f} that it is not upright, too "
+                         "low to turn it automatically): it was scored as given; check that the fingers point up")
         if self.mirrored:
             notes.append(f"the image may show a right hand or a mirrored film (p = {self.mirror_probability:.2f}); "
                          "the reference is the left hand: check the laterality marker")
@@ -96,10 +104,21 @@ class GateVerdict:
         return self.score > self.limit
 
     def reason(self) -> str:
+        score, limit = distinct_numbers(self.score, self.limit)
+        relation = "above" if self.refused else "at or below"
         return (f"this does not look like a hand radiograph like those the models were trained on "
-                f"(out-of-distribution score {self.score:.2f}; the limit {self.limit:.2f} is where the farthest "
-                f"validation radiograph lies); no bone age is given. If it is a hand radiograph, check that it "
-                f"shows the whole hand with the fingers pointing up")
+                f"(out-of-distribution score {score}, {relation} the limit {limit}, where the farthest validation "
+                f"radiograph lies); no bone age is given. If it is a hand radiograph, check that it shows the whole "
+                f"hand with the fingers pointing up")
+
+
+def distinct_numbers(a: float, b: float, decimals: int = 2, most: int = 6) -> tuple[str, str]:
+    """Two numbers as text with as many decimals (from `decimals`, up to `most`) as it takes to tell them apart."""
+    for places in range(decimals, most + 1):
+        text_a, text_b = f"{a:.{places}f}", f"{b:.{places}f}"
+        if text_a != text_b:
+            break
+    return text_a, text_b
 
 
 @dataclass(frozen=True)
@@ -191,17 +210,30 @@ class InputGate:
     def decide(self, verdict: GateVerdict, turned_features: Callable[[int], np.ndarray]) -> GateDecision:
         """The gate's decision for an image with this verdict as given.
 
-        `turned_features(k)` gives the gate features of the image turned by k quarter turns; it is called
-        only when a turn is to be applied (p >= TURN_ABOVE) or when the image would be refused as given but
-        a turn is suggested (p >= TURN_FLAG_ABOVE): a sideways hand is then scored turned, not refused.
+        `turned_features(k)` gives the gate features of the image turned by k quarter turns. It is called when a
+        turn is to be applied (p >= TURN_ABOVE for the suggested turn), when the image would be refused as given
+        but a turn is suggested (p >= TURN_FLAG_ABOVE: a sideways hand is then scored turned, not refused), and
+        when the gate is sure the image is not upright (P(not upright) >= TURN_ABOVE) but not which turn undoes
+        it: then each of the three turns is tried and the one whose result looks most upright is applied (an
+        upside-down film is not scored as given with "not sure enough to turn it").
         """
         scored, turn, notes = verdict, 0, []
         if verdict.apply_turn or (verdict.refused and verdict.turn):
             turned = self.verdicts(turned_features(verdict.turn))[0]
             if verdict.apply_turn or not turned.refused:
                 scored, turn, notes = turned, verdict.turn, [verdict.turned_note()]
+        elif verdict.turn and verdict.rotated_probability >= TURN_ABOVE:
+            k, turned = self._most_upright(turned_features)
+            if not turned.refused or verdict.refused:
+                scored, turn, notes = turned, k, [verdict.turned_note(k)]
         notes += [w for w in scored.warnings() if w not in notes]
         return GateDecision(scored, verdict, turn, tuple(notes))
+
+    def _most_upright(self, turned_features: Callable[[int], np.ndarray]) -> tuple[int, GateVerdict]:
+        """(k, verdict) of the quarter turn whose turned image the gate finds most upright."""
+        tried = {k: self.verdicts(turned_features(k))[0] for k in QUARTER_TURNS[1:]}
+        k = min(tried, key=lambda k: tried[k].rotated_probability)
+        return k, tried[k]
 
     def save(self, path: str | os.PathLike) -> None:
         arrays = {f"reference_{level}": self.references[level] for level in LEVELS}

@@ -279,8 +279,11 @@ class Predictor:
             stage, source_kind = int(stage_from_age), STAGE_FROM_AGE
         calibration = self.calibration_for(views)
         interval = None if (age is None or calibration is None) else calibration.interval(age)
+        warnings = gate_notes + input_warnings(model_input)
+        if source_kind == STAGE_FROM_HEAD and age is not None:
+            warnings += [w for w in [self.scheme.disagreement(stage, age, male)] if w]
         return Prediction(name, male, age, stage, self.scheme.names[stage], probs, source_kind, stage_from_age,
-                          interval, model_input, gray, gate_notes + input_warnings(model_input), verdict)
+                          interval, model_input, gray, warnings, verdict)
 
     def member_for(self, head: str) -> BoneAgeNet:
         """The first member with this head (the one Grad-CAM explains)."""

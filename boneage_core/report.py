@@ -23,11 +23,17 @@ DISCLAIMER = "Research demo, not a medical device: not for diagnosis or treatmen
 REFERENCE_NAME = "Greulich & Pyle (Brush Foundation)"
 #: DICOM tags a report may carry: study identifiers only, never patient identity (name, ID, birth date).
 STUDY_TAGS = ("StudyInstanceUID", "AccessionNumber", "StudyDate")
+#: Optional filing details a user may type for the report (never read from a header, never required, never logged),
+#: with their labels.
+PATIENT_FIELDS = {"patient_id": "Patient ID", "accession": "Accession", "birth_date": "Date of birth",
+                  "study_date": "Study date", "reader": "Reader"}
 #: Where a stage came from, in a report's words, keyed by Prediction.stage_source.
 COLOUR_SCALE_LABEL = "low → high contribution"
 HEATMAP_CMAP = "jet"  # the colour map of the Grad-CAM overlays (pytorch_grad_cam's default)
 #: Longest side (px) of the images embedded in a PDF.
 PDF_IMAGE_SIDE = 900
+#: Warnings written in full in a PDF (more are counted; the JSON has them all).
+PDF_MAX_WARNINGS = 6
 #: Where (mm from the top of the A4 page) the footer (model version, time, study, warnings) starts.
 FOOTER_TOP = 250.0
 
@@ -78,7 +84,8 @@ def read_study(data: bytes) -> dict[str, str]:
 
 @dataclass(frozen=True)
 class AssessmentReport:
-    """Everything a report of one radiograph shows; no patient name or identity, only study identifiers."""
+    """Everything a report of one radiograph shows: no patient name; from a DICOM header only study identifiers;
+    patient ID, dates and reader only when the user typed them (`patient`, keys of PATIENT_FIELDS)."""
 
     name: str  # file name / id
     sex: str  # "M" or "F"
@@ -94,6 +101,7 @@ class AssessmentReport:
     readout: ClinicalReadout | None = None
     study: tuple[tuple[str, str], ...] = ()
     warnings: tuple[str, ...] = ()
+    patient: tuple[tuple[str, str], ...] = ()
     reference_name: str = REFERENCE_NAME
     disclaimer: str = field(default=DISCLAIMER)
 
@@ -102,12 +110,16 @@ class AssessmentReport:
             raise ValueError(f"sex must be 'M' or 'F', got {self.sex!r}")
         if any(tag not in STUDY_TAGS for tag, _ in self.study):
             raise ValueError(f"a report carries only the study tags {STUDY_TAGS}")
+        if any(key not in PATIENT_FIELDS for key, _ in self.patient):
+            raise ValueError(f"a report carries only the patient fields {tuple(PATIENT_FIELDS)}")
 
     @classmethod
     def from_prediction(cls, prediction: Any, readout: ClinicalReadout | None, model_version: str,
-                        dicom: Any = None, timestamp: datetime | str | None = None) -> "AssessmentReport":
+                        dicom: Any = None, timestamp: datetime | str | None = None,
+                        patient: Mapping[str, Any] | None = None) -> "AssessmentReport":
         """From a Prediction-like object (name, male, bone_age_months, interval, stage_name, stage_source,
-        stage_probabilities, warnings); `dicom` is a mapping or pydicom Dataset, of which only STUDY_TAGS are kept."""
+        stage_probabilities, warnings); `dicom` is a mapping or pydicom Dataset, of which only STUDY_TAGS are kept;
+        `patient` holds typed filing details (PATIENT_FIELDS; blank ones are left out)."""
         interval = getattr(prediction, "interval", None)
         probabilities = getattr(prediction, "stage_probabilities", None)
         source = str(getattr(prediction, "stage_source", ""))
@@ -123,7 +135,8 @@ class AssessmentReport:
             stage_probabilities=None if probabilities is None else tuple(
                 (str(k), float(v)) for k, v in probabilities.items()),
             readout=readout, study=study_identifiers(dicom),
-            warnings=tuple(str(w) for w in (getattr(prediction, "warnings", None) or ())))
+            warnings=tuple(str(w) for w in (getattr(prediction, "warnings", None) or ())),
+            patient=tuple((k, str(v).strip()) for k, v in (patient or {}).items() if v is not None and str(v).strip()))
 
     @property
     def bone_age_whole_months(self) -> int | None:
@@ -154,7 +167,9 @@ class AssessmentReport:
             "stage_probabilities": None if self.stage_probabilities is None else dict(self.stage_probabilities),
             "clinical": None if self.readout is None else self.readout.to_dict(),
             "reference": self.reference_name, "model_version": self.model_version, "timestamp": self.timestamp,
-            "study": dict(self.study), "warnings": list(self.warnings), "disclaimer": self.disclaimer,
+            "clinical_explanation": None if self.readout is None else self.readout.explanation,
+            "study": dict(self.study), "patient": dict(self.patient), "warnings": list(self.warnings),
+            "disclaimer": self.disclaimer,
         }
 
     def to_json(self) -> str:
@@ -173,9 +188,11 @@ class AssessmentReport:
         if self.readout is not None:
             r = self.readout
             row.update(chronological_age_months=round(r.chronological_age_months, 2), z_score=round(r.z_score, 3),
-                       z_low=round(r.z_low, 3), z_high=round(r.z_high, 3), clinical_category=r.category)
+                       z_low=round(r.z_low, 3), z_high=round(r.z_high, 3), clinical_category=r.category,
+                       clinical_explanation=r.explanation)
         row.update(reference=self.reference_name, model_version=self.model_version, timestamp=self.timestamp)
         row.update(dict(self.study))
+        row.update(dict(self.patient))
         row.update(warnings="; ".join(self.warnings), disclaimer=self.disclaimer)
         return row
 
@@ -186,7 +203,7 @@ class AssessmentReport:
         r = self.readout
         return [f"Chronological age {r.chronological_age_months:.1f} months; reference ({self.reference_name}) "
                 f"mean bone age {r.expected_bone_age_months:.1f} months, SD {r.sd_months:.1f} months.",
-                f"z = {r.z_score:+.2f} (interval {r.z_low:+.2f} to {r.z_high:+.2f}): {r.category}.",
+                f"Category: {r.category}: {r.explanation}.",
                 f"Rule: {RULE_TEXT}."]
 
 
@@ -239,7 +256,8 @@ def _unicode_font() -> Path:
 
 def _pdf_lines(report: AssessmentReport) -> list[tuple[str, str]]:
     """(label, text) rows of the result block."""
-    rows = [("File", report.name), ("Sex", "male" if parse_sex(report.sex) else "female"),
+    rows = [(PATIENT_FIELDS[key], value) for key, value in report.patient]
+    rows += [("File", report.name), ("Sex", "male" if parse_sex(report.sex) else "female"),
             ("Bone age", report.bone_age_text),
             ("Uncertainty", report.interval_text or "no interval available"),
             ("Stage", f"{report.stage_name} ({report.stage_source})")]
@@ -269,6 +287,7 @@ def render_pdf(report: AssessmentReport, thumbnail: np.ndarray | None = None,
     for label, text in _pdf_lines(report):
         pdf.cell(38, 6, f"{label}:")
         pdf.multi_cell(0, 6, text, new_x="LMARGIN", new_y="NEXT")
+    _pdf_warnings(pdf, report)
     pdf.ln(1)
     pdf.set_font("DejaVu", size=11)
     pdf.cell(0, 7, "Clinical read-out (z-score)", new_x="LMARGIN", new_y="NEXT")
@@ -278,6 +297,20 @@ def render_pdf(report: AssessmentReport, thumbnail: np.ndarray | None = None,
     _pdf_images(pdf, report, thumbnail, overlay, top=pdf.get_y() + 3)
     _pdf_footer(pdf, report)
     return bytes(pdf.output())
+
+
+def _pdf_warnings(pdf: Any, report: AssessmentReport) -> None:
+    """Every warning of the result, in full, in the result block (what the screen shows beside the estimate)."""
+    if not report.warnings:
+        return
+    pdf.set_font("DejaVu", size=9)
+    pdf.set_text_color(170, 80, 0)
+    lines = [f"Warning: {w[:1].upper()}{w[1:]}." for w in report.warnings[:PDF_MAX_WARNINGS]]
+    if len(report.warnings) > PDF_MAX_WARNINGS:
+        lines.append(f"... and {len(report.warnings) - PDF_MAX_WARNINGS} more warning(s): see the JSON result.")
+    for line in lines:
+        pdf.multi_cell(0, 4.5, line, new_x="LMARGIN", new_y="NEXT")
+    pdf.set_text_color(0, 0, 0)
 
 
 def _pdf_images(pdf: Any, report: AssessmentReport, thumbnail: np.ndarray | None, overlay: np.ndarray | None,
@@ -299,14 +332,11 @@ def _pdf_images(pdf: Any, report: AssessmentReport, thumbnail: np.ndarray | None
 
 
 def _pdf_footer(pdf: Any, report: AssessmentReport) -> None:
-    """Model version, time, study identifiers, warnings and the disclaimer at the foot of the page."""
+    """Model version, time, study identifiers and the disclaimer at the foot of the page."""
     pdf.set_xy(15, FOOTER_TOP)
     pdf.set_font("DejaVu", size=8)
     lines = [f"Model version: {report.model_version}", f"Generated: {report.timestamp}",
              "Study: " + ("; ".join(f"{tag} {value}" for tag, value in report.study) or "no DICOM study identifiers")]
-    lines += [f"Warning: {w}" for w in report.warnings[:3]]
-    if len(report.warnings) > 3:
-        lines.append(f"... and {len(report.warnings) - 3} more warning(s) (see the JSON result)")
     for line in lines:
         pdf.multi_cell(0, 4, line, new_x="LMARGIN", new_y="NEXT")
     pdf.set_xy(15, 282)

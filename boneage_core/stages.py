@@ -45,13 +45,26 @@ class StageScheme:
         return np.where(is_male, male_stage, female_stage).astype(np.int64)
 
     def range_text(self, stage: int, male: bool) -> str:
-        """Human-readable bone-age range of a stage, e.g. '36-108 months'."""
+        """Human-readable bone-age range of a stage, saying which side owns a cut-off: '36 to under 108 months'."""
         cuts = self.male_cutoffs if male else self.female_cutoffs
         if stage == 0:
-            return f"< {cuts[0]:g} months"
+            return f"under {cuts[0]:g} months"
         if stage == len(cuts):
-            return f">= {cuts[-1]:g} months"
-        return f"{cuts[stage - 1]:g}-{cuts[stage]:g} months"
+            return f"{cuts[-1]:g} months and over"
+        return f"{cuts[stage - 1]:g} to under {cuts[stage]:g} months"
+
+    def disagreement(self, head_stage: int, age_months: float, male: bool) -> str | None:
+        """The warning when the stage head's stage is not the stage of the predicted bone age, else None.
+
+        The age is written to one decimal: at a cut-off a rounded age (156) could seem to contradict the stage
+        its exact value (155.6) falls in.
+        """
+        from_age = int(self.stage_of(age_months, male))
+        if from_age == head_stage:
+            return None
+        return (f"the stage head says {self.names[head_stage]} ({self.range_text(head_stage, male)}), but the "
+                f"predicted bone age, {age_months:.1f} months, falls in {self.names[from_age]} "
+                f"({self.range_text(from_age, male)}): treat the stage with caution")
 
 
 DEFAULT_SCHEME = StageScheme()

@@ -13,12 +13,18 @@ from PIL import Image
 from streamlit.testing.v1 import AppTest
 
 from app import state
+from app.options import AGE_MODE, AGE_MONTHS, AGE_YEARS, BIRTH_DATE, PATIENT_STATE, SEX, STUDY_DATE, patient_key
 from boneage_core.clinical import RULE_TEXT, gp_zscore, load_reference
 from boneage_core.errors import InputError
 from boneage_core.predictor import Predictor
 from boneage_core.report import read_study, years_months
 
-SEX_KEY, UPLOAD_KEY = "assess_sex", "assess_upload"
+UPLOAD_KEY = "assess_upload"
+
+
+def _k(at: AppTest, name: str) -> str:
+    """The widget key of a patient input (app.options) for the film now on the page."""
+    return patient_key(name, at.session_state[PATIENT_STATE])
 
 
 def _png(path: Path) -> tuple[str, bytes, str]:
@@ -27,7 +33,7 @@ def _png(path: Path) -> tuple[str, bytes, str]:
 
 def _sex_option(at: AppTest, male: bool) -> str:
     """The radio option for a sex, read from the widget (Female first, Male second), not re-typed."""
-    return at.radio(key=SEX_KEY).options[int(male)]
+    return at.radio(key=_k(at, SEX)).options[int(male)]
 
 
 def _texts(at: AppTest) -> str:
@@ -58,7 +64,7 @@ def assessed(sample, open_page) -> AppTest:
     path, _, male = sample
     at = open_page("assess")
     at.file_uploader(key=UPLOAD_KEY).set_value(_png(path)).run()
-    at.radio(key=SEX_KEY).set_value(_sex_option(at, male)).run()
+    at.radio(key=_k(at, SEX)).set_value(_sex_option(at, male)).run()
     assert not at.exception and not at.error, [e.value for e in list(at.exception) + list(at.error)]
     return at
 
@@ -66,7 +72,7 @@ def assessed(sample, open_page) -> AppTest:
 def test_empty_page_asks_for_an_upload_and_shows_no_estimate(open_page):
     at = open_page("assess")
     assert at.file_uploader(key=UPLOAD_KEY).value is None
-    assert at.radio(key=SEX_KEY).value is None, "sex must have no default"
+    assert not at.radio, "no patient inputs before there is a film: the sex is chosen for the film on screen"
     assert at.info and not _estimate_shown(at) and not at.error
 
 
@@ -80,7 +86,7 @@ def test_upload_without_sex_gives_no_estimate(sample, open_page, monkeypatch):
     at = open_page("assess")
     at.file_uploader(key=UPLOAD_KEY).set_value(_png(path)).run()
     assert not at.exception, [e.value for e in at.exception]
-    assert at.radio(key=SEX_KEY).value is None
+    assert at.radio(key=_k(at, SEX)).value is None
     assert not _estimate_shown(at) and not at.image
     assert at.info, "the page must say that the sex is needed"
 
@@ -110,23 +116,23 @@ def test_stage_name_is_never_truncated(assessed, predictor, sample):
 
 
 def test_age_modes_fill_in_nothing(assessed):
-    modes = assessed.radio(key="assess_age_mode").options
-    assessed.radio(key="assess_age_mode").set_value(modes[1]).run()
-    assert assessed.number_input(key="assess_age_years").value is None
-    assert assessed.number_input(key="assess_age_months").value is None
-    assessed.radio(key="assess_age_mode").set_value(modes[2]).run()
-    assert assessed.date_input(key="assess_birth_date").value is None
-    assert assessed.date_input(key="assess_study_date").value is None
+    modes = assessed.radio(key=_k(assessed, AGE_MODE)).options
+    assessed.radio(key=_k(assessed, AGE_MODE)).set_value(modes[1]).run()
+    assert assessed.number_input(key=_k(assessed, AGE_YEARS)).value is None
+    assert assessed.number_input(key=_k(assessed, AGE_MONTHS)).value is None
+    assessed.radio(key=_k(assessed, AGE_MODE)).set_value(modes[2]).run()
+    assert assessed.text_input(key=_k(assessed, BIRTH_DATE)).value == ""
+    assert assessed.text_input(key=_k(assessed, STUDY_DATE)).value == ""
     assert len(assessed.metric) == 2, "no z-score without an age"
-    assessed.radio(key="assess_age_mode").set_value(modes[0]).run()
+    assessed.radio(key=_k(assessed, AGE_MODE)).set_value(modes[0]).run()
 
 
 def test_years_and_months_give_the_clinical_readout(assessed, sample, predictor, gp_table):
     path, _, male = sample
-    modes = assessed.radio(key="assess_age_mode").options
-    assessed.radio(key="assess_age_mode").set_value(modes[1]).run()
-    assessed.number_input(key="assess_age_years").set_value(14).run()  # a committed value (Enter / Tab / blur)
-    assessed.number_input(key="assess_age_months").set_value(6).run()
+    modes = assessed.radio(key=_k(assessed, AGE_MODE)).options
+    assessed.radio(key=_k(assessed, AGE_MODE)).set_value(modes[1]).run()
+    assessed.number_input(key=_k(assessed, AGE_YEARS)).set_value(14).run()  # a committed value (Enter / Tab / blur)
+    assessed.number_input(key=_k(assessed, AGE_MONTHS)).set_value(6).run()
     assert not assessed.exception and not assessed.error
     pred = predictor.predict(path, male=male)
     interval = pred.interval or (pred.bone_age_months, pred.bone_age_months)
@@ -136,18 +142,18 @@ def test_years_and_months_give_the_clinical_readout(assessed, sample, predictor,
     assert f"{readout.z_low:+.2f} to {readout.z_high:+.2f}" in values
     text = _texts(assessed)
     assert f"**{readout.category}**" in text and RULE_TEXT in text
-    assessed.radio(key="assess_age_mode").set_value(modes[0]).run()
+    assessed.radio(key=_k(assessed, AGE_MODE)).set_value(modes[0]).run()
 
 
 def test_dates_give_the_chronological_age(assessed):
-    modes = assessed.radio(key="assess_age_mode").options
-    assessed.radio(key="assess_age_mode").set_value(modes[2]).run()
+    modes = assessed.radio(key=_k(assessed, AGE_MODE)).options
+    assessed.radio(key=_k(assessed, AGE_MODE)).set_value(modes[2]).run()
     birth, study = dt.date(2010, 3, 1), dt.date(2025, 3, 1)
-    assessed.date_input(key="assess_birth_date").set_value(birth).run()
+    assessed.text_input(key=_k(assessed, BIRTH_DATE)).set_value(birth.isoformat()).run()
     assert len(assessed.metric) == 2, "one date is not enough"
-    assessed.date_input(key="assess_study_date").set_value(study).run()
+    assessed.text_input(key=_k(assessed, STUDY_DATE)).set_value(study.strftime("%Y%m%d")).run()
     assert f"{(study - birth).days / 30.4375:.1f} months" in [m.value for m in assessed.metric]
-    assessed.radio(key="assess_age_mode").set_value(modes[0]).run()
+    assessed.radio(key=_k(assessed, AGE_MODE)).set_value(modes[0]).run()
 
 
 def test_new_upload_clears_the_previous_patient(sample, fullres_dir, open_page):
@@ -155,16 +161,86 @@ def test_new_upload_clears_the_previous_patient(sample, fullres_dir, open_page):
     other = next(p for p in sorted(fullres_dir.glob("*.png")) if p != path)
     at = open_page("assess")
     at.file_uploader(key=UPLOAD_KEY).set_value(_png(path)).run()
-    at.radio(key=SEX_KEY).set_value(_sex_option(at, male)).run()
-    modes = at.radio(key="assess_age_mode").options
-    at.radio(key="assess_age_mode").set_value(modes[1]).run()
-    at.number_input(key="assess_age_years").set_value(9).run()
+    at.radio(key=_k(at, SEX)).set_value(_sex_option(at, male)).run()
+    modes = at.radio(key=_k(at, AGE_MODE)).options
+    at.radio(key=_k(at, AGE_MODE)).set_value(modes[1]).run()
+    at.number_input(key=_k(at, AGE_YEARS)).set_value(9).run()
     assert at.metric
     at.file_uploader(key=UPLOAD_KEY).set_value(_png(other)).run()
     assert not at.exception, [e.value for e in at.exception]
-    assert at.radio(key=SEX_KEY).value is None, "the previous patient's sex was kept"
-    assert at.radio(key="assess_age_mode").value == modes[0], "the previous patient's age was kept"
+    assert at.radio(key=_k(at, SEX)).value is None, "the previous patient's sex was kept"
+    assert at.radio(key=_k(at, AGE_MODE)).value == modes[0], "the previous patient's age was kept"
     assert not _estimate_shown(at)
+
+
+def test_an_invalid_typed_age_clears_the_readout_and_says_why(assessed):
+    """30 years (beyond any child) or a date that is no date: no read-out from a previous value, and the reason."""
+    modes = assessed.radio(key=_k(assessed, AGE_MODE)).options
+    assessed.radio(key=_k(assessed, AGE_MODE)).set_value(modes[1]).run()
+    assessed.number_input(key=_k(assessed, AGE_YEARS)).set_value(9).run()
+    assert len(assessed.metric) > 2, "a valid age gives the read-out"
+    assessed.number_input(key=_k(assessed, AGE_YEARS)).set_value(30).run()
+    assert not assessed.exception
+    assert len(assessed.metric) == 2, "the read-out of the previous age was kept"
+    assert any("30 years" in e.value for e in assessed.error)
+    assert any("No read-out" in w.value for w in assessed.warning)
+    assessed.number_input(key=_k(assessed, AGE_YEARS)).set_value(9).run()
+    assessed.radio(key=_k(assessed, AGE_MODE)).set_value(modes[2]).run()
+    assessed.text_input(key=_k(assessed, BIRTH_DATE)).set_value("2015-02-30").run()
+    assessed.text_input(key=_k(assessed, STUDY_DATE)).set_value("2025-03-01").run()
+    assert len(assessed.metric) == 2 and any("2015-02-30" in e.value for e in assessed.error)
+    assessed.text_input(key=_k(assessed, BIRTH_DATE)).set_value("2026-01-01").run()  # after the study
+    assert len(assessed.metric) == 2 and any("before" in e.value for e in assessed.error)
+    assessed.radio(key=_k(assessed, AGE_MODE)).set_value(modes[0]).run()
+
+
+def test_the_next_childs_film_starts_with_no_sex_and_is_read_with_its_own(sample, fullres_dir, open_page, predictor,
+                                                                          sample_label):
+    """A boy, then a girl's film in the same session: no sex carried over, no result until it is chosen, and the
+    girl's film read as a girl (the same film read as a boy differs)."""
+    path, _, _ = sample
+    girl = next(p for p in sorted(fullres_dir.glob("*.png")) if not sample_label(p.stem)[1] and p != path)
+    at = open_page("assess")
+    at.file_uploader(key=UPLOAD_KEY).set_value(_png(path)).run()
+    at.radio(key=_k(at, SEX)).set_value(_sex_option(at, True)).run()
+    assert _estimate_shown(at)
+    first_patient = at.session_state[PATIENT_STATE]
+    at.file_uploader(key=UPLOAD_KEY).set_value(_png(girl)).run()
+    assert at.session_state[PATIENT_STATE] != first_patient
+    assert at.radio(key=_k(at, SEX)).value is None and not _estimate_shown(at)
+    at.radio(key=_k(at, SEX)).set_value(_sex_option(at, False)).run()
+    as_girl, as_boy = predictor.predict(girl, male=False), predictor.predict(girl, male=True)
+    assert round(as_girl.bone_age_months) != round(as_boy.bone_age_months)
+    assert f"{round(as_girl.bone_age_months)} months" in [m.value for m in at.metric]
+    assert "for girls" in _texts(at)
+
+
+def test_typed_filing_details_and_dates_reach_the_report(assessed, monkeypatch):
+    """Patient ID, reader and the typed dates go into the report the downloads are made of; blank ones do not."""
+    from boneage_core.report import AssessmentReport
+
+    made: list[AssessmentReport] = []
+    original = AssessmentReport.from_prediction.__func__
+
+    def spy(cls, *args, **kwargs):
+        made.append(original(cls, *args, **kwargs))
+        return made[-1]
+
+    monkeypatch.setattr(AssessmentReport, "from_prediction", classmethod(spy))
+    assessed.text_input(key=_k(assessed, "assess_patient_id")).set_value("P-0815").run()
+    assessed.text_input(key="assess_reader").set_value("Dr Reader").run()
+    modes = assessed.radio(key=_k(assessed, AGE_MODE)).options
+    assessed.radio(key=_k(assessed, AGE_MODE)).set_value(modes[2]).run()
+    assessed.text_input(key=_k(assessed, BIRTH_DATE)).set_value("20100301").run()
+    assessed.text_input(key=_k(assessed, STUDY_DATE)).set_value("2025-03-01").run()
+    assert not assessed.exception and made
+    assert dict(made[-1].patient) == {"patient_id": "P-0815", "reader": "Dr Reader", "birth_date": "2010-03-01",
+                                      "study_date": "2025-03-01"}
+    assert made[-1].readout is not None
+    assessed.text_input(key=_k(assessed, "assess_patient_id")).set_value("").run()
+    assessed.text_input(key="assess_reader").set_value("").run()
+    assessed.radio(key=_k(assessed, AGE_MODE)).set_value(modes[0]).run()
+    assert dict(made[-1].patient) == {}
 
 
 def test_dicom_prefills_sex_and_dates_and_says_so(fullres_sample, dicom_from, open_page):
@@ -173,15 +249,15 @@ def test_dicom_prefills_sex_and_dates_and_says_so(fullres_sample, dicom_from, op
     at = open_page("assess")
     at.file_uploader(key=UPLOAD_KEY).set_value(("case.dcm", data, "application/dicom")).run()
     assert not at.exception and not at.error, [e.value for e in list(at.exception) + list(at.error)]
-    assert at.radio(key=SEX_KEY).value == _sex_option(at, True)
-    assert at.date_input(key="assess_birth_date").value == dt.date(2010, 1, 15)
-    assert at.date_input(key="assess_study_date").value == dt.date(2025, 1, 15)
+    assert at.radio(key=_k(at, SEX)).value == _sex_option(at, True)
+    assert at.text_input(key=_k(at, BIRTH_DATE)).value == "2010-01-15"
+    assert at.text_input(key=_k(at, STUDY_DATE)).value == "2025-01-15"
     days = (dt.date(2025, 1, 15) - dt.date(2010, 1, 15)).days
     assert f"{days / 30.4375:.1f} months" in [m.value for m in at.metric]
     dicom_notes = [c.value for c in at.caption if "from DICOM" in c.value]
     assert len(dicom_notes) == 2, dicom_notes  # sex and dates, each labelled
     # changing the sex by hand drops its "from DICOM" label
-    at.radio(key=SEX_KEY).set_value(_sex_option(at, False)).run()
+    at.radio(key=_k(at, SEX)).set_value(_sex_option(at, False)).run()
     assert len([c for c in at.caption if "from DICOM" in c.value]) == 1
 
 
@@ -203,7 +279,7 @@ def test_non_hand_image_is_refused(text_page_png, open_page, monkeypatch):
     monkeypatch.setattr(Predictor, "predict", gate)
     at = open_page("assess")
     at.file_uploader(key=UPLOAD_KEY).set_value(("page.png", text_page_png, "image/png")).run()
-    at.radio(key=SEX_KEY).set_value(_sex_option(at, False)).run()
+    at.radio(key=_k(at, SEX)).set_value(_sex_option(at, False)).run()
     assert not at.exception, [e.value for e in at.exception]
     assert any(reason in e.value for e in at.error)
     assert not _estimate_shown(at) and not at.image
@@ -213,7 +289,7 @@ def test_non_hand_image_is_refused_real(text_page_png, open_page):
     """The real predictor refuses a page of text (needs the library's input gate)."""
     at = open_page("assess")
     at.file_uploader(key=UPLOAD_KEY).set_value(("page.png", text_page_png, "image/png")).run()
-    at.radio(key=SEX_KEY).set_value(_sex_option(at, False)).run()
+    at.radio(key=_k(at, SEX)).set_value(_sex_option(at, False)).run()
     assert not at.exception, [e.value for e in at.exception]
     assert at.error, "a page of text was assessed as a hand"
     assert not _estimate_shown(at)
@@ -222,7 +298,7 @@ def test_non_hand_image_is_refused_real(text_page_png, open_page):
 def test_corrupt_upload_shows_an_error_then_the_page_recovers(open_page, predictor):
     at = open_page("assess")
     at.file_uploader(key=UPLOAD_KEY).set_value(("broken.png", b"not an image", "image/png")).run()
-    at.radio(key=SEX_KEY).set_value(_sex_option(at, True)).run()
+    at.radio(key=_k(at, SEX)).set_value(_sex_option(at, True)).run()
     assert not at.exception, [e.value for e in at.exception]
     assert at.error and "broken.png" in at.error[0].value
     assert not _estimate_shown(at)
@@ -230,7 +306,7 @@ def test_corrupt_upload_shows_an_error_then_the_page_recovers(open_page, predict
     noise = (np.random.default_rng(0).random((300, 240)) * 255).astype(np.uint8)
     Image.fromarray(noise).save(buffer, "PNG")
     at.file_uploader(key=UPLOAD_KEY).set_value(("noise.png", buffer.getvalue(), "image/png")).run()
-    at.radio(key=SEX_KEY).set_value(_sex_option(at, True)).run()
+    at.radio(key=_k(at, SEX)).set_value(_sex_option(at, True)).run()
     if at.error:  # the input gate may refuse noise: then no number
         assert not _estimate_shown(at)
         return
@@ -249,7 +325,7 @@ def test_predictor_notes_are_shown_once(tmp_path, committed_artifacts, sample, o
     path, _, male = sample
     at = open_page("assess")
     at.file_uploader(key=UPLOAD_KEY).set_value(_png(path)).run()
-    at.radio(key=SEX_KEY).set_value(_sex_option(at, male)).run()
+    at.radio(key=_k(at, SEX)).set_value(_sex_option(at, male)).run()
     shown = [i.value for i in at.info]
     assert all(shown.count(note) == 1 for note in notes), shown
 

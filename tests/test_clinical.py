@@ -59,8 +59,11 @@ def test_age_outside_table_is_refused(reference):
     (2.5, 1.5, 3.5, INDETERMINATE),  # beyond +2, interval reaches back inside
     (-2.5, -3.5, -1.9, INDETERMINATE),
     (-2.5, -2.5, 2.0, INDETERMINATE),
-    (1.0, -0.5, 3.0, NORMAL),  # point within, interval reaching beyond: no evidence of abnormality
-    (0.0, -3.0, 3.0, NORMAL),
+    (1.0, -0.5, 3.0, INDETERMINATE),  # point within, interval reaching beyond +2: not "normal" either
+    (-1.5, -4.33, 1.43, INDETERMINATE),  # the issue's case: once shown as a green "normal"
+    (0.0, -3.0, 3.0, INDETERMINATE),
+    (0.0, -2.0, 2.0, NORMAL),  # the whole interval within the limits
+    (-1.0, -1.9, 0.5, NORMAL),
     (1.5, 2.2, 3.0, ADVANCED),  # an interval not around its point (biased region) still decides first
 ])
 def test_categories(z, z_low, z_high, expected):
@@ -111,7 +114,8 @@ def test_false_call_rate_counts_known_cases():
     assert point["under_2y"]["counts"][ADVANCED] == 1 and point["under_2y"]["counts"][DELAYED] == 1
     assert point["under_2y"]["false_call_rate"] == pytest.approx(2 / 3)
     wide = false_call_rate(pred, pred - half, pred + half, true, male, ref)
-    # z intervals: [+2.2, +3.2] advanced, [-2.8, -1.8] indeterminate, [+0.5, +4.5] indeterminate, [-3.5, -2.5] delayed
+    # z intervals: [+2.2, +3.2] advanced, [-2.8, -1.8] indeterminate, [+0.5, +4.5] indeterminate, [-3.5, -2.5] delayed,
+    # the four at z 0 within [-0.5, +0.5] normal
     assert wide["overall"]["counts"] == {ADVANCED: 1, NORMAL: 4, DELAYED: 1, INDETERMINATE: 2}
     assert wide["overall"]["advanced_rate"] == pytest.approx(1 / 8)
     assert wide["under_2y"]["false_calls"] == 1
@@ -131,7 +135,8 @@ def test_holdout_false_calls_fall_with_the_interval(reference):
     out = holdout_false_calls(frame, reference)
     assert out["point"]["overall"]["counts"][INDETERMINATE] == 0
     assert out["interval"]["overall"]["false_call_rate"] < out["point"]["overall"]["false_call_rate"]
-    assert out["interval"]["overall"]["counts"][NORMAL] == out["point"]["overall"]["counts"][NORMAL]
+    # normal needs the whole interval within the limits: never more normal calls than the point rule makes
+    assert out["interval"]["overall"]["counts"][NORMAL] < out["point"]["overall"]["counts"][NORMAL]
     train_rows = frame.assign(split="train")
     both = holdout_false_calls(pd.concat([frame, train_rows]), reference)  # only the test split counts
     assert both["interval"]["overall"]["n"] == out["interval"]["overall"]["n"]
@@ -169,3 +174,47 @@ def test_bad_uploaded_tables_raise_reference_errors(text, match):
 
     with pytest.raises(ReferenceError, match=match):
         load_reference(io.BytesIO(text.encode()))
+
+
+def test_the_explanation_agrees_with_the_numbers_and_the_category():
+    """The issue's case: z -1.50 with an interval down to -4.33 is indeterminate, and the text says which end crosses."""
+    from boneage_core.clinical import ClinicalReadout
+
+    def readout(z, low, high):
+        return ClinicalReadout(100, 90, 110, 120, 120, 10, -20, z, low, high, categorise(z, low, high))
+
+    case = readout(-1.50, -4.33, 1.43)
+    assert case.category == INDETERMINATE
+    assert "-4.33 is below -2" in case.explanation and "within +/-2" in case.explanation
+    assert "above +2" not in case.explanation
+    assert "wholly" not in readout(0.1, -1.0, 1.2).explanation and "within +/-2" in readout(0.1, -1.0, 1.2).explanation
+    assert "below -2" in readout(-3.0, -3.5, -2.5).explanation
+    both = readout(0.0, -2.5, 2.5).explanation
+    assert "-2.50 is below -2" in both and "+2.50 is above +2" in both
+
+
+@pytest.mark.parametrize("text,expected", [("2015-03-01", date(2015, 3, 1)), (" 20150301 ", date(2015, 3, 1))])
+def test_parse_date_reads_iso_and_dicom_dates(text, expected):
+    from boneage_core.clinical import parse_date
+
+    assert parse_date(text) == expected
+
+
+@pytest.mark.parametrize("text", ["2015-13-01", "01.03.2015", "", "30 years", "20151301"])
+def test_parse_date_names_the_field_and_the_format(text):
+    from boneage_core.clinical import DATE_HELP, parse_date
+
+    with pytest.raises(ValueError, match="Date of birth") as err:
+        parse_date(text, "Date of birth")
+    assert DATE_HELP in str(err.value)
+
+
+def test_a_typed_age_is_refused_with_a_reason_not_clamped():
+    from boneage_core.clinical import MAX_AGE_YEARS, age_from_years_months
+
+    assert age_from_years_months(14, 6) == 174.0 and age_from_years_months(0) == 0.0
+    for years, months, words in ((30, None, "30 years"), (-1, None, "-1 years"), (10, 12, "12 months"),
+                                 (10, -2, "-2 months"), (2.5, None, "2.5 years")):
+        with pytest.raises(ValueError, match=words):
+            age_from_years_months(years, months)
+    assert age_from_years_months(MAX_AGE_YEARS, 11) == MAX_AGE_YEARS * 12 + 11

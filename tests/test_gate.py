@@ -7,7 +7,7 @@ import pytest
 
 from boneage_core.errors import ArtifactError, InputError
 from boneage_core.gate import (GATE_FILE, TURN_ABOVE, TURN_FLAG_ABOVE, GateVerdict, InputGate, NotARadiographError,
-                               QUARTER_TURNS, fit_gate, load_gate)
+                               QUARTER_TURNS, distinct_numbers, fit_gate, load_gate)
 from boneage_core.predictor import Predictor
 from negatives import negative_set
 
@@ -175,3 +175,30 @@ def test_the_committed_gate_passes_real_radiographs_and_refuses_generated_negati
         except InputError:
             refused.append(name)
     assert len(refused) >= 0.9 * len(negative_set()), sorted(set(negative_set()) - set(refused))
+
+
+def test_decide_turns_a_film_it_is_sure_is_not_upright_by_the_turn_that_makes_it_upright(gate):
+    """Sure the film is not upright (P = 1.00) but not of the turn: each turn is tried and the most upright one wins,
+    instead of scoring an upside-down film as given with a contradictory "not sure enough to turn it"."""
+    rng = np.random.default_rng(10)
+    upright, sideways = _features(rng, 1), _features(rng, 1) + TURN_SHIFT * np.eye(F + T)[1]
+    as_given = GateVerdict(0.5, 1.0, turn=1, turn_probability=0.6, rotated_probability=TURN_ABOVE)
+    asked: list[int] = []
+
+    def turned(k: int) -> np.ndarray:
+        asked.append(k)
+        return upright if k == 2 else sideways
+
+    decision = gate.decide(as_given, turned)
+    assert sorted(asked) == [1, 2, 3] and decision.turn == 2 and not decision.refused
+    assert "turned by 180 degrees" in decision.warnings[0] and "not sure" not in " ".join(decision.warnings)
+    unsure = GateVerdict(0.5, 1.0, turn=1, turn_probability=0.6, rotated_probability=0.9)  # below TURN_ABOVE
+    flagged = gate.decide(unsure, _never_turned)
+    assert flagged.turn == 0 and flagged.turn_flagged and "scored as given" in flagged.warnings[0]
+
+
+def test_a_refusal_names_numbers_that_differ():
+    """A score just above the limit is written with enough decimals to be seen above it ("1.004", not "1.00")."""
+    reason = GateVerdict(1.0041, 1.0).reason()
+    assert "score 1.004, above the limit 1.000" in reason
+    assert distinct_numbers(0.5, 1.0) == ("0.50", "1.00")

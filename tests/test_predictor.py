@@ -318,8 +318,10 @@ def test_a_turn_is_tried_on_the_gate_member_alone(committed_artifacts, fullres_d
                 tried += 1
                 continue
             turned = any("was turned" in w for w in pred.warnings)
+            searched = any("of the three turns" in w for w in pred.warnings)  # sure it is turned, not which way
             assert calls["outputs"] == (2 if turned else 1), (path.name, k)
-            assert calls["gate_features"] == int(turned), (path.name, k)  # scored as given: never tried turned
+            # scored as given: never tried turned; turned: the suggested turn, or each of the three when searched
+            assert calls["gate_features"] == (3 if searched else int(turned)), (path.name, k)
             tried += calls["gate_features"]
     assert tried >= 1  # some sideways film was tried turned
 

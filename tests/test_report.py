@@ -108,7 +108,7 @@ def test_pdf_is_one_page_with_the_result_and_no_patient_name(report, images):
     assert pages == 1
     for expected in ("125 months (10 y 5 m)", "90% interval 108–142 months", "pre-puberty (stage head)",
                      "manifest-9f3c2e1", DISCLAIMER, REFERENCE_NAME, INDETERMINATE, "ACC-4711", "1.2.840.99.7",
-                     "2025-03-04T05:06:07+00:00", "the image is very dark", "low → high contribution"):
+                     "2025-03-04T05:06:07+00:00", "Warning: The image is very dark.", "low → high contribution"):
         assert expected in text, expected
     assert PATIENT not in text and "Janette" not in text and "PID-778" not in text
     assert len(PdfReader(io.BytesIO(data)).pages[0].images) == 2
@@ -120,7 +120,31 @@ def test_pdf_without_images_readout_or_many_warnings_stays_one_page():
     pages, text = _pdf_text(render_pdf(rep, None, None))
     assert pages == 1
     assert "no chronological age given" in text and "not available" in text
-    assert "warning number 2" in text and "6 more warning" in text
+    assert "Warning number 5" in text and "Warning number 6" not in text and "3 more warning" in text
+
+
+def test_typed_patient_details_are_in_every_export_and_blank_ones_are_left_out(readout, images):
+    """Patient ID, accession, dates and reader, when typed, are in the PDF, JSON and CSV (a clinician files it)."""
+    typed = {"patient_id": "P-0815", "accession": "A-77", "birth_date": "2012-05-01", "study_date": "2025-03-01",
+             "reader": "Dr Reader", "unused": None}
+    typed.pop("unused")
+    rep = AssessmentReport.from_prediction(_prediction(), readout, "v3", patient={**typed, "reader": "Dr Reader"})
+    assert dict(rep.patient) == typed
+    assert json.loads(rep.to_json())["patient"] == typed
+    assert all(rep.csv_row()[k] == v for k, v in typed.items())
+    _, text = _pdf_text(render_pdf(rep, *images))
+    for label, value in (("Patient ID", "P-0815"), ("Accession", "A-77"), ("Date of birth", "2012-05-01"),
+                         ("Study date", "2025-03-01"), ("Reader", "Dr Reader")):
+        assert f"{label}: {value}" in text, label
+    blank = AssessmentReport.from_prediction(_prediction(), None, "v3", patient={"patient_id": " ", "reader": ""})
+    assert blank.patient == () and "Patient ID" not in _pdf_text(render_pdf(blank))[1]
+    with pytest.raises(ValueError, match="patient fields"):
+        AssessmentReport.from_prediction(_prediction(), None, "v3", patient={"name": "Doe^Jane"})
+
+
+def test_the_readout_explanation_is_in_every_export(report, readout):
+    assert readout.explanation in report.to_json() and report.csv_row()["clinical_explanation"] == readout.explanation
+    assert any(readout.explanation in line for line in report.readout_lines())
 
 
 def test_heatmap_png_has_a_colour_scale(images):

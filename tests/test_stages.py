@@ -43,10 +43,11 @@ def test_scheme_shape_and_round_trip():
 
 
 def test_range_text():
-    assert DEFAULT_SCHEME.range_text(0, True) == "< 36 months"
-    assert DEFAULT_SCHEME.range_text(1, True) == "36-108 months"
-    assert DEFAULT_SCHEME.range_text(2, False) == "84-156 months"
-    assert DEFAULT_SCHEME.range_text(4, False) == ">= 180 months"
+    assert DEFAULT_SCHEME.range_text(0, True) == "under 36 months"
+    assert DEFAULT_SCHEME.range_text(1, True) == "36 to under 108 months"
+    assert DEFAULT_SCHEME.range_text(2, False) == "84 to under 156 months"
+    assert DEFAULT_SCHEME.range_text(4, False) == "180 months and over"
+    assert DEFAULT_SCHEME.stage_of(155.6, False) == 2 and DEFAULT_SCHEME.stage_of(156.0, False) == 3
 
 
 def test_class_counts_on_real_training_labels(data_299):

@@ -17,7 +17,7 @@ import shutil
 import time
 from pathlib import Path
 
-from app.options import AGE_MODES, SEXES
+from app.options import AGE_MODE, AGE_MODES, AGE_YEARS, SEX, SEXES
 from boneage_core.vocab import parse_sex
 
 #: True once every Plotly chart on the page has drawn its SVG (charts render after the script has finished).
@@ -75,15 +75,15 @@ def main(argv: list[str] | None = None) -> int:
             page.locator(".st-key-assess_upload input[type=file]").set_input_files(str(args.upload))
             page.wait_for_selector(".st-key-assess_upload [data-testid=stFileChip]", timeout=ms)
             t1 = time.monotonic()
-            page.locator(".st-key-assess_sex").get_by_text(SEXES[int(parse_sex(args.sex))], exact=True).click()
+            page.locator(f"[class*='st-key-{SEX}__']").get_by_text(SEXES[int(parse_sex(args.sex))], exact=True).click()
             page.wait_for_function("document.querySelectorAll('[data-testid=stImage] img').length >= 3", timeout=ms)
             print(f"sex chosen -> result with Grad-CAM visible {time.monotonic() - t1:.2f} s")
             if args.years is not None:
-                page.locator(".st-key-assess_age_mode").get_by_text(AGE_MODES[1], exact=True).click()
-                years = page.locator(".st-key-assess_age_years input")
+                page.locator(f"[class*='st-key-{AGE_MODE}__']").get_by_text(AGE_MODES[1], exact=True).click()
+                years = page.locator(f"[class*='st-key-{AGE_YEARS}__'] input")
                 years.fill(str(args.years))
                 years.press("Tab")
-                page.wait_for_selector(".st-key-assess_age_years input", timeout=ms)
+                page.get_by_text("z interval").wait_for(timeout=ms)
         page.wait_for_timeout(3000)  # let charts and images settle
         page.wait_for_selector("[data-testid=stStatusWidget]", state="detached", timeout=ms)
         page.wait_for_function(PLOTS_DRAWN, timeout=ms)

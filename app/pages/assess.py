@@ -1,20 +1,22 @@
 """Assess one radiograph: bone age, stage, Grad-CAM and (with a chronological age) the Greulich-Pyle read-out.
 
-Sex is required and never defaulted; a new file starts a new patient (sex and ages cleared, unless its DICOM
-header gives them).
+Sex is required and never defaulted. Every film is a new patient: the patient inputs (sex, age, dates, IDs) are
+widgets keyed by the film (app.options.patient_key), so a browser cannot carry one child's choices over to the next;
+only the film's own DICOM header may fill them, and the page says so.
 """
 
 from __future__ import annotations
 
-import datetime as dt
 import logging
 
 import pandas as pd
 import streamlit as st
 
 from app import state
-from app.options import AGE_MODES, SEXES
-from boneage_core.clinical import RULE_TEXT, NORMAL, ClinicalReadout, ReferenceError, chronological_age_months, gp_zscore
+from app.options import (ACCESSION, AGE_MODE, AGE_MODES, AGE_MONTHS, AGE_YEARS, BIRTH_DATE, PATIENT_ID, PATIENT_STATE,
+                         READER, SEX, SEXES, STUDY_DATE, patient_key)
+from boneage_core.clinical import (DATE_HELP, NORMAL, RULE_TEXT, ClinicalReadout, ReferenceError, age_from_years_months,
+                                   chronological_age_months, gp_zscore, parse_date)
 from boneage_core.heads import AGE, get_head
 from boneage_core.imaging import read_dicom_info
 from boneage_core.plots import stage_probability_figure
@@ -24,22 +26,24 @@ from boneage_core.report import (DISCLAIMER, REFERENCE_NAME, AssessmentReport, h
 
 logger = logging.getLogger(__name__)
 
-#: The inputs that describe one patient: cleared when another file is uploaded.
-PATIENT_KEYS = ("assess_sex", "assess_age_mode", "assess_age_years", "assess_age_months", "assess_birth_date",
-                "assess_study_date")
 _DIGEST_KEY, _DICOM_KEY = "assess_digest", "assess_from_dicom"
+#: The patient of an empty uploader.
+NO_FILM = "none"
+
+
+def _key(name: str) -> str:
+    """The widget key of a patient input for the film now uploaded."""
+    return patient_key(name, st.session_state.get(PATIENT_STATE, NO_FILM))
 
 
 def _new_patient(data: bytes | None, name: str) -> None:
-    """On a different file (or its removal): forget the previous patient's inputs, then take its DICOM tags."""
+    """On a different file (or its removal): a new patient, whose inputs start empty but for its DICOM tags."""
     digest = state.file_digest(data) if data else None
-    previous = st.session_state.get(_DIGEST_KEY)
-    if digest == previous:
+    if digest == st.session_state.get(_DIGEST_KEY):
         return
     st.session_state[_DIGEST_KEY] = digest
-    if previous is not None:
-        for key in (*PATIENT_KEYS, _DICOM_KEY):
-            st.session_state.pop(key, None)
+    st.session_state[PATIENT_STATE] = digest[:16] if digest else NO_FILM
+    st.session_state.pop(_DICOM_KEY, None)
     if not data:
         return
     try:
@@ -49,68 +53,91 @@ def _new_patient(data: bytes | None, name: str) -> None:
         return
     filled = {}
     if info is not None and info.male is not None:
-        filled["assess_sex"] = SEXES[int(info.male)]
+        filled[SEX] = SEXES[int(info.male)]
     if info is not None and info.chronological_age_months is not None:
-        filled.update(assess_age_mode=AGE_MODES[2], assess_birth_date=info.birth_date,
-                      assess_study_date=info.study_date)
-    st.session_state.update(filled)
+        filled.update({AGE_MODE: AGE_MODES[2], BIRTH_DATE: info.birth_date.isoformat(),
+                       STUDY_DATE: info.study_date.isoformat()})
+    st.session_state.update({_key(k): v for k, v in filled.items()})
     st.session_state[_DICOM_KEY] = filled
 
 
-def _from_dicom(key: str) -> bool:
-    """Whether a widget still holds the value its file's DICOM header gave it."""
+def _from_dicom(name: str) -> bool:
+    """Whether a patient input still holds the value its file's DICOM header gave it."""
     filled = st.session_state.get(_DICOM_KEY) or {}
-    return key in filled and st.session_state.get(key) == filled[key]
+    return name in filled and st.session_state.get(_key(name)) == filled[name]
 
 
 def _sex() -> bool | None:
-    choice = st.radio("Sex (required)", SEXES, index=None, key="assess_sex", horizontal=True,
-                      help="The estimate depends on the sex; it is never guessed.")
-    if _from_dicom("assess_sex"):
+    choice = st.radio("Sex (required)", SEXES, index=None, key=_key(SEX), horizontal=True,
+                      help="The estimate depends on the sex; it is never guessed, and never kept from the last film.")
+    if _from_dicom(SEX):
         st.caption("Sex: from DICOM (PatientSex).")
     return None if choice is None else choice == SEXES[1]
 
 
-def _chronological_age() -> float | None:
-    """Chronological age in months from the inputs, or None when not (completely) given; nothing is pre-filled."""
-    mode = st.radio("Chronological age (optional, for the z-score)", AGE_MODES, key="assess_age_mode",
-                    horizontal=True)
+def _chronological_age() -> tuple[float | None, str | None]:
+    """(age in months, None); (None, why the typed age cannot be used); or (None, None) when none is given."""
+    mode = st.radio("Chronological age (optional, for the z-score)", AGE_MODES, key=_key(AGE_MODE), horizontal=True)
     if mode == AGE_MODES[1]:
-        c1, c2 = st.columns(2)
-        years = c1.number_input("Years", min_value=0, max_value=25, value=None, step=1, key="assess_age_years",
-                                placeholder="years")
-        months = c2.number_input("Months", min_value=0, max_value=11, value=None, step=1, key="assess_age_months",
-                                 placeholder="0")
-        if years is None:
-            st.caption("Enter the years (then Enter or Tab) to compare with the reference.")
-            return None
-        return float(years) * 12 + float(months or 0)
+        return _years_and_months()
     if mode == AGE_MODES[2]:
-        c1, c2 = st.columns(2)
-        birth = c1.date_input("Date of birth", value=None, key="assess_birth_date", min_value=dt.date(1900, 1, 1),
-                              format="YYYY-MM-DD")
-        study = c2.date_input("Study date", value=None, key="assess_study_date", min_value=dt.date(1900, 1, 1),
-                              format="YYYY-MM-DD")
-        if _from_dicom("assess_birth_date") and _from_dicom("assess_study_date"):
-            st.caption("Dates: from DICOM (PatientBirthDate, StudyDate).")
-        if birth is None or study is None:
-            st.caption("Enter both dates (then Enter or Tab) to compare with the reference.")
-            return None
-        try:
-            return chronological_age_months(birth, study)
-        except ValueError as exc:
-            st.error(str(exc))
-    return None
+        return _dates()
+    return None, None
+
+
+def _years_and_months() -> tuple[float | None, str | None]:
+    c1, c2 = st.columns(2)
+    years = c1.number_input("Years", value=None, step=1, key=_key(AGE_YEARS), placeholder="years")
+    months = c2.number_input("Months", value=None, step=1, key=_key(AGE_MONTHS), placeholder="0")
+    if years is None:
+        st.caption("Type the years and press Enter (or click elsewhere) to compare with the reference.")
+        return None, None
+    try:
+        return age_from_years_months(years, months), None
+    except ValueError as exc:
+        st.error(f"Chronological age: {exc}.")
+        return None, str(exc)
+
+
+def _dates() -> tuple[float | None, str | None]:
+    c1, c2 = st.columns(2)
+    birth = c1.text_input("Date of birth", key=_key(BIRTH_DATE), placeholder="YYYY-MM-DD")
+    study = c2.text_input("Study date", key=_key(STUDY_DATE), placeholder="YYYY-MM-DD")
+    if _from_dicom(BIRTH_DATE) and _from_dicom(STUDY_DATE):
+        st.caption("Dates: from DICOM (PatientBirthDate, StudyDate).")
+    if not birth.strip() or not study.strip():
+        st.caption(f"Type both dates as {DATE_HELP} and press Enter to compare with the reference.")
+        return None, None
+    try:
+        return chronological_age_months(parse_date(birth, "date of birth"), parse_date(study, "study date")), None
+    except ValueError as exc:
+        st.error(f"Chronological age: {exc}.")
+        return None, str(exc)
+
+
+def _filing_details() -> dict[str, str]:
+    """Optional patient ID, accession and reader for the report (never required, never logged)."""
+    with st.expander("Report details (optional): patient ID, accession, reader"):
+        c1, c2, c3 = st.columns(3)
+        details = {"patient_id": c1.text_input("Patient ID", key=_key(PATIENT_ID)),
+                   "accession": c2.text_input("Accession", key=_key(ACCESSION)),
+                   "reader": c3.text_input("Reader", key=READER)}
+        st.caption("Printed on the PDF and written to the JSON and CSV only; never stored or logged by the app.")
+    return details
+
+
+def _sentence(text: str) -> str:
+    return f"{text[:1].upper()}{text[1:]}."
 
 
 def _headline(pred: Prediction, predictor: Predictor) -> None:
-    c1, c2, c3 = st.columns([1, 1, 2])
+    c1, c2 = st.columns(2)  # two numbers a row: neither is cut off at 1024 px
     if pred.bone_age_months is not None:
         c1.metric("Bone age", f"{int(round(pred.bone_age_months))} months", border=True)
         c2.metric("In years and months", pred.years_months, border=True)
     else:
         c1.info("No bone-age head loaded: bone age in months is unavailable.")
-    with c3.container(border=True):  # markdown wraps: a long stage name is never cut off
+    with st.container(border=True):  # markdown wraps: a long stage name is never cut off
         st.caption(f"Developmental stage (from the {pred.stage_source})")
         st.subheader(pred.stage_name, anchor=False)
         st.caption(f"Bone age {predictor.scheme.range_text(pred.stage, pred.male)} for "
@@ -121,13 +148,8 @@ def _headline(pred: Prediction, predictor: Predictor) -> None:
             f"**Uncertainty: {iv.level:.0%} interval {iv.low:.0f}–{iv.high:.0f} months.** A {iv.method} interval "
             f"calibrated on {iv.n_reference} validation radiographs the model never trained on; its width follows "
             "the model's error at this age. Coverage on the holdout, by age group: Model performance page.")
-    for warning in pred.warnings:
-        st.warning(f"Check the input: {warning}.")
-    if pred.stages_agree is False:
-        st.warning(
-            f"The stage head says **{pred.stage_name}**, but the predicted bone age falls in "
-            f"**{predictor.scheme.names[pred.stage_from_age]}** "
-            f"({predictor.scheme.range_text(pred.stage_from_age, pred.male)}). Treat the stage with caution.")
+    for warning in pred.warnings:  # the same warnings the PDF, JSON and CSV carry
+        st.warning(_sentence(warning))
 
 
 def _stage_and_input(pred: Prediction, predictor: Predictor) -> None:
@@ -168,8 +190,11 @@ def _gradcam(pred: Prediction, predictor: Predictor, data: bytes):
     return overlay, label
 
 
-def _clinical(pred: Prediction, chrono: float | None) -> ClinicalReadout | None:
+def _clinical(pred: Prediction, chrono: float | None, problem: str | None) -> ClinicalReadout | None:
     st.subheader(f"Clinical read-out ({REFERENCE_NAME})")
+    if problem is not None:
+        st.warning(f"No read-out: the chronological age cannot be used ({problem}).")
+        return None
     if chrono is None:
         st.info("Give a chronological age above to compare the bone age with the reference.")
         return None
@@ -190,17 +215,19 @@ def _clinical(pred: Prediction, chrono: float | None) -> ClinicalReadout | None:
     except ReferenceError as exc:
         st.warning(f"The clinical read-out is unavailable: {exc}")
         return None
-    c1, c2, c3 = st.columns(3)
+    c1, c2 = st.columns(2)  # a 2 x 2 grid: every number fits at 1024 px
     c1.metric("Chronological age", f"{readout.chronological_age_months:.1f} months",
               help=years_months(readout.chronological_age_months))
     c2.metric("z-score", f"{readout.z_score:+.2f}")
-    c3.metric("z interval", f"{readout.z_low:+.2f} to {readout.z_high:+.2f}",
+    c1.metric("z interval", f"{readout.z_low:+.2f} to {readout.z_high:+.2f}",
               help="z of the ends of the bone-age interval" if pred.interval is not None else
               "no prediction interval: both ends are the point estimate")
+    c2.metric("Expected bone age", f"{readout.expected_bone_age_months:.0f} months",
+              help=f"SD {readout.sd_months:.1f} months, for a {'boy' if pred.male else 'girl'} of this age")
     shout = st.success if readout.category == NORMAL else st.warning
-    shout(f"Category: **{readout.category}**. Bone age {readout.bone_age_months:.0f} months vs expected "
-          f"{readout.expected_bone_age_months:.0f} months (SD {readout.sd_months:.1f}) for a "
-          f"{'boy' if pred.male else 'girl'} of this age ({REFERENCE_NAME}).")
+    shout(f"Category: **{readout.category}**. {_sentence(readout.explanation)} Bone age "
+          f"{readout.bone_age_months:.0f} months vs expected {readout.expected_bone_age_months:.0f} months "
+          f"(SD {readout.sd_months:.1f}) for a {'boy' if pred.male else 'girl'} of this age ({REFERENCE_NAME}).")
     st.caption(f"Rule: {RULE_TEXT}.")
     return readout
 
@@ -228,24 +255,25 @@ def _downloads(pred: Prediction, report: AssessmentReport, overlay, head_label: 
 def main() -> None:
     st.title("Assess a radiograph")
     st.caption(f"Left-hand radiograph → bone age, developmental stage and Grad-CAM. {DISCLAIMER}")
+    predictor = state.predictor_or_none()  # loaded when the page opens, not on the first upload
     upload = st.file_uploader("Hand radiograph (PNG, JPEG, WebP or DICOM)", type=state.IMAGE_TYPES,
                               key="assess_upload")
     data = upload.getvalue() if upload is not None else None
     _new_patient(data, upload.name if upload is not None else "")
+    if upload is None:
+        st.info("Upload a radiograph to start; then choose the sex. Each new film starts a new patient. The models "
+                "were trained on left-hand radiographs of children (RSNA 2017).")
+        return
     c1, c2 = st.columns([1, 2])
     with c1:
         male = _sex()
     with c2:
-        chrono = _chronological_age()
-    if upload is None:
-        st.info("Upload a radiograph to start. The models were trained on left-hand radiographs of children "
-                "(RSNA 2017).")
-        return
+        chrono, age_problem = _chronological_age()
+    details = _filing_details()
     if male is None:
         st.info("Choose the patient's sex to get an estimate: bone age is read against sex-specific standards, "
                 "so it is never guessed.")
         return
-    predictor = state.predictor_or_none()
     if predictor is None:
         return
     try:
@@ -264,9 +292,20 @@ def main() -> None:
         overlay, head_label = _gradcam(pred, predictor, data)
     except ValueError as exc:
         st.error(f"Grad-CAM failed: {exc}")
-    readout = _clinical(pred, chrono)
-    report = AssessmentReport.from_prediction(pred, readout, predictor.version, dicom=read_study(data))
+    readout = _clinical(pred, chrono, age_problem)
+    dates = _typed_dates() if st.session_state.get(_key(AGE_MODE)) == AGE_MODES[2] and age_problem is None else {}
+    report = AssessmentReport.from_prediction(pred, readout, predictor.version, dicom=read_study(data),
+                                              patient={**details, **dates})
     _downloads(pred, report, overlay, head_label)
+
+
+def _typed_dates() -> dict[str, str]:
+    """The typed dates (ISO) for the report, when both read as dates."""
+    try:
+        return {"birth_date": parse_date(st.session_state.get(_key(BIRTH_DATE), "")).isoformat(),
+                "study_date": parse_date(st.session_state.get(_key(STUDY_DATE), "")).isoformat()}
+    except ValueError:
+        return {}
 
 
 try:
