@@ -25,7 +25,7 @@ from .manifest import manifest_version, model_files, read_manifest, verify_model
 from .models import BoneAgeNet, HeadOutput, load_model
 from .preprocess import crop_box, heatmap_to_original, input_warnings, prepare
 from .stages import StageScheme
-from .report import years_months
+from .report import HEATMAP_CMAP, years_months
 from .views import NO_TTA, Views, as_views, describe_views
 from .vocab import STAGE_FROM_AGE, STAGE_FROM_HEAD, parse_sex, sex_code
 
@@ -108,15 +108,22 @@ def gray_of(source: ImageSource | np.ndarray, name: str | None = None) -> tuple[
 
 
 def overlay_heatmap(gray: np.ndarray, heatmap: np.ndarray, alpha: float = 0.4) -> np.ndarray:
-    """Blend a [0, 1] heatmap (jet colours) over a gray image; returns uint8 RGB."""
-    from pytorch_grad_cam.utils.image import show_cam_on_image
+    """Blend a [0, 1] heatmap (jet colours) over a gray image; returns uint8 RGB.
+
+    Each pixel's colour weight is `alpha` times its heat: where the map is cold the film shows untinted (a flat
+    blend would lay jet's dark blue over the whole film); at the hottest point the colour weighs `alpha`.
+    """
+    from matplotlib import colormaps
 
     if not 0.0 <= alpha <= 1.0:
         raise ValueError("alpha must be in [0, 1]")
     lo, hi = float(gray.min()), float(gray.max())
     shown = (gray - lo) / (hi - lo) if hi > lo else gray  # display only: a plain min-max stretch
-    rgb = np.repeat(shown[..., None], 3, axis=2).astype(np.float32)
-    return show_cam_on_image(rgb, heatmap.astype(np.float32), use_rgb=True, image_weight=1.0 - alpha)
+    heat = np.clip(heatmap.astype(np.float32), 0.0, 1.0)
+    colour = colormaps[HEATMAP_CMAP](heat)[..., :3].astype(np.float32)
+    weight = (alpha * heat)[..., None]
+    rgb = (1.0 - weight) * shown[..., None].astype(np.float32) + weight * colour
+    return np.round(np.clip(rgb, 0.0, 1.0) * 255).astype(np.uint8)
 
 
 def _calibration(folder: Path, manifest, heads: list[str], notes: list[str]) -> AgeCalibration | None:

@@ -181,7 +181,8 @@ class AssessmentReport:
             "name": self.name, "sex": self.sex,
             "bone_age_months": None if self.bone_age_months is None else round(self.bone_age_months, 2),
             "bone_age_whole_months": self.bone_age_whole_months,
-            "interval_low_months": self.interval_low, "interval_high_months": self.interval_high,
+            "interval_low_months": None if self.interval_low is None else round(self.interval_low, 1),
+            "interval_high_months": None if self.interval_high is None else round(self.interval_high, 1),
             "interval_level": self.interval_level, "stage_name": self.stage_name, "stage_source": self.stage_source,
         }
         row.update({f"p_{stage}": round(p, 4) for stage, p in (self.stage_probabilities or ())})
@@ -234,7 +235,7 @@ def heatmap_png_with_colorbar(overlay: np.ndarray, bone_age_text: str, sex: str,
     ax = fig.add_axes((0.02, 0.2, 0.96, 0.72))
     ax.imshow(np.asarray(img))
     ax.set_axis_off()
-    ax.set_title(f"{title}: bone age {bone_age_text}, sex {sex}", fontsize=9)
+    ax.set_title(f"{title}\nbone age {bone_age_text}, sex {sex}", fontsize=8, wrap=True)  # inside the margins
     bar = fig.colorbar(ScalarMappable(Normalize(0, 1), cmap=HEATMAP_CMAP), cax=fig.add_axes((0.15, 0.1, 0.7, 0.03)),
                        orientation="horizontal", ticks=[0, 1])
     bar.ax.set_xticklabels(["low", "high"], fontsize=7)

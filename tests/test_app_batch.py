@@ -30,24 +30,29 @@ def test_batch_reports_missing_sex_and_scores_the_rest(fullres_dir, sample_label
     at.button(key="batch_run").click().run()
     assert not at.exception, [e.value for e in at.exception]
     assert not at.error, [e.value for e in at.error]
-    table = at.dataframe[0].value.set_index("file")
+    shown = at.dataframe[0].value
+    # what a clinician scans first, in the first columns
+    assert list(shown.columns[:8]) == ["File", "Bone age (months)", "90 % interval (months)", "Stage", "Category",
+                                       "z (interval)", "Warnings", "Error"]
+    table = shown.set_index("File")
     assert list(table.index) == [p.name for p in paths] + ["broken.png"]
     # no sex -> reported, not scored (no batch default)
     for name in (paths[2].name, "broken.png"):
-        assert table.loc[name, "error"] == "sex missing" and pd.isna(table.loc[name, "bone_age_whole_months"])
+        assert table.loc[name, "Error"] == "sex missing" and pd.isna(table.loc[name, "Bone age (months)"])
     predictor = state.get_predictor(str(state.artifacts_dir()))
     for path, male in ((paths[0], male0), (paths[1], male1)):
         pred = predictor.predict(path, male=male)
         row = table.loc[path.name]
-        assert row["error"] == "" and row["sex"] == ("M" if male else "F")
-        assert row["bone_age_whole_months"] == round(pred.bone_age_months)
-        assert row["stage_name"] == pred.stage_name  # a name, not an integer code
+        assert row["Error"] == "" and row["Sex"] == ("M" if male else "F")
+        assert row["Bone age (months)"] == round(pred.bone_age_months)
+        assert row["Stage"] == pred.stage_name  # a name, not an integer code
+        assert row["90 % interval (months)"] == f"{pred.interval.low:.0f}–{pred.interval.high:.0f}"  # rounded
     pred0 = predictor.predict(paths[0], male=male0)
     interval = pred0.interval or (pred0.bone_age_months,) * 2
     readout = gp_zscore(pred0.bone_age_months, interval, age0, male0, load_reference(gp_table))
-    assert table.loc[paths[0].name, "z_score"] == pytest.approx(readout.z_score, abs=1e-3)
-    assert table.loc[paths[0].name, "clinical_category"] == readout.category
-    assert pd.isna(table.loc[paths[1].name, "z_score"]), "no age given -> no z"
+    assert table.loc[paths[0].name, "z (interval)"] == f"{readout.z_score:+.2f} ({readout.z_low:+.2f} to {readout.z_high:+.2f})"
+    assert table.loc[paths[0].name, "Category"] == readout.category
+    assert table.loc[paths[1].name, "z (interval)"] == "", "no age given -> no z"
     assert [b.key for b in at.download_button] == ["batch_dl_csv"]
 
 
@@ -84,3 +89,4 @@ def test_sex_comes_from_the_table_then_dicom(fullres_sample, dicom_from):
     assert (from_dicom.male, from_dicom.sex_from) == (True, "dicom")
     assert from_dicom.chronological_age_months == pytest.approx(3652 / 30.4375)
     assert patient_for("c.png", {}, fullres_sample.read_bytes()).male is None
+

@@ -219,6 +219,13 @@ def test_stage_gradcam_explains_the_given_stage(predictor, fullres_sample):
 def test_overlay_alpha_changes_the_picture(hand_like):
     heat = np.linspace(0, 1, hand_like.size, dtype=np.float32).reshape(hand_like.shape)
     assert not np.array_equal(overlay_heatmap(hand_like, heat, 0.1), overlay_heatmap(hand_like, heat, 0.9))
+    cold = np.zeros_like(hand_like)
+    cold[:10, :10] = 1.0  # one hot corner
+    blended = overlay_heatmap(hand_like, cold, 0.4).astype(int)
+    plain = overlay_heatmap(hand_like, np.zeros_like(hand_like), 0.4).astype(int)
+    assert np.abs(blended[20:, 20:] - plain[20:, 20:]).max() == 0, "a cold region must show the film untinted"
+    assert (plain[..., 0] == plain[..., 2]).all(), "no heat, no colour (no dark-blue cast over the film)"
+    assert np.abs(blended[:10, :10] - plain[:10, :10]).max() > 20, "the hot corner is coloured"
     with pytest.raises(ValueError):
         overlay_heatmap(hand_like, heat, 1.5)
 

@@ -13,6 +13,7 @@ import pandas as pd
 import streamlit as st
 
 from app import state
+from app.tables import for_machines, for_people
 from boneage_core.batch import CHRONO_COLUMN, BatchSetupError, Patient, patient_for, read_patient_table
 from boneage_core.clinical import ReferenceError, gp_zscore
 from boneage_core.predictor import Predictor
@@ -20,12 +21,6 @@ from boneage_core.report import DISCLAIMER, AssessmentReport, read_study
 from boneage_core.vocab import sex_code
 
 logger = logging.getLogger(__name__)
-
-#: Columns shown on screen (the CSV download has every column of AssessmentReport.csv_row).
-SHOWN = ("file", "sex", "sex_from", "bone_age_whole_months", "interval_low_months", "interval_high_months",
-         "stage_name", "stage_source", "chronological_age_months", "z_score", "z_low", "z_high", "clinical_category",
-         "warnings", "error")
-
 
 def _patient_table() -> dict[str, Patient] | None:
     """The optional patient CSV as {id: Patient}; None (with an error shown) when it is malformed."""
@@ -121,8 +116,8 @@ def main() -> None:
         st.warning(f"{failed} of {len(results)} file(s) were not assessed; see the error column.")
     else:
         st.success(f"All {len(results)} file(s) assessed.")
-    st.dataframe(results[[c for c in SHOWN if c in results.columns]], hide_index=True, key="batch_table")
-    st.download_button("Results (CSV)", results.to_csv(index=False), "boneage_batch.csv", "text/csv",
+    st.dataframe(for_people(results), hide_index=True, key="batch_table")
+    st.download_button("Results (CSV)", for_machines(results).to_csv(index=False), "boneage_batch.csv", "text/csv",
                        key="batch_dl_csv", on_click="ignore")
 
 
