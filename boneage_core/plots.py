@@ -21,7 +21,12 @@ SYSTEM_LABELS = {CNN: "CNN ensemble", UNCORRECTED: "CNN ensemble before bias cor
 HEAD_TITLES = {AGE: "bone age", STAGE: "stage head"}
 AGE_STAGE_TITLE = "stage from predicted age"
 SEX_COLOURS = {"female": "#d6336c", "male": "#1c7ed6"}
-_PALETTE = ("#1c7ed6", "#f08c00", "#2f9e44", "#ae3ec9", "#0c8599", "#e03131", "#5c940d", "#868e96")
+#: One colour per model on every page: the served ensemble dark blue (drawn emphasised), its variants lighter blues,
+#: the baseline greys, members the palette in name order; a model outside the metrics light grey.
+SYSTEM_COLOURS = {CNN: "#1864ab", UNCORRECTED: "#74c0fc", BASELINE: "#495057"}
+AGE_STAGE_COLOURS = {CNN: "#339af0", BASELINE: "#adb5bd"}
+MEMBER_PALETTE = ("#f08c00", "#2f9e44", "#ae3ec9", "#e03131", "#0c8599", "#5c940d", "#845ef7", "#e8590c")
+OTHER_COLOUR = "#ced4da"
 #: Subgroups with fewer cases than this are marked "few cases" (their numbers are noisy).
 FEW_CASES = 30
 
@@ -58,13 +63,42 @@ def column_title(column: str, head: str | None = None) -> str:
     return _system_and_title(column, head)[1] or column_label(column, head)
 
 
+def _system_of(column: str) -> str:
+    """The system or member a prediction column belongs to ('multihead_crop_l1_age' -> 'multihead_crop_l1')."""
+    for system in SYSTEM_LABELS:
+        if column == age_stage_column(system):
+            return system
+    for head in HEAD_TITLES:
+        suffix = system_column("", head)
+        if column.endswith(suffix) and len(column) > len(suffix):
+            return column[: -len(suffix)]
+    return column
+
+
 def column_colour(column: str, metrics: Mapping | None = None) -> str:
-    """A stable colour per column: its position among the metrics keys (or a hash-free fallback order)."""
-    order = list(metrics) if metrics else []
-    if column not in order:
-        order = [system_column(s, h) for s in SYSTEM_LABELS for h in HEAD_TITLES] + [
-            age_stage_column(s) for s in SYSTEM_LABELS]
-    return _PALETTE[order.index(column) % len(_PALETTE)] if column in order else _PALETTE[-1]
+    """The colour of the model a column belongs to, the same on every page (SYSTEM_COLOURS, MEMBER_PALETTE).
+
+    A member's colour is its rank among the members named in `metrics` (every page passes the same
+    metrics.json, so the same member gets the same colour everywhere); a model not in `metrics` is OTHER_COLOUR.
+    """
+    system = _system_of(column)
+    if column == age_stage_column(system) and system in AGE_STAGE_COLOURS:
+        return AGE_STAGE_COLOURS[system]
+    if system in SYSTEM_COLOURS:
+        return SYSTEM_COLOURS[system]
+    members = sorted({_system_of(k) for k in (metrics or {})} - set(SYSTEM_COLOURS))
+    return MEMBER_PALETTE[members.index(system) % len(MEMBER_PALETTE)] if system in members else OTHER_COLOUR
+
+
+def is_served_ensemble(column: str) -> bool:
+    """Whether a column is the served ensemble's (drawn emphasised)."""
+    return _system_of(column) == CNN
+
+
+def _marker(column: str, metrics: Mapping | None) -> dict:
+    """Scatter markers: the served ensemble larger and opaque, the others small and faint."""
+    main = is_served_ensemble(column)
+    return dict(size=5 if main else 3, opacity=0.6 if main else 0.25, color=column_colour(column, metrics))
 
 
 def columns_for(metrics: Mapping, head: str) -> list[str]:
@@ -162,7 +196,8 @@ def age_group_figure(metrics: Mapping, columns: Sequence[str], metric: str, titl
         colour = column_colour(column, metrics)
         fig.add_scatter(
             x=[group_label(g, n) for g, n in zip(table["group"], table["n"])], y=table[metric], name=label,
-            mode="lines+markers", line=dict(color=colour), error_y=_error_bars(table, metric),
+            mode="lines+markers", line=dict(color=colour, width=4 if is_served_ensemble(column) else 1.5),
+            error_y=_error_bars(table, metric),
             marker=dict(size=10, color=colour, symbol=["circle-open" if f else "circle" for f in table["few_cases"]]),
             customdata=np.stack([table["n"], table["ci_low"], table["ci_high"]], axis=1),
             hovertemplate="%{x}<br>" + metric + " %{y:.3f} (95% CI %{customdata[1]:.3f}–%{customdata[2]:.3f}), "
@@ -177,14 +212,14 @@ def _xy_limits(frame: pd.DataFrame, columns: Sequence[str]) -> list[float]:
     return [0.0, float(max(values.max(), 1.0)) * 1.03]
 
 
-def scatter_predicted_vs_true(predictions: pd.DataFrame, columns: Sequence[str]) -> go.Figure:
-    """Predicted against true bone age for each regression column, with the identity line."""
+def scatter_predicted_vs_true(predictions: pd.DataFrame, columns: Sequence[str],
+                              metrics: Mapping | None = None) -> go.Figure:
+    """Predicted against true bone age for each regression column, with the identity line (colours: column_colour)."""
     columns = [c for c in columns if c in predictions]
     fig = go.Figure()
     for col in reversed(columns):  # the first (main) model drawn last, on top
         fig.add_scattergl(x=predictions["boneage"], y=predictions[col], mode="markers", name=column_label(col, AGE),
-                          marker=dict(size=4, opacity=0.45, color=column_colour(col)),
-                          hovertemplate="true %{x:.0f} m<br>predicted %{y:.1f} m")
+                          marker=_marker(col, metrics), hovertemplate="true %{x:.0f} m<br>predicted %{y:.1f} m")
     if columns:
         lim = _xy_limits(predictions, columns)
         fig.add_scatter(x=lim, y=lim, mode="lines", name="identity", line=dict(color="gray", dash="dash"))
@@ -194,13 +229,13 @@ def scatter_predicted_vs_true(predictions: pd.DataFrame, columns: Sequence[str])
     return fig
 
 
-def residuals_vs_true(predictions: pd.DataFrame, columns: Sequence[str]) -> go.Figure:
+def residuals_vs_true(predictions: pd.DataFrame, columns: Sequence[str], metrics: Mapping | None = None) -> go.Figure:
     """Residual (predicted − true) against true age, with a zero line."""
     columns = [c for c in columns if c in predictions]
     fig = go.Figure()
     for col in reversed(columns):
         fig.add_scattergl(x=predictions["boneage"], y=predictions[col] - predictions["boneage"], mode="markers",
-                          name=column_label(col, AGE), marker=dict(size=4, opacity=0.45, color=column_colour(col)))
+                          name=column_label(col, AGE), marker=_marker(col, metrics))
     fig.add_hline(y=0, line=dict(color="gray", dash="dash"))
     fig.update_layout(title="Residuals vs true bone age", xaxis_title="True bone age (months)",
                       yaxis_title="Predicted − true (months)", legend=dict(orientation="h", y=-0.2),
@@ -220,14 +255,14 @@ def bland_altman_stats(true: Sequence[float], predicted: Sequence[float]) -> dic
     return {"n": int(diff.size), "bias": bias, "sd": sd, "lower": bias - 1.96 * sd, "upper": bias + 1.96 * sd}
 
 
-def bland_altman(predictions: pd.DataFrame, column: str) -> go.Figure:
+def bland_altman(predictions: pd.DataFrame, column: str, metrics: Mapping | None = None) -> go.Figure:
     """Mean of (true, predicted) against their difference, with bias and ±1.96 SD limits of agreement."""
     stats = bland_altman_stats(predictions["boneage"], predictions[column])
     mean = (predictions["boneage"] + predictions[column]) / 2
     diff = predictions[column] - predictions["boneage"]
     fig = go.Figure()
     fig.add_scattergl(x=mean, y=diff, mode="markers", name=column_label(column, AGE),
-                      marker=dict(size=4, opacity=0.45, color=column_colour(column)))
+                      marker=dict(size=4, opacity=0.45, color=column_colour(column, metrics)))
     for value, text, dash in ((stats["bias"], "bias", "solid"), (stats["upper"], "+1.96 SD", "dash"),
                               (stats["lower"], "−1.96 SD", "dash")):
         fig.add_hline(y=value, line=dict(color="black", dash=dash),
@@ -297,8 +332,9 @@ def _curve(history: pd.DataFrame, column: str) -> pd.Series | None:
     return history[column]
 
 
-def training_curves(histories: Mapping[str, pd.DataFrame]) -> go.Figure:
-    """One subplot per quantity (own y axis) against the epoch, one colour per model with its own legend group.
+def training_curves(histories: Mapping[str, pd.DataFrame], metrics: Mapping | None = None) -> go.Figure:
+    """One subplot per quantity (own y axis) against the epoch, one colour per model (its column_colour, from the
+    members in `metrics`) with its own legend group.
 
     Handles the old histories (train_loss, val_loss, val_score) and the new ones (phase, image_size, train_loss,
     val_<head>); the phase and image size of each epoch are in the hover.
@@ -306,8 +342,8 @@ def training_curves(histories: Mapping[str, pd.DataFrame]) -> go.Figure:
     quantities = _history_quantities(histories)
     fig = make_subplots(rows=max(1, len(quantities)), cols=1, shared_xaxes=True, vertical_spacing=0.06,
                         subplot_titles=[t for _, t in quantities])
-    for i, (name, history) in enumerate(histories.items()):
-        colour = _PALETTE[i % len(_PALETTE)]
+    for name, history in histories.items():
+        colour = column_colour(system_column(name, AGE), metrics)
         detail = [f"phase {p}, {s} px" for p, s in zip(history["phase"], history["image_size"])] \
             if {"phase", "image_size"} <= set(history.columns) else [""] * len(history)
         shown = False

@@ -36,6 +36,29 @@ def test_performance_page_shows_every_prediction_column(metrics, open_page):
     assert not at.exception
 
 
+def _series(at, key: str) -> list[str]:
+    chart = next(c for c in at.get("plotly_chart") if c.proto.id.endswith(key) or key in c.proto.id)
+    return [t.get("name") for t in json.loads(chart.proto.spec)["data"]]
+
+
+def test_the_served_ensemble_first_members_and_unserved_models_on_request(metrics, open_page):
+    """The scatter shows the served ensemble alone until the members are asked for; the training curves show the
+    served members until every model is asked for."""
+    from boneage_core.manifest import read_manifest
+
+    at = open_page("performance")
+    ensemble = plots.column_label("cnn_age", AGE)
+    assert [n for n in _series(at, "perf_scatter") if n != "identity"] == [ensemble]
+    at.toggle(key="perf_show_members").set_value(True).run()
+    assert len([n for n in _series(at, "perf_scatter") if n != "identity"]) == len(
+        [c for c in plots.columns_for(metrics, AGE)])
+    served = {m.rsplit(".", 1)[0] for m in read_manifest(state.artifacts_dir()).members}
+    shown = {n for n in _series(at, "perf_curves") if n}
+    assert shown == served, (shown, served)
+    at.toggle(key="perf_all_curves").set_value(True).run()
+    assert {n for n in _series(at, "perf_curves") if n} > served
+
+
 def test_pages_degrade_without_artifacts(tmp_path, monkeypatch, open_page):
     monkeypatch.setenv(state.ARTIFACTS_ENV, str(tmp_path))
     for name in ("performance", "bias", "about", "assess", "batch"):

@@ -118,3 +118,28 @@ def test_training_curves_one_axis_per_quantity_and_a_legend_group_per_model():
     new_score = [t for t in fig.data if t.legendgroup == "new" and list(t.y) == NEW_HISTORY["val_score"].tolist()]
     assert len(new_score) == 1, "val_score that repeats val_age is drawn once"
     assert "phase 2, 299 px" in [t for t in fig.data if t.legendgroup == "new"][0].customdata
+
+
+def test_one_colour_per_model_on_every_page(committed_artifacts):
+    """The ensemble, its variants, the baseline and each member differ; a member has one colour for its age and
+    stage columns and its training curve; the served ensemble is drawn emphasised."""
+    import json
+
+    metrics = json.loads((committed_artifacts / "metrics.json").read_text())
+    systems = {plots._system_of(k) for k in metrics}
+    members = sorted(systems - set(plots.SYSTEM_COLOURS))
+    assert len(members) >= 2
+    colours = {s: plots.column_colour(f"{s}_age", metrics) for s in systems}
+    colours["cnn_age_stage"] = plots.column_colour("cnn_age_stage", metrics)
+    assert len(set(colours.values())) == len(colours), colours  # no two models share a colour
+    for member in members:
+        assert plots.column_colour(f"{member}_stage", metrics) == colours[member]
+    assert plots.column_colour("cnn_stage", metrics) == colours["cnn"] != colours[members[0]]
+    assert plots.column_colour("someone_else_age", metrics) == plots.OTHER_COLOUR
+    fig = plots.training_curves({members[0]: NEW_HISTORY}, metrics)
+    assert {t.line.color for t in fig.data} == {colours[members[0]]}
+    scatter = plots.scatter_predicted_vs_true(pd.DataFrame({"boneage": [1.0, 2.0], "cnn_age": [1.0, 2.0],
+                                                            f"{members[0]}_age": [1.0, 2.0]}),
+                                              ["cnn_age", f"{members[0]}_age"], metrics)
+    sizes = {t.name: t.marker.size for t in scatter.data if t.mode == "markers"}
+    assert sizes[plots.column_label("cnn_age", "age")] > sizes[plots.column_label(f"{members[0]}_age", "age")]

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import logging
 
+from pathlib import Path
+
 import pandas as pd
 import streamlit as st
 
@@ -43,13 +45,17 @@ def _age_plots(metrics: dict, predictions: pd.DataFrame) -> None:
     if not columns:
         st.info("predictions.csv has no bone-age column that metrics.json describes.")
         return
+    others = [c for c in columns if not plots.is_served_ensemble(c)]
+    if others and not st.toggle(f"Show the members and the baseline too ({len(others)} more series)",
+                                key="perf_show_members"):
+        columns = [c for c in columns if plots.is_served_ensemble(c)] or columns
     c1, c2 = st.columns(2)
-    c1.plotly_chart(plots.scatter_predicted_vs_true(predictions, columns), key="perf_scatter")
-    c2.plotly_chart(plots.residuals_vs_true(predictions, columns), key="perf_residuals")
+    c1.plotly_chart(plots.scatter_predicted_vs_true(predictions, columns, metrics), key="perf_scatter")
+    c2.plotly_chart(plots.residuals_vs_true(predictions, columns, metrics), key="perf_residuals")
     column = st.radio("Bland-Altman for", columns, format_func=lambda c: plots.column_label(c, AGE),
                       key="perf_ba_column", horizontal=True)
     stats = plots.bland_altman_stats(predictions["boneage"], predictions[column])
-    st.plotly_chart(plots.bland_altman(predictions, column), key="perf_bland_altman")
+    st.plotly_chart(plots.bland_altman(predictions, column, metrics), key="perf_bland_altman")
     st.caption(f"Bias {stats['bias']:+.1f} months; 95% limits of agreement {stats['lower']:+.1f} to "
                f"{stats['upper']:+.1f} months (bias ± 1.96 SD of the differences, n = {stats['n']}).")
 
@@ -105,9 +111,20 @@ def main() -> None:
         st.subheader("Stage: confusion matrices and per-stage recall")
         _stage_plots(metrics)
     st.subheader("Training curves")
+    _curves(metrics)
+
+
+def _curves(metrics: dict | None) -> None:
+    """The served members' training curves (every model's on request), in the members' colours."""
     histories = state.load_histories()
+    manifest = state.load_manifest()
+    served = {Path(name).stem for name in manifest.members} if manifest is not None else set(histories)
+    others = [name for name in histories if name not in served]
+    if others and not st.toggle(f"Show the models that are not served too ({len(others)}: parents, older members)",
+                                key="perf_all_curves"):
+        histories = {name: h for name, h in histories.items() if name in served}
     if histories:
-        st.plotly_chart(plots.training_curves(histories), key="perf_curves")
+        st.plotly_chart(plots.training_curves(histories, metrics), key="perf_curves")
         st.caption("One panel per quantity, each with its own axis; losses are on each head's training scale. "
                    "Hover a point for its phase and image size.")
     else:
