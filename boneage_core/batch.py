@@ -17,7 +17,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from .imaging import read_dicom_info
-from .report import AssessmentReport
+from .spreadsheet import spreadsheet_safe
 from .vocab import SexError, parse_sex, sex_code, sex_missing
 
 logger = logging.getLogger(__name__)
@@ -243,12 +243,15 @@ def check_rows(rows: Sequence[BatchRow]) -> None:
 # --- scoring ----------------------------------------------------------------------------------------------------
 
 
-def predictor_scorer(predictor) -> Predict:
-    """A predict(path, male) -> flat dict callable from a boneage_core.predictor.Predictor."""
+def predictor_scorer(predictor, reference=None) -> Predict:
+    """A predict(path, male) -> flat dict callable from a boneage_core.predictor.Predictor: assess.assess's report
+    as a CSV row (a DICOM with birth and study dates gets the read-out against `reference`, default the one
+    clinical.reference_path() finds)."""
+    from .assess import assess
 
     def predict(path: Path, male: bool) -> dict:
-        prediction = predictor.predict(path, male=male)
-        record = AssessmentReport.from_prediction(prediction, None, predictor.version).csv_row()
+        report = assess(predictor, path, male, reference=reference)
+        record = report.csv_row()
         for key in ("name", "sex"):  # the batch writes its own id and sex
             record.pop(key, None)
         return record
@@ -278,10 +281,10 @@ def _score_one(row: BatchRow, predict: Predict) -> dict[str, object]:
 
 
 def _clean(value: object) -> str:
-    """One CSV cell on one line (so a record is always exactly one line: resume relies on it)."""
+    """One CSV cell on one line (so a record is always exactly one line: resume relies on it), formula-safe."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return ""
-    return str(value).replace("\r", " ").replace("\n", " ")
+    return str(spreadsheet_safe(value)).replace("\r", " ").replace("\n", " ")
 
 
 def _columns_of(result: dict[str, object]) -> list[str]:
