@@ -83,6 +83,14 @@ def committed_artifacts() -> Path:
 
 
 @pytest.fixture(scope="session")
+def committed_predictor(committed_artifacts: Path):
+    """The Predictor of the committed artifacts, loaded once per session (read-only use: never mutate it)."""
+    from boneage_core.predictor import Predictor
+
+    return Predictor.load(committed_artifacts)
+
+
+@pytest.fixture(scope="session")
 def format1_models() -> Path:
     """The committed format-1 checkpoints (regressor.pt + classifier.pt, served until the 256 px ensemble
     replaced them): the two-file layout and the upgrade of old checkpoints."""
@@ -178,6 +186,12 @@ def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+@pytest.fixture
+def free_port() -> int:
+    """A TCP port free on the loopback address now."""
+    return _free_port()
 
 
 @pytest.fixture(scope="session")
