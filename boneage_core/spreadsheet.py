@@ -14,6 +14,8 @@ FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
 
 def _is_number_text(text: str) -> bool:
     """True for text that is a plain number ('-1.5', '+3e2'): a spreadsheet reads it as a number, not a formula."""
+    if text != text.strip():
+        return False
     try:
         float(text)
     except ValueError:

@@ -264,3 +264,22 @@ def test_end_to_end_on_full_size_samples_with_the_committed_models(fullres_dir, 
         assert age == pytest.approx(round(direct.bone_age_months, 2))
         assert frame.loc[frame["bone_age_months"] == age, "model_version"].iloc[0] == predictor.version
         assert 0 < age < 240
+
+
+def test_formula_like_cells_are_neutralised_and_numbers_stay_numbers(tmp_path, monkeypatch):
+    root = tmp_path / "archive"
+    _png(root / '=HYPERLINK("x").png', 1)
+    _png(root / "plain.png", 2)
+
+    def predict(path: Path, male: bool) -> dict:
+        return {"bone_age_months": 100.5, "z_score": -1.5, "stage_name": "pre-puberty", "warnings": "-dark film"}
+
+    monkeypatch.setattr(batch, "load_scorer", lambda artifacts, device: predict)
+    sex_csv = tmp_path / "sex.csv"
+    sex_csv.write_text('id,sex\n"=HYPERLINK(""x"")",F\nplain,M\n')
+    out = tmp_path / "results.csv"
+    assert _run(root, sex_csv, out) == 0
+    frame = _read(out)
+    assert list(frame["id"]) == ['\'=HYPERLINK("x").png', "plain.png"]
+    assert list(frame["z_score"]) == ["-1.5", "-1.5"] and list(frame["warnings"]) == ["'-dark film"] * 2
+    assert pd.read_csv(out)["z_score"].dtype.kind == "f"  # a number in the file, not text

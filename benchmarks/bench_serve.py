@@ -1,0 +1,136 @@
+"""Bounded load test of the REST service on 127.0.0.1: errors, latency (p50/p95) and the server's RSS before/after.
+
+python -m benchmarks.bench_serve --image ../shared/data/samples-fullres/1377.png --clients 4 --requests 50
+Starts `python -m boneage_core.serve` on a free loopback port, warms it with one request, then `--clients` threads
+each post `--requests` assessments (stopping early at `--max-seconds`), and stops the server. Loopback only.
+Exits 1 on any error (a non-200 answer or a failed request).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+
+HOST = "127.0.0.1"  # never anything else: a load test stays on this machine
+STARTUP_S = 180
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind((HOST, 0))
+        return sock.getsockname()[1]
+
+
+def _rss_mb(pid: int) -> float:
+    """Resident set size of a process (Linux /proc), MB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError(f"no VmRSS for pid {pid}")
+
+
+def _wait_healthy(proc: subprocess.Popen, url: str) -> float:
+    """Seconds until /v1/health answers 200 (polled until a deadline)."""
+    t0 = time.monotonic()
+    while True:
+        if proc.poll() is not None:
+            raise RuntimeError(f"the server exited with {proc.returncode}")
+        try:
+            if httpx.get(f"{url}/v1/health", timeout=2).status_code == 200:
+                return time.monotonic() - t0
+        except httpx.TransportError:
+            pass
+        if time.monotonic() - t0 > STARTUP_S:
+            raise RuntimeError(f"no healthy server after {STARTUP_S} s")
+        time.sleep(0.2)
+
+
+def _client(url: str, image: bytes, name: str, n: int, deadline: float, latencies: list[float], errors: list[str]):
+    with httpx.Client(timeout=120) as client:
+        for i in range(n):
+            if time.monotonic() > deadline:
+                return
+            t0 = time.perf_counter()
+            try:
+                response = client.post(f"{url}/v1/assess", files={"image": (name, image, "image/png")},
+                                       data={"sex": "F" if i % 2 else "M", "chronological_age_months": "120"})
+            except httpx.HTTPError as exc:
+                errors.append(f"{type(exc).__name__}: {exc}")
+                continue
+            latencies.append(time.perf_counter() - t0)
+            if response.status_code != 200:
+                errors.append(f"{response.status_code}: {response.text[:200]}")
+
+
+def _percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--image", type=Path, required=True)
+    parser.add_argument("--artifacts", default="artifacts")
+    parser.add_argument("--clients", type=int, default=4)
+    parser.add_argument("--requests", type=int, default=50, help="per client")
+    parser.add_argument("--max-seconds", type=float, default=540, help="the load stops by itself after this")
+    args = parser.parse_args(argv)
+    image = args.image.read_bytes()
+    port = _free_port()
+    url = f"http://{HOST}:{port}"
+    env = {**os.environ, "BONEAGE_API_TOKEN": ""}
+    proc = subprocess.Popen([sys.executable, "-m", "boneage_core.serve", "--artifacts", args.artifacts,
+                             "--host", HOST, "--port", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env=env)
+    try:
+        startup = _wait_healthy(proc, url)
+        warm: list[float] = []
+        warm_errors: list[str] = []
+        _client(url, image, args.image.name, 1, time.monotonic() + 120, warm, warm_errors)
+        rss_before = _rss_mb(proc.pid)
+        latencies: list[float] = []
+        errors: list[str] = list(warm_errors)
+        deadline = time.monotonic() + args.max_seconds
+        threads = [threading.Thread(target=_client, args=(url, image, args.image.name, args.requests, deadline,
+                                                          latencies, errors)) for _ in range(args.clients)]
+        t0 = time.perf_counter()
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        wall = time.perf_counter() - t0
+        rss_after = _rss_mb(proc.pid)
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    done = len(latencies)
+    print(f"server healthy {startup:.1f} s after launch; first (warm-up) request {warm[0] if warm else float('nan'):.2f} s")
+    print(f"{args.clients} clients x {args.requests} requests: {done} answered in {wall:.1f} s "
+          f"({done / wall:.2f} req/s), errors {len(errors)}")
+    if latencies:
+        print(f"latency p50 {statistics.median(latencies):.2f} s, p95 {_percentile(latencies, 0.95):.2f} s, "
+              f"max {max(latencies):.2f} s")
+    print(f"server RSS {rss_before:.0f} MB after warm-up, {rss_after:.0f} MB after the load "
+          f"({rss_after - rss_before:+.0f} MB)")
+    if done < args.clients * args.requests:
+        print(f"stopped at the {args.max_seconds:g} s limit before all requests were sent")
+    for error in errors[:5]:
+        print(f"error: {error}")
+    return 1 if errors else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
