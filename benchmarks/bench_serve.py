@@ -54,6 +54,12 @@ def _wait_healthy(proc: subprocess.Popen, url: str) -> float:
         time.sleep(0.2)
 
 
+def _sample_rss(pid: int, stop: threading.Event, samples: list[float], every_s: float = 0.5) -> None:
+    """The server's RSS every `every_s` seconds until `stop` is set."""
+    while not stop.wait(every_s):
+        samples.append(_rss_mb(pid))
+
+
 def _client(url: str, image: bytes, name: str, n: int, deadline: float, latencies: list[float], errors: list[str]):
     with httpx.Client(timeout=120) as client:
         for i in range(n):
@@ -102,12 +108,17 @@ def main(argv: list[str] | None = None) -> int:
         deadline = time.monotonic() + args.max_seconds
         threads = [threading.Thread(target=_client, args=(url, image, args.image.name, args.requests, deadline,
                                                           latencies, errors)) for _ in range(args.clients)]
+        samples: list[float] = []
+        stop = threading.Event()
+        sampler = threading.Thread(target=_sample_rss, args=(proc.pid, stop, samples))
         t0 = time.perf_counter()
-        for thread in threads:
+        for thread in [sampler, *threads]:
             thread.start()
         for thread in threads:
             thread.join()
         wall = time.perf_counter() - t0
+        stop.set()
+        sampler.join()
         rss_after = _rss_mb(proc.pid)
     finally:
         proc.terminate()
@@ -125,6 +136,10 @@ def main(argv: list[str] | None = None) -> int:
               f"max {max(latencies):.2f} s")
     print(f"server RSS {rss_before:.0f} MB after warm-up, {rss_after:.0f} MB after the load "
           f"({rss_after - rss_before:+.0f} MB)")
+    if len(samples) >= 4:
+        quarter = len(samples) // 4
+        print(f"server RSS during the load (every 0.5 s): first quarter mean {statistics.mean(samples[:quarter]):.0f} MB, "
+              f"last quarter mean {statistics.mean(samples[-quarter:]):.0f} MB, max {max(samples):.0f} MB")
     if done < args.clients * args.requests:
         print(f"stopped at the {args.max_seconds:g} s limit before all requests were sent")
     for error in errors[:5]:
