@@ -10,24 +10,18 @@ from __future__ import annotations
 
 import argparse
 import os
-import socket
 import statistics
-import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
 
 import httpx
 
-HOST = "127.0.0.1"  # never anything else: a load test stays on this machine
+from tests.servers import HOST, child_server, free_port  # HOST is the loopback address: the load stays here
+
 STARTUP_S = 180
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((HOST, 0))
-        return sock.getsockname()[1]
 
 
 def _rss_mb(pid: int) -> float:
@@ -36,22 +30,6 @@ def _rss_mb(pid: int) -> float:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
     raise RuntimeError(f"no VmRSS for pid {pid}")
-
-
-def _wait_healthy(proc: subprocess.Popen, url: str) -> float:
-    """Seconds until /v1/health answers 200 (polled until a deadline)."""
-    t0 = time.monotonic()
-    while True:
-        if proc.poll() is not None:
-            raise RuntimeError(f"the server exited with {proc.returncode}")
-        try:
-            if httpx.get(f"{url}/v1/health", timeout=2).status_code == 200:
-                return time.monotonic() - t0
-        except httpx.TransportError:
-            pass
-        if time.monotonic() - t0 > STARTUP_S:
-            raise RuntimeError(f"no healthy server after {STARTUP_S} s")
-        time.sleep(0.2)
 
 
 def _sample_rss(pid: int, stop: threading.Event, samples: list[float], every_s: float = 0.5) -> None:
@@ -91,14 +69,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-seconds", type=float, default=540, help="the load stops by itself after this")
     args = parser.parse_args(argv)
     image = args.image.read_bytes()
-    port = _free_port()
+    port = free_port()
     url = f"http://{HOST}:{port}"
     env = {**os.environ, "BONEAGE_API_TOKEN": ""}
-    proc = subprocess.Popen([sys.executable, "-m", "boneage_core.serve", "--artifacts", args.artifacts,
-                             "--host", HOST, "--port", str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            env=env)
-    try:
-        startup = _wait_healthy(proc, url)
+    command = [sys.executable, "-m", "boneage_core.serve", "--artifacts", args.artifacts, "--host", HOST,
+               "--port", str(port)]
+    with tempfile.TemporaryDirectory() as logs, \
+            child_server(command, f"{url}/v1/health", Path(logs) / "serve.log", STARTUP_S, env=env) as (proc, startup):
         warm: list[float] = []
         warm_errors: list[str] = []
         _client(url, image, args.image.name, 1, time.monotonic() + 120, warm, warm_errors)
@@ -120,13 +97,6 @@ def main(argv: list[str] | None = None) -> int:
         stop.set()
         sampler.join()
         rss_after = _rss_mb(proc.pid)
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
     done = len(latencies)
     print(f"server healthy {startup:.1f} s after launch; first (warm-up) request {warm[0] if warm else float('nan'):.2f} s")
     print(f"{args.clients} clients x {args.requests} requests: {done} answered in {wall:.1f} s "

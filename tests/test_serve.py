@@ -7,10 +7,8 @@ import json
 import logging
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import httpx
@@ -20,6 +18,7 @@ from pypdf import PdfReader
 
 from boneage_core import serve
 from boneage_core.assess import assess
+from tests import servers
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -221,33 +220,12 @@ def test_nothing_of_the_image_or_patient_is_logged_or_written(client, image, cap
 
 
 def test_real_uvicorn_process_serves_an_image(committed_artifacts, image, tmp_path, free_port):
-    port = free_port
-    log_path = tmp_path / "serve.log"
+    url = f"http://{servers.HOST}:{free_port}"
+    command = [sys.executable, "-m", "boneage_core.serve", "--artifacts", str(committed_artifacts),
+               "--host", servers.HOST, "--port", str(free_port)]
     env = {**os.environ, serve.TOKEN_ENV: ""}
-    with log_path.open("w") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "boneage_core.serve", "--artifacts", str(committed_artifacts),
-                                 "--host", "127.0.0.1", "--port", str(port)], cwd=REPO, stdout=log,
-                                stderr=subprocess.STDOUT, env=env)
-        url = f"http://127.0.0.1:{port}"
-        try:
-            deadline = time.monotonic() + SERVER_STARTUP_S
-            while True:
-                assert proc.poll() is None, f"server exited early:\n{log_path.read_text()}"
-                try:
-                    if httpx.get(f"{url}/v1/health", timeout=2).status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                assert time.monotonic() < deadline, f"no healthy server in {SERVER_STARTUP_S} s:\n{log_path.read_text()}"
-                time.sleep(0.2)  # poll interval, bounded by the deadline above
-            response = httpx.post(f"{url}/v1/assess", files={"image": ("hand.png", image, "image/png")},
-                                  data={"sex": "F"}, timeout=60)
-            assert response.status_code == 200, response.text
-            assert 0 < response.json()["bone_age_months"] < 240
-        finally:
-            proc.terminate()
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+    with servers.child_server(command, f"{url}/v1/health", tmp_path / "serve.log", SERVER_STARTUP_S, REPO, env):
+        response = httpx.post(f"{url}/v1/assess", files={"image": ("hand.png", image, "image/png")},
+                              data={"sex": "F"}, timeout=60)
+    assert response.status_code == 200, response.text
+    assert 0 < response.json()["bone_age_months"] < 240
