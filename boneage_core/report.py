@@ -180,7 +180,7 @@ class AssessmentReport:
             r.category)))
         row.update(clinical_note=self.readout_note)
         row.update(reference=self.reference_name, model_version=self.model_version, timestamp=self.timestamp)
-        row.update(dict(self.study))
+        row.update({tag: dict(self.study).get(tag) for tag in STUDY_TAGS})  # every tag: one header fits all rows
         row.update(warnings="; ".join(self.warnings), disclaimer=self.disclaimer)
         return row
 
