@@ -21,6 +21,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import date
+from http import HTTPStatus  # its names exist in every Python >= 3.10 (starlette's newer 413/422 names do not)
 from pathlib import Path, PurePath
 from typing import Annotated, Any, Literal
 
@@ -205,7 +206,7 @@ async def check_length(request: Request, service: ServiceDep) -> None:
     """413 before anything is read when the declared body is over the limit."""
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > service.max_upload_bytes:
-        raise HTTPException(status.HTTP_413_CONTENT_TOO_LARGE, _too_large(service))
+        raise HTTPException(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, _too_large(service))
 
 
 async def admit(service: ServiceDep) -> AsyncIterator[None]:
@@ -248,26 +249,26 @@ def _fields(form) -> AssessFields:
     try:
         return AssessFields(**values)
     except ValidationError as exc:
-        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, _messages(exc.errors())) from None
+        raise HTTPException(HTTPStatus.UNPROCESSABLE_ENTITY, _messages(exc.errors())) from None
 
 
 async def read_upload(request: Request, service: ServiceDep) -> Upload:
     """The multipart body read into memory (its file part never spooled to disk), within the upload limit."""
     if not request.headers.get("content-type", "").lower().startswith("multipart/form-data"):
-        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, "send multipart/form-data with an 'image' file "
+        raise HTTPException(HTTPStatus.UNPROCESSABLE_ENTITY, "send multipart/form-data with an 'image' file "
                             "and a 'sex' field")
     parser = MultiPartParser(request.headers, _counted(request, service.max_upload_bytes), max_files=1, max_fields=8)
     parser.spool_max_size = service.max_upload_bytes + 1  # file parts stay in memory (starlette's default: 1 MB)
     try:
         form = await parser.parse()
     except UploadTooLarge as exc:
-        raise HTTPException(status.HTTP_413_CONTENT_TOO_LARGE, str(exc)) from None
+        raise HTTPException(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, str(exc)) from None
     except MultiPartException as exc:
-        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, f"malformed multipart body: {exc.message}") from None
+        raise HTTPException(HTTPStatus.UNPROCESSABLE_ENTITY, f"malformed multipart body: {exc.message}") from None
     image = form.get("image")
     fields = _fields(form)
     if not isinstance(image, UploadFile):
-        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, "no 'image' file in the form")
+        raise HTTPException(HTTPStatus.UNPROCESSABLE_ENTITY, "no 'image' file in the form")
     data = await image.read()
     await form.close()
     return Upload(data, PurePath(image.filename or UPLOAD_NAME).name, fields)
@@ -340,11 +341,11 @@ def _routes(app: FastAPI) -> None:
 def _handlers(app: FastAPI) -> None:
     @app.exception_handler(InputError)
     async def input_error(request: Request, exc: InputError) -> JSONResponse:
-        return JSONResponse({"detail": str(exc)}, status.HTTP_422_UNPROCESSABLE_CONTENT)
+        return JSONResponse({"detail": str(exc)}, HTTPStatus.UNPROCESSABLE_ENTITY)
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
-        return JSONResponse({"detail": _messages(exc.errors())}, status.HTTP_422_UNPROCESSABLE_CONTENT)
+        return JSONResponse({"detail": _messages(exc.errors())}, HTTPStatus.UNPROCESSABLE_ENTITY)
 
     @app.exception_handler(Exception)
     async def internal_error(request: Request, exc: Exception) -> JSONResponse:
