@@ -192,7 +192,7 @@ _bearer = HTTPBearer(auto_error=False, description=f"Needed on every route but /
 
 
 async def require_token(service: ServiceDep,
-                  credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]) -> None:
+                        credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]) -> None:
     """401 unless no token is configured or the bearer token matches it (constant-time comparison)."""
     if not service.token:
         return
@@ -206,7 +206,7 @@ async def check_length(request: Request, service: ServiceDep) -> None:
     """413 before anything is read when the declared body is over the limit."""
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > service.max_upload_bytes:
-        raise HTTPException(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, _too_large(service))
+        raise HTTPException(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, _too_large(service.max_upload_bytes))
 
 
 async def admit(service: ServiceDep) -> AsyncIterator[None]:
@@ -220,8 +220,8 @@ async def admit(service: ServiceDep) -> AsyncIterator[None]:
         service.admission.release()
 
 
-def _too_large(service: Service) -> str:
-    return f"upload larger than {service.max_upload_bytes / 2**20:g} MB"
+def _too_large(limit: int) -> str:
+    return f"upload larger than {limit / 2**20:g} MB"
 
 
 async def _counted(request: Request, limit: int) -> AsyncIterator[bytes]:
@@ -230,7 +230,7 @@ async def _counted(request: Request, limit: int) -> AsyncIterator[bytes]:
     async for chunk in request.stream():
         total += len(chunk)
         if total > limit:
-            raise UploadTooLarge(f"upload larger than {limit / 2**20:g} MB")
+            raise UploadTooLarge(_too_large(limit))
         yield chunk
 
 
