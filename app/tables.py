@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pandas as pd
 
+from boneage_core.spreadsheet import spreadsheet_safe
+
 #: Whole-number columns of the results (written 25, not 25.0, even beside rows without a number).
 WHOLE_COLUMNS = ("bone_age_whole_months",)
 
@@ -40,8 +42,8 @@ def for_people(results: pd.DataFrame) -> pd.DataFrame:
 
 
 def for_machines(results: pd.DataFrame) -> pd.DataFrame:
-    """The CSV download: every column, whole numbers as integers."""
-    out = results.copy()
+    """The CSV download: every column, whole numbers as integers, text cells safe from spreadsheet formulas."""
+    out = results.map(spreadsheet_safe)
     for name in WHOLE_COLUMNS:
         if name in out:
             out[name] = out[name].astype("Int64")

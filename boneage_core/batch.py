@@ -17,7 +17,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from .imaging import read_dicom_info
-from .report import AssessmentReport
+from .spreadsheet import spreadsheet_safe
 from .vocab import SexError, parse_sex, sex_code, sex_missing
 
 logger = logging.getLogger(__name__)
@@ -30,7 +30,8 @@ ERROR_COLUMN = "error"
 #: The error written for a row without a sex: it is reported, never scored with a guessed sex.
 SEX_MISSING = "sex missing"
 
-Predict = Callable[[Path, bool], dict]
+#: predict(path, male, chronological age in months or None) -> the row's result columns.
+Predict = Callable[[Path, bool, "float | None"], dict]
 
 
 class BatchSetupError(ValueError):
@@ -46,6 +47,7 @@ class BatchRow:
     male: bool | None
     sex_from: str = ""  # "csv" or "dicom" when the sex is known
     sex_error: str | None = None
+    chronological_age_months: float | None = None  # from the CSV's CHRONO_COLUMN, for the read-out
 
 
 @dataclass(frozen=True)
@@ -90,13 +92,13 @@ def _dicom_sex(path: Path) -> bool | None:
     return None if info is None else info.male
 
 
-def _make_row(ident: str, path: Path, sex_value: object) -> BatchRow:
+def _make_row(ident: str, path: Path, sex_value: object, age: float | None = None) -> BatchRow:
     male, reason = _sex_of(sex_value)
     if male is None and sex_missing(sex_value) and path.suffix.lower() == ".dcm":
         dicom_male = _dicom_sex(path)
         if dicom_male is not None:
-            return BatchRow(ident, path, dicom_male, "dicom")
-    return BatchRow(ident, path, male, "csv" if male is not None else "", reason)
+            return BatchRow(ident, path, dicom_male, "dicom", chronological_age_months=age)
+    return BatchRow(ident, path, male, "csv" if male is not None else "", reason, age)
 
 
 # --- inputs -----------------------------------------------------------------------------------------------------
@@ -118,19 +120,31 @@ def _read_table(path: Path | BinaryIO, required: Sequence[str], name: str | None
     return frame
 
 
-def read_sex_table(path: Path) -> dict[str, str]:
-    """The id,sex CSV as {id: raw sex value}; an id listed twice with different values is refused."""
-    frame = _read_table(path, ("id", "sex"))
-    table: dict[str, str] = {}
-    for ident, sex in zip(frame["id"].str.strip(), frame["sex"].str.strip()):
-        if ident in table and table[ident] != sex:
-            raise BatchSetupError(f"{path}: id {ident!r} is listed twice with different sexes")
-        table[ident] = sex
-    return table
-
-
 #: Optional column of a patient table: chronological age (months) at the study, for the z-score.
 CHRONO_COLUMN = "chronological_age_months"
+
+
+def _ages(frame: pd.DataFrame, label: str) -> list[float | None]:
+    """The CHRONO_COLUMN of a table as months (None where empty or absent); a non-numeric or negative one is refused."""
+    ages = []
+    for ident, age in zip(frame["id"].str.strip(), frame.get(CHRONO_COLUMN, [""] * len(frame))):
+        months = pd.to_numeric(str(age).strip() or None, errors="coerce")
+        if str(age).strip() and not (pd.notna(months) and months >= 0):
+            raise BatchSetupError(f"{label}: {CHRONO_COLUMN} {age!r} for id {ident!r} is not a number of months >= 0")
+        ages.append(None if pd.isna(months) else float(months))
+    return ages
+
+
+def read_sex_table(path: Path) -> dict[str, tuple[str, float | None]]:
+    """The id,sex[,chronological_age_months] CSV as {id: (raw sex value, age)}; an id listed twice with different
+    values is refused."""
+    frame = _read_table(path, ("id", "sex"))
+    table: dict[str, tuple[str, float | None]] = {}
+    for ident, sex, age in zip(frame["id"].str.strip(), frame["sex"].str.strip(), _ages(frame, str(path))):
+        if ident in table and table[ident] != (sex, age):
+            raise BatchSetupError(f"{path}: id {ident!r} is listed twice with different values")
+        table[ident] = (sex, age)
+    return table
 
 
 @dataclass(frozen=True)
@@ -150,16 +164,12 @@ def read_patient_table(source: Path | BinaryIO, name: str | None = None) -> dict
     """
     label = name or str(source)
     frame = _read_table(source, ("id", "sex"), label)
-    ages = frame[CHRONO_COLUMN] if CHRONO_COLUMN in frame.columns else [""] * len(frame)
     table: dict[str, Patient] = {}
-    for ident, sex, age in zip(frame["id"].str.strip(), frame["sex"].str.strip(), ages):
+    for ident, sex, months in zip(frame["id"].str.strip(), frame["sex"].str.strip(), _ages(frame, label)):
         if not ident:
             raise BatchSetupError(f"{label}: a row has no id")
-        months = pd.to_numeric(str(age).strip() or None, errors="coerce")
-        if str(age).strip() and not (pd.notna(months) and months >= 0):
-            raise BatchSetupError(f"{label}: {CHRONO_COLUMN} {age!r} for id {ident!r} is not a number of months >= 0")
         male, reason = _sex_of(sex)
-        patient = Patient(male, "csv" if male is not None else "", reason, None if pd.isna(months) else float(months))
+        patient = Patient(male, "csv" if male is not None else "", reason, months)
         if ident in table and table[ident] != patient:
             raise BatchSetupError(f"{label}: id {ident!r} is listed twice with different values")
         table[ident] = patient
@@ -206,7 +216,7 @@ def rows_from_folder(root: Path, sex_csv: Path | None) -> list[BatchRow]:
         relative = path.relative_to(root)
         key = next((k for k in _sex_keys(relative) if k in table), None)
         used.add(key)
-        rows.append(_make_row(relative.as_posix(), path, table.get(key, "")))
+        rows.append(_make_row(relative.as_posix(), path, *table.get(key, ("", None))))
     unused = len(set(table) - used)
     if unused:
         logger.warning("%d id(s) in %s match no image under %s", unused, sex_csv, root)
@@ -218,11 +228,12 @@ def rows_from_list(list_csv: Path) -> list[BatchRow]:
     frame = _read_table(list_csv, ("id", "path"))
     sexes = frame["sex"] if "sex" in frame.columns else [""] * len(frame)
     rows = []
-    for ident, raw_path, sex in zip(frame["id"].str.strip(), frame["path"].str.strip(), sexes):
+    for ident, raw_path, sex, age in zip(frame["id"].str.strip(), frame["path"].str.strip(), sexes,
+                                         _ages(frame, str(list_csv))):
         if not ident or not raw_path:
             raise BatchSetupError(f"{list_csv}: every line needs an id and a path")
         path = Path(raw_path)
-        rows.append(_make_row(ident, path if path.is_absolute() else list_csv.parent / path, sex))
+        rows.append(_make_row(ident, path if path.is_absolute() else list_csv.parent / path, sex, age))
     return rows
 
 
@@ -243,12 +254,15 @@ def check_rows(rows: Sequence[BatchRow]) -> None:
 # --- scoring ----------------------------------------------------------------------------------------------------
 
 
-def predictor_scorer(predictor) -> Predict:
-    """A predict(path, male) -> flat dict callable from a boneage_core.predictor.Predictor."""
+def predictor_scorer(predictor, reference=None) -> Predict:
+    """A Predict callable from a boneage_core.predictor.Predictor: assess.assess's report as a CSV row, with the
+    read-out against `reference` (default: the table clinical.reference_path() finds) when the row has an age or
+    its DICOM has birth and study dates."""
+    from .assess import assess
 
-    def predict(path: Path, male: bool) -> dict:
-        prediction = predictor.predict(path, male=male)
-        record = AssessmentReport.from_prediction(prediction, None, predictor.version).csv_row()
+    def predict(path: Path, male: bool, chronological_age_months: float | None = None) -> dict:
+        report = assess(predictor, path, male, chronological_age_months=chronological_age_months, reference=reference)
+        record = report.csv_row()
         for key in ("name", "sex"):  # the batch writes its own id and sex
             record.pop(key, None)
         return record
@@ -266,7 +280,7 @@ def _score_one(row: BatchRow, predict: Predict) -> dict[str, object]:
     if row.male is None:
         return {**base, ERROR_COLUMN: row.sex_error or SEX_MISSING}
     try:
-        result = predict(row.path, row.male)
+        result = predict(row.path, row.male, row.chronological_age_months)
     except Exception as exc:  # noqa: BLE001 - one bad file never stops the batch; the message goes to the CSV
         if not isinstance(exc, (ValueError, OSError)):
             logger.exception("unexpected failure on %s", row.path)
@@ -278,10 +292,10 @@ def _score_one(row: BatchRow, predict: Predict) -> dict[str, object]:
 
 
 def _clean(value: object) -> str:
-    """One CSV cell on one line (so a record is always exactly one line: resume relies on it)."""
+    """One CSV cell on one line (so a record is always exactly one line: resume relies on it), formula-safe."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return ""
-    return str(value).replace("\r", " ").replace("\n", " ")
+    return str(spreadsheet_safe(value)).replace("\r", " ").replace("\n", " ")
 
 
 def _columns_of(result: dict[str, object]) -> list[str]:
@@ -429,7 +443,7 @@ def score_rows(rows: Sequence[BatchRow], predict: Predict, out_csv: Path, resume
 
 
 def load_scorer(artifacts: Path, device: str) -> Predict:
-    """The committed CNNs of an artifacts folder as a predict(path, male) callable."""
+    """The committed CNNs of an artifacts folder as a Predict callable."""
     from .predictor import Predictor
 
     return predictor_scorer(Predictor.load(artifacts, device))
@@ -440,8 +454,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--artifacts", type=Path, required=True, help="artifacts folder (its manifest names the models)")
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--folder", type=Path, help="score every image under this folder (recursive)")
-    source.add_argument("--list", type=Path, help="CSV with columns id, path, sex")
-    parser.add_argument("--sex-csv", type=Path, help="with --folder: CSV with columns id, sex")
+    source.add_argument("--list", type=Path, help=f"CSV with columns id, path, sex (optionally {CHRONO_COLUMN})")
+    parser.add_argument("--sex-csv", type=Path, help=f"with --folder: CSV with columns id, sex (optionally {CHRONO_COLUMN})")
     parser.add_argument("--out", type=Path, required=True, help="results CSV (refused if it exists, unless --resume)")
     parser.add_argument("--resume", action="store_true", help="append to --out, skipping ids already written")
     parser.add_argument("--device", default="cpu")

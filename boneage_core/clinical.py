@@ -20,8 +20,12 @@ logger = logging.getLogger(__name__)
 
 #: Environment variable naming the Greulich-Pyle/Brush reference CSV.
 REFERENCE_ENV = "BONEAGE_GP_TABLE"
+REFERENCE_FILE = "greulich-pyle-brush-foundation.csv"
+#: A copy installed with the package (package data), where whoever builds it may place the table; the
+#: repository does not carry it (shared/README.md: nothing under reference/ is copied into the repo).
+PACKAGED_REFERENCE = Path(__file__).resolve().parent / "data" / REFERENCE_FILE
 #: Where the table lies beside a checkout (the shared folder); it is never committed to the repo.
-DEFAULT_REFERENCE = Path(__file__).resolve().parent.parent.parent / "shared" / "reference" / "greulich-pyle-brush-foundation.csv"
+DEFAULT_REFERENCE = Path(__file__).resolve().parent.parent.parent / "shared" / "reference" / REFERENCE_FILE
 REFERENCE_COLUMNS = ("sex", "chronological_age_months", "mean_bone_age_months", "sd_months")
 #: |z| above this is reported as advanced / delayed.
 Z_LIMIT = 2.0
@@ -32,11 +36,12 @@ class ReferenceError(ValueError):
 
 
 def reference_path() -> Path | None:
-    """The reference table to use: $BONEAGE_GP_TABLE, else the shared copy beside the checkout, else None."""
+    """The reference table to use: $BONEAGE_GP_TABLE, else the packaged copy, else the shared copy beside the
+    checkout, else None."""
     env = os.environ.get(REFERENCE_ENV)
     if env:
         return Path(env)
-    return DEFAULT_REFERENCE if DEFAULT_REFERENCE.is_file() else None
+    return next((path for path in (PACKAGED_REFERENCE, DEFAULT_REFERENCE) if path.is_file()), None)
 
 
 def load_reference(source: str | os.PathLike | None = None) -> pd.DataFrame:

@@ -111,7 +111,8 @@ def _read_stream(source: object) -> bytes:
     return bytes(data)
 
 
-def _read_bytes(source: ImageSource) -> bytes:
+def read_bytes(source: ImageSource) -> bytes:
+    """The bytes of a path, bytes-like object or binary file object, refusing sources over MAX_FILE_BYTES."""
     if isinstance(source, (str, Path)):
         return _read_path(Path(source))
     data = bytes(source) if isinstance(source, (bytes, bytearray, memoryview)) else _read_stream(source)
@@ -423,7 +424,7 @@ def _parse_dicom_date(value: object) -> date | None:
 
 def read_dicom_info(source: ImageSource, name: str = "image") -> DicomInfo | None:
     """Patient sex and dates from a DICOM file; None when the source is not DICOM."""
-    data = _read_bytes(source)
+    data = read_bytes(source)
     if not is_dicom(data):
         return None
     ds = _read_dataset(data, name)
@@ -443,7 +444,7 @@ def load_gray(source: ImageSource, name: str | None = None) -> np.ndarray:
     unreadable, InputTypeError when `source` is not an image source at all (None, a number, a text-mode file).
     """
     name = name or source_name(source)
-    data = _read_bytes(source)
+    data = read_bytes(source)
     if not data:
         raise ImageLoadError(f"{name}: file is empty")
     arr = _dicom_pixels(data, name) if is_dicom(data) else _load_raster(data, name)

@@ -1,6 +1,7 @@
 """Command-line bone-age prediction for one or more radiographs; errors are reported per file.
 
-python -m boneage_core.predict --artifacts DIR --sex M|F [--json] [--views 1,0.94 | --tta | --no-tta] IMAGE...
+python -m boneage_core.predict --artifacts DIR --sex M|F [--json] [--views 1,0.94 | --tta | --no-tta]
+    [--chronological-age-months N | --birth-date YYYY-MM-DD --study-date YYYY-MM-DD] IMAGE...
 (for folders or CSV lists of many images with a sex per row, use ``python -m boneage_core.batch``)
 """
 
@@ -12,7 +13,8 @@ import logging
 import sys
 from pathlib import Path
 
-from .errors import BoneAgeError
+from .assess import as_date, assess
+from .errors import BoneAgeError, InputError
 from .predictor import Predictor
 from .report import AssessmentReport
 from .views import add_views_arguments
@@ -28,6 +30,10 @@ def _line(report: AssessmentReport) -> str:
     probs = dict(report.stage_probabilities or ())
     prob = f" p={probs[report.stage_name]:.2f}" if report.stage_name in probs else ""
     parts.append(f"stage={report.stage_name}{prob} ({report.stage_source})")
+    if report.readout is not None:
+        parts.append(f"z={report.readout.z_score:+.2f} ({report.readout.category})")
+    elif report.readout_note:
+        parts.append(f"no z-score: {report.readout_note}")
     parts += [f"WARNING: {w}" for w in report.warnings]
     return "  ".join(parts)
 
@@ -40,12 +46,24 @@ def sex_argument(value: str) -> bool:
         raise argparse.ArgumentTypeError(str(exc)) from exc
 
 
+def _date_argument(value: str):
+    """argparse type for the dates (YYYY-MM-DD or YYYYMMDD)."""
+    try:
+        return as_date(value, "date")
+    except InputError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="boneage-predict", description=__doc__.splitlines()[0])
     parser.add_argument("images", nargs="+", type=Path)
     parser.add_argument("--artifacts", default="artifacts")
     parser.add_argument("--sex", required=True, type=sex_argument, help=f"{SEX_HELP}; applies to every image")
     parser.add_argument("--json", action="store_true", help="one JSON report per line")
+    parser.add_argument("--chronological-age-months", type=float, help="age at the study, for the Greulich-Pyle "
+                        "z-score (applies to every image; DICOM files otherwise give it from their dates)")
+    parser.add_argument("--birth-date", type=_date_argument, help="YYYY-MM-DD, with --study-date, instead of the age")
+    parser.add_argument("--study-date", type=_date_argument, help="YYYY-MM-DD, with --birth-date")
     add_views_arguments(parser, None, "(default: the manifest's, as the artifacts were evaluated; other views "
                         "give estimates without the bias correction and interval, which were fitted on those)")
     parser.add_argument("--device", default="cpu")
@@ -74,12 +92,12 @@ def main(argv: list[str] | None = None) -> int:
     failed = 0
     for path in args.images:
         try:
-            pred = predictor.predict(path, args.sex, views=args.views)
+            report = assess(predictor, path, args.sex, chronological_age_months=args.chronological_age_months,
+                            birth_date=args.birth_date, study_date=args.study_date, views=args.views)
         except Exception as exc:  # noqa: BLE001 - one bad file must not stop the others; reported, counted
             failed += 1
             _report_error(path, exc, args.json)
             continue
-        report = AssessmentReport.from_prediction(pred, None, predictor.version)
         print(json.dumps(report.to_dict()) if args.json else _line(report))
     return 1 if failed else 0
 

@@ -27,6 +27,9 @@ STUDY_TAGS = ("StudyInstanceUID", "AccessionNumber", "StudyDate")
 #: with their labels.
 PATIENT_FIELDS = {"patient_id": "Patient ID", "accession": "Accession", "birth_date": "Date of birth",
                   "study_date": "Study date", "reader": "Reader"}
+#: The read-out's columns of AssessmentReport.csv_row (always there: empty without a read-out).
+READOUT_COLUMNS = ("chronological_age_months", "z_score", "z_low", "z_high", "clinical_category",
+                   "clinical_explanation")
 #: Where a stage came from, in a report's words, keyed by Prediction.stage_source.
 COLOUR_SCALE_LABEL = "low → high contribution"
 HEATMAP_CMAP = "jet"  # the colour map of the Grad-CAM overlays (pytorch_grad_cam's default)
@@ -102,6 +105,7 @@ class AssessmentReport:
     study: tuple[tuple[str, str], ...] = ()
     warnings: tuple[str, ...] = ()
     patient: tuple[tuple[str, str], ...] = ()
+    readout_note: str | None = None  # why there is no read-out (None: not asked for, or there is one)
     reference_name: str = REFERENCE_NAME
     disclaimer: str = field(default=DISCLAIMER)
 
@@ -168,6 +172,7 @@ class AssessmentReport:
             "clinical": None if self.readout is None else self.readout.to_dict(),
             "reference": self.reference_name, "model_version": self.model_version, "timestamp": self.timestamp,
             "clinical_explanation": None if self.readout is None else self.readout.explanation,
+            "clinical_note": self.readout_note,
             "study": dict(self.study), "patient": dict(self.patient), "warnings": list(self.warnings),
             "disclaimer": self.disclaimer,
         }
@@ -176,7 +181,7 @@ class AssessmentReport:
         return json.dumps(self.to_dict(), indent=2)
 
     def csv_row(self) -> dict[str, Any]:
-        """A flat row: stage by name, probabilities as p_<stage>, the read-out (chronological age, z) when given."""
+        """A flat row: stage by name, probabilities as p_<stage>, the read-out (chronological age, z; empty without one)."""
         row: dict[str, Any] = {
             "name": self.name, "sex": self.sex,
             "bone_age_months": None if self.bone_age_months is None else round(self.bone_age_months, 2),
@@ -186,21 +191,22 @@ class AssessmentReport:
             "interval_level": self.interval_level, "stage_name": self.stage_name, "stage_source": self.stage_source,
         }
         row.update({f"p_{stage}": round(p, 4) for stage, p in (self.stage_probabilities or ())})
-        if self.readout is not None:
-            r = self.readout
-            row.update(chronological_age_months=round(r.chronological_age_months, 2), z_score=round(r.z_score, 3),
-                       z_low=round(r.z_low, 3), z_high=round(r.z_high, 3), clinical_category=r.category,
-                       clinical_explanation=r.explanation)
+        r = self.readout
+        row.update(zip(READOUT_COLUMNS, (None,) * len(READOUT_COLUMNS) if r is None else (
+            round(r.chronological_age_months, 2), round(r.z_score, 3), round(r.z_low, 3), round(r.z_high, 3),
+            r.category, r.explanation)))
+        row.update(clinical_note=self.readout_note)
         row.update(reference=self.reference_name, model_version=self.model_version, timestamp=self.timestamp)
-        row.update(dict(self.study))
-        row.update(dict(self.patient))
+        row.update({tag: dict(self.study).get(tag) for tag in STUDY_TAGS})  # every tag: one header fits all rows
+        row.update({key: dict(self.patient).get(key) for key in PATIENT_FIELDS})
         row.update(warnings="; ".join(self.warnings), disclaimer=self.disclaimer)
         return row
 
     def readout_lines(self) -> list[str]:
         """The clinical read-out in words, naming the reference."""
         if self.readout is None:
-            return [f"Not computed: no chronological age given (reference: {self.reference_name})."]
+            why = self.readout_note or "no chronological age given"
+            return [f"Not computed: {why} (reference: {self.reference_name})."]
         r = self.readout
         return [f"Chronological age {r.chronological_age_months:.1f} months; reference ({self.reference_name}) "
                 f"mean bone age {r.expected_bone_age_months:.1f} months, SD {r.sd_months:.1f} months.",

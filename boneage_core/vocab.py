@@ -6,6 +6,8 @@ import logging
 
 import numpy as np
 
+from .errors import InputError
+
 logger = logging.getLogger(__name__)
 
 #: Bone ages are in months, within this range (the RSNA labels run 1-228; the models clip to it).
@@ -25,7 +27,7 @@ _SEX_WORDS = {
 SEX_HELP = "M or F (also male/female, boy/girl, 1/0, true/false)"
 
 
-class SexError(ValueError):
+class SexError(InputError):
     """A sex value that is missing or not understood."""
 
 

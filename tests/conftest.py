@@ -3,16 +3,13 @@
 from __future__ import annotations
 
 import os
-import socket
-import subprocess
 import sys
-import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import numpy as np
 import pytest
+
+from tests import servers
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("BONEAGE_SHARED", REPO.parent / "shared"))
@@ -80,6 +77,14 @@ def quick_run(tmp_path_factory, data_299: Path) -> Path:
 def committed_artifacts() -> Path:
     """The trained artifacts committed with the repo (the app runs on these)."""
     return require(ARTIFACTS / "manifest.json").parent
+
+
+@pytest.fixture(scope="session")
+def committed_predictor(committed_artifacts: Path):
+    """The Predictor of the committed artifacts, loaded once per session (read-only use: never mutate it)."""
+    from boneage_core.predictor import Predictor
+
+    return Predictor.load(committed_artifacts)
 
 
 @pytest.fixture(scope="session")
@@ -174,41 +179,19 @@ def sample_label(fullres_dir: Path):
 SERVER_STARTUP_S = 90
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+@pytest.fixture
+def free_port() -> int:
+    """A TCP port free on the loopback address now."""
+    return servers.free_port()
 
 
 @pytest.fixture(scope="session")
 def streamlit_server(tmp_path_factory):
     """`streamlit run streamlit_app.py` on a free localhost port, healthy; yields (base URL, log path)."""
-    port = _free_port()
+    port = servers.free_port()
     log_path = tmp_path_factory.mktemp("server") / "server.log"
-    log = log_path.open("w")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", "streamlit_app.py", "--server.headless", "true",
-         "--server.port", str(port), "--server.address", "127.0.0.1", "--browser.gatherUsageStats", "false"],
-        cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + SERVER_STARTUP_S
-        while True:
-            assert proc.poll() is None, f"server exited early:\n{log_path.read_text()}"
-            try:
-                with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as response:
-                    if response.read() == b"ok":
-                        break
-            except (urllib.error.URLError, ConnectionError, TimeoutError):
-                pass
-            assert time.monotonic() < deadline, f"no healthy server in {SERVER_STARTUP_S} s:\n{log_path.read_text()}"
-            time.sleep(0.3)
+    url = f"http://{servers.HOST}:{port}"
+    command = [sys.executable, "-m", "streamlit", "run", "streamlit_app.py", "--server.headless", "true",
+               "--server.port", str(port), "--server.address", servers.HOST, "--browser.gatherUsageStats", "false"]
+    with servers.child_server(command, f"{url}/_stcore/health", log_path, SERVER_STARTUP_S, cwd=REPO):
         yield url, log_path
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        log.close()

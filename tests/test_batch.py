@@ -30,7 +30,7 @@ class FakePredict:
         self.watch = watch  # output file whose lines on disk are counted at the interrupt
         self.lines_on_disk: int | None = None
 
-    def __call__(self, path: Path, male: bool) -> dict:
+    def __call__(self, path: Path, male: bool, age: float | None = None) -> dict:
         if self.interrupt_after is not None and len(self.calls) == self.interrupt_after:
             if self.watch is not None:
                 self.lines_on_disk = len(self.watch.read_bytes().splitlines())
@@ -264,3 +264,49 @@ def test_end_to_end_on_full_size_samples_with_the_committed_models(fullres_dir, 
         assert age == pytest.approx(round(direct.bone_age_months, 2))
         assert frame.loc[frame["bone_age_months"] == age, "model_version"].iloc[0] == predictor.version
         assert 0 < age < 240
+
+
+def test_formula_like_cells_are_neutralised_and_numbers_stay_numbers(tmp_path, monkeypatch):
+    root = tmp_path / "archive"
+    _png(root / '=HYPERLINK("x").png', 1)
+    _png(root / "plain.png", 2)
+
+    ages = {}
+
+    def predict(path: Path, male: bool, age: float | None) -> dict:
+        ages[path.name] = age
+        return {"bone_age_months": 100.5, "z_score": -1.5, "stage_name": "pre-puberty", "warnings": "-dark film"}
+
+    monkeypatch.setattr(batch, "load_scorer", lambda artifacts, device: predict)
+    sex_csv = tmp_path / "sex.csv"
+    sex_csv.write_text('id,sex,chronological_age_months\n"=HYPERLINK(""x"")",F,120.5\nplain,M,\n')
+    out = tmp_path / "results.csv"
+    assert _run(root, sex_csv, out) == 0
+    frame = _read(out)
+    assert list(frame["id"]) == ['\'=HYPERLINK("x").png', "plain.png"]
+    assert list(frame["z_score"]) == ["-1.5", "-1.5"] and list(frame["warnings"]) == ["'-dark film"] * 2
+    assert pd.read_csv(out)["z_score"].dtype.kind == "f"  # a number in the file, not text
+    assert ages == {'=HYPERLINK("x").png': 120.5, "plain.png": None}
+
+
+def test_the_cli_reads_out_z_from_an_age_column_or_dicom_dates_as_assess_does(
+        committed_artifacts, committed_predictor, fullres_sample, dicom_from, gp_table, tmp_path, monkeypatch):
+    from boneage_core.assess import assess
+
+    monkeypatch.setenv("BONEAGE_GP_TABLE", str(gp_table))
+    dicom = tmp_path / "hand.dcm"
+    dicom.write_bytes(dicom_from(fullres_sample, PatientSex="M", PatientBirthDate="20120301", StudyDate="20240915"))
+    lst = tmp_path / "list.csv"
+    lst.write_text(f"id,path,sex,chronological_age_months\npng,{fullres_sample},F,150\ndcm,{dicom},,\n"
+                   f"plain,{fullres_sample},F,\n")
+    out = tmp_path / "out.csv"
+    assert batch.main(["--artifacts", str(committed_artifacts), "--list", str(lst), "--out", str(out),
+                       "--no-progress"]) == 0
+    frame = pd.read_csv(out, keep_default_na=False).set_index("id")
+    expected = {"png": assess(committed_predictor, fullres_sample, "F", chronological_age_months=150.0),
+                "dcm": assess(committed_predictor, dicom, None)}
+    for ident, report in expected.items():
+        assert float(frame.loc[ident, "z_score"]) == pytest.approx(round(report.readout.z_score, 3))
+        assert float(frame.loc[ident, "bone_age_months"]) == pytest.approx(round(report.bone_age_months, 2))
+    assert frame.loc["dcm", "sex_from"] == "dicom" and frame.loc["plain", "z_score"] == ""
+    assert frame.loc["dcm", "StudyDate"] == "20240915" and frame.loc["png", "StudyDate"] == ""

@@ -218,3 +218,21 @@ def test_a_typed_age_is_refused_with_a_reason_not_clamped():
         with pytest.raises(ValueError, match=words):
             age_from_years_months(years, months)
     assert age_from_years_months(MAX_AGE_YEARS, 11) == MAX_AGE_YEARS * 12 + 11
+
+
+def test_reference_path_prefers_the_environment_then_the_packaged_copy(tmp_path, monkeypatch, gp_table):
+    from boneage_core import clinical
+
+    packaged = tmp_path / "packaged.csv"
+    monkeypatch.setattr(clinical, "PACKAGED_REFERENCE", packaged)
+    monkeypatch.setattr(clinical, "DEFAULT_REFERENCE", gp_table)
+    monkeypatch.delenv(clinical.REFERENCE_ENV, raising=False)
+    assert clinical.reference_path() == gp_table  # no packaged copy: the shared one beside the checkout
+    packaged.write_bytes(gp_table.read_bytes())
+    assert clinical.reference_path() == packaged
+    monkeypatch.setenv(clinical.REFERENCE_ENV, str(tmp_path / "mine.csv"))
+    assert clinical.reference_path() == tmp_path / "mine.csv"
+    monkeypatch.setattr(clinical, "DEFAULT_REFERENCE", tmp_path / "absent.csv")
+    monkeypatch.delenv(clinical.REFERENCE_ENV)
+    packaged.unlink()
+    assert clinical.reference_path() is None

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from boneage_core import predict
 
 
@@ -34,3 +36,26 @@ def test_corrupt_checkpoint_exit_2(tmp_path, fullres_sample, capsys):
     (tmp_path / "regressor.pt").write_bytes(b"not a checkpoint at all")
     assert predict.main(["--artifacts", str(tmp_path), "--sex", "F", str(fullres_sample)]) == 2
     assert "not a readable checkpoint" in capsys.readouterr().err
+
+
+def test_the_cli_prints_assess_reports_with_the_read_out(committed_artifacts, committed_predictor, fullres_sample,
+                                                         gp_table, monkeypatch, capsys):
+    from boneage_core.assess import assess
+
+    monkeypatch.setenv("BONEAGE_GP_TABLE", str(gp_table))
+    code = predict.main(["--artifacts", str(committed_artifacts), "--sex", "F", "--json",
+                         "--chronological-age-months", "150", str(fullres_sample)])
+    printed = json.loads(capsys.readouterr().out)
+    expected = assess(committed_predictor, fullres_sample, "F", chronological_age_months=150.0).to_dict()
+    assert code == 0 and printed.pop("timestamp") and expected.pop("timestamp")
+    assert printed == expected and printed["clinical"]["chronological_age_months"] == 150.0
+    code = predict.main(["--artifacts", str(committed_artifacts), "--sex", "F", "--birth-date", "2012-03-01",
+                         "--study-date", "2024-09-15", str(fullres_sample)])
+    assert code == 0 and " z=" in capsys.readouterr().out
+
+
+def test_the_cli_refuses_a_bad_date(committed_artifacts, fullres_sample, capsys):
+    with pytest.raises(SystemExit):
+        predict.main(["--artifacts", str(committed_artifacts), "--sex", "F", "--birth-date", "1.3.2012",
+                      str(fullres_sample)])
+    assert "is not a date" in capsys.readouterr().err

@@ -77,7 +77,7 @@ def test_stage_derived_from_age_and_missing_parts():
     assert rep.stage_source == STAGE_FROM_AGE
     assert rep.sex == "M" and rep.interval_text is None and rep.study == ()
     row = rep.csv_row()
-    assert "z_score" not in row and not any(k.startswith("p_") for k in row)
+    assert row["z_score"] is None and row["clinical_category"] is None and not any(k.startswith("p_") for k in row)
     assert datetime.fromisoformat(rep.timestamp).tzinfo is not None
 
 

@@ -16,3 +16,10 @@ def test_the_csv_keeps_machine_precision_and_whole_months_as_integers():
     assert "a.png,25," in csv and "25.0" not in csv
     people = for_people(results)
     assert people.loc[0, "90 % interval (months)"] == "10–41" and people.loc[1, "90 % interval (months)"] == ""
+
+
+def test_the_csv_download_runs_no_formula():
+    """A file named like a formula lands as text; a negative z stays a number."""
+    results = pd.DataFrame({"file": ['=HYPERLINK("http://x")', "b.png"], "z_score": [-1.5, 0.2], "error": ["", ""]})
+    csv = for_machines(results).to_csv(index=False)
+    assert "'=HYPERLINK" in csv and "\n=HYPERLINK" not in csv and ",-1.5," in csv

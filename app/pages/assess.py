@@ -23,6 +23,7 @@ from boneage_core.plots import stage_probability_figure
 from boneage_core.predictor import Prediction, Predictor, overlay_heatmap
 from boneage_core.report import (DISCLAIMER, REFERENCE_NAME, AssessmentReport, heatmap_png_with_colorbar, read_study,
                                  render_pdf, years_months)
+from boneage_core.spreadsheet import spreadsheet_safe_row
 
 logger = logging.getLogger(__name__)
 
@@ -241,7 +242,7 @@ def _downloads(pred: Prediction, report: AssessmentReport, overlay, head_label: 
                        "application/pdf", key="assess_dl_pdf", on_click="ignore", type="primary")
     c2.download_button("Result (JSON)", report.to_json(), f"{stem}_boneage.json", "application/json",
                        key="assess_dl_json", on_click="ignore")
-    c3.download_button("Result (CSV)", pd.DataFrame([report.csv_row()]).to_csv(index=False), f"{stem}_boneage.csv",
+    c3.download_button("Result (CSV)", pd.DataFrame([spreadsheet_safe_row(report.csv_row())]).to_csv(index=False), f"{stem}_boneage.csv",
                        "text/csv", key="assess_dl_csv", on_click="ignore")
     if overlay is not None:
         c4.download_button(
