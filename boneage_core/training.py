@@ -264,6 +264,12 @@ class TrainState:
         """Epochs the run's phases plan in all (a phase that ends early on its minutes or patience runs fewer)."""
         return sum(p["epochs"] for p in self.plan["phases"])
 
+    def progress(self) -> dict:
+        """Where the run stands, as a record (a resume state's and a checkpoint's description)."""
+        return {"finished": self.phase >= len(self.plan["phases"]), "next_phase": self.phase + 1,
+                "epochs_done_in_phase": self.epoch, "epochs_done": self.epochs_done,
+                "planned_epochs": self.planned_epochs(), "steps": self.steps}
+
     def position(self) -> str:
         """Where the run stands, for logs."""
         phases = len(self.plan["phases"])
@@ -508,7 +514,7 @@ def _resume_from(resume: TrainState | None, loop: _Loop, plan: dict) -> TrainSta
     loop.net.load_state_dict(resume.weights)
     loop.ema.module.load_state_dict(resume.ema)
     loop.epochs_done, loop.clock.steps = resume.epochs_done, resume.steps
-    logger.info("Resuming at %s", resume.position())
+    logger.info("Resuming the run: %s", resume.position())
     return dataclasses.replace(resume, history=list(resume.history))
 
 

@@ -5,14 +5,16 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import types
 from dataclasses import replace
 from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
 
 from boneage_core import train_cli as train
-from boneage_core.checkpoint import file_sha256, read_meta
+from boneage_core.checkpoint import file_sha256, read_meta, read_resume_state
 from boneage_core.config import PRESETS, QUICK_OUT, TrainConfig, preset_config
 from boneage_core.data import SPLIT_RECORD, split_fingerprint
 from boneage_core.heads import AGE, BASELINE, CNN, STAGE, UNCORRECTED, age_stage_column, system_column
@@ -353,3 +355,63 @@ def test_hand_crop_flag_reaches_the_preprocessing_spec():
     cfg = train.parse_args(["--data-dir", "x", "--hand-crop"])
     assert cfg.hand_crop and cfg.preprocess_spec(96).hand_crop and cfg.preprocess_spec(96).image_size == 96
     assert cfg.preprocess_spec(96).with_size(128).hand_crop  # phases keep the crop
+
+
+# --- train.py --resume -----------------------------------------------------------------------------------
+
+_RESUME_FLAGS = ["--no-pretrained", "--limit", "40", "--phases", "32:2:1e-3,40:1:5e-4", "--batch-size", "4",
+                 "--stages", "multihead", "--workers", "1"]  # 28 training images: 7 steps an epoch, 21 in all
+_HISTORY = ["epoch", "phase", "image_size", "train_loss", "val_score", "val_age", "val_stage", "lr"]
+
+
+def _train_chunk(monkeypatch, argv: list[str], cut_after_step: int = 0) -> int:
+    """train.main(argv) on a clock that jumps an hour after step `cut_after_step` (0: never): the budget ends there."""
+    from boneage_core import training
+
+    now, steps, real = [1_000.0], [], training._train_step
+
+    def counting(*args, **kwargs):
+        loss = real(*args, **kwargs)
+        steps.append(1)
+        now[0] += 3600.0 if len(steps) == cut_after_step else 0.0
+        return loss
+
+    with monkeypatch.context() as patch:
+        patch.setattr(training, "time", types.SimpleNamespace(time=lambda: now[0]))
+        patch.setattr(training, "_train_step", counting)
+        return train.main(argv)
+
+
+@pytest.fixture
+def one_torch_thread():  # on the shared 2-core machine two intra-op threads contend and run much slower
+    threads, _ = torch.get_num_threads(), torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_a_run_trained_in_two_chunks_equals_the_run_in_one(data_299, tmp_path, monkeypatch, caplog, one_torch_thread):
+    common = ["--data-dir", str(data_299), "--cache-dir", str(tmp_path / "cache"), *_RESUME_FLAGS]
+    assert _train_chunk(monkeypatch, [*common, "--out", str(tmp_path / "whole")]) == 0
+    run = tmp_path / "chunked"
+    # chunk 1: the budget runs out in epoch 2 (step 10 of 21); the folder holds the state after epoch 1
+    assert _train_chunk(monkeypatch, [*common, "--out", str(run), "--max-train-minutes", "1"], cut_after_step=10) == 0
+    state = read_resume_state(run / "resume" / "multihead.pt")
+    assert state["extra"]["epochs_done"] == 1 and state["extra"]["steps"] == 7 and not state["extra"]["finished"]
+    assert state["extra"]["planned_epochs"] == 3 and state["lineage"] == {"init_from": "scratch"}
+    assert state["config"]["phases"] == "32:2:1e-3,40:1:5e-4" and state["git_commit"]
+    assert not read_meta(run / "multihead.pt")["extra"]["finished"]
+    # chunk 2: --resume with the run's own config and no budget
+    assert _train_chunk(monkeypatch, ["--resume", str(run), "--max-train-minutes", "0",
+                                      "--cache-dir", str(tmp_path / "cache")]) == 0
+    meta = read_meta(run / "multihead.pt")
+    assert meta["extra"]["first_epoch"] == 2 and meta["extra"]["finished"]
+    whole, chunked = (pd.read_csv(tmp_path / name / "history_multihead.csv") for name in ("whole", "chunked"))
+    pd.testing.assert_frame_equal(chunked[_HISTORY], whole[_HISTORY])
+    a, b = load_model(tmp_path / "whole" / "multihead.pt")[0], load_model(run / "multihead.pt")[0]
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+    # a flag that changes the plan is refused, and so is a folder without a run
+    caplog.clear()
+    assert train.main(["--resume", str(run), "--seed", "7", "--phases", "32:3"]) == 2
+    assert "seed: 42 -> 7" in caplog.text and "phases" in caplog.text and "would change the run's plan" in caplog.text
+    assert train.main(["--resume", str(tmp_path / "nothing")]) == 2
+    assert "not a run folder" in caplog.text
