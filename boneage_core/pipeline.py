@@ -174,7 +174,7 @@ def _saved_state(cfg: TrainConfig, staging: Path | None, stem: str, dist: DistCo
 
 def _state_writer(staging: Path | None, stem: str, spec: ModelSpec, cfg: TrainConfig, lineage: dict,
                   split: str) -> Callable[[TrainState], None]:
-    """save_state for fit: the model's resume state, self-described (spec, config, lineage, progress, split), on rank 0."""
+    """save_state for fit: the model's resume state, described (spec, config, lineage, progress, split), on rank 0."""
     def write(state: TrainState) -> None:
         save_resume_state(staging / art.resume_file(stem), state.to_dict(), spec.to_dict(), cfg.to_dict(), lineage,
                           extra={**state.progress(), SPLIT_RECORD: split})
@@ -193,8 +193,8 @@ def train_cnn_stage(cfg: TrainConfig, ds: Dataset, staging: Path | None, name: s
     if resume:
         saved = _saved_state(cfg, staging, stem, dist)
         check_split_record(saved["extra"].get(SPLIT_RECORD), split, "the resumed run", art.resume_file(stem))
-        spec, lineage, state = ModelSpec.from_dict(saved["spec"]), saved["lineage"], TrainState.from_dict(saved["state"])
-        net = BoneAgeNet(spec)
+        spec, lineage = ModelSpec.from_dict(saved["spec"]), saved["lineage"]
+        net, state = BoneAgeNet(spec), TrainState.from_dict(saved["state"])
     else:
         age_mean, age_std = _age_scaling(cfg, ds.part("train"))
         spec = ModelSpec(heads=MODEL_LAYOUTS[name], backbone=cfg.backbone, sex_embedding_dim=cfg.sex_embedding_dim,

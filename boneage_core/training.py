@@ -219,7 +219,7 @@ class FitResult:
 
 
 def fit_plan(cfg: FitConfig, phases: Sequence[Phase]) -> dict:
-    """What a resumed fit must share with the run it continues: the phases and every loop setting but the time budget."""
+    """What a resumed fit must share with the run it continues: the phases and the loop settings but the budget."""
     settings = {k: v for k, v in dataclasses.asdict(cfg).items() if k != "max_train_minutes"}
     return {"phases": [p.to_dict() for p in phases], "fit": settings}
 
@@ -487,18 +487,18 @@ def _set_rng_state(state: dict, loop: _Loop) -> None:
     loop.gen.set_state(state["generator"])
 
 
-def _snapshot(state: TrainState, loop: _Loop, opt) -> TrainState | None:
-    """A copy of `state` with the weights, EMA, optimizer and every rank's random states; on rank 0 (None elsewhere).
+def _save_snapshot(state: TrainState, loop: _Loop, opt, save_state: Callable[[TrainState], None]) -> None:
+    """save_state(a copy of `state` with the weights, EMA, optimizer and every rank's random states) on rank 0.
 
     Every rank must call it (the random states are gathered).
     """
     rng = loop.dist.all_gather_object(_rng_state(loop))
     if not loop.dist.is_main:
-        return None
+        return
     cpu = lambda tensors: {k: v.detach().cpu().clone() for k, v in tensors.items()}  # noqa: E731
-    return dataclasses.replace(state, history=[dict(r) for r in state.history], weights=cpu(loop.net.state_dict()),
-                               ema=cpu(loop.ema.module.state_dict()), optimizer=copy.deepcopy(_base(opt).state_dict()),
-                               rng=rng)
+    save_state(dataclasses.replace(state, history=[dict(r) for r in state.history], weights=cpu(loop.net.state_dict()),
+                                   ema=cpu(loop.ema.module.state_dict()),
+                                   optimizer=copy.deepcopy(_base(opt).state_dict()), rng=rng))
 
 
 def _resume_from(resume: TrainState | None, loop: _Loop, plan: dict) -> TrainState:
@@ -506,9 +506,9 @@ def _resume_from(resume: TrainState | None, loop: _Loop, plan: dict) -> TrainSta
     if resume is None:
         return TrainState(plan)
     if resume.plan != plan:
-        changed = sorted(k for k in set(plan["fit"]) | {"phases"}
-                         if (plan.get(k) if k == "phases" else plan["fit"].get(k))
-                         != (resume.plan.get(k) if k == "phases" else resume.plan["fit"].get(k)))
+        flat = lambda p: {"phases": p.get("phases"), **p.get("fit", {})}  # noqa: E731
+        asked, saved = flat(plan), flat(resume.plan)
+        changed = sorted(k for k in asked.keys() | saved.keys() if asked.get(k) != saved.get(k))
         raise ResumeError(f"cannot resume: the run was planned with other settings ({', '.join(changed)}); "
                           "resume with the run's own phases and settings")
     loop.net.load_state_dict(resume.weights)
@@ -563,11 +563,11 @@ def fit(net: BoneAgeNet, data: Callable[[int], tuple[Split, Split]], cfg: FitCon
     loop = _Loop(net, net, ema, _Clock(cfg.max_train_minutes), gen, device, dist, cfg)
     state = _resume_from(resume, loop, fit_plan(cfg, phases))
     clock, primary, first = loop.clock, net.spec.heads[0], state.phase
-    result = FitResult(state.best_state, pd.DataFrame(), state.best_epoch, state.best, state.stopped or "no phase ran", 0.0,
-                       phases[-1].image_size, first, first_epoch=state.epochs_done + 1)
+    result = FitResult(state.best_state, pd.DataFrame(), state.best_epoch, state.best, state.stopped or "no phase ran",
+                       0.0, phases[-1].image_size, first, first_epoch=state.epochs_done + 1)
     if first >= len(phases):
         _set_image_size(loop, phases[-1].image_size)
-        result.notes.append("the run had already finished: nothing left to train")
+        logger.info("The run had already finished: nothing left to train")
     for p_index in range(first, len(phases)):
         phase = phases[p_index]
         if p_index > first and _run_over(clock, dist):  # the first phase always runs (at least one step)
@@ -614,14 +614,15 @@ def fit(net: BoneAgeNet, data: Callable[[int], tuple[Split, Split]], cfg: FitCon
                 stopped = f"early stop: no improvement for {cfg.patience} epochs"
             ended = bool(why) or state.since_best >= cfg.patience or epoch + 1 == phase.epochs
             if cut:
+                if save_state is not None and loop.epochs_done == result.first_epoch:
+                    logger.warning("The time budget ended inside this fit's first epoch: no epoch was saved, so a "
+                                   "resume starts it again; give a chunk more time than one epoch")
                 break
             state.phase, state.epoch = (p_index + 1, 0) if ended else (p_index, epoch + 1)
             state.phase_seconds = 0.0 if ended else _from_main(dist, clock.phase_elapsed)
             state.epochs_done, state.steps, state.stopped = loop.epochs_done, clock.steps, stopped if ended else ""
             if save_state is not None:
-                snapshot = _snapshot(state, loop, opt)
-                if snapshot is not None:
-                    save_state(snapshot)
+                _save_snapshot(state, loop, opt, save_state)
             if ended:
                 break
         result.state_dict, result.best_score, result.stopped = state.best_state, state.best, stopped

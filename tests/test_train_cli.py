@@ -24,12 +24,18 @@ from boneage_core.predictor import Predictor
 from boneage_core.views import NO_TTA
 
 
+def _files(folder: Path) -> dict[str, bytes]:
+    """Every file below `folder` (the resume states in its resume/ too) by relative path, with its bytes."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
 def test_quick_run_writes_every_artifact(quick_run):
     names = {p.name for p in quick_run.iterdir()}
     expected = {"split.csv", "metrics.json", "predictions.csv", "config.json", "run_report.md", "multihead.pt",
                 "manifest.json", "gate.npz", "baseline.json", "baseline_regressor.ubj", "baseline_classifier.ubj",
-                "history_multihead.csv", "calibration.json", "calibration_predictions.csv"}
+                "history_multihead.csv", "calibration.json", "calibration_predictions.csv", "resume"}
     assert expected <= names, expected - names
+    assert read_resume_state(quick_run / "resume" / "multihead.pt")["extra"]["finished"]
 
 
 def test_quick_metrics_have_every_head_and_breakdown(quick_run):
@@ -130,14 +136,14 @@ def test_checkpoints_record_their_split_and_other_splits_are_refused(quick_run, 
     train_row, test_row = split.index[split["split"] == "train"][0], split.index[split["split"] == "test"][0]
     split.loc[[train_row, test_row], "split"] = ["test", "train"]  # one training image now in the test part
     split.to_csv(out / "split.csv", index=False)
-    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    before = _files(out)
     common = ["--data-dir", str(data_299), "--quick", "--no-pretrained", "--limit", "240",
               "--cache-dir", str(tmp_path / "c")]
     for stage in ("evaluate", "calibrate"):
         caplog.clear()
         assert train.main(common + ["--stages", stage, "--out", str(out)]) == 2
         assert "trained on another split" in caplog.text and "multihead.pt" in caplog.text
-    assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # nothing written
+    assert _files(out) == before  # nothing written
     caplog.clear()
     code = train.main(common + ["--stages", "multihead", "--split-seed", "5", "--init-from",
                                 str(quick_run / "multihead.pt"), "--out", str(tmp_path / "child")])
@@ -205,7 +211,7 @@ def test_interrupted_run_leaves_previous_artifacts_intact(quick_run, data_299, t
 
     out = tmp_path / "artifacts"
     shutil.copytree(quick_run, out)
-    snapshot = {p.name: p.read_bytes() for p in out.iterdir()}
+    snapshot = _files(out)
 
     def boom(*args, **kwargs):
         raise KeyboardInterrupt
@@ -214,7 +220,7 @@ def test_interrupted_run_leaves_previous_artifacts_intact(quick_run, data_299, t
     code = train.main(["--data-dir", str(data_299), "--quick", "--no-pretrained", "--limit", "240",
                        "--stages", "baseline,evaluate", "--out", str(out), "--cache-dir", str(tmp_path / "c")])
     assert code == 130
-    assert {p.name: p.read_bytes() for p in out.iterdir()} == snapshot
+    assert _files(out) == snapshot
     assert not [p for p in tmp_path.iterdir() if p.name.startswith("artifacts.tmp-")]
 
 
