@@ -25,6 +25,8 @@ SPLIT_FILE = "split.csv"
 CONFIG_FILE = "config.json"
 REPORT_FILE = "run_report.md"
 MANIFEST_FILE = "manifest.json"
+#: Sub-folder of a run folder with each model's resume state (train.py --resume): never served, never committed.
+RESUME_DIR = "resume"
 
 
 def write_json(path: str | os.PathLike, data: dict) -> Path:
@@ -50,6 +52,11 @@ def read_json(path: str | os.PathLike, what: str, hint: str = "") -> dict | None
 def history_file(model: str) -> str:
     """File name of a model's per-epoch training history, e.g. history_regressor.csv."""
     return f"history_{model}.csv"
+
+
+def resume_file(model: str) -> str:
+    """Path, inside a run folder, of a model's resume state, e.g. resume/multihead.pt."""
+    return f"{RESUME_DIR}/{model}.pt"
 
 
 class Terminated(KeyboardInterrupt):

@@ -18,6 +18,8 @@ logger = logging.getLogger(__name__)
 
 CHECKPOINT_FORMAT = "boneage-checkpoint/2"
 _V1_FORMAT = "boneage-checkpoint/1"
+#: A training run's resume state (train.py --resume): full-precision weights, EMA, optimizer, RNG and history.
+RESUME_FORMAT = "boneage-resume/1"
 _V1_TASK_HEAD = {"regression": "age", "classification": "stage"}
 
 
@@ -44,29 +46,66 @@ def git_commit() -> str:
         return "unknown"
 
 
-def save_checkpoint(path: str | os.PathLike, state_dict: dict, spec: dict, config: dict,
-                    lineage: dict | None = None, extra: dict | None = None) -> str:
-    """Write an fp16 checkpoint (spec, config, lineage, commit, weights) atomically; returns its sha256."""
-    path = Path(path)
-    payload = {
-        "format": CHECKPOINT_FORMAT,
-        "spec": spec,
-        "config": config,
-        "lineage": lineage or {"init_from": "unknown"},
-        "git_commit": git_commit(),
-        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "torch_version": str(torch.__version__),
-        "extra": extra or {},
-        "state_dict": {k: (v.detach().cpu().half() if v.is_floating_point() else v.detach().cpu())
-                       for k, v in state_dict.items()},
-    }
+def _load(path: str | os.PathLike, what: str) -> tuple[object, object]:
+    """A file torch.load reads with its restricted unpickler, and its format tag; CheckpointError if unreadable."""
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except (OSError, RuntimeError, EOFError, pickle.UnpicklingError, KeyError, ValueError, TypeError,
+            AttributeError) as exc:  # what torch's restricted unpickler raises for arbitrary bytes
+        raise CheckpointError(f"{path}: not a readable {what} ({exc!r})") from exc
+    return payload, payload.get("format") if isinstance(payload, dict) else type(payload).__name__
+
+
+def _description(spec: dict, config: dict, lineage: dict | None, extra: dict | None) -> dict:
+    """What every file a run writes about a network says about it: spec, config, lineage, commit, time, torch."""
+    return {"spec": spec, "config": config, "lineage": lineage or {"init_from": "unknown"}, "git_commit": git_commit(),
+            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "torch_version": str(torch.__version__), "extra": extra or {}}
+
+
+def _save_atomically(payload: dict, path: Path) -> None:
+    """torch.save to a partial file, then rename it: readers see the old file or the new one, never half of one."""
     tmp = path.with_name(f".{path.name}.partial")
     try:
         torch.save(payload, tmp)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def save_checkpoint(path: str | os.PathLike, state_dict: dict, spec: dict, config: dict,
+                    lineage: dict | None = None, extra: dict | None = None) -> str:
+    """Write an fp16 checkpoint (spec, config, lineage, commit, weights) atomically; returns its sha256."""
+    path = Path(path)
+    payload = {
+        "format": CHECKPOINT_FORMAT,
+        **_description(spec, config, lineage, extra),
+        "state_dict": {k: (v.detach().cpu().half() if v.is_floating_point() else v.detach().cpu())
+                       for k, v in state_dict.items()},
+    }
+    _save_atomically(payload, path)
     return file_sha256(path)
+
+
+def save_resume_state(path: str | os.PathLike, state: dict, spec: dict, config: dict, lineage: dict | None = None,
+                      extra: dict | None = None) -> Path:
+    """Write a training run's resume state (full precision, optimizer included) atomically, described like a checkpoint.
+
+    `state` is training.TrainState.to_dict(); `extra` says where the run stands (step, epoch, planned epochs).
+    The folder is made when missing.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _save_atomically({"format": RESUME_FORMAT, **_description(spec, config, lineage, extra), "state": state}, path)
+    return path
+
+
+def read_resume_state(path: str | os.PathLike) -> dict:
+    """A resume state file written by save_resume_state (description and "state"); CheckpointError if it is not one."""
+    payload, found = _load(path, "resume state")
+    if found != RESUME_FORMAT:
+        raise CheckpointError(f"{path}: not a training resume state (format {found!r}, expected {RESUME_FORMAT!r})")
+    return payload
 
 
 def _upgrade_v1(payload: dict) -> dict:
@@ -88,12 +127,7 @@ def _upgrade_v1(payload: dict) -> dict:
 
 def read_payload(path: str | os.PathLike) -> dict:
     """The whole checkpoint (weights as stored), upgraded to the current format; CheckpointError if unreadable."""
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except (OSError, RuntimeError, EOFError, pickle.UnpicklingError, KeyError, ValueError, TypeError,
-            AttributeError) as exc:  # what torch's restricted unpickler raises for arbitrary bytes
-        raise CheckpointError(f"{path}: not a readable checkpoint ({exc!r})") from exc
-    found = payload.get("format") if isinstance(payload, dict) else type(payload).__name__
+    payload, found = _load(path, "checkpoint")
     if found == _V1_FORMAT:
         try:
             payload = _upgrade_v1(payload)

@@ -42,6 +42,13 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
+#: What `train.py --resume RUN` may change in the run's config: where the data and caches are, the device and
+#: workers, the stages run (gate, calibrate, evaluate after the last chunk) and each chunk's time budget. Every
+#: other field (phases, backbone, image size, seed, batch, optimizer, ...) is the run's plan.
+RESUME_MAY_CHANGE = frozenset({"data_dir", "labels", "images", "cache_dir", "device", "workers", "stages",
+                               "fit.max_train_minutes"})
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """Every knob of a training run. Defaults are the CPU-friendly full run."""
@@ -173,3 +180,17 @@ def preset_config(name: str) -> TrainConfig:
     values = dict(PRESETS[name])
     fit = replace(FitConfig(), **values.pop("fit", {}))
     return replace(TrainConfig(), **values, fit=fit, preset=name)
+
+
+def _flat(cfg: TrainConfig) -> dict:
+    """The config's fields by name, FitConfig's as fit.<name>."""
+    values = cfg.to_dict()
+    fit = values.pop("fit")
+    return {**values, **{f"fit.{k}": v for k, v in fit.items()}}
+
+
+def resume_conflicts(run: TrainConfig, asked: TrainConfig) -> list[str]:
+    """'name: run value -> asked value' for every field `asked` changes that a resume of `run` may not change."""
+    before, after = _flat(run), _flat(asked)
+    return [f"{k}: {before[k]!r} -> {after[k]!r}" for k in before
+            if k not in RESUME_MAY_CHANGE and before[k] != after[k]]

@@ -49,6 +49,14 @@ class DistContext:
         tdist.broadcast_object_list(box, src=0, device=self.device if self._on_cuda else None)
         return box[0]
 
+    def all_gather_object(self, obj: Any) -> list:
+        """Every rank's `obj` (any picklable value), in rank order, on every rank."""
+        if not self.enabled:
+            return [obj]
+        out: list = [None] * self.world
+        tdist.all_gather_object(out, obj)
+        return out
+
     def all_reduce_mean(self, tensor: torch.Tensor) -> torch.Tensor:
         """The mean of `tensor` over all ranks (a new tensor; on the rank's device under NCCL)."""
         out = tensor.detach().clone()

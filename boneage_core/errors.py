@@ -29,3 +29,7 @@ class InputTypeError(BoneAgeError, TypeError):
 
 class MissingArtifactError(ArtifactError, FileNotFoundError):
     """An artifacts folder without the file (e.g. a trained model) that the operation needs."""
+
+
+class ResumeError(ArtifactError):
+    """A run cannot be resumed: no resume state, or settings that would change the run's plan."""

@@ -8,6 +8,7 @@ import platform
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import pandas as pd
@@ -15,7 +16,7 @@ import torch
 
 from . import artifacts as art
 from .baseline import HogParams, fit_baseline
-from .checkpoint import file_sha256, read_meta
+from .checkpoint import file_sha256, read_meta, read_resume_state, save_resume_state
 from .config import MODEL_LAYOUTS, TrainConfig
 from .data import (SPLIT_RECORD, ImageArray, attach_paths, find_dataset, load_images, load_images_mmap,
                    load_or_make_split, read_labels, split_fingerprint, with_split)
@@ -23,15 +24,15 @@ from .distributed import LOCAL, DistContext
 from .calibration import MIN_CASES, fit_calibration, load_calibration
 from .evaluate import cnn_columns, member_hashes, predict_frame, score_predictions, summary_table
 from .heads import AGE, CNN, system_column
-from .errors import LabelError, MissingArtifactError
+from .errors import BoneAgeError, LabelError, MissingArtifactError, ResumeError
 from .gate import GATE_FILE, fit_gate, gate_member
 from .inference import member_features, resolve_device
 from .manifest import (MODEL_SUFFIX, build_manifest, evaluation_record, model_files, read_manifest,
                        write_manifest)
-from .models import ModelSpec, create_model, load_model, parent_spec, save_model
+from .models import BoneAgeNet, ModelSpec, create_model, load_model, parent_spec, save_model
 from .preprocess import PreprocessSpec
 from .stages import DEFAULT_SCHEME
-from .training import Split, fit
+from .training import Split, TrainState, fit
 from .views import Views, describe_views
 
 logger = logging.getLogger(__name__)
@@ -152,26 +153,67 @@ def _split_data(cfg: TrainConfig, ds: Dataset, dist: DistContext = LOCAL):
     return data
 
 
-def train_cnn_stage(cfg: TrainConfig, ds: Dataset, staging: Path | None, name: str, dist: DistContext = LOCAL) -> dict:
-    """Train the network with the heads MODEL_LAYOUTS[name]; saves <cfg.model_stem(name)>.pt + history (rank 0 only)."""
-    phases = cfg.training_phases()
-    age_mean, age_std = _age_scaling(cfg, ds.part("train"))
-    spec = ModelSpec(heads=MODEL_LAYOUTS[name], backbone=cfg.backbone, sex_embedding_dim=cfg.sex_embedding_dim,
-                     preprocess=cfg.preprocess_spec(phases[-1].image_size), age_mean=age_mean, age_std=age_std)
-    if parent_spec(cfg.init_from) is not None:
-        check_same_split([Path(cfg.init_from)], ds, "--init-from")
-    net, lineage = create_model(spec, cfg.init_from)
+def _saved_state(cfg: TrainConfig, staging: Path | None, stem: str, dist: DistContext) -> dict:
+    """The resume state of model `stem` in the run folder: rank 0 reads it and sends it (or its error) to every rank."""
+    found: dict | BoneAgeError | None = None
+    if dist.is_main:
+        path = staging / art.resume_file(stem)
+        try:
+            if not path.is_file():
+                raise ResumeError(f"{cfg.out}: no resume state {art.resume_file(stem)} for {stem}{MODEL_SUFFIX} (a "
+                                  "train.py run writes it after each epoch, and it lands in the folder when the run "
+                                  "ends): nothing to resume; start the run without --resume")
+            found = read_resume_state(path)
+        except BoneAgeError as exc:
+            found = exc
+    found = dist.broadcast_object(found)
+    if isinstance(found, BoneAgeError):
+        raise found
+    return found
+
+
+def _state_writer(staging: Path | None, stem: str, spec: ModelSpec, cfg: TrainConfig, lineage: dict,
+                  split: str) -> Callable[[TrainState], None]:
+    """save_state for fit: the model's resume state, described (spec, config, lineage, progress, split), on rank 0."""
+    def write(state: TrainState) -> None:
+        save_resume_state(staging / art.resume_file(stem), state.to_dict(), spec.to_dict(), cfg.to_dict(), lineage,
+                          extra={**state.progress(), SPLIT_RECORD: split})
+    return write
+
+
+def train_cnn_stage(cfg: TrainConfig, ds: Dataset, staging: Path | None, name: str, dist: DistContext = LOCAL,
+                    resume: bool = False) -> dict:
+    """Train the network with the heads MODEL_LAYOUTS[name]; saves <cfg.model_stem(name)>.pt + history (rank 0 only).
+
+    After every epoch the run's resume state is written to resume/<stem>.pt; with `resume` the training goes on
+    from the one the folder holds (its network spec and lineage; the config was checked by the caller).
+    """
+    phases, stem, split = cfg.training_phases(), cfg.model_stem(name), split_fingerprint(ds.frame)
+    state = None
+    if resume:
+        saved = _saved_state(cfg, staging, stem, dist)
+        check_split_record(saved["extra"].get(SPLIT_RECORD), split, "the resumed run", art.resume_file(stem))
+        spec, lineage = ModelSpec.from_dict(saved["spec"]), saved["lineage"]
+        net, state = BoneAgeNet(spec), TrainState.from_dict(saved["state"])
+    else:
+        age_mean, age_std = _age_scaling(cfg, ds.part("train"))
+        spec = ModelSpec(heads=MODEL_LAYOUTS[name], backbone=cfg.backbone, sex_embedding_dim=cfg.sex_embedding_dim,
+                         preprocess=cfg.preprocess_spec(phases[-1].image_size), age_mean=age_mean, age_std=age_std)
+        if parent_spec(cfg.init_from) is not None:
+            check_same_split([Path(cfg.init_from)], ds, "--init-from")
+        net, lineage = create_model(spec, cfg.init_from)
     device = dist.device or resolve_device(cfg.device)
-    stem = cfg.model_stem(name)
     logger.info("Training %s (%s, heads %s) on %s from %s", stem + MODEL_SUFFIX, name, ", ".join(spec.heads), device,
-                cfg.init_from)
-    result = fit(net, _split_data(cfg, ds, dist), cfg.fit_config(), phases, device, dist)
+                art.resume_file(stem) if resume else cfg.init_from)
+    result = fit(net, _split_data(cfg, ds, dist), cfg.fit_config(), phases, device, dist, resume=state,
+                 save_state=_state_writer(staging, stem, spec, cfg, lineage, split))
     net.load_state_dict(result.state_dict)
     summary = {"best_epoch": result.best_epoch, "best_val_score": result.best_score, "stopped": result.stopped,
                "notes": result.notes, "phases": [p.to_dict() for p in phases], "phases_run": result.phases_run,
                "train_seconds": round(result.seconds, 1), "device": str(device),
                "device_name": torch.cuda.get_device_name() if device.type == "cuda" else platform.processor() or "cpu",
-               "processes": dist.world, SPLIT_RECORD: split_fingerprint(ds.frame)}
+               "processes": dist.world, SPLIT_RECORD: split,
+               "first_epoch": result.first_epoch, "finished": result.finished}
     if staging is None:
         return summary
     save_model(staging / f"{stem}{MODEL_SUFFIX}", net.cpu(), cfg.to_dict(), lineage, extra=summary)
@@ -186,16 +228,20 @@ def check_same_split(checkpoints: list[Path], ds: Dataset, role: str) -> None:
     """
     here = split_fingerprint(ds.frame)
     for checkpoint in checkpoints:
-        recorded = read_meta(checkpoint).get("extra", {}).get(SPLIT_RECORD)
-        if recorded is None:
-            logger.warning("%s %s does not record the split it was trained on: not checked against this run's "
-                           "split", role, checkpoint.name)
-        elif recorded != here:
-            raise LabelError(
-                f"{role} {checkpoint.name} was trained on another split than this run's {art.SPLIT_FILE} (sha256 "
-                f"{recorded[:12]} against {here[:12]}): some of its training images may be in this split's "
-                "validation or test part, which would make its scores look better than they are. "
-                f"Train it into a folder holding this {art.SPLIT_FILE} (or with the same --split-seed and images)")
+        check_split_record(read_meta(checkpoint).get("extra", {}).get(SPLIT_RECORD), here, role, checkpoint.name)
+
+
+def check_split_record(recorded: str | None, here: str, role: str, name: str) -> None:
+    """LabelError when the split a file records (`recorded`, None for older files: logged) is not this run's."""
+    if recorded is None:
+        logger.warning("%s %s does not record the split it was trained on: not checked against this run's "
+                       "split", role, name)
+    elif recorded != here:
+        raise LabelError(
+            f"{role} {name} was trained on another split than this run's {art.SPLIT_FILE} (sha256 "
+            f"{recorded[:12]} against {here[:12]}): some of its training images may be in this split's "
+            "validation or test part, which would make its scores look better than they are. "
+            f"Train it into a folder holding this {art.SPLIT_FILE} (or with the same --split-seed and images)")
 
 
 def evaluate_stage(cfg: TrainConfig, ds: Dataset, staging: Path, members: list[str]) -> dict:
@@ -327,14 +373,15 @@ def write_report(cfg: TrainConfig, ds: Dataset, staging: Path, metrics: dict | N
     (staging / art.REPORT_FILE).write_text("\n".join(lines) + "\n")
 
 
-def run(cfg: TrainConfig, dist: DistContext = LOCAL) -> dict:
+def run(cfg: TrainConfig, dist: DistContext = LOCAL, resume: bool = False) -> dict:
     """Run the configured stages; artifacts appear in cfg.out only if every stage finished.
 
     Under torchrun every rank trains the CNN stages together; rank 0 alone runs the baseline and the
-    evaluation and writes the artifacts folder, and the other ranks wait for it at the end.
+    evaluation and writes the artifacts folder, and the other ranks wait for it at the end. With `resume`
+    the CNN stages go on from the resume states in cfg.out (see train_cnn_stage).
     """
     if not dist.is_main:
-        _train_on_worker(cfg, dist)
+        _train_on_worker(cfg, dist, resume)
         dist.barrier()
         return {}
     metrics: dict | None = None
@@ -347,7 +394,7 @@ def run(cfg: TrainConfig, dist: DistContext = LOCAL) -> dict:
             if stage == "baseline":
                 train_baseline_stage(cfg, ds, staging)
             elif stage in MODEL_LAYOUTS:
-                summaries[cfg.model_stem(stage)] = train_cnn_stage(cfg, ds, staging, stage, dist)
+                summaries[cfg.model_stem(stage)] = train_cnn_stage(cfg, ds, staging, stage, dist, resume)
             elif stage == "gate":
                 gate_stage(cfg, ds, staging, choose_members(cfg, staging, list(summaries)))
             elif stage == "calibrate":
@@ -366,12 +413,12 @@ def run(cfg: TrainConfig, dist: DistContext = LOCAL) -> dict:
     return metrics or {}
 
 
-def _train_on_worker(cfg: TrainConfig, dist: DistContext) -> None:
+def _train_on_worker(cfg: TrainConfig, dist: DistContext, resume: bool = False) -> None:
     """A rank other than 0: the CNN stages' training, in the run's order, writing nothing."""
     ds = prepare_dataset(cfg, None, dist)
     for stage in cfg.stages:
         if stage in MODEL_LAYOUTS:
-            train_cnn_stage(cfg, ds, None, stage, dist)
+            train_cnn_stage(cfg, ds, None, stage, dist, resume)
 
 
 def seed_everything(seed: int) -> None:

@@ -8,6 +8,7 @@ import json
 import logging
 import math
 import os
+import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +22,7 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
 from .distributed import LOCAL, DistContext, shard_indices
+from .errors import ResumeError
 from .heads import get_head
 from .inference import autocast, cpu_has_bf16, member_outputs, to_input
 from .models import BoneAgeNet, freeze_blocks
@@ -212,6 +214,69 @@ class FitResult:
     image_size: int
     phases_run: int = 0
     notes: list[str] = field(default_factory=list)
+    first_epoch: int = 1  # the run epoch this fit started at (> 1 when it resumed a run)
+    finished: bool = False  # every phase ended (completed, early stop or its minutes): a resume has nothing left
+
+
+def fit_plan(cfg: FitConfig, phases: Sequence[Phase]) -> dict:
+    """What a resumed fit must share with the run it continues: the phases and the loop settings but the budget."""
+    settings = {k: v for k, v in dataclasses.asdict(cfg).items() if k != "max_train_minutes"}
+    return {"phases": [p.to_dict() for p in phases], "fit": settings}
+
+
+@dataclass
+class TrainState:
+    """Where a fit stands after an epoch: what `fit(resume=...)` needs to continue it exactly.
+
+    `phase` and `epoch` name the next epoch to run (phase index and epochs of that phase done; `phase` is
+    len(phases) once the run is over); best-so-far, patience and `stopped` belong to that phase, or to the
+    last one when the run is over. `rng` holds each rank's random states (torch, CUDA, numpy, python and
+    the batch-order / augmentation generator).
+    """
+
+    plan: dict
+    phase: int = 0
+    epoch: int = 0
+    epochs_done: int = 0  # epochs of the whole run
+    steps: int = 0  # optimizer steps of the whole run (the EMA warm-up counts them)
+    phase_seconds: float = 0.0  # training time spent in the current phase (a minutes-based phase goes on from it)
+    history: list[dict] = field(default_factory=list)
+    best: float = math.inf
+    best_epoch: int = -1
+    since_best: int = 0
+    stopped: str = ""
+    best_state: dict | None = None
+    weights: dict = field(default_factory=dict)
+    ema: dict = field(default_factory=dict)
+    optimizer: dict | None = None  # AdamW's state (SAM's base optimizer's), None at a phase start
+    rng: list[dict] = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        """Plain values and tensors (loadable with torch.load(weights_only=True))."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "TrainState":
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in names})
+
+    def planned_epochs(self) -> int:
+        """Epochs the run's phases plan in all (a phase that ends early on its minutes or patience runs fewer)."""
+        return sum(p["epochs"] for p in self.plan["phases"])
+
+    def progress(self) -> dict:
+        """Where the run stands, as a record (a resume state's and a checkpoint's description)."""
+        return {"finished": self.phase >= len(self.plan["phases"]), "next_phase": self.phase + 1,
+                "epochs_done_in_phase": self.epoch, "epochs_done": self.epochs_done,
+                "planned_epochs": self.planned_epochs(), "steps": self.steps}
+
+    def position(self) -> str:
+        """Where the run stands, for logs."""
+        phases = len(self.plan["phases"])
+        if self.phase >= phases:
+            return f"finished after {self.epochs_done} epoch(s) ({self.stopped})"
+        return (f"phase {self.phase + 1}/{phases}, {self.epoch} epoch(s) of it done, run epoch {self.epochs_done} of "
+                f"{self.planned_epochs()} planned, step {self.steps}")
 
 
 def _optimizer(net: BoneAgeNet, cfg: FitConfig, lr: float):
@@ -247,8 +312,12 @@ class _Clock:
         self.phase_t0, self.phase_s = self.t0, 0.0
         self.steps = 0  # optimizer steps of the whole run (the EMA warm-up counts them)
 
-    def start_phase(self, minutes: float) -> None:
-        self.phase_t0, self.phase_s = time.time(), minutes * 60
+    def start_phase(self, minutes: float, elapsed: float = 0.0) -> None:
+        """Start the phase's clock, `elapsed` seconds into it (a resumed phase)."""
+        self.phase_t0, self.phase_s = time.time() - elapsed, minutes * 60
+
+    def phase_elapsed(self) -> float:
+        return time.time() - self.phase_t0
 
     def run_left(self) -> float:
         return math.inf if not self.max_s else self.max_s - (time.time() - self.t0)
@@ -352,7 +421,7 @@ def _run_epoch(loop: _Loop, opt, train: Split, targets: dict, phase: Phase, epoc
     order = _epoch_order(len(train.images), loop)
     steps = max(1, len(order) // cfg.batch_size)
     running, seen, why = 0.0, 0, ""
-    base = opt.base_optimizer if isinstance(opt, SAM) else opt
+    base = _base(opt)
     bar = tqdm(range(steps), desc=desc, leave=False, disable=not dist.is_main)
     for step in bar:
         progress = max((epoch * steps + step) / (phase.epochs * steps), _phase_progress(clock, dist))
@@ -393,14 +462,94 @@ def _validate_on_main(loop: _Loop, val: Split) -> dict[str, float]:
     return loop.dist.broadcast_object(scores)
 
 
+def _base(opt) -> torch.optim.Optimizer:
+    """The optimizer that holds the state and the learning rate: SAM's base optimizer, or `opt` itself."""
+    return opt.base_optimizer if isinstance(opt, SAM) else opt
+
+
+def _rng_state(loop: _Loop) -> dict:
+    """This process's random states: torch (and the training GPU's), numpy, python, the run's generator."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    return {"torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state(loop.device) if loop.device.type == "cuda" else None,
+            "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), int(pos), int(has_gauss), float(gauss)],
+            "python": random.getstate(), "generator": loop.gen.get_state()}
+
+
+def _set_rng_state(state: dict, loop: _Loop) -> None:
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] is not None and loop.device.type == "cuda":
+        torch.cuda.set_rng_state(state["cuda"], loop.device)
+    kind, keys, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
+    version, internal, gauss_next = state["python"]
+    random.setstate((version, tuple(internal), gauss_next))
+    loop.gen.set_state(state["generator"])
+
+
+def _save_snapshot(state: TrainState, loop: _Loop, opt, save_state: Callable[[TrainState], None]) -> None:
+    """save_state(a copy of `state` with the weights, EMA, optimizer and every rank's random states) on rank 0.
+
+    Every rank must call it (the random states are gathered).
+    """
+    rng = loop.dist.all_gather_object(_rng_state(loop))
+    if not loop.dist.is_main:
+        return
+    cpu = lambda tensors: {k: v.detach().cpu().clone() for k, v in tensors.items()}  # noqa: E731
+    save_state(dataclasses.replace(state, history=[dict(r) for r in state.history], weights=cpu(loop.net.state_dict()),
+                                   ema=cpu(loop.ema.module.state_dict()),
+                                   optimizer=copy.deepcopy(_base(opt).state_dict()), rng=rng))
+
+
+def _resume_from(resume: TrainState | None, loop: _Loop, plan: dict) -> TrainState:
+    """The state a fit starts from: a fresh one, or `resume` (same plan) with its weights, EMA and counters loaded."""
+    if resume is None:
+        return TrainState(plan)
+    if resume.plan != plan:
+        flat = lambda p: {"phases": p.get("phases"), **p.get("fit", {})}  # noqa: E731
+        asked, saved = flat(plan), flat(resume.plan)
+        changed = sorted(k for k in asked.keys() | saved.keys() if asked.get(k) != saved.get(k))
+        raise ResumeError(f"cannot resume: the run was planned with other settings ({', '.join(changed)}); "
+                          "resume with the run's own phases and settings")
+    loop.net.load_state_dict(resume.weights)
+    loop.ema.module.load_state_dict(resume.ema)
+    loop.epochs_done, loop.clock.steps = resume.epochs_done, resume.steps
+    logger.info("Resuming the run: %s", resume.position())
+    return dataclasses.replace(resume, history=list(resume.history))
+
+
+def _continue_phase(state: TrainState, loop: _Loop, opt) -> None:
+    """Inside a resumed fit's first phase: its optimizer state (mid-phase) and this rank's random states."""
+    if state.epoch > 0:
+        _base(opt).load_state_dict(state.optimizer)
+    rank, world = loop.dist.rank, loop.dist.world
+    if len(state.rng) != world:
+        logger.warning("The run was saved by %d process(es) and resumes on %d: each rank's random stream restarts "
+                       "from rank %d's, so the history will not repeat an uninterrupted run exactly",
+                       len(state.rng), world, rank % len(state.rng))
+    _set_rng_state(state.rng[rank % len(state.rng)], loop)
+
+
+def _set_image_size(loop: _Loop, size: int) -> None:
+    for spec_holder in (loop.net, loop.ema.module):
+        spec_holder.spec = dataclasses.replace(spec_holder.spec, preprocess=spec_holder.spec.preprocess.with_size(size))
+
+
 def fit(net: BoneAgeNet, data: Callable[[int], tuple[Split, Split]], cfg: FitConfig, phases: Sequence[Phase],
-        device: torch.device, dist: DistContext = LOCAL) -> FitResult:
+        device: torch.device, dist: DistContext = LOCAL, resume: TrainState | None = None,
+        save_state: Callable[[TrainState], None] | None = None) -> FitResult:
     """Train `net` through `phases`; keep the best EMA weights (by the first head's validation score) of the last phase.
 
     `data(image_size)` returns the (train, val) splits at that size. The network's spec takes each
     phase's image size, so the saved checkpoint's input size is the last phase's. With `dist` of
     several processes (torchrun), the network is wrapped in DistributedDataParallel, each rank trains
     on its shard of every epoch (`batch_size` per rank), and rank 0 validates and keeps the clock for all.
+
+    `save_state(state)` is called on rank 0 after every epoch that was not cut short by the run's time
+    budget (`max_train_minutes`); `fit(..., resume=state)` with the same phases and settings (the budget
+    may differ) continues from that epoch boundary exactly as the uninterrupted run would have gone on
+    (one process; a phase limited by minutes goes on with the phase time already spent). A partly run
+    epoch at the end of a budget is validated for this fit's result but not saved: the resumed run repeats it.
     """
     from timm.utils import ModelEmaV3
 
@@ -412,61 +561,80 @@ def fit(net: BoneAgeNet, data: Callable[[int], tuple[Split, Split]], cfg: FitCon
     net.to(device).to(memory_format=torch.channels_last)
     ema = ModelEmaV3(net, decay=cfg.ema_decay, use_warmup=True)
     loop = _Loop(net, net, ema, _Clock(cfg.max_train_minutes), gen, device, dist, cfg)
-    clock, history, primary = loop.clock, [], net.spec.heads[0]
-    result = FitResult(net.state_dict(), pd.DataFrame(), -1, math.inf, "no phase ran", 0.0,
-                       net.spec.preprocess.image_size)
-    for p_index, phase in enumerate(phases):
-        if p_index and _run_over(clock, dist):  # the first phase always runs (at least one step)
+    state = _resume_from(resume, loop, fit_plan(cfg, phases))
+    clock, primary, first = loop.clock, net.spec.heads[0], state.phase
+    result = FitResult(state.best_state, pd.DataFrame(), state.best_epoch, state.best, state.stopped or "no phase ran",
+                       0.0, phases[-1].image_size, first, first_epoch=state.epochs_done + 1)
+    if first >= len(phases):
+        _set_image_size(loop, phases[-1].image_size)
+        logger.info("The run had already finished: nothing left to train")
+    for p_index in range(first, len(phases)):
+        phase = phases[p_index]
+        if p_index > first and _run_over(clock, dist):  # the first phase always runs (at least one step)
             result.notes.append(f"phases {p_index + 1}-{len(phases)} skipped: time budget spent")
             break
-        for spec_holder in (net, ema.module):
-            spec_holder.spec = dataclasses.replace(
-                spec_holder.spec, preprocess=spec_holder.spec.preprocess.with_size(phase.image_size))
+        _set_image_size(loop, phase.image_size)
         freeze_blocks(net, phase.freeze_blocks)
         loop.model = _wrap(net, dist, device)
         train, val = data(phase.image_size)
         targets = {h: get_head(h).target(train.boneage, train.male.numpy(), net.spec) for h in net.spec.heads}
         opt = _optimizer(net, cfg, phase.lr)
-        clock.start_phase(phase.minutes)
-        best, best_state, since_best, stopped = math.inf, None, 0, f"completed {phase.epochs} epoch(s)"
+        if resume is not None and p_index == first:
+            _continue_phase(state, loop, opt)
+        if state.epoch == 0:
+            state.best, state.best_state, state.since_best = math.inf, None, 0
+        clock.start_phase(phase.minutes, state.phase_seconds)
+        stopped = f"completed {phase.epochs} epoch(s)"
         logger.info("Phase %d/%d: %d px, %d epoch(s), lr %g, %d frozen stage(s), %d train / %d val images%s",
                     p_index + 1, len(phases), phase.image_size, phase.epochs, phase.lr, phase.freeze_blocks,
                     len(train.images), len(val.images), f", {dist.world} processes" if dist.enabled else "")
-        for epoch in range(phase.epochs):
+        for epoch in range(state.epoch, phase.epochs):
             e0 = time.time()
             net.train()
             desc = f"phase {p_index + 1} {phase.image_size}px epoch {epoch + 1}/{phase.epochs}"
             train_loss, seen, why = _run_epoch(loop, opt, train, targets, phase, epoch, desc)
+            cut = bool(why) and _run_over(clock, dist)  # the run's budget, not the phase's minutes: not saved
             scores = _validate_on_main(loop, val)
             row = {"epoch": loop.epochs_done, "phase": p_index + 1, "image_size": phase.image_size,
-                   "train_loss": train_loss, "val_score": scores[primary],
-                   **{f"val_{h}": v for h, v in scores.items()},
-                   "lr": (opt.base_optimizer if isinstance(opt, SAM) else opt).param_groups[0]["lr"],
+                   "train_loss": float(train_loss), "val_score": float(scores[primary]),
+                   **{f"val_{h}": float(v) for h, v in scores.items()},
+                   "lr": _base(opt).param_groups[0]["lr"],
                    "seconds": time.time() - e0, "images_per_s": seen / max(time.time() - e0, 1e-9)}
-            history.append(row)
+            state.history.append(row)
             logger.info("%s: train %.4f, val %s (%.0f img/s)", desc, train_loss,
                         ", ".join(f"{h} {v:.4f}" for h, v in scores.items()), row["images_per_s"])
-            if scores[primary] < best:
-                best, since_best = scores[primary], 0
-                best_state = copy.deepcopy({k: v.detach().cpu() for k, v in ema.module.state_dict().items()})
-                result.best_epoch = loop.epochs_done
+            if scores[primary] < state.best:
+                state.best, state.since_best, state.best_epoch = float(scores[primary]), 0, loop.epochs_done
+                state.best_state = copy.deepcopy({k: v.detach().cpu() for k, v in ema.module.state_dict().items()})
             else:
-                since_best += 1
+                state.since_best += 1
             if why:
                 stopped = why
-                break
-            if since_best >= cfg.patience:
+            elif state.since_best >= cfg.patience:
                 stopped = f"early stop: no improvement for {cfg.patience} epochs"
+            ended = bool(why) or state.since_best >= cfg.patience or epoch + 1 == phase.epochs
+            if cut:
+                if save_state is not None and loop.epochs_done == result.first_epoch:
+                    logger.warning("The time budget ended inside this fit's first epoch: no epoch was saved, so a "
+                                   "resume starts it again; give a chunk more time than one epoch")
                 break
-        result.state_dict, result.best_score, result.stopped = best_state, best, stopped
-        result.image_size, result.phases_run = phase.image_size, p_index + 1
-        logger.info("Phase %d ended: %s; best %s %.4f", p_index + 1, stopped, primary, best)
+            state.phase, state.epoch = (p_index + 1, 0) if ended else (p_index, epoch + 1)
+            state.phase_seconds = 0.0 if ended else _from_main(dist, clock.phase_elapsed)
+            state.epochs_done, state.steps, state.stopped = loop.epochs_done, clock.steps, stopped if ended else ""
+            if save_state is not None:
+                _save_snapshot(state, loop, opt, save_state)
+            if ended:
+                break
+        result.state_dict, result.best_score, result.stopped = state.best_state, state.best, stopped
+        result.best_epoch, result.image_size, result.phases_run = state.best_epoch, phase.image_size, p_index + 1
+        logger.info("Phase %d ended: %s; best %s %.4f", p_index + 1, stopped, primary, state.best)
         if _run_over(clock, dist):
             result.stopped = f"time budget of {cfg.max_train_minutes:g} min reached in phase {p_index + 1}"
             if p_index + 1 < len(phases):
                 result.notes.append(f"phases {p_index + 2}-{len(phases)} skipped: time budget spent")
             break
-    result.history, result.seconds = pd.DataFrame(history), time.time() - clock.t0
+    result.history, result.seconds = pd.DataFrame(state.history), time.time() - clock.t0
+    result.finished = state.phase >= len(phases)
     if result.notes:
         logger.warning("Training stopped early: %s", "; ".join(result.notes))
     return result

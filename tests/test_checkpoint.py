@@ -11,8 +11,9 @@ import pytest
 import torch
 
 from boneage_core import checkpoint
-from boneage_core.checkpoint import (CHECKPOINT_FORMAT, CheckpointError, file_sha256, git_commit, lineage_of,
-                                     read_meta, read_payload, save_checkpoint)
+from boneage_core.checkpoint import (CHECKPOINT_FORMAT, RESUME_FORMAT, CheckpointError, file_sha256, git_commit,
+                                     lineage_of, read_meta, read_payload, read_resume_state, save_checkpoint,
+                                     save_resume_state)
 from boneage_core.models import BoneAgeNet, ModelSpec
 
 SPEC = {"heads": ["age"], "backbone": "tf_efficientnet_lite0", "note": "a spec is stored as given"}
@@ -214,3 +215,28 @@ def test_git_commit_is_a_hash_or_unknown(monkeypatch):
 
     monkeypatch.setattr(checkpoint.subprocess, "run", no_git)
     assert git_commit() == "unknown"
+
+
+def test_resume_state_round_trip_is_full_precision_and_described(tmp_path):
+    path = tmp_path / "run" / "resume" / "model.pt"  # the folder is made
+    state = {"weights": _state(), "history": [{"epoch": 1, "train_loss": 0.5}], "best": float("inf"), "rng": [None]}
+    assert save_resume_state(path, state, SPEC, {"lr": 0.001}, {"init_from": "scratch"}, {"epochs_done": 1}) == path
+    payload = read_resume_state(path)
+    assert payload["format"] == RESUME_FORMAT and payload["spec"] == SPEC and payload["config"] == {"lr": 0.001}
+    assert payload["lineage"] == {"init_from": "scratch"} and payload["extra"] == {"epochs_done": 1}
+    assert payload["git_commit"] == git_commit() and payload["created"]
+    assert all(torch.equal(payload["state"]["weights"][k], v) and payload["state"]["weights"][k].dtype == v.dtype
+               for k, v in _state().items())  # not halved
+    assert payload["state"]["history"] == state["history"] and payload["state"]["best"] == float("inf")
+    assert sorted(p.name for p in path.parent.iterdir()) == ["model.pt"]  # no .partial left behind
+
+
+def test_a_checkpoint_is_not_a_resume_state_nor_the_other_way_round(tmp_path):
+    _save(tmp_path / "model.pt")
+    save_resume_state(tmp_path / "state.pt", {}, SPEC, {})
+    with pytest.raises(CheckpointError, match="not a training resume state"):
+        read_resume_state(tmp_path / "model.pt")
+    with pytest.raises(CheckpointError, match="not a bone-age checkpoint"):
+        read_payload(tmp_path / "state.pt")
+    with pytest.raises(CheckpointError, match="not a readable resume state"):
+        read_resume_state(tmp_path / "nothing.pt")

@@ -7,7 +7,8 @@ from dataclasses import fields, replace
 
 import pytest
 
-from boneage_core.config import DEFAULT_STAGES, MODEL_LAYOUTS, PRESETS, STAGE_ORDER, TrainConfig, preset_config
+from boneage_core.config import (DEFAULT_STAGES, MODEL_LAYOUTS, PRESETS, RESUME_MAY_CHANGE, STAGE_ORDER, TrainConfig,
+                                 preset_config, resume_conflicts)
 from boneage_core.heads import AGE, STAGE
 from boneage_core.imagenet import BACKBONES
 from boneage_core.models import INIT_IMAGENET
@@ -220,3 +221,16 @@ def test_views_are_validated_and_old_configs_read_their_tta_flag(tmp_path):
     del data["views"]
     assert TrainConfig.from_dict({**data, "tta": True}).views == TTA_SCALES
     assert TrainConfig.from_dict(data).views == NO_TTA
+
+
+def test_a_resume_may_change_paths_device_stages_and_the_budget_only():
+    run = TrainConfig(phases="224:40:1e-3:3", stages=("multihead",))
+    allowed = replace(run, data_dir="/elsewhere", cache_dir="/tmp/c", device="cuda", workers=2,
+                      stages=("multihead", "gate", "evaluate"), fit=replace(run.fit, max_train_minutes=110.0))
+    assert resume_conflicts(run, allowed) == []
+    changed = replace(run, seed=7, phases="224:30:1e-3:3", backbone=BACKBONES[-1],
+                      fit=replace(run.fit, batch_size=64, optimizer="sam"))
+    assert resume_conflicts(run, changed) == [
+        "seed: 42 -> 7", "backbone: 'tf_efficientnet_lite0' -> " + repr(BACKBONES[-1]),
+        "phases: '224:40:1e-3:3' -> '224:30:1e-3:3'", "fit.batch_size: 32 -> 64", "fit.optimizer: 'adamw' -> 'sam'"]
+    assert {"fit.max_train_minutes", "device", "stages"} <= RESUME_MAY_CHANGE

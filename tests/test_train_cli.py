@@ -5,14 +5,16 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import types
 from dataclasses import replace
 from pathlib import Path
 
 import pandas as pd
 import pytest
+import torch
 
 from boneage_core import train_cli as train
-from boneage_core.checkpoint import file_sha256, read_meta
+from boneage_core.checkpoint import file_sha256, read_meta, read_resume_state
 from boneage_core.config import PRESETS, QUICK_OUT, TrainConfig, preset_config
 from boneage_core.data import SPLIT_RECORD, split_fingerprint
 from boneage_core.heads import AGE, BASELINE, CNN, STAGE, UNCORRECTED, age_stage_column, system_column
@@ -22,12 +24,18 @@ from boneage_core.predictor import Predictor
 from boneage_core.views import NO_TTA
 
 
+def _files(folder: Path) -> dict[str, bytes]:
+    """Every file below `folder` (the resume states in its resume/ too) by relative path, with its bytes."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
 def test_quick_run_writes_every_artifact(quick_run):
     names = {p.name for p in quick_run.iterdir()}
     expected = {"split.csv", "metrics.json", "predictions.csv", "config.json", "run_report.md", "multihead.pt",
                 "manifest.json", "gate.npz", "baseline.json", "baseline_regressor.ubj", "baseline_classifier.ubj",
-                "history_multihead.csv", "calibration.json", "calibration_predictions.csv"}
+                "history_multihead.csv", "calibration.json", "calibration_predictions.csv", "resume"}
     assert expected <= names, expected - names
+    assert read_resume_state(quick_run / "resume" / "multihead.pt")["extra"]["finished"]
 
 
 def test_quick_metrics_have_every_head_and_breakdown(quick_run):
@@ -128,14 +136,14 @@ def test_checkpoints_record_their_split_and_other_splits_are_refused(quick_run, 
     train_row, test_row = split.index[split["split"] == "train"][0], split.index[split["split"] == "test"][0]
     split.loc[[train_row, test_row], "split"] = ["test", "train"]  # one training image now in the test part
     split.to_csv(out / "split.csv", index=False)
-    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    before = _files(out)
     common = ["--data-dir", str(data_299), "--quick", "--no-pretrained", "--limit", "240",
               "--cache-dir", str(tmp_path / "c")]
     for stage in ("evaluate", "calibrate"):
         caplog.clear()
         assert train.main(common + ["--stages", stage, "--out", str(out)]) == 2
         assert "trained on another split" in caplog.text and "multihead.pt" in caplog.text
-    assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # nothing written
+    assert _files(out) == before  # nothing written
     caplog.clear()
     code = train.main(common + ["--stages", "multihead", "--split-seed", "5", "--init-from",
                                 str(quick_run / "multihead.pt"), "--out", str(tmp_path / "child")])
@@ -203,7 +211,7 @@ def test_interrupted_run_leaves_previous_artifacts_intact(quick_run, data_299, t
 
     out = tmp_path / "artifacts"
     shutil.copytree(quick_run, out)
-    snapshot = {p.name: p.read_bytes() for p in out.iterdir()}
+    snapshot = _files(out)
 
     def boom(*args, **kwargs):
         raise KeyboardInterrupt
@@ -212,7 +220,7 @@ def test_interrupted_run_leaves_previous_artifacts_intact(quick_run, data_299, t
     code = train.main(["--data-dir", str(data_299), "--quick", "--no-pretrained", "--limit", "240",
                        "--stages", "baseline,evaluate", "--out", str(out), "--cache-dir", str(tmp_path / "c")])
     assert code == 130
-    assert {p.name: p.read_bytes() for p in out.iterdir()} == snapshot
+    assert _files(out) == snapshot
     assert not [p for p in tmp_path.iterdir() if p.name.startswith("artifacts.tmp-")]
 
 
@@ -353,3 +361,63 @@ def test_hand_crop_flag_reaches_the_preprocessing_spec():
     cfg = train.parse_args(["--data-dir", "x", "--hand-crop"])
     assert cfg.hand_crop and cfg.preprocess_spec(96).hand_crop and cfg.preprocess_spec(96).image_size == 96
     assert cfg.preprocess_spec(96).with_size(128).hand_crop  # phases keep the crop
+
+
+# --- train.py --resume -----------------------------------------------------------------------------------
+
+_RESUME_FLAGS = ["--no-pretrained", "--limit", "40", "--phases", "32:2:1e-3,40:1:5e-4", "--batch-size", "4",
+                 "--stages", "multihead", "--workers", "1"]  # 28 training images: 7 steps an epoch, 21 in all
+_HISTORY = ["epoch", "phase", "image_size", "train_loss", "val_score", "val_age", "val_stage", "lr"]
+
+
+def _train_chunk(monkeypatch, argv: list[str], cut_after_step: int = 0) -> int:
+    """train.main(argv) on a clock that jumps an hour after step `cut_after_step` (0: never): the budget ends there."""
+    from boneage_core import training
+
+    now, steps, real = [1_000.0], [], training._train_step
+
+    def counting(*args, **kwargs):
+        loss = real(*args, **kwargs)
+        steps.append(1)
+        now[0] += 3600.0 if len(steps) == cut_after_step else 0.0
+        return loss
+
+    with monkeypatch.context() as patch:
+        patch.setattr(training, "time", types.SimpleNamespace(time=lambda: now[0]))
+        patch.setattr(training, "_train_step", counting)
+        return train.main(argv)
+
+
+@pytest.fixture
+def one_torch_thread():  # on the shared 2-core machine two intra-op threads contend and run much slower
+    threads, _ = torch.get_num_threads(), torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_a_run_trained_in_two_chunks_equals_the_run_in_one(data_299, tmp_path, monkeypatch, caplog, one_torch_thread):
+    common = ["--data-dir", str(data_299), "--cache-dir", str(tmp_path / "cache"), *_RESUME_FLAGS]
+    assert _train_chunk(monkeypatch, [*common, "--out", str(tmp_path / "whole")]) == 0
+    run = tmp_path / "chunked"
+    # chunk 1: the budget runs out in epoch 2 (step 10 of 21); the folder holds the state after epoch 1
+    assert _train_chunk(monkeypatch, [*common, "--out", str(run), "--max-train-minutes", "1"], cut_after_step=10) == 0
+    state = read_resume_state(run / "resume" / "multihead.pt")
+    assert state["extra"]["epochs_done"] == 1 and state["extra"]["steps"] == 7 and not state["extra"]["finished"]
+    assert state["extra"]["planned_epochs"] == 3 and state["lineage"] == {"init_from": "scratch"}
+    assert state["config"]["phases"] == "32:2:1e-3,40:1:5e-4" and state["git_commit"]
+    assert not read_meta(run / "multihead.pt")["extra"]["finished"]
+    # chunk 2: --resume with the run's own config and no budget
+    assert _train_chunk(monkeypatch, ["--resume", str(run), "--max-train-minutes", "0",
+                                      "--cache-dir", str(tmp_path / "cache")]) == 0
+    meta = read_meta(run / "multihead.pt")
+    assert meta["extra"]["first_epoch"] == 2 and meta["extra"]["finished"]
+    whole, chunked = (pd.read_csv(tmp_path / name / "history_multihead.csv") for name in ("whole", "chunked"))
+    pd.testing.assert_frame_equal(chunked[_HISTORY], whole[_HISTORY])
+    a, b = load_model(tmp_path / "whole" / "multihead.pt")[0], load_model(run / "multihead.pt")[0]
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+    # a flag that changes the plan is refused, and so is a folder without a run
+    caplog.clear()
+    assert train.main(["--resume", str(run), "--seed", "7", "--phases", "32:3"]) == 2
+    assert "seed: 42 -> 7" in caplog.text and "phases" in caplog.text and "would change the run's plan" in caplog.text
+    assert train.main(["--resume", str(tmp_path / "nothing")]) == 2
+    assert "not a run folder" in caplog.text

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import types
 
@@ -12,6 +13,7 @@ import torch
 from torch import nn
 
 from boneage_core import training
+from boneage_core.errors import ResumeError
 from boneage_core.heads import AGE, STAGE, get_head
 from boneage_core.inference import member_outputs
 from boneage_core.models import INIT_SCRATCH, BoneAgeNet, ModelSpec, create_model
@@ -437,3 +439,95 @@ def test_fit_passes_the_flip_probability_to_augment(monkeypatch, flip_prob, augm
     monkeypatch.setattr(training, "augment", recording)
     fit(_net(seed=7), _data(8, 4), _cfg(flip_prob=flip_prob, augment=augmenting), parse_phases("32:1"), CPU)
     assert seen == ([flip_prob] * 2 if augmenting else [])  # one call per step of 4 images; none without augment
+
+
+# --- resuming --------------------------------------------------------------------------------------------
+
+_RESUME_PHASES = "32:3:1e-3:2,48:2:5e-4"  # 5 epochs of 2 steps (8 images, batches of 4), two phases
+_COMPARED = ["epoch", "phase", "image_size", "train_loss", "val_score", "val_age", "val_stage", "lr"]
+
+
+def _stored(state: training.TrainState, path) -> training.TrainState:
+    """The state after a trip through a file, as a resume reads it (restricted unpickler)."""
+    torch.save(state.to_dict(), path)
+    return training.TrainState.from_dict(torch.load(path, map_location="cpu", weights_only=True))
+
+
+def _chunk(monkeypatch, resume=None, cut_after_step: int = 0, **cfg) -> tuple[training.FitResult, list]:
+    """One fit of the resume schedule; with cut_after_step the run's 1-minute budget runs out after that step."""
+    now, saved = [1_000.0], []
+    with monkeypatch.context() as patch:
+        patch.setattr(training, "time", types.SimpleNamespace(time=lambda: now[0]))
+        steps = _count_steps(patch, after_step=lambda: now.__setitem__(
+            0, now[0] + (3600.0 if len(steps) == cut_after_step else 0.0)))
+        result = fit(_net((AGE, STAGE), seed=8), _data(8, 4),
+                     _cfg(max_train_minutes=1.0 if cut_after_step else 0.0, **cfg), parse_phases(_RESUME_PHASES), CPU,
+                     resume=resume, save_state=saved.append)
+    return result, saved
+
+
+@pytest.mark.parametrize("optimizer", ["adamw", "sam"])
+def test_a_run_cut_by_its_budget_and_resumed_repeats_the_uninterrupted_run(monkeypatch, tmp_path, optimizer):
+    whole, whole_states = _chunk(monkeypatch, optimizer=optimizer)
+    assert whole.finished and len(whole_states) == 5
+    # chunk 1 runs out of time in the middle of epoch 3 (step 5 of 10): its last saved state is after epoch 2
+    first, saved = _chunk(monkeypatch, cut_after_step=5, optimizer=optimizer)
+    assert "time budget" in first.stopped and not first.finished and len(first.history) == 3  # epoch 3 only begun
+    assert len(saved) == 2 and (saved[-1].phase, saved[-1].epoch, saved[-1].steps) == (0, 2, 4)
+    # chunk 2 goes on from there, in the middle of phase 1 (optimizer state restored), through phase 2
+    second, _ = _chunk(monkeypatch, resume=_stored(saved[-1], tmp_path / "state.pt"), optimizer=optimizer)
+    assert second.first_epoch == 3 and second.finished
+    pd.testing.assert_frame_equal(second.history[_COMPARED], whole.history[_COMPARED])
+    assert second.best_epoch == whole.best_epoch and second.best_score == whole.best_score
+    assert all(torch.equal(second.state_dict[k], whole.state_dict[k]) for k in whole.state_dict)
+
+
+def test_a_run_resumed_at_a_phase_boundary_repeats_the_uninterrupted_run(monkeypatch, tmp_path):
+    whole, _ = _chunk(monkeypatch)
+    _, saved = _chunk(monkeypatch, cut_after_step=7)  # in epoch 4: the last saved state is phase 1's end
+    assert (saved[-1].phase, saved[-1].epoch, saved[-1].optimizer is not None) == (1, 0, True)
+    second, _ = _chunk(monkeypatch, resume=_stored(saved[-1], tmp_path / "state.pt"))
+    assert second.first_epoch == 4
+    pd.testing.assert_frame_equal(second.history[_COMPARED], whole.history[_COMPARED])
+    assert all(torch.equal(second.state_dict[k], whole.state_dict[k]) for k in whole.state_dict)
+
+
+def test_resuming_without_the_random_states_would_not_repeat_the_run(monkeypatch):
+    """The check above can fail: the same state with a fresh batch-order / augmentation generator goes elsewhere."""
+    whole, _ = _chunk(monkeypatch)
+    _, saved = _chunk(monkeypatch, cut_after_step=5)
+    fresh = torch.Generator().manual_seed(0).get_state()
+    state = dataclasses.replace(saved[-1], rng=[{**saved[-1].rng[0], "generator": fresh}])
+    second, _ = _chunk(monkeypatch, resume=state)
+    assert second.history["train_loss"].iloc[2] != whole.history["train_loss"].iloc[2]
+
+
+def test_a_finished_run_resumes_to_its_result(monkeypatch):
+    whole, saved = _chunk(monkeypatch)
+    again, _ = _chunk(monkeypatch, resume=saved[-1])
+    assert again.finished and again.first_epoch == 6 and again.phases_run == 2 and again.image_size == 48
+    assert again.stopped == whole.stopped and again.best_score == whole.best_score
+    assert all(torch.equal(again.state_dict[k], whole.state_dict[k]) for k in whole.state_dict)
+    assert again.notes == [] and len(again.history) == 5
+
+
+def test_resuming_with_another_plan_is_refused(monkeypatch):
+    _, saved = _chunk(monkeypatch, cut_after_step=5)
+    with pytest.raises(ResumeError, match="batch_size"):
+        fit(_net((AGE, STAGE)), _data(8, 4), _cfg(batch_size=2), parse_phases(_RESUME_PHASES), CPU, resume=saved[-1])
+    with pytest.raises(ResumeError, match="phases"):
+        fit(_net((AGE, STAGE)), _data(8, 4), _cfg(), parse_phases("32:4:1e-3:2,48:2:5e-4"), CPU, resume=saved[-1])
+
+
+def test_a_minutes_phase_resumes_with_the_phase_time_already_spent(monkeypatch):
+    """Phase 1 is limited to 1 minute: a resume after 30 s of it leaves it the other 30 s (one more step)."""
+    now = [1_000.0]
+    monkeypatch.setattr(training, "time", types.SimpleNamespace(time=lambda: now[0]))
+    steps = _count_steps(monkeypatch, after_step=lambda: now.__setitem__(0, now[0] + 15.0))
+    saved = []
+    fit(_net(seed=3), _data(8, 4), _cfg(), parse_phases("32:5:1e-3:0:1,48:1"), CPU, save_state=saved.append)
+    after_first = saved[0]  # one epoch (two 15 s steps) of phase 1
+    assert (after_first.phase, after_first.epoch, after_first.phase_seconds) == (0, 1, 30.0)
+    steps.clear()
+    result = fit(_net(seed=3), _data(8, 4), _cfg(), parse_phases("32:5:1e-3:0:1,48:1"), CPU, resume=after_first)
+    assert len(steps) == 2 + 2 and result.history["phase"].tolist() == [1, 1, 2]
