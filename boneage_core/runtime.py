@@ -21,6 +21,7 @@ import shutil
 import tempfile
 import threading
 import time
+import warnings
 from pathlib import Path
 from typing import Union
 
@@ -73,6 +74,7 @@ class CompiledMember:
 
     def __init__(self, net: BoneAgeNet, compiled, precision: str, cache_dir: Path):
         self.net = net
+        self.compiled = compiled
         self.precision = precision
         self.cache_dir = cache_dir
         self._request = compiled.create_infer_request()
@@ -177,15 +179,22 @@ def stale_reason(folder: Path, expected: dict) -> str | None:
 
 
 def convert_member(net: BoneAgeNet):
-    """The OpenVINO model of a network's inference pass (:class:`MemberGraph`), with a dynamic batch."""
+    """The OpenVINO model of a network's inference pass (:class:`MemberGraph`): x (B, 1, S, S) f32, male (B,) i64.
+
+    The graph is traced once without torch's re-run check (the numerics tests compare it with the network), then
+    given a dynamic batch and the checkpoint's input size.
+    """
     import openvino
 
     size = net.spec.preprocess.image_size
     example = (torch.rand(2, 1, size, size), torch.tensor([0, 1]))
-    with torch.no_grad():
-        return openvino.convert_model(MemberGraph(net).eval(), example_input=example,
-                                      input=[(openvino.PartialShape([-1, 1, size, size]), openvino.Type.f32),
-                                             (openvino.PartialShape([-1]), openvino.Type.i64)])
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r".*torch\.jit\.trace", category=FutureWarning)  # what OpenVINO reads
+        traced = torch.jit.trace(MemberGraph(net).eval(), example, check_trace=False)
+        model = openvino.convert_model(traced, example_input=example)
+    x, male = model.inputs
+    model.reshape({x: openvino.PartialShape([-1, 1, size, size]), male: openvino.PartialShape([-1])})
+    return model
 
 
 def save_member(model, folder: Path, record: dict) -> None:
