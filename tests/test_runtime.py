@@ -27,17 +27,12 @@ from boneage_core.runtime import (CACHE_ENV, MODEL_BIN, MODEL_XML, OPENVINO, RUN
 from boneage_core.views import TTA_SCALES
 
 SIZE = 32
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # compiled members take torch's thread count
+
 CPU = torch.device("cpu")
 SHA = "a" * 64  # the small network's stand-in checkpoint hash
 #: The issue's numerics target: OpenVINO's ages within 0.05 months of PyTorch float32, the same stage.
 MAX_AGE_DIFF = 0.05
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_torch_thread():  # on the shared 2-core machine two intra-op threads contend and run ~10x slower
-    threads, _ = torch.get_num_threads(), torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _net(seed: int = 0) -> BoneAgeNet:
