@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from .checkpoint import file_sha256
-from .models import BoneAgeNet, load_model
+from .models import BoneAgeNet, ModelSpec, load_model
 
 logger = logging.getLogger(__name__)
 
@@ -81,7 +81,7 @@ class CompiledMember:
         self._lock = threading.Lock()
 
     @property
-    def spec(self):
+    def spec(self) -> ModelSpec:
         return self.net.spec
 
     def eval(self) -> "CompiledMember":
