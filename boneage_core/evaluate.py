@@ -28,7 +28,7 @@ from .gate import gate_member, load_gate
 from .imaging import load_gray
 from .inference import ensemble_outputs, image_gate_features, member_features, member_outputs, resolve_device
 from .manifest import model_files, read_manifest, verify_models
-from .models import load_model
+from .runtime import load_member
 from .stages import DEFAULT_SCHEME, StageScheme
 from .views import NO_TTA, Views, add_views_arguments, as_views, view_index
 
@@ -88,7 +88,7 @@ def _member_run(path: Path, frame: pd.DataFrame, cache_dir, device, views: Views
 
     The gate features of its backbone pass are appended to `features` when given.
     """
-    net, _ = load_model(path, device)
+    net, _ = load_member(path, device)
     images = load_images(frame["id"].tolist(), frame["path"].tolist(), net.spec.preprocess, cache_dir)
     rows, pixels = _aligned(frame, images)
     male = torch.tensor(rows["male"].to_numpy(), dtype=torch.long)
@@ -175,7 +175,7 @@ def gate_columns(artifacts_dir: Path, member: str, frame: pd.DataFrame, cache_di
     member's from the CNN columns' pass (:func:`cnn_columns`), so its images are not run twice. Returns the
     columns as a frame indexed like `frame` (no columns when the folder has no gate; NaN where an image did not load).
     """
-    net, meta = load_model(artifacts_dir / member, device)
+    net, meta = load_member(artifacts_dir / member, device)
     gate = load_gate(artifacts_dir, member, meta["sha256"])
     if gate is None:
         return pd.DataFrame(index=frame.index)

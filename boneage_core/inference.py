@@ -2,14 +2,16 @@
 
 Training's validation, ``evaluate``, ``Predictor`` (app, CLI, batch) and Grad-CAM all feed networks
 through :func:`prepare` / :func:`to_input` and read them through :func:`member_outputs` and
-:func:`ensemble_outputs`. This module never imports the training code.
+:func:`ensemble_outputs`. A member is a ``BoneAgeNet`` (eager PyTorch) or a ``runtime.CompiledMember``
+(OpenVINO, what ``runtime.load_member`` gives on the CPU): both answer ``infer(x, male)``, the one network
+pass. This module never imports the training code.
 """
 
 from __future__ import annotations
 
 import functools
 import logging
-from typing import Mapping, Sequence
+from typing import TYPE_CHECKING, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -19,6 +21,9 @@ from tqdm.auto import tqdm
 from .heads import combine, get_head
 from .preprocess import prepare
 from .views import NO_TTA, TTA_SCALES, Views, as_views
+
+if TYPE_CHECKING:
+    from .runtime import Member
 
 logger = logging.getLogger(__name__)
 
@@ -71,7 +76,7 @@ def tta_views(x: torch.Tensor, views: Views = TTA_SCALES) -> list[torch.Tensor]:
 
 
 @torch.no_grad()
-def member_outputs(net: torch.nn.Module, images: torch.Tensor, male: torch.Tensor, device: torch.device,
+def member_outputs(net: Member, images: torch.Tensor, male: torch.Tensor, device: torch.device,
                    views: Views = NO_TTA, batch_size: int | None = None, progress: bool = False,
                    cpu_bf16: bool = False, features: list[np.ndarray] | None = None) -> dict[str, list[np.ndarray]]:
     """Decoded outputs of one network for uint8 (N, S, S) images: {head: [one array per view of `views`]}.
@@ -90,8 +95,7 @@ def member_outputs(net: torch.nn.Module, images: torch.Tensor, male: torch.Tenso
         m = male[i:i + batch_size].to(device)
         for v, (scale, view) in enumerate(zip(views, tta_views(x, views))):
             with autocast(device, cpu_bf16):
-                pooled, texture = net.embed(view)
-                out = net.read_heads(pooled, m)
+                pooled, texture, out = net.infer(view, m)
             if scale == 1.0 and features is not None:
                 features.append(gate_features(pooled, texture))
             for head in spec.heads:
@@ -109,19 +113,22 @@ def ensemble_outputs(members: Sequence[Mapping[str, list[np.ndarray]]]) -> dict[
 
 
 @torch.no_grad()
-def member_features(net: torch.nn.Module, images: torch.Tensor | np.ndarray, device: torch.device,
+def member_features(net: Member, images: torch.Tensor | np.ndarray, device: torch.device,
                     batch_size: int | None = None, progress: bool = False) -> np.ndarray:
     """Gate features (N, F + 2C) of uint8 (N, S, S) model inputs, one view (what the input gate reads)."""
     net.eval()
     batch_size = batch_size or inference_batch(device)
     images = torch.as_tensor(np.ascontiguousarray(images)) if isinstance(images, np.ndarray) else images
     starts = range(0, len(images), batch_size)
-    out = [gate_features(*net.embed(to_input(images[i:i + batch_size], device)))
-           for i in tqdm(starts, desc="features", disable=not progress or len(starts) < 3)]
+    out = []
+    for i in tqdm(starts, desc="features", disable=not progress or len(starts) < 3):
+        x = to_input(images[i:i + batch_size], device)
+        pooled, texture, _ = net.infer(x, torch.zeros(len(x), dtype=torch.long, device=device))
+        out.append(gate_features(pooled, texture))
     return np.concatenate(out) if out else np.zeros((0, 0))
 
 
-def image_gate_features(net: torch.nn.Module, gray: np.ndarray, device: torch.device) -> np.ndarray:
+def image_gate_features(net: Member, gray: np.ndarray, device: torch.device) -> np.ndarray:
     """Gate features (1, F + 2C) of one float gray image, prepared like every model input (:func:`prepare`)."""
     return member_features(net, prepare(gray, net.spec.preprocess)[None], device)
 

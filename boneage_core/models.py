@@ -128,6 +128,13 @@ class BoneAgeNet(nn.Module):
     def forward(self, x: torch.Tensor, male: torch.Tensor) -> dict[str, torch.Tensor]:
         return self.read_heads(self.features(x), male)
 
+    def infer(self, x: torch.Tensor, male: torch.Tensor
+              ) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+        """One inference pass: pooled features, texture statistics (what the input gate reads) and every head's raw
+        output (what ``runtime.CompiledMember.infer`` computes with OpenVINO)."""
+        pooled, texture = self.embed(x)
+        return pooled, texture, self.read_heads(pooled, male)
+
     def read_heads(self, features: torch.Tensor, male: torch.Tensor) -> dict[str, torch.Tensor]:
         """Every head's raw output from pooled features and sex (the second half of forward)."""
         sex = self.sex_embedding(male.long().view(-1)).to(features.dtype)

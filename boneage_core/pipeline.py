@@ -29,8 +29,13 @@ from .gate import GATE_FILE, fit_gate, gate_member
 from .inference import member_features, resolve_device
 from .manifest import (MODEL_SUFFIX, build_manifest, evaluation_record, model_files, read_manifest,
                        write_manifest)
+<<<<<<< HEAD
 from .models import BoneAgeNet, ModelSpec, create_model, load_model, parent_spec, save_model
+=======
+from .models import ModelSpec, create_model, parent_spec, save_model
+>>>>>>> rt30
 from .preprocess import PreprocessSpec
+from .runtime import load_member, torch_net
 from .stages import DEFAULT_SCHEME
 from .training import Split, TrainState, fit
 from .views import Views, describe_views
@@ -269,8 +274,8 @@ def gate_stage(cfg: TrainConfig, ds: Dataset, staging: Path, members: list[str],
     if not members:
         raise MissingArtifactError(f"{staging}: the input gate needs a trained CNN; train one first")
     member = gate_member({name: read_meta(staging / name)["spec"]["heads"] for name in members})
-    net, meta = load_model(staging / member)
     device = resolve_device(cfg.device)
+    net, meta = load_member(staging / member, device)  # forward passes only: OpenVINO on the CPU
     _, train_img = _images_for(ds, ds.part("train"), net.spec.preprocess, cfg)
     _, val_img = _images_for(ds, ds.part("val"), net.spec.preprocess, cfg)
     pick = np.random.default_rng(cfg.seed).permutation(len(train_img))[:n_fit]
@@ -279,7 +284,7 @@ def gate_stage(cfg: TrainConfig, ds: Dataset, staging: Path, members: list[str],
     turned = {k: member_features(net, np.rot90(base, k, axes=(1, 2)), device, progress=True) for k in (1, 2, 3)}
     mirrored = member_features(net, base[:, :, ::-1], device, progress=True)
     gate = fit_gate(train_f, member_features(net, val_img, device, progress=True), turned, mirrored,
-                    train_f[:n_turned], n_pooled=net.backbone.num_features, seed=cfg.seed)
+                    train_f[:n_turned], n_pooled=torch_net(net).backbone.num_features, seed=cfg.seed)
     gate.member, gate.member_sha256 = member, meta["sha256"]
     gate.save(staging / GATE_FILE)
 

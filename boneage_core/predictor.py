@@ -22,10 +22,11 @@ from .imaging import ImageLoadError, ImageSource, check_gray_array, load_gray, s
 from .gate import GateVerdict, InputGate, NotARadiographError, gate_member, load_gate
 from .inference import ensemble_outputs, image_gate_features, member_outputs, to_input
 from .manifest import manifest_version, model_files, read_manifest, verify_models
-from .models import BoneAgeNet, HeadOutput, load_model
+from .models import BoneAgeNet, HeadOutput
 from .preprocess import crop_box, heatmap_to_original, input_warnings, prepare
 from .stages import StageScheme
 from .report import HEATMAP_CMAP, years_months
+from .runtime import Member, load_member, runtime_of, torch_net
 from .views import NO_TTA, Views, as_views, describe_views
 from .vocab import STAGE_FROM_AGE, STAGE_FROM_HEAD, parse_sex, sex_code
 
@@ -162,7 +163,7 @@ def _gate(folder: Path, member: str, sha256: str, notes: list[str]) -> InputGate
 class Predictor:
     """The CNN ensemble of an artifacts folder, ready for single images."""
 
-    def __init__(self, members: dict[str, BoneAgeNet], device: torch.device, calibration: AgeCalibration | None = None,
+    def __init__(self, members: dict[str, Member], device: torch.device, calibration: AgeCalibration | None = None,
                  views: Views = NO_TTA, version: str = "unversioned", notes: list[str] | None = None,
                  meta: dict[str, dict] | None = None, gate: InputGate | None = None, gate_name: str | None = None):
         if not members:
@@ -184,7 +185,9 @@ class Predictor:
     def load(cls, artifacts_dir: str | Path = "artifacts", device: str | torch.device = "cpu") -> "Predictor":
         """The members named in manifest.json (hash-checked), its test-time views, and their calibration (intervals).
 
-        A folder without a manifest loads every checkpoint in it, without TTA and without intervals.
+        A folder without a manifest loads every checkpoint in it, without TTA and without intervals. On the CPU
+        the members' network pass runs through OpenVINO (:func:`runtime.load_member`; BONEAGE_RUNTIME=torch for
+        eager PyTorch).
         """
         folder = Path(artifacts_dir)
         dev = torch.device(device)
@@ -201,12 +204,13 @@ class Predictor:
             raise MissingArtifactError(f"no trained CNN in {folder}; run train.py first")
         members, meta = {}, {}
         for name in names:
-            members[name], meta[name] = load_model(folder / name, dev)
+            members[name], meta[name] = load_member(folder / name, dev)
         heads = list(dict.fromkeys(h for net in members.values() for h in net.spec.heads))
         calibration = _calibration(folder, manifest, heads, notes)
         gate_name = gate_member({name: net.spec.heads for name, net in members.items()})
         gate = _gate(folder, gate_name, meta[gate_name]["sha256"], notes)
-        logger.info("Loaded %s from %s on %s (%s)", ", ".join(names), folder, dev, describe_views(views))
+        logger.info("Loaded %s from %s on %s through %s (%s)", ", ".join(names), folder, dev,
+                    runtime_of(next(iter(members.values()))), describe_views(views))
         return cls(members, dev, calibration, views, manifest_version(folder), notes, meta, gate, gate_name)
 
     def calibration_for(self, views: Views) -> AgeCalibration | None:
@@ -293,10 +297,10 @@ class Predictor:
                           interval, model_input, gray, warnings, verdict)
 
     def member_for(self, head: str) -> BoneAgeNet:
-        """The first member with this head (the one Grad-CAM explains)."""
+        """The PyTorch network of the first member with this head (the one Grad-CAM explains: it needs gradients)."""
         for net in self.members.values():
             if head in net.spec.heads:
-                return net
+                return torch_net(net)
         raise InputError(f"no model with a {head!r} head loaded; available heads: {', '.join(self.heads)}")
 
     def explain(self, source: ImageSource | np.ndarray, male, head: str = AGE, alpha: float = 0.4,

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from tests import servers
 
@@ -44,6 +45,14 @@ def gp_table() -> Path:
 @pytest.fixture(scope="session")
 def fullres_sample(fullres_dir: Path) -> Path:
     return require(fullres_dir / "1377.png")
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One torch intra-op thread for a module: on the shared 2-core machine two contend and run ~10x slower."""
+    threads, _ = torch.get_num_threads(), torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture
