@@ -29,11 +29,7 @@ from .gate import GATE_FILE, fit_gate, gate_member
 from .inference import member_features, resolve_device
 from .manifest import (MODEL_SUFFIX, build_manifest, evaluation_record, model_files, read_manifest,
                        write_manifest)
-<<<<<<< HEAD
-from .models import BoneAgeNet, ModelSpec, create_model, load_model, parent_spec, save_model
-=======
-from .models import ModelSpec, create_model, parent_spec, save_model
->>>>>>> rt30
+from .models import BoneAgeNet, ModelSpec, create_model, parent_spec, save_model
 from .preprocess import PreprocessSpec
 from .runtime import load_member, torch_net
 from .stages import DEFAULT_SCHEME
