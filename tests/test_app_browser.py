@@ -104,7 +104,7 @@ def _upload_and_wait_for_the_sex_question(page, path: Path) -> None:
     shows no estimate and no chosen sex."""
     page.locator(".st-key-assess_upload input[type=file]").set_input_files(str(path))
     page.wait_for_selector(f".st-key-assess_upload [data-testid=stFileChip][aria-label^='{path.name}']", timeout=60_000)
-    page.get_by_text(ASK_FOR_SEX).wait_for(timeout=60_000)
+    page.get_by_text(ASK_FOR_SEX).wait_for(timeout=RESULT_MS)  # the first visit may still be loading the models
     assert page.locator("[data-testid=stMetric]").count() == 0
     assert page.locator(f"{SEX_INPUT} input:checked").count() == 0, "a sex is chosen that nobody chose for this film"
 
@@ -132,7 +132,7 @@ def test_two_children_in_a_row_each_with_their_own_sex(server, browser, fullres_
     girl = next(p for p in films if not sample_label(p.stem)[1])
     page = browser.new_page(viewport={"width": 1024, "height": 1400})
     page.goto(f"{server}/")
-    page.locator(".st-key-assess_upload input[type=file]").wait_for(state="attached", timeout=60_000)
+    page.locator(".st-key-assess_upload input[type=file]").wait_for(state="attached", timeout=RESULT_MS)
     _upload_and_wait_for_the_sex_question(page, boy)
     values = _assess_as(page, SEXES[1])
     assert f"{round(predictor.predict(boy, male=True).bone_age_months)} months" in values
@@ -155,7 +155,7 @@ def test_no_number_is_cut_off(server, browser, fullres_sample, sample_label, wid
     _, male = sample_label(fullres_sample.stem)
     page = browser.new_page(viewport={"width": width, "height": 1600})
     page.goto(f"{server}/")
-    page.locator(".st-key-assess_upload input[type=file]").wait_for(state="attached", timeout=60_000)
+    page.locator(".st-key-assess_upload input[type=file]").wait_for(state="attached", timeout=RESULT_MS)
     _upload_and_wait_for_the_sex_question(page, fullres_sample)
     _assess_as(page, SEXES[int(male)])
     page.locator(AGE_MODE_INPUT).get_by_text(AGE_MODES[1], exact=True).click()

@@ -256,9 +256,9 @@ def _downloads(pred: Prediction, report: AssessmentReport, overlay, head_label: 
 def main() -> None:
     st.title("Assess a radiograph")
     st.caption(f"Left-hand radiograph → bone age, developmental stage and Grad-CAM. {DISCLAIMER}")
-    predictor = state.predictor_or_none()  # loaded when the page opens, not on the first upload
     upload = st.file_uploader("Hand radiograph (PNG, JPEG, WebP or DICOM)", type=state.IMAGE_TYPES,
                               key="assess_upload")
+    predictor = state.predictor_or_none()  # loaded when the page opens (with a spinner), not on the first upload
     data = upload.getvalue() if upload is not None else None
     _new_patient(data, upload.name if upload is not None else "")
     if upload is None:
