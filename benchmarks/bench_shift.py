@@ -1,6 +1,6 @@
 """Acquisition shift: the served ensemble (with its input gate) on test-split and full-size films transformed as other scanners and conversions would leave them.
 
-python -m benchmarks.bench_shift --n 60 --samples ../shared/data/samples-fullres --out docs/shift.md
+python -m benchmarks.bench_shift --n 50 --samples ../shared/data/samples-fullres --out shift.md   # docs/shift.md; all: --n 1892
 
 Each film is read as the app reads an upload (Predictor.predict): encodings (JPEG, 16-bit PNG) as file bytes,
 pixel transforms as the 8-bit image a file would hold, with the sex from the labels. One row per transform
@@ -30,7 +30,7 @@ from benchmarks.shift import CLEAN, SHIFTS, turn_applied
 
 SAMPLES_LABELS = "boneage-samples.csv"
 COLUMNS = ["transform", "n", "MAE", "dMAE vs clean", "refused", "flagged turned", "flagged mirrored", "corrected",
-           "mean |est - clean est|"]
+           "mean abs(est - clean est)"]
 
 
 @dataclass
@@ -87,7 +87,7 @@ def summarise(readings: pd.DataFrame) -> pd.DataFrame:
                     "flagged turned": int(group["flagged_turned"].sum()),
                     "flagged mirrored": int(group["flagged_mirrored"].sum()),
                     "corrected": int(group["corrected"].sum()),
-                    "mean |est - clean est|": (group["estimate"] - clean.reindex(group.index))[both].abs().mean()})
+                    "mean abs(est - clean est)": (group["estimate"] - clean.reindex(group.index))[both].abs().mean()})
     return pd.DataFrame(out, columns=COLUMNS)
 
 
@@ -114,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--artifacts", type=Path, default=Path("artifacts"))
     parser.add_argument("--data-dir", type=Path, default=Path("../shared/data/rsna-bone-age-299"))
-    parser.add_argument("--n", type=int, default=None, help="test-split films (default: all; a seeded random subset when smaller)")
+    parser.add_argument("--n", type=int, default=None, help="test-split films (default: all; a seeded random subset when smaller; 0: none)")
     parser.add_argument("--samples", type=Path, default=None, help=f"folder of full-size PNGs with {SAMPLES_LABELS}")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)

@@ -132,5 +132,5 @@ def test_summary_compares_each_transform_with_the_clean_films() -> None:
     assert list(table.reset_index().columns) == COLUMNS
     assert table.loc["x", "MAE"] == 6.0 and table.loc["x", "dMAE vs clean"] == 6.0  # b: 0 -> 6
     assert table.loc["x", "refused"] == "1 (50%)" and table.loc["x", "corrected"] == 1
-    assert table.loc["x", "mean |est - clean est|"] == 6.0 and table.loc[shift.CLEAN, "MAE"] == 5.0
+    assert table.loc["x", "mean abs(est - clean est)"] == 6.0 and table.loc[shift.CLEAN, "MAE"] == 5.0
     assert markdown(summarise(readings)).count("\n") == 3
