@@ -1,0 +1,146 @@
+"""Acquisition shift: the served ensemble (with its input gate) on test-split and full-size films transformed as other scanners and conversions would leave them.
+
+python -m benchmarks.bench_shift --n 50 --samples ../shared/data/samples-fullres --out shift.md   # docs/shift.md; all: --n 1892
+
+Each film is read as the app reads an upload (Predictor.predict): encodings (JPEG, 16-bit PNG) as file bytes,
+pixel transforms as the 8-bit image a file would hold, with the sex from the labels. One row per transform
+(benchmarks/shift.py): MAE on the films scored, its change against the clean films (on the films scored both
+ways), refusals, turns and mirroring flagged by the gate, films turned back, and how far each estimate moved.
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm import tqdm
+
+from boneage_core.artifacts import SPLIT_FILE
+from boneage_core.data import attach_paths, find_dataset, read_labels, with_split
+from boneage_core.gate import NotARadiographError
+from boneage_core.imaging import load_gray
+from boneage_core.predictor import Predictor
+from boneage_core.preprocess import to_uint8
+from benchmarks.shift import CLEAN, SHIFTS, turn_applied
+
+SAMPLES_LABELS = "boneage-samples.csv"
+COLUMNS = ["transform", "n", "MAE", "dMAE vs clean", "refused", "flagged turned", "flagged mirrored", "corrected",
+           "mean abs(est - clean est)"]
+
+
+@dataclass
+class Reading:
+    """One film under one transform: the estimate (None when refused) and what the gate said."""
+
+    estimate: float | None
+    flagged_turned: bool = False
+    flagged_mirrored: bool = False
+    corrected: bool = False
+
+
+def read_film(predictor: Predictor, film: np.ndarray | bytes, male: bool, name: str) -> Reading:
+    """Predictor.predict on one transformed film (bytes as an upload, arrays as the 8-bit image a file holds)."""
+    pixels = film if isinstance(film, bytes) else to_uint8(film)
+    given = load_gray(film) if isinstance(film, bytes) else pixels.astype(np.float32) / 255.0
+    try:
+        pred = predictor.predict(pixels, male=male, name=name)
+    except NotARadiographError:
+        return Reading(None)
+    verdict = pred.gate
+    return Reading(pred.bone_age_months,
+                   flagged_turned=verdict is not None and bool(verdict.turn) and not verdict.apply_turn,
+                   flagged_mirrored=verdict is not None and verdict.mirrored,
+                   corrected=turn_applied(pred.original, given) != 0)
+
+
+def measure(predictor: Predictor, films: pd.DataFrame, what: str) -> pd.DataFrame:
+    """One row per (film, transform): id, transform, true age, estimate, gate flags. `films`: id, path, boneage, male."""
+    rows = []
+    for film in tqdm(films.itertuples(index=False), total=len(films), desc=what, unit="film"):
+        gray = load_gray(film.path)
+        for name, shift in SHIFTS.items():
+            reading = read_film(predictor, Path(film.path).read_bytes() if name == CLEAN else shift(gray),
+                                bool(film.male), f"{film.id} ({name})")
+            rows.append({"id": film.id, "transform": name, "age": float(film.boneage), **vars(reading)})
+    return pd.DataFrame(rows)
+
+
+def summarise(readings: pd.DataFrame) -> pd.DataFrame:
+    """The table: one row per transform (see the module docstring)."""
+    clean = readings[readings["transform"] == CLEAN].set_index("id")["estimate"]
+    out = []
+    for name, group in readings.groupby("transform", sort=False):
+        group = group.set_index("id")
+        scored = group["estimate"].notna()
+        both = scored & clean.reindex(group.index).notna()
+        error = (group["estimate"] - group["age"]).abs()
+        clean_error = (clean.reindex(group.index) - group["age"]).abs()
+        n = len(group)
+        out.append({"transform": name, "n": n, "MAE": error[scored].mean(),
+                    "dMAE vs clean": error[both].mean() - clean_error[both].mean(),
+                    "refused": f"{int((~scored).sum())} ({(~scored).mean():.0%})",
+                    "flagged turned": int(group["flagged_turned"].sum()),
+                    "flagged mirrored": int(group["flagged_mirrored"].sum()),
+                    "corrected": int(group["corrected"].sum()),
+                    "mean abs(est - clean est)": (group["estimate"] - clean.reindex(group.index))[both].abs().mean()})
+    return pd.DataFrame(out, columns=COLUMNS)
+
+
+def markdown(table: pd.DataFrame) -> str:
+    """A markdown table, months to 0.1."""
+    lines = ["| " + " | ".join(COLUMNS) + " |", "|" + "|".join(["---"] + ["---:"] * (len(COLUMNS) - 1)) + "|"]
+    for row in table.itertuples(index=False):
+        cells = [f"{v:.1f}" if isinstance(v, float) else str(v) for v in row]
+        lines.append("| " + " | ".join("–" if c == "nan" else c for c in cells) + " |")
+    return "\n".join(lines)
+
+
+def test_films(artifacts: Path, data_dir: Path, n: int | None, seed: int) -> pd.DataFrame:
+    """The test split's films (id, path, boneage, male); a seeded random `n` of them when n is smaller."""
+    csv, image_dir = find_dataset(data_dir)
+    films = with_split(attach_paths(read_labels(csv), image_dir), pd.read_csv(artifacts / SPLIT_FILE, dtype={"id": str}))
+    films = films[films["split"] == "test"].reset_index(drop=True)
+    if n is not None and n < len(films):
+        films = films.sample(n=n, random_state=seed).reset_index(drop=True)
+    return films
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--artifacts", type=Path, default=Path("artifacts"))
+    parser.add_argument("--data-dir", type=Path, default=Path("../shared/data/rsna-bone-age-299"))
+    parser.add_argument("--n", type=int, default=None, help="test-split films (default: all; a seeded random subset when smaller; 0: none)")
+    parser.add_argument("--samples", type=Path, default=None, help=f"folder of full-size PNGs with {SAMPLES_LABELS}")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--out", type=Path, default=None, help="also write the tables to this markdown file")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    predictor = Predictor.load(args.artifacts)
+    sets = {}
+    if args.n != 0:
+        sets["test split (299 px WebP)"] = test_films(args.artifacts, args.data_dir, args.n, args.seed)
+    if args.samples is not None:
+        sets["full-size samples (PNG)"] = attach_paths(read_labels(args.samples / SAMPLES_LABELS), args.samples)
+    started = datetime.now(timezone.utc)
+    parts = []
+    for what, films in sets.items():
+        table = summarise(measure(predictor, films, what))
+        parts.append(f"### {what}, n = {len(films)}\n\n{markdown(table)}\n")
+        print(parts[-1], flush=True)
+    minutes = (datetime.now(timezone.utc) - started).total_seconds() / 60
+    footer = (f"{started:%Y-%m-%d %H:%M} UTC, model version {predictor.version}, {args.threads} thread(s), "
+              f"{minutes:.1f} min. MAE and changes in months.")
+    print(footer)
+    if args.out is not None:
+        args.out.write_text("\n".join(parts) + "\n" + footer + "\n", encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,136 @@
+"""The acquisition-shift transforms of benchmarks/shift.py do what their names say (tiny synthetic images, no model)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from benchmarks import shift
+from benchmarks.bench_shift import COLUMNS, markdown, summarise
+from boneage_core.imaging import load_gray
+
+
+@pytest.fixture
+def film() -> np.ndarray:
+    """A 60 x 40 'film': a bright vertical bar (the hand) left of centre on a dark ramp, not symmetric."""
+    g = np.tile(np.linspace(0.05, 0.4, 40, dtype=np.float32), (60, 1))
+    g[10:55, 8:18] = 0.9
+    g[5:12, 25:35] = 0.7
+    return g
+
+
+@pytest.mark.parametrize("name", list(shift.SHIFTS))
+def test_every_shift_gives_a_readable_gray_film(name: str, film: np.ndarray) -> None:
+    out = shift.SHIFTS[name](film)
+    gray = load_gray(out) if isinstance(out, bytes) else out
+    assert gray.ndim == 2 and gray.dtype == np.float32
+    assert 0.0 <= gray.min() and gray.max() <= 1.0
+    if name == shift.CLEAN:
+        np.testing.assert_array_equal(gray, film)
+
+
+@pytest.mark.parametrize("name", ["gamma 0.6", "contrast x0.5", "brightness +20", "noise sigma 3", "down to 128 px and back", "rotated +10 deg",
+                                  "burned-in text + marker", "inverted grey scale", "upside down (180 deg)"])
+def test_pixel_shifts_keep_the_shape_and_change_the_film(name: str, film: np.ndarray) -> None:
+    out = shift.SHIFTS[name](film)
+    assert out.shape == film.shape
+    assert not np.allclose(out, film, atol=1e-3)
+
+
+def test_mirrored_inverted_and_turned_are_exact(film: np.ndarray) -> None:
+    np.testing.assert_array_equal(shift.SHIFTS["mirrored (right hand)"](film), np.fliplr(film))
+    np.testing.assert_allclose(shift.SHIFTS["inverted grey scale"](film), 1.0 - film, atol=1e-7)
+    np.testing.assert_array_equal(shift.SHIFTS["upside down (180 deg)"](film), film[::-1, ::-1])
+    sideways = shift.SHIFTS["sideways (90 deg)"](film)
+    assert sideways.shape == film.shape[::-1]
+    np.testing.assert_array_equal(sideways, np.rot90(film))
+
+
+def test_gamma_contrast_brightness_noise(film: np.ndarray) -> None:
+    np.testing.assert_allclose(shift.gamma(film, 0.6), film ** 0.6, rtol=1e-5)
+    assert shift.gamma(film, 0.6).mean() > film.mean() > shift.gamma(film, 1.6).mean()
+    low = shift.contrast(film, 0.5)
+    assert low.std() == pytest.approx(film.std() * 0.5, rel=1e-4) and low.mean() == pytest.approx(film.mean(), abs=1e-5)
+    np.testing.assert_allclose(shift.brightness(film, -20), np.clip(film - 20 / 255, 0, 1), atol=1e-6)
+    flat = np.full((200, 200), 0.5, np.float32)
+    assert (shift.noise(flat, 6) - flat).std() * 255 == pytest.approx(6, rel=0.05)
+    np.testing.assert_array_equal(shift.noise(flat, 6), shift.noise(flat, 6))  # pure: same seed, same noise
+
+
+def test_blur_scales_with_the_image_size() -> None:
+    """An edge blurred at 299 px has sigma 1.5 px; at 4 x that size, 6 px (the sigma of the edge's derivative)."""
+    def edge_sigma(side: int) -> float:
+        g = np.zeros((side, side), np.float32)
+        g[:, side // 2:] = 1.0
+        d = np.diff(shift.blur(g, 1.5)[side // 2])
+        x = np.arange(d.size)
+        mean = (d * x).sum() / d.sum()
+        return float(np.sqrt((d * (x - mean) ** 2).sum() / d.sum()))
+
+    assert edge_sigma(299) == pytest.approx(1.5, rel=0.05)
+    assert edge_sigma(1196) == pytest.approx(6.0, rel=0.05)
+
+
+def test_jpeg_and_16_bit_png_decode_to_the_film(film: np.ndarray) -> None:
+    q75, q30 = load_gray(shift.jpeg(film, 75)), load_gray(shift.jpeg(film, 30))
+    assert shift.jpeg(film, 75)[:3] == b"\xff\xd8\xff" and q75.shape == film.shape
+    assert np.abs(q75 - film).mean() < np.abs(q30 - film).mean() < 0.1
+    data = shift.png16(film)
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    np.testing.assert_allclose(load_gray(data), film, atol=1 / 255)
+
+
+def test_downsample_loses_detail_but_keeps_the_mean() -> None:
+    stripes = np.tile(np.array([0.2, 0.8], np.float32), (256, 128))  # 1 px stripes, lost below 256 px
+    out = shift.downsample(stripes, 128)
+    assert out.shape == stripes.shape and out.std() < 0.1 * stripes.std()
+    assert out.mean() == pytest.approx(0.5, abs=0.02)
+
+
+def test_rotation_fills_black_and_turns_counter_clockwise() -> None:
+    g = np.full((101, 101), 0.5, np.float32)
+    g[10:50, 48:53] = 1.0  # a bar pointing up from the centre
+    out = shift.rotate(g, 20)
+    assert out[0, 0] == 0.0 and out[-1, -1] == 0.0 and out[50, 50] == pytest.approx(0.5, abs=0.05)
+    ys, xs = np.nonzero(out > 0.9)
+    assert xs[ys < 30].mean() < 50  # the top of the bar moved left: counter-clockwise
+
+
+def test_padding_and_crop_change_the_frame(film: np.ndarray) -> None:
+    black, white = shift.pad(film, 0.2, 0.0), shift.pad(film, 0.2, 1.0)
+    assert black.shape == white.shape == (60, 56)
+    assert (black[:, :8] == 0).all() and (white[:, -8:] == 1).all()
+    np.testing.assert_array_equal(black[:, 8:48], film)
+    cropped = shift.crop(film, 0.1)
+    assert cropped.shape == (48, 32)
+    np.testing.assert_array_equal(cropped, film[6:54, 4:36])
+
+
+def test_burned_in_text_and_marker_are_white_in_their_corners() -> None:
+    g = np.full((300, 200), 0.3, np.float32)
+    out = shift.burned_in(g)
+    assert (out[:40] > 0.9).sum() > 30  # text along the top (antialiased)
+    assert (out[-30:, -30:] == 1.0).sum() > 100  # the square marker bottom right
+    np.testing.assert_allclose(out[100:200, 50:150], 0.3, atol=1 / 255)  # the middle untouched
+
+
+def test_turn_applied_finds_the_gates_turn(film: np.ndarray) -> None:
+    assert shift.turn_applied(film, film) == 0
+    assert shift.turn_applied(np.rot90(film, 2) + 0.01, film) == 2
+    assert shift.turn_applied(np.rot90(film, 3), film) == 3
+    square = film[:40]
+    assert shift.turn_applied(np.rot90(square, 1), square) == 1
+
+
+def test_summary_compares_each_transform_with_the_clean_films() -> None:
+    readings = pd.DataFrame({
+        "id": ["a", "b", "a", "b"], "transform": [shift.CLEAN, shift.CLEAN, "x", "x"], "age": [100.0, 50.0] * 2,
+        "estimate": [110.0, 50.0, None, 56.0], "flagged_turned": [False, False, True, False],
+        "flagged_mirrored": [False] * 4, "corrected": [False, False, False, True]})
+    table = summarise(readings).set_index("transform")
+    assert list(table.reset_index().columns) == COLUMNS
+    assert table.loc["x", "MAE"] == 6.0 and table.loc["x", "dMAE vs clean"] == 6.0  # b: 0 -> 6
+    assert table.loc["x", "refused"] == "1 (50%)" and table.loc["x", "corrected"] == 1
+    assert table.loc["x", "mean abs(est - clean est)"] == 6.0 and table.loc[shift.CLEAN, "MAE"] == 5.0
+    assert markdown(summarise(readings)).count("\n") == 3
