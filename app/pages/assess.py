@@ -226,7 +226,7 @@ def _clinical(pred: Prediction, chrono: float | None, problem: str | None) -> Cl
     c2.metric("Expected bone age", f"{readout.expected_bone_age_months:.0f} months",
               help=f"SD {readout.sd_months:.1f} months, for a {'boy' if pred.male else 'girl'} of this age")
     shout = st.success if readout.category == NORMAL else st.warning
-    shout(f"Category: **{readout.category}**. {_sentence(readout.explanation)} Bone age "
+    shout(f"Category: **{readout.category}**: {readout.explanation}. Bone age "
           f"{readout.bone_age_months:.0f} months vs expected {readout.expected_bone_age_months:.0f} months "
           f"(SD {readout.sd_months:.1f}) for a {'boy' if pred.male else 'girl'} of this age ({REFERENCE_NAME}).")
     st.caption(f"Rule: {RULE_TEXT}.")
@@ -249,8 +249,8 @@ def _downloads(pred: Prediction, report: AssessmentReport, overlay, head_label: 
             "Heatmap (PNG)", lambda: heatmap_png_with_colorbar(overlay, report.bone_age_text, report.sex,
                                                                 f"Grad-CAM, {head_label} head"),
             f"{stem}_gradcam.png", "image/png", key="assess_dl_png", on_click="ignore")
-    st.caption(f"Model version {report.model_version}. The files carry no patient name or identity; DICOM study "
-               "identifiers only.")
+    st.caption(f"Model version {report.model_version}. The files carry no patient name; from a DICOM header only "
+               "study identifiers; a patient ID, dates or reader only when typed above.")
 
 
 def main() -> None:
