@@ -54,3 +54,11 @@ def test_class_counts_on_real_training_labels(data_299):
     labels = read_labels(data_299 / "boneage-training-dataset.csv")
     stages = DEFAULT_SCHEME.stage_of(labels["boneage"].to_numpy(), labels["male"].to_numpy())
     assert np.bincount(stages, minlength=5).tolist() == [173, 2476, 7231, 1996, 735]
+
+
+def test_the_stage_disagreement_names_the_exact_age_and_who_owns_the_cut_off():
+    """At a cut-off the shown age (156, rounded) and the stage of the exact age (155.6) could seem to contradict each
+    other: the warning writes the exact age and ranges that say which side owns the cut-off."""
+    text = DEFAULT_SCHEME.disagreement(3, 155.6, False)
+    assert "155.6 months" in text and "84 to under 156 months" in text and "156 to under 180 months" in text
+    assert DEFAULT_SCHEME.disagreement(3, 156.0, False) is None
