@@ -231,11 +231,14 @@ class Predictor:
         per_member, first_input, gate_features = [], None, []
         male_t = torch.tensor([int(male)])
         box = None  # the hand is found once per image, for every member that crops to it
+        prepared: dict = {}  # one preparation per distinct spec (members of the same input share it)
         for name, net in self.members.items():
             spec = net.spec.preprocess
             if spec.hand_crop and box is None:
                 box = crop_box(gray, spec)
-            image = prepare(gray, spec, box)
+            if spec not in prepared:
+                prepared[spec] = prepare(gray, spec, box)
+            image = prepared[spec]
             first_input = image if first_input is None else first_input
             wanted = gate_features if self.gate is not None and name == self.gate_name else None
             per_member.append(member_outputs(net, torch.from_numpy(image)[None], male_t, self.device, views,

@@ -289,18 +289,26 @@ def test_a_sideways_hand_is_scored_turned_not_refused(committed_artifacts, fullr
 
 
 def test_the_hand_is_found_once_per_image_for_all_crop_members(committed_artifacts, fullres_sample, monkeypatch):
-    """Two hand-crop members (B, C) share one crop box; each member's input is still prepare(gray, its spec)."""
+    """Two hand-crop members share one crop box; members with the same spec share one preparation; each member's
+    input is still prepare(gray, its spec)."""
     loaded = Predictor.load(committed_artifacts)
     crop_specs = [net.spec.preprocess for net in loaded.members.values() if net.spec.preprocess.hand_crop]
     assert len(crop_specs) >= 2
     gray = load_gray(fullres_sample)
     boxes, seen = [], []
     monkeypatch.setattr(predictor_module, "crop_box", lambda g, spec: boxes.append(crop_box(g, spec)) or boxes[-1])
-    monkeypatch.setattr(predictor_module, "prepare", lambda g, spec, box=None: seen.append(prepare(g, spec, box))
-                        or seen[-1])
+    monkeypatch.setattr(predictor_module, "prepare", lambda g, spec, box=None: seen.append((spec, prepare(g, spec, box)))
+                        or seen[-1][1])
+    fed = []
+    real_outputs = predictor_module.member_outputs
+    monkeypatch.setattr(predictor_module, "member_outputs",
+                        lambda net, images, *a, **k: fed.append(images[0].numpy().copy()) or real_outputs(net, images, *a, **k))
     loaded.outputs(gray, male=True, views=loaded.views)
     assert len(boxes) == 1 and boxes[0] != FULL_BOX
-    for net, image in zip(loaded.members.values(), seen, strict=True):
+    specs = [net.spec.preprocess for net in loaded.members.values()]
+    assert [spec for spec, _ in seen] == list(dict.fromkeys(specs)), "one preparation per distinct spec"
+    assert len(seen) < len(specs), "the served members share a spec (whole film at 256 px)"
+    for net, image in zip(loaded.members.values(), fed, strict=True):
         np.testing.assert_array_equal(image, prepare(gray, net.spec.preprocess))
 
 
