@@ -39,17 +39,26 @@ _CLASSIFICATION_ROWS = (("n", "Images"), ("accuracy", "Accuracy"), ("precision_m
                         ("qwk", "Quadratic weighted kappa"))
 
 
-def _system_and_title(column: str, head: str | None) -> tuple[str, str]:
-    """(system or member name, what the column holds) of a prediction column / metrics key."""
+def _split(column: str, head: str | None = None) -> tuple[str, str | None]:
+    """(system or member, what the column holds: a HEAD_TITLES key, AGE_STAGE_TITLE, or None) of a prediction column /
+    metrics key ('multihead_crop_l1_age' -> ('multihead_crop_l1', 'age')); the one parser of column names here."""
     for system in SYSTEM_LABELS:
         if column == age_stage_column(system):
-            return SYSTEM_LABELS[system], AGE_STAGE_TITLE
+            return system, AGE_STAGE_TITLE
     for name in ([head] if head in HEAD_TITLES else list(HEAD_TITLES)):
         suffix = system_column("", name)
         if column.endswith(suffix) and len(column) > len(suffix):
-            system = column[: -len(suffix)]
-            return SYSTEM_LABELS.get(system, f"member {system}"), HEAD_TITLES[name]
-    return column.replace("_", " "), ""
+            return column[: -len(suffix)], name
+    return column, None
+
+
+def _system_and_title(column: str, head: str | None) -> tuple[str, str]:
+    """(system or member name, what the column holds) of a prediction column / metrics key."""
+    system, kind = _split(column, head)
+    if kind is None:
+        return column.replace("_", " "), ""
+    title = AGE_STAGE_TITLE if kind == AGE_STAGE_TITLE else HEAD_TITLES[kind]
+    return SYSTEM_LABELS.get(system, f"member {system}"), title
 
 
 def column_label(column: str, head: str | None = None) -> str:
@@ -65,14 +74,7 @@ def column_title(column: str, head: str | None = None) -> str:
 
 def _system_of(column: str) -> str:
     """The system or member a prediction column belongs to ('multihead_crop_l1_age' -> 'multihead_crop_l1')."""
-    for system in SYSTEM_LABELS:
-        if column == age_stage_column(system):
-            return system
-    for head in HEAD_TITLES:
-        suffix = system_column("", head)
-        if column.endswith(suffix) and len(column) > len(suffix):
-            return column[: -len(suffix)]
-    return column
+    return _split(column)[0]
 
 
 def column_colour(column: str, metrics: Mapping | None = None) -> str:
