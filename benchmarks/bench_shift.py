@@ -26,7 +26,7 @@ from boneage_core.gate import NotARadiographError
 from boneage_core.imaging import load_gray
 from boneage_core.predictor import Predictor
 from boneage_core.preprocess import to_uint8
-from benchmarks.shift import CLEAN, SHIFTS, turn_applied
+from benchmarks.shift import CLEAN, SHIFTS
 
 SAMPLES_LABELS = "boneage-samples.csv"
 COLUMNS = ["transform", "n", "MAE", "dMAE vs clean", "refused", "flagged turned", "flagged mirrored", "corrected",
@@ -46,7 +46,6 @@ class Reading:
 def read_film(predictor: Predictor, film: np.ndarray | bytes, male: bool, name: str) -> Reading:
     """Predictor.predict on one transformed film (bytes as an upload, arrays as the 8-bit image a file holds)."""
     pixels = film if isinstance(film, bytes) else to_uint8(film)
-    given = load_gray(film) if isinstance(film, bytes) else pixels.astype(np.float32) / 255.0
     try:
         pred = predictor.predict(pixels, male=male, name=name)
     except NotARadiographError:
@@ -55,7 +54,7 @@ def read_film(predictor: Predictor, film: np.ndarray | bytes, male: bool, name: 
     return Reading(pred.bone_age_months,
                    flagged_turned=verdict is not None and bool(verdict.turn) and not verdict.apply_turn,
                    flagged_mirrored=verdict is not None and verdict.mirrored,
-                   corrected=turn_applied(pred.original, given) != 0)
+                   corrected=pred.turn != 0)
 
 
 def measure(predictor: Predictor, films: pd.DataFrame, what: str) -> pd.DataFrame:

@@ -153,11 +153,3 @@ SHIFTS: dict[str, Shift] = {
     "sideways (90 deg)": lambda g: quarter_turns(g, 1),
 }
 CLEAN = "clean"
-
-
-def turn_applied(scored: np.ndarray, given: np.ndarray) -> int:
-    """The quarter turns k (np.rot90) that the gate applied: `scored` (Prediction.original) is closest to
-    rot90(given, k) among the turns of the same shape (0 when it scored the image as given)."""
-    fits = {k: float(np.mean(np.abs(np.rot90(given, k) - scored))) for k in range(4)
-            if np.rot90(given, k).shape == scored.shape}
-    return min(fits, key=fits.get)

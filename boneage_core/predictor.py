@@ -49,6 +49,7 @@ class Prediction:
     original: np.ndarray = field(repr=False)  # float gray in [0, 1] at the file's own size
     warnings: list[str] = field(default_factory=list)  # why this result may be unreliable
     gate: GateVerdict | None = None  # the input gate's verdict (None without a gate)
+    turn: int = 0  # quarter turns (np.rot90 k) the gate applied before scoring; `original` is the turned image
 
     @property
     def years_months(self) -> str | None:
@@ -74,6 +75,7 @@ class Prediction:
             "interval": None if self.interval is None else self.interval.to_dict(),
             "warnings": list(self.warnings),
             "input_gate_score": None if self.gate is None else round(self.gate.score, 3),
+            "turned_degrees": 90 * self.turn,
         }
 
 
@@ -259,7 +261,7 @@ class Predictor:
         """
         combined, model_input, features = self.outputs(gray, male, views)
         if features is None:
-            return gray, combined, model_input, None, []
+            return gray, combined, model_input, None, [], 0
         decision = self.gate.decide(self.gate.verdicts(features)[0],
                                     lambda k: self.gate_features(np.rot90(gray, k)))
         if decision.refused:
@@ -267,7 +269,7 @@ class Predictor:
         if decision.turn:
             gray = np.ascontiguousarray(np.rot90(gray, decision.turn))
             combined, model_input, _ = self.outputs(gray, male, views)
-        return gray, combined, model_input, decision.verdict, list(decision.warnings)
+        return gray, combined, model_input, decision.verdict, list(decision.warnings), decision.turn
 
     def predict(self, source: ImageSource | np.ndarray, male, views: Views | None = None,
                 name: str | None = None) -> Prediction:
@@ -279,7 +281,7 @@ class Predictor:
         male, views = parse_sex(male), (self.views if views is None else as_views(views))
         gray, name = gray_of(source, name)
         try:
-            gray, combined, model_input, verdict, gate_notes = self._gated_outputs(gray, male, views, name)
+            gray, combined, model_input, verdict, gate_notes, turn = self._gated_outputs(gray, male, views, name)
         except ImageLoadError as exc:
             raise ImageLoadError(f"{name}: {exc}") from exc
         age = float(combined[AGE]) if AGE in combined else None
@@ -297,7 +299,7 @@ class Predictor:
         if source_kind == STAGE_FROM_HEAD and age is not None:
             warnings += [w for w in [self.scheme.disagreement(stage, age, male)] if w]
         return Prediction(name, male, age, stage, self.scheme.names[stage], probs, source_kind, stage_from_age,
-                          interval, model_input, gray, warnings, verdict)
+                          interval, model_input, gray, warnings, verdict, turn)
 
     def member_for(self, head: str) -> BoneAgeNet:
         """The PyTorch network of the first member with this head (the one Grad-CAM explains: it needs gradients)."""

@@ -115,14 +115,6 @@ def test_burned_in_text_and_marker_are_white_in_their_corners() -> None:
     np.testing.assert_allclose(out[100:200, 50:150], 0.3, atol=1 / 255)  # the middle untouched
 
 
-def test_turn_applied_finds_the_gates_turn(film: np.ndarray) -> None:
-    assert shift.turn_applied(film, film) == 0
-    assert shift.turn_applied(np.rot90(film, 2) + 0.01, film) == 2
-    assert shift.turn_applied(np.rot90(film, 3), film) == 3
-    square = film[:40]
-    assert shift.turn_applied(np.rot90(square, 1), square) == 1
-
-
 def test_summary_compares_each_transform_with_the_clean_films() -> None:
     readings = pd.DataFrame({
         "id": ["a", "b", "a", "b"], "transform": [shift.CLEAN, shift.CLEAN, "x", "x"], "age": [100.0, 50.0] * 2,

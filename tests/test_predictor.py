@@ -334,6 +334,9 @@ def test_a_turn_is_tried_on_the_gate_member_alone(committed_artifacts, fullres_d
                 continue
             turned = any("was turned" in w for w in pred.warnings)
             searched = any("of the three turns" in w for w in pred.warnings)  # sure it is turned, not which way
+            assert (pred.turn != 0) == turned and pred.to_dict()["turned_degrees"] == 90 * pred.turn
+            if turned:  # `original` is the image as scored: the given one turned by pred.turn
+                np.testing.assert_array_equal(pred.original, np.rot90(np.rot90(gray, k), pred.turn))
             assert calls["outputs"] == (2 if turned else 1), (path.name, k)
             # scored as given: never tried turned; turned: the suggested turn, or each of the three when searched
             assert calls["gate_features"] == (3 if searched else int(turned)), (path.name, k)
