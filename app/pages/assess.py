@@ -8,6 +8,7 @@ only the film's own DICOM header may fill them, and the page says so.
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass, field
 
 import pandas as pd
 import streamlit as st
@@ -76,31 +77,43 @@ def _sex() -> bool | None:
     return None if choice is None else choice == SEXES[1]
 
 
-def _chronological_age() -> tuple[float | None, str | None]:
-    """(age in months, None); (None, why the typed age cannot be used); or (None, None) when none is given."""
+@dataclass(frozen=True)
+class TypedAge:
+    """The chronological age typed on the page: months, or why it cannot be used; the typed dates for the report."""
+
+    months: float | None = None
+    problem: str | None = None
+    dates: dict[str, str] = field(default_factory=dict)  # birth_date / study_date (ISO) when both read as dates
+
+
+def _chronological_age() -> TypedAge:
     mode = st.radio("Chronological age (optional, for the z-score)", AGE_MODES, key=_key(AGE_MODE), horizontal=True)
     if mode == AGE_MODES[1]:
         return _years_and_months()
     if mode == AGE_MODES[2]:
         return _dates()
-    return None, None
+    return TypedAge()
 
 
-def _years_and_months() -> tuple[float | None, str | None]:
+def _refused(exc: ValueError) -> TypedAge:
+    st.error(f"Chronological age: {exc}.")
+    return TypedAge(problem=str(exc))
+
+
+def _years_and_months() -> TypedAge:
     c1, c2 = st.columns(2)
     years = c1.number_input("Years", value=None, step=1, key=_key(AGE_YEARS), placeholder="years")
     months = c2.number_input("Months", value=None, step=1, key=_key(AGE_MONTHS), placeholder="0")
     if years is None:
         st.caption("Type the years and press Enter (or click elsewhere) to compare with the reference.")
-        return None, None
+        return TypedAge()
     try:
-        return age_from_years_months(years, months), None
+        return TypedAge(age_from_years_months(years, months))
     except ValueError as exc:
-        st.error(f"Chronological age: {exc}.")
-        return None, str(exc)
+        return _refused(exc)
 
 
-def _dates() -> tuple[float | None, str | None]:
+def _dates() -> TypedAge:
     c1, c2 = st.columns(2)
     birth = c1.text_input("Date of birth", key=_key(BIRTH_DATE), placeholder="YYYY-MM-DD")
     study = c2.text_input("Study date", key=_key(STUDY_DATE), placeholder="YYYY-MM-DD")
@@ -108,12 +121,13 @@ def _dates() -> tuple[float | None, str | None]:
         st.caption("Dates: from DICOM (PatientBirthDate, StudyDate).")
     if not birth.strip() or not study.strip():
         st.caption(f"Type both dates as {DATE_HELP} and press Enter to compare with the reference.")
-        return None, None
+        return TypedAge()
     try:
-        return chronological_age_months(parse_date(birth, "date of birth"), parse_date(study, "study date")), None
+        born, taken = parse_date(birth, "date of birth"), parse_date(study, "study date")
+        return TypedAge(chronological_age_months(born, taken), None,
+                        {"birth_date": born.isoformat(), "study_date": taken.isoformat()})
     except ValueError as exc:
-        st.error(f"Chronological age: {exc}.")
-        return None, str(exc)
+        return _refused(exc)
 
 
 def _filing_details() -> dict[str, str]:
@@ -269,7 +283,7 @@ def main() -> None:
     with c1:
         male = _sex()
     with c2:
-        chrono, age_problem = _chronological_age()
+        age = _chronological_age()
     details = _filing_details()
     if male is None:
         st.info("Choose the patient's sex to get an estimate: bone age is read against sex-specific standards, "
@@ -293,20 +307,10 @@ def main() -> None:
         overlay, head_label = _gradcam(pred, predictor, data)
     except ValueError as exc:
         st.error(f"Grad-CAM failed: {exc}")
-    readout = _clinical(pred, chrono, age_problem)
-    dates = _typed_dates() if st.session_state.get(_key(AGE_MODE)) == AGE_MODES[2] and age_problem is None else {}
+    readout = _clinical(pred, age.months, age.problem)
     report = AssessmentReport.from_prediction(pred, readout, predictor.version, dicom=read_study(data),
-                                              patient={**details, **dates})
+                                              patient={**details, **age.dates})
     _downloads(pred, report, overlay, head_label)
-
-
-def _typed_dates() -> dict[str, str]:
-    """The typed dates (ISO) for the report, when both read as dates."""
-    try:
-        return {"birth_date": parse_date(st.session_state.get(_key(BIRTH_DATE), "")).isoformat(),
-                "study_date": parse_date(st.session_state.get(_key(STUDY_DATE), "")).isoformat()}
-    except ValueError:
-        return {}
 
 
 try:
