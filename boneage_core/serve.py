@@ -20,7 +20,6 @@ import threading
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from datetime import date
 from http import HTTPStatus  # its names exist in every Python >= 3.10 (starlette's newer 413/422 names do not)
 from pathlib import Path, PurePath
 from typing import Annotated, Any, Literal
@@ -38,7 +37,7 @@ from starlette.formparsers import MultiPartException, MultiPartParser
 from . import __version__
 from .artifacts import METRICS_FILE, read_json
 from .assess import Assessment, run_assessment
-from .clinical import ClinicalReadout, ReferenceError, load_reference
+from .clinical import DATE_HELP, ClinicalReadout, ReferenceError, load_reference
 from .errors import ArtifactError, InputError
 from .manifest import evaluated_path, read_manifest
 from .predictor import Predictor
@@ -74,10 +73,12 @@ class AssessFields(BaseModel):
     sex: str = Field(description=f"Required, never guessed: {SEX_HELP}.", examples=["F"])
     chronological_age_months: float | None = Field(
         None, ge=0, description="Age at the study in months, for the Greulich-Pyle z-score.", examples=[150.0])
-    birth_date: date | None = Field(None, description="Instead of the age: date of birth (YYYY-MM-DD), with "
-                                    "study_date.", examples=["2012-03-01"])
-    study_date: date | None = Field(None, description="Date of the radiograph (YYYY-MM-DD), with birth_date.",
-                                    examples=["2024-09-15"])
+    # dates stay text here: assess() reads them with clinical.parse_date, the one date parser (pydantic's own would
+    # read "20120301" as a Unix timestamp)
+    birth_date: str | None = Field(None, description=f"Instead of the age: date of birth ({DATE_HELP}), with "
+                                   "study_date.", examples=["2012-03-01"])
+    study_date: str | None = Field(None, description=f"Date of the radiograph ({DATE_HELP}), with birth_date.",
+                                   examples=["2024-09-15"])
 
     @field_validator("sex")
     @classmethod
