@@ -52,7 +52,7 @@ def read_film(predictor: Predictor, film: np.ndarray | bytes, male: bool, name: 
         return Reading(None)
     verdict = pred.gate
     return Reading(pred.bone_age_months,
-                   flagged_turned=verdict is not None and bool(verdict.turn) and not verdict.apply_turn,
+                   flagged_turned=verdict is not None and verdict.turn_flagged,
                    flagged_mirrored=verdict is not None and verdict.mirrored,
                    corrected=pred.turn != 0)
 

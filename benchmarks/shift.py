@@ -9,7 +9,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 from scipy.ndimage import gaussian_filter
 
-from boneage_core.preprocess import to_uint8
+from boneage_core.preprocess import resize_to, to_uint8
 
 #: Side of the training copy's images: the blur's sigma is given at this size and scaled with the image.
 TRAIN_SIDE = 299
@@ -62,18 +62,12 @@ def png16(g: np.ndarray) -> bytes:
     return out.getvalue()
 
 
-def _resize(g: np.ndarray, height: int, width: int) -> np.ndarray:
-    """Bilinear (antialiased) resize of a float gray image."""
-    return np.asarray(Image.fromarray(g.astype(np.float32), mode="F").resize((width, height), Image.BILINEAR),
-                      dtype=np.float32)
-
-
 def downsample(g: np.ndarray, long_side: int) -> np.ndarray:
     """Shrunk so that its long side is `long_side` px (aspect kept), then enlarged back to its own size."""
     h, w = g.shape
     scale = long_side / max(h, w)
-    small = _resize(g, max(1, round(h * scale)), max(1, round(w * scale)))
-    return np.clip(_resize(small, h, w), 0.0, 1.0)
+    small = resize_to(g, (max(1, round(h * scale)), max(1, round(w * scale))))
+    return np.clip(resize_to(small, (h, w)), 0.0, 1.0)
 
 
 def rotate(g: np.ndarray, degrees: float) -> np.ndarray:

@@ -73,6 +73,11 @@ class GateVerdict:
     def apply_turn(self) -> bool:
         return bool(self.turn) and self.turn_probability >= TURN_ABOVE
 
+    @property
+    def turn_flagged(self) -> bool:
+        """A turn is suspected but not sure enough to apply: the reader is asked to check the orientation."""
+        return bool(self.turn) and not self.apply_turn
+
     def turned_note(self, searched_turn: int | None = None) -> str:
         """The warning for an image turned before scoring: by its suggested turn, or (`searched_turn`) by the turn
         found when trying all three (:meth:`InputGate.decide`)."""
@@ -91,7 +96,7 @@ class GateVerdict:
         notes = []
         if self.apply_turn:
             notes.append(self.turned_note())
-        elif self.turn:
+        elif self.turn_flagged:
             notes.append(f"the image may be rotated (p = {self.rotated_probability:.2f} that it is not upright, too "
                          "low to turn it automatically): it was scored as given; check that the fingers point up")
         if self.mirrored:
@@ -139,8 +144,8 @@ class GateDecision:
 
     @property
     def turn_flagged(self) -> bool:
-        """A turn is suspected but was not applied: the reader is asked to check the orientation."""
-        return bool(self.verdict.turn) and not self.verdict.apply_turn
+        """A turn is suspected but was not applied (on the verdict of the image scored)."""
+        return self.verdict.turn_flagged
 
 
 #: The feature levels the OOD score reads (see the module docstring), in the order of the gate features.
