@@ -11,6 +11,7 @@ import os
 import random
 import time
 from dataclasses import dataclass, field
+from io import BytesIO
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -18,6 +19,7 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
@@ -103,14 +105,89 @@ def flip_horizontal(x: torch.Tensor, prob: float, generator: torch.Generator | N
     return torch.where(chosen.to(x.device).view(-1, 1, 1, 1), x.flip(-1), x)
 
 
+#: Ranges of the acquisition changes `acquisition_shift` draws from (benchmarks/bench_shift.py measures the same kinds):
+#: gamma of the grey scale; Gaussian noise (sd, in [0, 1] units: 3 grey levels of a low-contrast film after the
+#: contrast stretch are ~0.03); blur (Gaussian sd, pixels); down-sampling factor before scaling back; JPEG quality.
+SHIFT_GAMMA = (0.6, 1.6)
+SHIFT_NOISE_SD = (0.005, 0.04)
+SHIFT_BLUR_SD = (0.3, 1.5)
+SHIFT_DOWNSAMPLE = (0.4, 0.85)
+SHIFT_JPEG_QUALITY = (20, 90)
+SHIFT_KINDS = ("gamma", "blur", "downsample", "noise", "jpeg")  # the order they are applied in
+
+
+def _gaussian_blur(x: torch.Tensor, sd: torch.Tensor) -> torch.Tensor:
+    """Blur each image of a (B, 1, H, W) batch with its own Gaussian sd (pixels), separable, reflect padding."""
+    radius = int(math.ceil(3 * float(sd.max())))
+    offsets = torch.arange(-radius, radius + 1, device=x.device, dtype=x.dtype)
+    kernel = torch.exp(-0.5 * (offsets.view(1, -1) / sd.view(-1, 1).to(x.dtype)) ** 2)
+    kernel = kernel / kernel.sum(1, keepdim=True)  # (B, K)
+    b, h, w = x.shape[0], x.shape[-2], x.shape[-1]
+    padded = F.pad(x, (radius, radius, radius, radius), mode="reflect").reshape(1, b, h + 2 * radius, w + 2 * radius)
+    rows = F.conv2d(padded, kernel.view(b, 1, 1, -1), groups=b)
+    both = F.conv2d(rows, kernel.view(b, 1, -1, 1), groups=b)
+    return both.reshape(x.shape)
+
+
+def _jpeg(x: torch.Tensor, quality: Sequence[int]) -> torch.Tensor:
+    """Each image of a (B, 1, H, W) batch in [0, 1] saved as a greyscale JPEG of its own quality and read back."""
+    out = []
+    for img, q in zip(x[:, 0].detach().float().cpu().mul(255).round().clamp(0, 255).to(torch.uint8).numpy(), quality):
+        buf = BytesIO()
+        Image.fromarray(img).save(buf, format="JPEG", quality=int(q))
+        buf.seek(0)
+        out.append(torch.from_numpy(np.asarray(Image.open(buf).convert("L"), dtype=np.uint8).copy()))
+    return torch.stack(out).unsqueeze(1).to(x.device, x.dtype).div(255.0)
+
+
+def acquisition_shift(x: torch.Tensor, generator: torch.Generator | None = None, prob: float = 0.0) -> torch.Tensor:
+    """Changes a film picks up between scanner and upload, each applied to an image with probability `prob`.
+
+    On a (B, 1, H, W) batch in [0, 1], in the order of SHIFT_KINDS: gamma, blur, down-sampling and back,
+    Gaussian noise, JPEG re-compression (ranges: the SHIFT_* constants). The networks trained on one smooth
+    299 px WebP conversion read JPEG-compressed and noisy films months wrong (docs/shift.md); these are the
+    changes that teach them not to. Nothing is drawn when prob is 0, so a run without them keeps its random stream.
+    """
+    check_probability("acquisition shift probability", prob)
+    if prob == 0.0:
+        return x
+    b, device, out = x.shape[0], x.device, x.clone()
+
+    def draw(lo: float, hi: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """Which images get this change (indices on the batch's device) and the value of each of them."""
+        chosen = torch.rand(b, generator=generator) < prob
+        values = torch.rand(b, generator=generator) * (hi - lo) + lo
+        return chosen.nonzero().flatten().to(device), values[chosen].to(device, x.dtype)
+
+    idx, log_gamma = draw(math.log(SHIFT_GAMMA[0]), math.log(SHIFT_GAMMA[1]))
+    out[idx] = out[idx].clamp(1e-6, 1.0) ** log_gamma.exp().view(-1, 1, 1, 1)
+    idx, sd = draw(*SHIFT_BLUR_SD)
+    if len(idx):
+        out[idx] = _gaussian_blur(out[idx], sd)
+    idx, factor = draw(*SHIFT_DOWNSAMPLE)
+    size = x.shape[-2:]
+    for i, f in zip(idx.tolist(), factor.tolist()):
+        small = F.interpolate(out[i:i + 1], scale_factor=f, mode="bilinear", antialias=True, align_corners=False)
+        out[i:i + 1] = F.interpolate(small, size=size, mode="bilinear", align_corners=False)
+    idx, sd = draw(*SHIFT_NOISE_SD)
+    noise = torch.randn((len(idx), *x.shape[1:]), generator=generator).to(device, x.dtype)
+    out[idx] = (out[idx] + noise * sd.view(-1, 1, 1, 1)).clamp(0.0, 1.0)
+    idx, quality = draw(*SHIFT_JPEG_QUALITY)
+    if len(idx):
+        out[idx] = _jpeg(out[idx], quality.round().int().tolist())
+    return out
+
+
 def augment(x: torch.Tensor, generator: torch.Generator | None = None, max_rotation: float = 15.0,
             scale: tuple[float, float] = (0.9, 1.1), max_shift: float = 0.06,
             brightness: float = 0.1, contrast: tuple[float, float] = (0.85, 1.15),
-            flip_prob: float = 0.0) -> torch.Tensor:
-    """Random rotation, scale, shift, brightness, contrast and left-right flips on a (B, 1, H, W) batch in [0, 1].
+            flip_prob: float = 0.0, shift_prob: float = 0.0) -> torch.Tensor:
+    """Random rotation, scale, shift, brightness, contrast, left-right flips and acquisition changes on a
+    (B, 1, H, W) batch in [0, 1].
 
     Works on the batch's device; each image is mirrored with probability `flip_prob` after the affine and
-    intensity changes (0, the default, draws nothing for it).
+    intensity changes (0, the default, draws nothing for it), then given each acquisition change
+    (`acquisition_shift`) with probability `shift_prob` (0, the default, draws nothing either).
     """
     b, device = x.shape[0], x.device
 
@@ -128,7 +205,8 @@ def augment(x: torch.Tensor, generator: torch.Generator | None = None, max_rotat
     c = uniform(*contrast).view(b, 1, 1, 1)
     br = uniform(-brightness, brightness).view(b, 1, 1, 1)
     mean = out.mean(dim=(2, 3), keepdim=True)
-    return flip_horizontal(((out - mean) * c + mean + br).clamp(0.0, 1.0), flip_prob, generator)
+    out = flip_horizontal(((out - mean) * c + mean + br).clamp(0.0, 1.0), flip_prob, generator)
+    return acquisition_shift(out, generator, shift_prob)
 
 
 
@@ -185,11 +263,13 @@ class FitConfig:
     seed: int = 42
     max_train_minutes: float = 0.0  # whole run, all phases (0 = no limit)
     flip_prob: float = 0.0  # left-right mirroring per training image (part of augment; 0 = the recipe before flips)
+    shift_prob: float = 0.0  # each acquisition change (gamma, blur, down-sampling, noise, JPEG) per training image
 
     def __post_init__(self) -> None:
         if self.optimizer not in ("adamw", "sam"):
             raise ValueError(f"optimizer must be adamw or sam, got {self.optimizer!r}")
         check_probability("flip_prob", self.flip_prob)
+        check_probability("shift_prob", self.shift_prob)
 
 
 @dataclass
@@ -430,7 +510,7 @@ def _run_epoch(loop: _Loop, opt, train: Split, targets: dict, phase: Phase, epoc
         idx = order[step * cfg.batch_size:(step + 1) * cfg.batch_size]
         x = to_input(train.images[idx], loop.device)
         if cfg.augment:
-            x = augment(x, loop.gen, flip_prob=cfg.flip_prob)
+            x = augment(x, loop.gen, flip_prob=cfg.flip_prob, shift_prob=cfg.shift_prob)
         batch = {h: targets[h][idx].to(loop.device) for h in heads}
         batch["male"] = train.male[idx].to(loop.device)
         loss = _train_step(loop.model, opt, x, batch, heads, cfg, loop.device)

@@ -255,6 +255,13 @@ def test_flip_prob_flag_comes_from_the_fit_config(caplog):
     assert "flip_prob" in caplog.text
 
 
+def test_shift_prob_flag_comes_from_the_fit_config(caplog):
+    assert train.parse_args(["--data-dir", "x"]).fit.shift_prob == 0.0  # the recipe before acquisition changes
+    assert train.parse_args(["--data-dir", "x", "--shift-prob", "0.3"]).fit.shift_prob == 0.3
+    assert train.main(["--data-dir", "x", "--shift-prob", "2"]) == 2
+    assert "shift_prob" in caplog.text
+
+
 def test_model_name_flag(caplog, tmp_path):
     cfg = train.parse_args(["--data-dir", "x", "--stages", "multihead", "--model-name", "multihead_lite2_s1"])
     assert cfg.model_name == "multihead_lite2_s1" and cfg.model_stem("multihead") == "multihead_lite2_s1"

@@ -18,8 +18,8 @@ from boneage_core.heads import AGE, STAGE, get_head
 from boneage_core.inference import member_outputs
 from boneage_core.models import INIT_SCRATCH, BoneAgeNet, ModelSpec, create_model
 from boneage_core.preprocess import PreprocessSpec
-from boneage_core.training import (SAM, FitConfig, Phase, Split, augment, fit, flip_horizontal, lr_factor, parse_phases,
-                                   validate)
+from boneage_core.training import (SAM, SHIFT_JPEG_QUALITY, FitConfig, Phase, Split, acquisition_shift, augment, fit,
+                                   flip_horizontal, lr_factor, parse_phases, validate)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -165,6 +165,50 @@ def test_augment_without_flips_keeps_the_image_and_the_random_stream():
                                atol=1e-5, rtol=0)
     assert torch.equal(augment(x, g_default), augment(x, g_zero, flip_prob=0.0))  # today's recipe, unchanged
     assert torch.equal(torch.rand(4, generator=g_default), torch.rand(4, generator=g_zero))
+
+
+def _film(b: int = 4, size: int = 64) -> torch.Tensor:
+    """Smooth film-like images (a bright blob on a dark ground) in [0, 1], where blur and JPEG change little."""
+    yy, xx = torch.meshgrid(torch.linspace(-1, 1, size), torch.linspace(-1, 1, size), indexing="ij")
+    blob = torch.exp(-((xx[None] - torch.linspace(-0.3, 0.3, b).view(-1, 1, 1)) ** 2 + yy[None] ** 2) * 4)
+    return (0.1 + 0.8 * blob).unsqueeze(1)
+
+
+def test_acquisition_shift_off_keeps_the_image_and_the_random_stream():
+    x, g, g_ref = _film(), torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
+    assert torch.equal(acquisition_shift(x, g, 0.0), x)
+    assert torch.equal(augment(x, g), augment(x, g_ref, shift_prob=0.0))  # today's recipe, unchanged
+    assert torch.equal(torch.rand(3, generator=g), torch.rand(3, generator=g_ref))
+
+
+def test_acquisition_shift_changes_every_image_but_keeps_the_film():
+    x = _film(6)
+    out = acquisition_shift(x, torch.Generator().manual_seed(0), 1.0)
+    assert out.shape == x.shape and out.min() >= 0 and out.max() <= 1
+    changed = (out - x).abs().flatten(1).mean(1)
+    assert (changed > 0.005).all()  # every change was applied to every image
+    assert (changed < 0.2).all()  # still the same film: the blob is where it was
+    assert torch.equal(out, acquisition_shift(x, torch.Generator().manual_seed(0), 1.0))  # seeded
+
+
+def test_acquisition_shift_applies_each_change_to_about_its_share():
+    x = _film(400, size=16)
+    out = acquisition_shift(x, torch.Generator().manual_seed(1), 0.2)
+    untouched = (out == x).flatten(1).all(1).float().mean().item()
+    assert abs(untouched - 0.8 ** 5) < 0.08  # five independent changes, each with probability 0.2
+
+
+def test_acquisition_shift_jpeg_adds_blocks_that_noise_free_film_lacks():
+    from boneage_core.training import _jpeg
+    x = _film(2)
+    worst, best = _jpeg(x, [SHIFT_JPEG_QUALITY[0]] * 2), _jpeg(x, [95, 95])
+    assert (worst - x).abs().mean() > (best - x).abs().mean() > 0
+
+
+@pytest.mark.parametrize("p", [-0.1, 1.5])
+def test_shift_probability_is_validated(p):
+    with pytest.raises(ValueError, match="shift_prob"):
+        FitConfig(shift_prob=p)
 
 
 def _flipped_mask(x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
