@@ -1,6 +1,10 @@
 """Acquisition shift: the served ensemble (with its input gate) on test-split and full-size films transformed as other scanners and conversions would leave them.
 
 python -m benchmarks.bench_shift --n 50 --samples ../shared/data/samples-fullres --out shift.md   # docs/shift.md; all: --n 1892
+python -m benchmarks.bench_shift --artifacts runs/abl299_f3 --split val --n 200 --transforms "clean,JPEG q30,noise sigma 3"
+
+--artifacts may be a training run's folder (its checkpoints, without gate or calibration): the same rows for
+candidate members, on validation films (--split val) so that a recipe is chosen without looking at the test split.
 
 Each film is read as the app reads an upload (Predictor.predict): encodings (JPEG, 16-bit PNG) as file bytes,
 pixel transforms as the 8-bit image a file would hold, with the sex from the labels. One row per transform
@@ -26,7 +30,7 @@ from boneage_core.gate import NotARadiographError
 from boneage_core.imaging import load_gray
 from boneage_core.predictor import Predictor
 from boneage_core.preprocess import to_uint8
-from benchmarks.shift import CLEAN, SHIFTS
+from benchmarks.shift import CLEAN, SHIFTS, Shift
 
 SAMPLES_LABELS = "boneage-samples.csv"
 COLUMNS = ["transform", "n", "MAE", "dMAE vs clean", "refused", "flagged turned", "flagged mirrored", "corrected",
@@ -57,12 +61,12 @@ def read_film(predictor: Predictor, film: np.ndarray | bytes, male: bool, name: 
                    corrected=pred.turn != 0)
 
 
-def measure(predictor: Predictor, films: pd.DataFrame, what: str) -> pd.DataFrame:
+def measure(predictor: Predictor, films: pd.DataFrame, what: str, shifts: dict[str, Shift] = SHIFTS) -> pd.DataFrame:
     """One row per (film, transform): id, transform, true age, estimate, gate flags. `films`: id, path, boneage, male."""
     rows = []
     for film in tqdm(films.itertuples(index=False), total=len(films), desc=what, unit="film"):
         gray = load_gray(film.path)
-        for name, shift in SHIFTS.items():
+        for name, shift in shifts.items():
             reading = read_film(predictor, Path(film.path).read_bytes() if name == CLEAN else shift(gray),
                                 bool(film.male), f"{film.id} ({name})")
             rows.append({"id": film.id, "transform": name, "age": float(film.boneage), **vars(reading)})
@@ -99,14 +103,23 @@ def markdown(table: pd.DataFrame) -> str:
     return "\n".join(lines)
 
 
-def test_films(artifacts: Path, data_dir: Path, n: int | None, seed: int) -> pd.DataFrame:
-    """The test split's films (id, path, boneage, male); a seeded random `n` of them when n is smaller."""
+def split_films(artifacts: Path, data_dir: Path, n: int | None, seed: int, split: str = "test") -> pd.DataFrame:
+    """One split's films (id, path, boneage, male); a seeded random `n` of them when n is smaller."""
     csv, image_dir = find_dataset(data_dir)
     films = with_split(attach_paths(read_labels(csv), image_dir), pd.read_csv(artifacts / SPLIT_FILE, dtype={"id": str}))
-    films = films[films["split"] == "test"].reset_index(drop=True)
+    films = films[films["split"] == split].reset_index(drop=True)
     if n is not None and n < len(films):
         films = films.sample(n=n, random_state=seed).reset_index(drop=True)
     return films
+
+
+def _transforms(text: str) -> dict[str, Shift]:
+    """'clean,JPEG q30' -> those rows of SHIFTS (clean first, always); argparse's error names the unknown ones."""
+    names = [CLEAN] + [n.strip() for n in text.split(",") if n.strip() and n.strip() != CLEAN]
+    unknown = [n for n in names if n not in SHIFTS]
+    if unknown:
+        raise argparse.ArgumentTypeError(f"unknown transform(s) {unknown}; known: {', '.join(SHIFTS)}")
+    return {n: SHIFTS[n] for n in names}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -115,6 +128,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data-dir", type=Path, default=Path("../shared/data/rsna-bone-age-299"))
     parser.add_argument("--n", type=int, default=None, help="test-split films (default: all; a seeded random subset when smaller; 0: none)")
     parser.add_argument("--samples", type=Path, default=None, help=f"folder of full-size PNGs with {SAMPLES_LABELS}")
+    parser.add_argument("--split", choices=("test", "val"), default="test", help="the films of this split")
+    parser.add_argument("--transforms", type=_transforms, default=SHIFTS,
+                        help="comma list of transform names (default: every row); 'clean' is always measured")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", type=Path, default=None, help="also write the tables to this markdown file")
@@ -123,17 +139,18 @@ def main(argv: list[str] | None = None) -> int:
     predictor = Predictor.load(args.artifacts)
     sets = {}
     if args.n != 0:
-        sets["test split (299 px WebP)"] = test_films(args.artifacts, args.data_dir, args.n, args.seed)
+        sets[f"{args.split} split (299 px WebP)"] = split_films(args.artifacts, args.data_dir, args.n, args.seed, args.split)
     if args.samples is not None:
         sets["full-size samples (PNG)"] = attach_paths(read_labels(args.samples / SAMPLES_LABELS), args.samples)
     started = datetime.now(timezone.utc)
     parts = []
     for what, films in sets.items():
-        table = summarise(measure(predictor, films, what))
+        table = summarise(measure(predictor, films, what, args.transforms))
         parts.append(f"### {what}, n = {len(films)}\n\n{markdown(table)}\n")
         print(parts[-1], flush=True)
     minutes = (datetime.now(timezone.utc) - started).total_seconds() / 60
-    footer = (f"{started:%Y-%m-%d %H:%M} UTC, model version {predictor.version}, {args.threads} thread(s), "
+    footer = (f"{started:%Y-%m-%d %H:%M} UTC, {args.artifacts} ({', '.join(predictor.members)}), model version "
+              f"{predictor.version}, {args.threads} thread(s), "
               f"{minutes:.1f} min. MAE and changes in months.")
     print(footer)
     if args.out is not None:

@@ -126,3 +126,15 @@ def test_summary_compares_each_transform_with_the_clean_films() -> None:
     assert table.loc["x", "refused"] == "1 (50%)" and table.loc["x", "corrected"] == 1
     assert table.loc["x", "mean abs(est - clean est)"] == 6.0 and table.loc[shift.CLEAN, "MAE"] == 5.0
     assert markdown(summarise(readings)).count("\n") == 3
+
+
+def test_transforms_option_picks_rows_with_clean_first_and_names_unknown_ones():
+    import argparse
+
+    from benchmarks.bench_shift import _transforms
+    from benchmarks.shift import CLEAN
+
+    assert list(_transforms("JPEG q30, noise sigma 3")) == [CLEAN, "JPEG q30", "noise sigma 3"]
+    assert list(_transforms("clean,JPEG q30")) == [CLEAN, "JPEG q30"]
+    with pytest.raises(argparse.ArgumentTypeError, match="JPEG q31"):
+        _transforms("JPEG q31")
