@@ -15,7 +15,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from sklearn.model_selection import train_test_split
 from tqdm.auto import tqdm
 
 from .errors import ImageLoadError, LabelError
@@ -290,6 +289,8 @@ def age_group(age_months) -> np.ndarray:
 
 def make_split(labels: pd.DataFrame, seed: int = 42, fractions=(0.70, 0.15, 0.15)) -> pd.DataFrame:
     """Stratified (sex x age group) train/val/test split; returns columns id, split."""
+    from sklearn.model_selection import train_test_split  # here: the inference path imports this module (~0.18 GB)
+
     if abs(sum(fractions) - 1.0) > 1e-6:
         raise ValueError(f"split fractions must sum to 1, got {fractions}")
     strata = labels["male"].map({True: "M", False: "F"}) + "|" + age_group(labels["boneage"])

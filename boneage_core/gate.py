@@ -172,6 +172,8 @@ class InputGate:
     member: str = ""
     member_sha256: str = ""
     stats: dict = field(default_factory=dict)
+    #: level -> (the stored bank, its float32 copy): see :meth:`bank`
+    _banks: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     limit = 1.0  # scores are distances relative to each level's limit
 
@@ -184,9 +186,18 @@ class InputGate:
         """The pooled level of gate features (what the orientation and laterality models read)."""
         return self.levels(features)[POOLED]
 
+    def bank(self, level: str) -> np.ndarray:
+        """A level's reference bank as float32, converted once (the stored float16 bank is converted on first use
+        and again only when `references` is replaced)."""
+        stored = self.references[level]
+        cached = self._banks.get(level)
+        if cached is None or cached[0] is not stored:
+            cached = self._banks[level] = (stored, np.asarray(stored, dtype=np.float32))
+        return cached[1]
+
     def distances(self, features: np.ndarray) -> dict[str, np.ndarray]:
         """Per level, the cosine distance to the k-th nearest training feature (0 = identical direction)."""
-        return {level: kth_distance(self.references[level], f, self.k) for level, f in self.levels(features).items()}
+        return {level: kth_distance(self.bank(level), f, self.k) for level, f in self.levels(features).items()}
 
     def score(self, features: np.ndarray) -> np.ndarray:
         """OOD score per row: the largest of the levels' distances relative to their limits (> 1 is refused)."""
@@ -267,9 +278,16 @@ def unit_rows(features: np.ndarray) -> np.ndarray:
 
 
 def kth_distance(reference: np.ndarray, features: np.ndarray, k: int = DEFAULT_K) -> np.ndarray:
-    """Cosine distance of each row of `features` to its k-th nearest row of the unit `reference` bank."""
-    distances = 1.0 - unit_rows(features) @ reference.astype(np.float64).T
-    return np.partition(distances, k - 1, axis=1)[:, k - 1]
+    """Cosine distance (float64) of each row of `features` to its k-th nearest row of the unit `reference` bank.
+
+    One float32 matrix product (the bank is stored as float16, so float32 loses nothing of it; a float64 copy of
+    the bank per call cost more than the product) and a partial sort of the similarities: the k-th nearest row
+    is the k-th largest similarity.
+    """
+    bank = reference if reference.dtype == np.float32 else reference.astype(np.float32)
+    similarities = unit_rows(np.asarray(features, dtype=np.float32)) @ bank.T
+    kth = -np.partition(-similarities, k - 1, axis=1)[:, k - 1]
+    return 1.0 - kth.astype(np.float64)
 
 
 def _logistic(x: np.ndarray, y: np.ndarray, seed: int):

@@ -84,6 +84,13 @@ def _extend_to_edges(mask: np.ndarray, width: int) -> np.ndarray:
     return out
 
 
+def _dilate_square(mask: np.ndarray, size: int) -> np.ndarray:
+    """Binary dilation by a size x size square (odd size, centred; nothing outside the image): the same as
+    ndi.binary_dilation with np.ones((size, size)), as two running maxima, one per axis."""
+    out = ndi.maximum_filter1d(mask.view(np.uint8), size, axis=0, mode="constant", cval=0)
+    return ndi.maximum_filter1d(out, size, axis=1, mode="constant", cval=0).view(bool)
+
+
 def _candidate(small: np.ndarray, threshold: float, within: np.ndarray | None = None) -> np.ndarray:
     """Foreground above threshold (within a region; outer frame ignored) -> largest component -> holes filled
     -> dilated."""
@@ -92,7 +99,7 @@ def _candidate(small: np.ndarray, threshold: float, within: np.ndarray | None = 
     foreground[:frame], foreground[-frame:], foreground[:, :frame], foreground[:, -frame:] = False, False, False, False
     hand = ndi.binary_fill_holes(_largest_component(foreground))
     radius = max(1, round(DILATE_FRACTION * max(small.shape)))
-    hand = ndi.binary_dilation(hand, structure=np.ones((2 * radius + 1, 2 * radius + 1), bool))
+    hand = _dilate_square(hand, 2 * radius + 1)
     return _extend_to_edges(hand, frame)
 
 

@@ -69,10 +69,19 @@ def tta_views(x: torch.Tensor, views: Views = TTA_SCALES) -> list[torch.Tensor]:
         if s == 1.0:
             out.append(x)
             continue
-        theta = torch.tensor([[s, 0.0, 0.0], [0.0, s, 0.0]], dtype=x.dtype, device=x.device).expand(x.shape[0], 2, 3)
-        grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+        grid = _zoom_grid(s, tuple(x.shape[1:]), x.dtype, x.device).expand(x.shape[0], -1, -1, -1)
         out.append(F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False))
     return out
+
+
+@functools.lru_cache(maxsize=16)
+def _zoom_grid(scale: float, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """The (1, H, W, 2) sampling grid of a zoom by `scale` for images of `shape` (C, H, W): the same for every image,
+    so it is made once per zoom, size, dtype and device (building it cost as much as sampling with it). An ordinary
+    tensor without gradient even when first asked for under inference mode; grid_sample only reads it."""
+    with torch.inference_mode(False), torch.no_grad():
+        theta = torch.tensor([[[scale, 0.0, 0.0], [0.0, scale, 0.0]]], dtype=dtype, device=device)
+        return F.affine_grid(theta, [1, *shape], align_corners=False)
 
 
 @torch.no_grad()

@@ -7,7 +7,6 @@ from typing import Callable, Sequence
 
 import numpy as np
 import pandas as pd
-from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 
 from .data import AGE_GROUPS, age_group
 
@@ -51,6 +50,9 @@ def quadratic_weighted_kappa(y_true, y_pred, n_classes: int | None = None) -> fl
 
 def classification_metrics(y_true, y_pred, n_classes: int, class_names=None) -> dict:
     """Accuracy, per-class and macro precision/recall/F1, confusion matrix, QWK."""
+    # imported here: the inference path reaches this module through heads and would load scikit-learn (~0.18 GB)
+    from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
+
     t = np.asarray(y_true, dtype=np.int64)
     p = np.asarray(y_pred, dtype=np.int64)
     if t.size == 0:

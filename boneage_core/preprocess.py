@@ -182,10 +182,11 @@ def preprocess_source(source: ImageSource, spec: PreprocessSpec, name: str | Non
 
 def neighbour_correlation(image: np.ndarray) -> float:
     """Pearson correlation of horizontally adjacent pixels (1 = smooth structure, 0 = noise)."""
+    image = np.asarray(image, dtype=np.float64)
     a, b = image[:, :-1].ravel(), image[:, 1:].ravel()
-    if a.std() == 0 or b.std() == 0:
-        return 0.0
-    return float(np.corrcoef(a, b)[0, 1])
+    a, b = a - a.mean(), b - b.mean()
+    spread = float(np.sqrt((a @ a) * (b @ b)))
+    return float(a @ b) / spread if spread > 0 else 0.0
 
 
 def input_warnings(image: np.ndarray) -> list[str]:

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
 from boneage_core.errors import ArtifactError, InputError
-from boneage_core.gate import (GATE_FILE, TURN_ABOVE, TURN_FLAG_ABOVE, GateVerdict, InputGate, NotARadiographError,
-                               QUARTER_TURNS, distinct_numbers, fit_gate, load_gate)
+from boneage_core.gate import (GATE_FILE, LEVELS, POOLED, TURN_ABOVE, TURN_FLAG_ABOVE, GateVerdict, InputGate,
+                               NotARadiographError, QUARTER_TURNS, distinct_numbers, fit_gate, kth_distance, load_gate,
+                               unit_rows)
 from boneage_core.predictor import Predictor
 from negatives import negative_set
 
@@ -202,3 +205,53 @@ def test_a_refusal_names_numbers_that_differ():
     reason = GateVerdict(1.0041, 1.0).reason()
     assert "score 1.004, above the limit 1.000" in reason
     assert distinct_numbers(0.5, 1.0) == ("0.50", "1.00")
+
+
+# --- k-NN distance: one float32 product and a partial sort (issue 30), equal to the float64 full sort ---
+
+
+def _kth_distance_float64(reference: np.ndarray, features: np.ndarray, k: int) -> np.ndarray:
+    """The former computation: float64 copy of the bank, full sort of the distances."""
+    distances = 1.0 - unit_rows(features) @ reference.astype(np.float64).T
+    return np.sort(distances, axis=1)[:, k - 1]
+
+
+def test_kth_distance_matches_the_float64_sort_on_the_committed_banks(committed_artifacts):
+    gate = InputGate.load(committed_artifacts / GATE_FILE)
+    rng = np.random.default_rng(0)
+    for level in LEVELS:
+        bank = gate.references[level]
+        near = bank[rng.choice(len(bank), 8)].astype(np.float64) + rng.normal(0, 0.02, (8, bank.shape[1]))
+        far = rng.normal(size=(4, bank.shape[1]))
+        for features in (near, far):
+            for k in (1, gate.k, len(bank)):
+                assert np.abs(kth_distance(bank, features, k) - _kth_distance_float64(bank, features, k)).max() < 1e-5
+        assert kth_distance(bank, near, gate.k).dtype == np.float64
+
+
+def test_kth_distance_is_the_kth_nearest():
+    bank = unit_rows(np.array([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0], [1.0, 1.0]])).astype(np.float16)
+    assert kth_distance(bank, np.array([[2.0, 0.0]]), 1)[0] == pytest.approx(0.0, abs=1e-6)
+    assert kth_distance(bank, np.array([[2.0, 0.0]]), 2)[0] == pytest.approx(1 - np.sqrt(0.5), abs=1e-4)
+    assert kth_distance(bank, np.array([[2.0, 0.0]]), 4)[0] == pytest.approx(2.0, abs=1e-6)
+
+
+def test_the_gate_converts_each_bank_once_and_again_when_replaced(gate):
+    gate = dataclasses.replace(gate)  # a copy: the module's gate stays as it is
+    first = gate.bank(POOLED)
+    assert first.dtype == np.float32 and gate.bank(POOLED) is first
+    np.testing.assert_array_equal(first, gate.references[POOLED].astype(np.float32))
+    gate.references = {level: bank[:-1] for level, bank in gate.references.items()}
+    assert gate.bank(POOLED) is not first and len(gate.bank(POOLED)) == len(first) - 1
+
+
+def test_the_committed_gate_scores_like_the_float64_sort(committed_predictor, fullres_dir, data_299, monkeypatch):
+    """Predictions end to end: the gate's scores move by < 1e-5, ages by <= 0.05 months, stages not at all."""
+    predictor = committed_predictor
+    films = [fullres_dir / "1377.png", fullres_dir / "1380.png", data_299 / "boneage-training-dataset" / "1377.webp"]
+    new = [predictor.predict(film, male=True) for film in films]
+    monkeypatch.setattr("boneage_core.gate.kth_distance", _kth_distance_float64)
+    old = [predictor.predict(film, male=True) for film in films]
+    for a, b in zip(new, old):
+        assert abs(a.gate.score - b.gate.score) < 1e-5
+        assert abs(a.bone_age_months - b.bone_age_months) <= 0.05 and a.stage == b.stage

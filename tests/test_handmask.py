@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from scipy import ndimage as ndi
 from skimage.filters import threshold_otsu
 
-from boneage_core.handmask import (MAX_AREA, MIN_AREA, hand_bbox, hand_mask, mass_inside, peak_inside,
-                                   segment_hand)
+from boneage_core.handmask import (MAX_AREA, MIN_AREA, WORK_SIDE, _dilate_square, hand_bbox, hand_mask, mass_inside,
+                                   peak_inside, segment_hand)
 from boneage_core.imaging import load_gray
+from boneage_core.preprocess import squash_resize
 
 
 def _with_border_line_and_label(image: np.ndarray) -> np.ndarray:
@@ -129,3 +131,38 @@ def test_a_hand_found_inside_the_exposed_field_reports_the_field(data_299):
 def test_a_hand_found_directly_has_no_field(hand_like):
     assert segment_hand(hand_like).field is None
     assert segment_hand(np.random.default_rng(0).random((200, 200)).astype(np.float32)).field is None
+
+
+# --- the square dilation as two running maxima (issue 30): the same masks as ndi.binary_dilation ---
+
+
+def _dilate_square_reference(mask: np.ndarray, size: int) -> np.ndarray:
+    return ndi.binary_dilation(mask, structure=np.ones((size, size), bool))
+
+
+@pytest.mark.parametrize("size", [1, 3, 11, 25])
+def test_dilate_square_equals_binary_dilation(size):
+    rng = np.random.default_rng(size)
+    for density in (0.001, 0.02, 0.3):
+        mask = rng.random((97, 131)) < density
+        mask[0, 5] = mask[-1, -1] = mask[40, 0] = True  # pixels on the borders
+        got = _dilate_square(mask, size)
+        assert got.dtype == bool and got.shape == mask.shape
+        np.testing.assert_array_equal(got, _dilate_square_reference(mask, size))
+    assert not _dilate_square(np.zeros((20, 20), bool), size).any()
+
+
+def test_segmentation_of_real_films_is_unchanged_by_the_running_maxima(fullres_dir, data_299, monkeypatch):
+    """Every full-size sample and its 299 px copy: the same mask and field as with ndi.binary_dilation."""
+    films = sorted(fullres_dir.glob("*.png"))
+    films += [data_299 / "boneage-training-dataset" / f"{f.stem}.webp" for f in films[:6]]
+    grays = [squash_resize(load_gray(f), WORK_SIDE) for f in films]
+    new = [segment_hand(g) for g in grays]
+    monkeypatch.setattr("boneage_core.handmask._dilate_square", _dilate_square_reference)
+    for film, gray, seg in zip(films, grays, new):
+        old = segment_hand(gray)
+        assert seg.found == old.found, film.name
+        np.testing.assert_array_equal(seg.mask, old.mask, err_msg=film.name)
+        assert (seg.field is None) == (old.field is None), film.name
+        if seg.field is not None:
+            np.testing.assert_array_equal(seg.field, old.field, err_msg=film.name)

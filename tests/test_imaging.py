@@ -456,3 +456,36 @@ def test_blank_rule_matches_the_preprocessing_one():
     from boneage_core.preprocess import MIN_CONTRAST
 
     assert imaging.BLANK_SPREAD == MIN_CONTRAST
+
+
+# --- issue 30: the same checks, fewer passes over the pixels ---
+
+
+def test_colour_spread_is_the_mean_channel_range():
+    from boneage_core.imaging import _colour_spread
+
+    rng = np.random.default_rng(0)
+    for rgb in (rng.random((37, 53, 3)).astype(np.float32), rng.integers(0, 256, (20, 30, 3)).astype(np.float64),
+                np.repeat(rng.random((10, 10, 1)), 3, axis=2)):
+        assert _colour_spread(rgb) == pytest.approx(float((rgb.max(axis=2) - rgb.min(axis=2)).mean()), rel=1e-6)
+    assert _colour_spread(np.repeat(rng.random((10, 10, 1)), 3, axis=2)) == 0.0
+
+
+def test_real_films_load_as_their_gray_values(fullres_dir, data_299):
+    """Full-size 8-bit PNG (mode L) and 299 px WebP (decoded as RGB): the luminance / 255, as float32."""
+    from PIL import Image
+
+    for path in (fullres_dir / "1377.png", data_299 / "boneage-training-dataset" / "1377.webp"):
+        gray = load_gray(path)
+        with Image.open(path) as img:
+            expected = np.asarray(img.convert("L"), dtype=np.float32) / np.float32(255)
+        assert gray.dtype == np.float32
+        np.testing.assert_allclose(gray, expected, atol=1e-7)
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_non_finite_values_are_counted_and_refused(bad):
+    arr = np.full((40, 40), 0.5, np.float32)
+    arr[3, 4] = arr[10, 10] = bad
+    with pytest.raises(ImageLoadError, match=r"2 non-finite value"):
+        check_gray_array(arr)

@@ -211,3 +211,25 @@ def test_member_outputs_refuse_a_view_set_without_the_image(net, images):
     x, male = images
     with pytest.raises(ValueError, match="must include 1.0"):
         member_outputs(net, x, male, CPU, views=(0.94,))
+
+
+def _zoom_reference(x: torch.Tensor, scale: float) -> torch.Tensor:
+    """A zoomed view with its grid made for the batch (as before the grid was cached)."""
+    theta = torch.tensor([[scale, 0.0, 0.0], [0.0, scale, 0.0]], dtype=x.dtype).expand(x.shape[0], 2, 3)
+    grid = torch.nn.functional.affine_grid(theta, list(x.shape), align_corners=False)
+    return torch.nn.functional.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+
+
+@pytest.mark.parametrize("batch,size", [(1, SIZE), (3, SIZE), (2, 288)])
+def test_tta_views_with_the_cached_grid_are_the_per_batch_views(batch, size):
+    x = torch.rand(batch, 1, size, size, generator=torch.Generator().manual_seed(batch))
+    with torch.inference_mode():  # as member_outputs runs: the cached grid must still serve gradients later
+        views = tta_views(x)
+    for scale, view in zip(TTA_SCALES[1:], views[1:]):
+        assert torch.equal(view, _zoom_reference(x, scale))
+    shape = (1, size, size)
+    assert inference._zoom_grid(TTA_SCALES[1], shape, x.dtype, x.device) is inference._zoom_grid(
+        TTA_SCALES[1], shape, x.dtype, x.device)  # made once
+    leaf = x.clone().requires_grad_()
+    tta_views(leaf)[1].sum().backward()
+    assert leaf.grad is not None and leaf.grad.abs().sum() > 0

@@ -37,3 +37,11 @@ def test_inference_never_imports_the_training_code(module):
             "print(sorted(m for m in ('boneage_core.training', 'boneage_core.pipeline') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]", f"boneage_core.{module} pulls in {out.stdout.strip()}"
+
+
+def test_the_predictor_does_not_load_scikit_learn():
+    """scikit-learn (~0.18 GB of RSS with its dependencies) serves fitting and holdout metrics, not predictions
+    (issue 30: peak RSS after load + one prediction)."""
+    code = "import sys, boneage_core.predictor; print(sorted(m for m in sys.modules if m.split('.')[0] == 'sklearn'))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", out.stdout.strip()

@@ -20,6 +20,7 @@ from boneage_core.preprocess import (
     crop_box,
     hand_crop_box,
     heatmap_to_original,
+    neighbour_correlation,
     preprocess,
     preprocess_source,
     resize_to,
@@ -360,3 +361,44 @@ def test_heatmap_to_original_inverts_the_crop_geometry(hand_like):
     on_input = squash_resize(marker[top:bottom, left:right], spec.image_size)
     back = heatmap_to_original(on_input, gray.shape, box)
     assert back[spot].mean() > 0.9 and back[~(marker > 0)].mean() < 0.02
+
+
+# --- issue 30: faster steps, the same model inputs ---
+
+
+def _neighbour_correlation_reference(image: np.ndarray) -> float:
+    """The former computation (np.corrcoef of the two shifted copies)."""
+    a, b = image[:, :-1].ravel(), image[:, 1:].ravel()
+    if a.std() == 0 or b.std() == 0:
+        return 0.0
+    return float(np.corrcoef(a, b)[0, 1])
+
+
+def test_neighbour_correlation_matches_corrcoef(data_299, fullres_sample):
+    rng = np.random.default_rng(0)
+    images = [rng.random((64, 64)).astype(np.float32), np.tile(np.linspace(0, 1, 50, dtype=np.float32), (40, 1))]
+    images += [prepare(load_gray(f), PreprocessSpec(256)).astype(np.float32) / 255
+               for f in (fullres_sample, data_299 / "boneage-training-dataset" / "1377.webp")]
+    for image in images:
+        assert neighbour_correlation(image) == pytest.approx(_neighbour_correlation_reference(image), abs=1e-9)
+    assert neighbour_correlation(np.full((30, 30), 0.3, np.float32)) == 0.0
+    assert neighbour_correlation(np.tile(np.linspace(0, 1, 30), (30, 1)).T) == pytest.approx(1.0)  # rows constant
+
+
+def test_prepared_inputs_of_real_films_are_those_of_the_former_steps(fullres_dir, data_299, monkeypatch):
+    """The served specs (256, 288 with hand crop, 256 with hand crop) on full-size films and 299 px copies: the same
+    uint8 model inputs as with the former dilation (ndi.binary_dilation by a square)."""
+    from scipy import ndimage as ndi
+
+    specs = [PreprocessSpec(256), PreprocessSpec(288, hand_crop=True), PreprocessSpec(256, hand_crop=True)]
+    films = [fullres_dir / f"{stem}.png" for stem in ("1377", "1384", "1390")]
+    films += [data_299 / "boneage-training-dataset" / f"{f.stem}.webp" for f in films]
+    grays = [load_gray(f) for f in films]
+    new = [[prepare(g, s) for s in specs] for g in grays]
+    monkeypatch.setattr("boneage_core.handmask._dilate_square",
+                        lambda mask, size: ndi.binary_dilation(mask, structure=np.ones((size, size), bool)))
+    for film, gray, inputs in zip(films, grays, new):
+        for spec, got in zip(specs, inputs):
+            old = prepare(gray, spec)
+            assert np.abs(got.astype(int) - old.astype(int)).max() <= 1, (film.name, spec)
+            np.testing.assert_array_equal(got, old, err_msg=f"{film.name} {spec}")
