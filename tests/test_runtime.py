@@ -14,10 +14,10 @@ import torch
 
 from boneage_core import runtime
 from boneage_core.data import attach_paths, read_labels
+from boneage_core.ensemble import Ensemble
 from boneage_core.evaluate import cnn_columns
 from boneage_core.heads import AGE, CNN, STAGE, system_column
 from boneage_core.inference import member_features, member_outputs
-from boneage_core.manifest import read_manifest
 from boneage_core.models import INIT_SCRATCH, BoneAgeNet, ModelSpec, create_model, save_model
 from boneage_core.predictor import Predictor
 from boneage_core.preprocess import PreprocessSpec
@@ -218,12 +218,10 @@ def test_served_ensemble_on_299_px_images_in_batches_matches_torch(committed_art
     labels = read_labels(data_299 / "boneage-training-dataset.csv")
     frame = attach_paths(labels[labels["id"].astype(str).isin(test_ids)].head(30).reset_index(drop=True),
                          data_299 / "boneage-training-dataset")
-    manifest = read_manifest(committed_artifacts)
     columns = {}
     for name in (TORCH, OPENVINO):
         monkeypatch.setenv(RUNTIME_ENV, name)
-        columns[name] = cnn_columns(committed_artifacts, manifest.members, frame, None, CPU, manifest.views,
-                                    gate_name=manifest.members[0])
+        columns[name] = cnn_columns(Ensemble.load(committed_artifacts, CPU), frame, None)
     eager, compiled = columns[TORCH], columns[OPENVINO]
     age, stage = system_column(CNN, AGE), system_column(CNN, STAGE)
     assert eager.table[age].notna().sum() == len(frame) == 30
