@@ -54,13 +54,6 @@ class Prediction:
     def years_months(self) -> str | None:
         return None if self.bone_age_months is None else years_months(self.bone_age_months)
 
-    @property
-    def stages_agree(self) -> bool | None:
-        """Whether the stage head agrees with the stage of the predicted age (None if one is missing)."""
-        if self.stage_from_age is None or self.stage_source != STAGE_FROM_HEAD:
-            return None
-        return self.stage == self.stage_from_age
-
     def to_dict(self) -> dict:
         """JSON-friendly summary (no image arrays)."""
         return {

@@ -139,6 +139,7 @@ def test_many_members_on_every_view_are_joined_in_one_step(quick_run, tmp_path, 
             np.testing.assert_allclose(frame[column], frame[system_column(evaluate.view_prefix("multihead", v), AGE)])
 
 
+@pytest.mark.slow
 def test_the_gate_columns_follow_the_rule_the_app_applies(committed_predictor, fullres_dir, tmp_path):
     """gate_refused / gate_turn / gate_turn_flagged say what Predictor does with the same file (InputGate.decide)."""
     labels = read_labels(fullres_dir / "boneage-samples.csv").head(3)

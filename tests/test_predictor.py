@@ -45,6 +45,7 @@ def test_prediction_on_full_size_sample(predictor, fullres_sample):
     json.dumps(pred.to_dict())
 
 
+@pytest.mark.slow
 def test_two_file_layout_and_one_file_multihead_load_through_the_same_call(format1_models, quick_run,
                                                                           fullres_sample):
     pair, single = Predictor.load(format1_models), Predictor.load(quick_run)
@@ -179,6 +180,7 @@ def test_gradcam_is_aligned_to_the_input(predictor, fullres_sample, head):
     assert exp.is_blank == (exp.model_heatmap.max() <= 0)
 
 
+@pytest.mark.slow
 def test_gradcam_of_a_hand_crop_model_lies_in_the_crop_box(format1_models, fullres_dir):
     """A checkpoint whose spec crops to the hand: its heatmap is put back into the crop box, zeros outside."""
     gray = load_gray(fullres_dir / "1378.png")  # its hand fills only part of the film
@@ -275,6 +277,7 @@ def test_an_upside_down_hand_is_turned_back_or_flagged(committed_predictor, full
             assert flipped.bone_age_months == pytest.approx(upright.bone_age_months, abs=3.0)
 
 
+@pytest.mark.slow
 def test_a_sideways_hand_is_scored_turned_not_refused(committed_predictor, fullres_dir):
     """The gate's texture level refuses some sideways films as given; the suggested turn brings them back."""
     loaded = committed_predictor
@@ -287,6 +290,7 @@ def test_a_sideways_hand_is_scored_turned_not_refused(committed_predictor, fullr
                 assert sideways.bone_age_months == pytest.approx(upright.bone_age_months, abs=3.0), (stem, k)
 
 
+@pytest.mark.slow
 def test_a_turn_is_tried_on_the_gate_member_alone(committed_predictor, fullres_dir, monkeypatch):
     """The ensemble runs on a turned film only when it is scored turned; a refusal costs one ensemble pass."""
     loaded = committed_predictor

@@ -154,6 +154,7 @@ def test_a_stale_cache_is_rebuilt_and_logged(cache, net, images, caplog, damage)
     np.testing.assert_allclose(_head_outputs(rebuilt, images), _head_outputs(net, images), rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_the_cache_key_changes_with_the_checkpoint(cache, tmp_path, images, monkeypatch):
     assert len({cache_key("a" * 64, 256, "2026.4.1"), cache_key("b" * 64, 256, "2026.4.1"),
                 cache_key("a" * 64, 288, "2026.4.1"), cache_key("a" * 64, 256, "2026.5.0")}) == 4
@@ -184,6 +185,7 @@ def served_pair(committed_artifacts):
     return eager, compiled
 
 
+@pytest.mark.slow
 def test_served_ensemble_on_full_size_samples_matches_torch(served_pair, fullres_dir, sample_label):
     """Every full-size sample through the user's path (decode, gate, both views, calibration): same age, same stage."""
     eager, compiled = served_pair
@@ -211,6 +213,7 @@ def test_grad_cam_stays_on_torch(served_pair, fullres_sample):
                                eager.explain(pred.original, male=False).heatmap, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_served_ensemble_on_299_px_images_in_batches_matches_torch(committed_artifacts, data_299, monkeypatch):
     """The evaluate / calibrate path (batches of 4, a partial last batch, the gate features of the same pass)."""
     split = pd.read_csv(committed_artifacts / "split.csv")
