@@ -22,7 +22,9 @@ from PIL import Image
 from boneage_core import artifacts as art
 from boneage_core.clinical import ReferenceError, load_reference, reference_path
 from boneage_core.errors import ArtifactError
-from boneage_core.manifest import EVALUATED_FILES, Manifest, read_manifest, stale_reason
+from boneage_core.imaging import IMAGE_EXTENSIONS
+from boneage_core.assess import Assessment, run_assessment
+from boneage_core.manifest import EVALUATED_FILES, Manifest, manifest_version, read_manifest, stale_reason
 from boneage_core.predictor import Explanation, Prediction, Predictor
 from boneage_core.preprocess import resize_to
 
@@ -31,7 +33,8 @@ logger = logging.getLogger(__name__)
 #: Environment variable naming the artifacts folder (default: artifacts/ in the repository root).
 ARTIFACTS_ENV = "BONEAGE_ARTIFACTS"
 REPO_DIR = Path(__file__).resolve().parent.parent
-IMAGE_TYPES = ["png", "jpg", "jpeg", "webp", "dcm", "dicom"]
+#: What the uploaders take: every ending the decoders read (imaging.IMAGE_EXTENSIONS).
+IMAGE_TYPES = [ext.lstrip(".") for ext in IMAGE_EXTENSIONS]
 #: How many uploads' results one browser session keeps (each holds the full-size image).
 RESULT_CACHE_SIZE = 4
 _RESULTS_KEY = "_assess_results"
@@ -58,10 +61,15 @@ def show_error(exc: BaseException, what: str) -> None:
 
 # --- models -------------------------------------------------------------------------------------------------
 
-@st.cache_resource(show_spinner="Loading the models…")
-def get_predictor(folder: str) -> Predictor:
-    """The Predictor of an artifacts folder, loaded once per server process."""
+@st.cache_resource(show_spinner="Loading the models…", max_entries=4)
+def _load_predictor(folder: str, version: str) -> Predictor:
     return Predictor.load(folder, device="cpu")
+
+
+def get_predictor(folder: str) -> Predictor:
+    """The Predictor of an artifacts folder, loaded once per server process and manifest version (its sha256): a
+    retrain in place writes a new manifest, and the next page run loads the new models."""
+    return _load_predictor(folder, manifest_version(folder))
 
 
 def predictor_or_none() -> Predictor | None:
@@ -95,25 +103,32 @@ def _remember(key: tuple, value: Any) -> Any:
     return value
 
 
-def predict(predictor: Predictor, data: bytes, name: str, male: bool) -> Prediction:
-    """predictor.predict under the model lock (no caching; the batch page uses this)."""
+def _predict(predictor: Predictor, data: bytes, name: str, male: bool) -> Prediction:
     with _MODEL_LOCK:
         return predictor.predict(data, male=male, name=name)
 
 
+def assessment(predictor: Predictor, data: bytes, name: str, male: bool, chronological_age_months: float | None,
+               reference: pd.DataFrame | None) -> Assessment:
+    """boneage_core.assess.run_assessment of one upload under the model lock (no caching; the batch page uses this)."""
+    with _MODEL_LOCK:
+        return run_assessment(predictor, data, male, chronological_age_months=chronological_age_months,
+                              reference=reference, name=name)
+
+
 def cached_prediction(predictor: Predictor, data: bytes, name: str, male: bool) -> Prediction:
-    """predict() once per (file content, sex) in this session; later reruns reuse the result."""
-    key = ("prediction", file_digest(data), bool(male))
+    """predictor.predict once per (model version, file content, sex) in this session; later reruns reuse the result."""
+    key = ("prediction", predictor.version, file_digest(data), bool(male))
     cache = _results()
     if key in cache:
         cache.move_to_end(key)
         return dataclasses.replace(cache[key], name=name)  # same bytes, maybe uploaded under a new name
-    return _remember(key, predict(predictor, data, name, male))
+    return _remember(key, _predict(predictor, data, name, male))
 
 
 def cached_explanation(predictor: Predictor, data: bytes, prediction: Prediction, head: str) -> Explanation:
     """Grad-CAM of one head once per (file content, sex, head) in this session; the stage head explains the stage shown."""
-    key = ("explanation", file_digest(data), prediction.male, head)
+    key = ("explanation", predictor.version, file_digest(data), prediction.male, head)
     cache = _results()
     if key in cache:
         cache.move_to_end(key)

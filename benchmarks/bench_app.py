@@ -110,7 +110,7 @@ def upload_to_result(image: Path, repeats: int) -> tuple[float, float, list[floa
     times = []
     for _ in range(repeats + 1):
         t0 = time.perf_counter()
-        prediction = state.predict(predictor, data, image.name, male=False)
+        prediction = state.assessment(predictor, data, image.name, False, None, None).prediction
         predictor.explain(prediction.original, prediction.male, head=head, class_index=prediction.stage)
         times.append(time.perf_counter() - t0)
     return load, times[0], times[1:]

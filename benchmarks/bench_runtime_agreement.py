@@ -17,9 +17,9 @@ import pandas as pd
 import torch
 
 from boneage_core.data import attach_paths, read_labels
-from boneage_core.evaluate import cnn_columns, matching_calibration
+from boneage_core.ensemble import Ensemble
+from boneage_core.evaluate import cnn_columns
 from boneage_core.heads import AGE, CNN, STAGE, system_column
-from boneage_core.manifest import read_manifest
 from boneage_core.runtime import OPENVINO, PRECISION_ENV, PRECISIONS, RUNTIME_ENV, TORCH
 from boneage_core.stages import DEFAULT_SCHEME
 
@@ -38,8 +38,6 @@ def main(argv: list[str] | None = None) -> int:
     labels = read_labels(args.data_dir / "boneage-training-dataset.csv")
     frame = attach_paths(labels[labels["id"].astype(str).isin(test_ids)].head(args.n).reset_index(drop=True),
                          args.data_dir / "boneage-training-dataset")
-    manifest = read_manifest(args.artifacts)
-    calibration = matching_calibration(args.artifacts, manifest.members, manifest.views)
     truth_stage = DEFAULT_SCHEME.stage_of(frame["boneage"].to_numpy(float), frame["male"].to_numpy(bool))
     age, stage = system_column(CNN, AGE), system_column(CNN, STAGE)
     runs = [(TORCH, None)] + [(OPENVINO, p) for p in args.precisions.split(",")]
@@ -49,8 +47,7 @@ def main(argv: list[str] | None = None) -> int:
         if precision:
             os.environ[PRECISION_ENV] = precision
         t0 = time.perf_counter()
-        table = cnn_columns(args.artifacts, manifest.members, frame, None, torch.device("cpu"), manifest.views,
-                            calibration).table
+        table = cnn_columns(Ensemble.load(args.artifacts, torch.device("cpu")), frame, None).table
         name = runtime if precision is None else f"{runtime} {precision}"
         tables[name] = table
         mae = float(np.mean(np.abs(table[age] - frame["boneage"])))

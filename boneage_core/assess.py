@@ -111,17 +111,24 @@ def run_assessment(predictor: Predictor, source: ImageSource | np.ndarray, male:
                    chronological_age_months: float | None = None, birth_date: date | str | None = None,
                    study_date: date | str | None = None, reference: Reference = None, name: str | None = None,
                    explain: bool = False, views: Views | None = None,
-                   patient: Mapping[str, str] | None = None) -> Assessment:
+                   patient: Mapping[str, str] | None = None, prediction: Prediction | None = None,
+                   age_from_dicom: bool = True) -> Assessment:
     """Assess one image (path, bytes, binary file, gray array or DICOM bytes); see :func:`assess`.
 
     With explain=True the Grad-CAM of the age head (or the stage head when there is no age head) is computed too.
+    `prediction` is this source's prediction for this sex when the caller has it already (a front end's cache of
+    ``predictor.predict``); `age_from_dicom=False` leaves out the DICOM header's dates (a page where the user cleared
+    them).
     """
     name = name or ("array" if isinstance(source, np.ndarray) else source_name(source))
     data = None if isinstance(source, np.ndarray) else read_bytes(source)
     dicom = _dicom_info(data, name)
     sex = _sex(male, dicom)
-    chrono = chronological_age(chronological_age_months, birth_date, study_date, dicom)
-    prediction = predictor.predict(source if data is None else data, sex, views=views, name=name)
+    chrono = chronological_age(chronological_age_months, birth_date, study_date, dicom if age_from_dicom else None)
+    if prediction is None:
+        prediction = predictor.predict(source if data is None else data, sex, views=views, name=name)
+    elif prediction.male != sex:
+        raise InputError(f"{name}: the given prediction is for the other sex")
     readout, note = _readout(prediction, chrono, reference)
     report = AssessmentReport.from_prediction(prediction, readout, predictor.version,
                                               dicom=None if data is None else read_study(data), patient=patient)

@@ -16,14 +16,14 @@ from pathlib import Path
 import pandas as pd
 from tqdm import tqdm
 
-from .imaging import read_dicom_info
+from .errors import InputError
+from .imaging import IMAGE_EXTENSIONS, read_dicom_info
 from .spreadsheet import spreadsheet_safe
 from .vocab import SexError, parse_sex, sex_code, sex_missing
 
 logger = logging.getLogger(__name__)
 
 #: File types scored when walking a folder tree (case-insensitive).
-IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".webp", ".dcm", ".tif", ".tiff"})
 #: Columns every output row starts with; `error` is always the last column.
 BASE_COLUMNS = ("id", "sex", "sex_from")
 ERROR_COLUMN = "error"
@@ -34,7 +34,7 @@ SEX_MISSING = "sex missing"
 Predict = Callable[[Path, bool, "float | None"], dict]
 
 
-class BatchSetupError(ValueError):
+class BatchSetupError(InputError):
     """The batch cannot start (unreadable input, no usable sex at all, output exists without resume)."""
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import hashlib
+import io
 import logging
 import os
 import pickle
@@ -46,10 +47,17 @@ def git_commit() -> str:
         return "unknown"
 
 
-def _load(path: str | os.PathLike, what: str) -> tuple[object, object]:
-    """A file torch.load reads with its restricted unpickler, and its format tag; CheckpointError if unreadable."""
+def read_hashed(path: str | os.PathLike) -> tuple[bytes, str]:
+    """A file's bytes and their SHA-256 hex digest, from one read (a checkpoint is hashed and parsed from these)."""
+    data = Path(path).read_bytes()
+    return data, hashlib.sha256(data).hexdigest()
+
+
+def _load(path: str | os.PathLike, what: str, data: bytes | None = None) -> tuple[object, object]:
+    """A file (or its bytes, already read) torch.load reads with its restricted unpickler, and its format tag;
+    CheckpointError if unreadable."""
     try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
+        payload = torch.load(path if data is None else io.BytesIO(data), map_location="cpu", weights_only=True)
     except (OSError, RuntimeError, EOFError, pickle.UnpicklingError, KeyError, ValueError, TypeError,
             AttributeError) as exc:  # what torch's restricted unpickler raises for arbitrary bytes
         raise CheckpointError(f"{path}: not a readable {what} ({exc!r})") from exc
@@ -125,9 +133,11 @@ def _upgrade_v1(payload: dict) -> dict:
     return {**payload, "format": CHECKPOINT_FORMAT, "spec": spec, "state_dict": state, "lineage": lineage}
 
 
-def read_payload(path: str | os.PathLike) -> dict:
-    """The whole checkpoint (weights as stored), upgraded to the current format; CheckpointError if unreadable."""
-    payload, found = _load(path, "checkpoint")
+def read_payload(path: str | os.PathLike, data: bytes | None = None) -> dict:
+    """The whole checkpoint (weights as stored), upgraded to the current format; CheckpointError if unreadable.
+
+    `data` is the file's bytes when the caller has read them already (:func:`read_hashed`)."""
+    payload, found = _load(path, "checkpoint", data)
     if found == _V1_FORMAT:
         try:
             payload = _upgrade_v1(payload)

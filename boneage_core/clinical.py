@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 
 from .calibration import PredictionInterval, interval_columns
+from .errors import BoneAgeError
 from .heads import AGE, CNN, system_column
 from .imaging import DAYS_PER_MONTH
 from .vocab import FEMALE, MALE, parse_sex, sex_code
@@ -31,7 +32,7 @@ REFERENCE_COLUMNS = ("sex", "chronological_age_months", "mean_bone_age_months", 
 Z_LIMIT = 2.0
 
 
-class ReferenceError(ValueError):
+class ReferenceError(BoneAgeError, ValueError):
     """The reference table is missing, malformed, or does not cover the requested age."""
 
 

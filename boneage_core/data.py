@@ -18,13 +18,12 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from .errors import ImageLoadError, LabelError
-from .imaging import load_gray
+from .imaging import IMAGE_EXTENSIONS, load_gray
 from .preprocess import PreprocessSpec, prepare
 from .vocab import AGE_MAX_MONTHS, SEX_HELP, SexError, parse_sex
 
 logger = logging.getLogger(__name__)
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".dcm")
 MAX_AGE_MONTHS = AGE_MAX_MONTHS
 #: Age groups for bias analysis and split stratification: (label, lower, upper) in months.
 AGE_GROUPS: tuple[tuple[str, float, float], ...] = (

@@ -19,18 +19,17 @@ import pandas as pd
 import torch
 
 from .baseline import META_FILE as BASELINE_META, HogXGBoost
-from .calibration import AgeCalibration, apply_calibration, interval_columns, interval_coverage, load_calibration
+from .calibration import interval_columns, interval_coverage
 from .data import attach_paths, load_images, read_labels
+from .ensemble import Ensemble
 from .errors import BoneAgeError, ImageLoadError, MissingArtifactError
 from .heads import AGE, BASELINE, CNN, STAGE, UNCORRECTED, age_stage_column, get_head, head_metrics, system_column
-from .checkpoint import read_meta
-from .gate import gate_member, load_gate
 from .imaging import load_gray
-from .inference import ensemble_outputs, image_gate_features, member_features, member_outputs, resolve_device
-from .manifest import model_files, read_manifest, verify_models
-from .runtime import load_member
+from .inference import ensemble_outputs, member_features, resolve_device
+from .manifest import model_files
+from .preprocess import PreprocessSpec
 from .stages import DEFAULT_SCHEME, StageScheme
-from .views import NO_TTA, Views, add_views_arguments, as_views, view_index
+from .views import Views, add_views_arguments, view_index
 
 logger = logging.getLogger(__name__)
 
@@ -74,26 +73,19 @@ class NewColumns:
     gate_features: tuple[pd.Index, np.ndarray] | None = None
 
 
-@dataclass
-class _MemberRun:
-    rows: pd.Index  # the rows whose image loaded
-    outputs: dict[str, list[np.ndarray]]  # decoded outputs per head and view
-    stem: str
-    failures: dict[str, str]
-
-
-def _member_run(path: Path, frame: pd.DataFrame, cache_dir, device, views: Views,
-                features: list[np.ndarray] | None = None) -> _MemberRun:
-    """One member's decoded outputs per head and view on the rows whose image loaded, and the images that did not.
-
-    The gate features of its backbone pass are appended to `features` when given.
-    """
-    net, _ = load_member(path, device)
-    images = load_images(frame["id"].tolist(), frame["path"].tolist(), net.spec.preprocess, cache_dir)
-    rows, pixels = _aligned(frame, images)
-    male = torch.tensor(rows["male"].to_numpy(), dtype=torch.long)
-    outputs = member_outputs(net, torch.from_numpy(pixels), male, device, views=views, progress=True, features=features)
-    return _MemberRun(rows.index, outputs, member_prefix(path), dict(images.failures))
+def _ensemble_images(ensemble: Ensemble, frame: pd.DataFrame, cache_dir
+                     ) -> tuple[pd.Index, dict[PreprocessSpec, np.ndarray], dict[str, str]]:
+    """The rows whose image loaded for every member, their model inputs per distinct spec (loaded once per spec,
+    cached in `cache_dir`), and {id: error} of the images that did not load."""
+    loaded, failures = {}, {}
+    for spec in ensemble.specs:
+        images = load_images(frame["id"].tolist(), frame["path"].tolist(), spec, cache_dir)
+        loaded[spec] = _aligned(frame, images)
+        failures.update(dict(images.failures))
+    common = None
+    for rows, _ in loaded.values():
+        common = rows.index if common is None else common.intersection(rows.index)
+    return common, {spec: pixels[rows.index.get_indexer(common)] for spec, (rows, pixels) in loaded.items()}, failures
 
 
 def _add_columns(out: dict[str, pd.Series], index: pd.Index, system: str, decoded: dict[str, np.ndarray],
@@ -114,84 +106,68 @@ def _view_columns(aligned: list[tuple[dict[str, list[np.ndarray]], str]], views:
     return out
 
 
-def cnn_columns(artifacts_dir: Path, members: list[str], frame: pd.DataFrame, cache_dir, device, views: Views,
-                calibration: AgeCalibration | None = None, gate_name: str | None = None,
-                per_view: bool = False) -> NewColumns:
+def cnn_columns(ensemble: Ensemble, frame: pd.DataFrame, cache_dir, per_view: bool = False) -> NewColumns:
     """Ensemble columns (cnn_age, cnn_stage, cnn_stage_pK) and, for heads with several members, one set per member.
 
-    With a calibration, cnn_age is the corrected estimate, cnn_age_low / cnn_age_high its interval, and
-    the uncorrected ensemble estimate is kept as cnn_uncorrected_age. With `per_view` and several views, every member's
-    columns on every view are added too (:func:`view_prefix`; written, not scored). Returns a :class:`NewColumns`:
-    the table indexed like `frame` (NaN where an image did not load; the caller joins it in one step, so the frame
-    is not built column by column), {column: head}, {id: error}, and with a `gate_name` that member's (rows, gate
-    features) from the same backbone pass as its outputs.
+    The ensemble's outputs on its views (:meth:`Ensemble.outputs`, the wiring Predictor uses). With a calibration,
+    cnn_age is the corrected estimate, cnn_age_low / cnn_age_high its interval, and the uncorrected ensemble estimate
+    is kept as cnn_uncorrected_age. With `per_view` and several views, every member's columns on every view are added
+    too (:func:`view_prefix`; written, not scored). Returns a :class:`NewColumns`: the table indexed like `frame` (NaN
+    where an image did not load; the caller joins it in one step, so the frame is not built column by column),
+    {column: head}, {id: error}, and with a gate the gate member's (rows, gate features) from the same backbone pass.
     """
-    collected: list[np.ndarray] = []
-    runs = [_member_run(artifacts_dir / name, frame, cache_dir, device, views,
-                        collected if name == gate_name else None) for name in members]
-    common = runs[0].rows
-    for run in runs[1:]:
-        common = common.intersection(run.rows)
-    aligned = []
-    for run in runs:
-        keep = run.rows.get_indexer(common)
-        aligned.append(({h: [v[keep] for v in by_view] for h, by_view in run.outputs.items()}, run.stem))
-    raw = ensemble_outputs([o for o, _ in aligned])
-    combined, bounds = apply_calibration(raw, calibration)
+    common, images, failures = _ensemble_images(ensemble, frame, cache_dir)
+    out = ensemble.outputs(images, frame.loc[common, "male"].to_numpy(), progress=True)
     new: dict[str, pd.Series] = {}
     columns: dict[str, str] = {}
-    _add_columns(new, common, CNN, combined, columns)
-    if bounds is not None:
-        _add_columns(new, common, UNCORRECTED, {AGE: raw[AGE]}, columns)
-        for column, values in zip(interval_columns(CNN), bounds):
+    _add_columns(new, common, CNN, out.combined, columns)
+    if out.bounds is not None:
+        _add_columns(new, common, UNCORRECTED, {AGE: out.raw[AGE]}, columns)
+        for column, values in zip(interval_columns(CNN), out.bounds):
             new[column] = pd.Series(values, index=common)
-    if AGE in combined:
+    if AGE in out.combined:
         column = age_stage_column(CNN)
-        new[column] = pd.Series(DEFAULT_SCHEME.stage_of(combined[AGE], frame.loc[common, "male"].to_numpy(bool)),
+        new[column] = pd.Series(DEFAULT_SCHEME.stage_of(out.combined[AGE], frame.loc[common, "male"].to_numpy(bool)),
                                 index=common)
         columns[column] = STAGE
-    for head in list(dict.fromkeys(h for o, _ in aligned for h in o)):
+    aligned = [(outputs, member_prefix(name)) for name, outputs in out.members.items()]
+    for head in ensemble.heads:
         voters = [(o, stem) for o, stem in aligned if head in o]
         for o, stem in voters if len(voters) > 1 else []:
             _add_columns(new, common, stem, {head: ensemble_outputs([o])[head]}, columns)
-    if per_view and len(views) > 1:
-        new.update({k: pd.Series(v, index=common) for k, v in _view_columns(aligned, views).items()})
-    failures = {id_: error for run in runs for id_, error in run.failures.items()}
+    if per_view and len(ensemble.views) > 1:
+        new.update({k: pd.Series(v, index=common) for k, v in _view_columns(aligned, ensemble.views).items()})
     result = NewColumns(pd.DataFrame(new, index=frame.index), columns, failures)
-    if gate_name in members:
-        result.gate_features = (runs[members.index(gate_name)].rows,
-                                np.concatenate(collected) if collected else np.zeros((0, 0)))
+    if out.gate_features is not None:
+        result.gate_features = (common, out.gate_features)
     return result
 
 
-def gate_columns(artifacts_dir: Path, member: str, frame: pd.DataFrame, cache_dir, device,
+def gate_columns(ensemble: Ensemble, frame: pd.DataFrame, cache_dir,
                  features: tuple[pd.Index, np.ndarray] | None = None) -> pd.DataFrame:
-    """The input gate's decision per image, by the rule the app and the CLIs apply (``InputGate.decide``).
+    """The input gate's decision per image, by the rule the app and the CLIs apply (:meth:`Ensemble.decisions`).
 
     Columns: score as given, refused, turn applied, turn flagged, mirroring flagged. A film that needs a
     turn tried is read again from its file, turned and prepared like an upload. The CNN columns score the
     images as given (their labels are for them as filmed); these columns say how often the app would
     refuse, turn or flag a real radiograph. `features` (rows, gate features), when given, are the
     member's from the CNN columns' pass (:func:`cnn_columns`), so its images are not run twice. Returns the
-    columns as a frame indexed like `frame` (no columns when the folder has no gate; NaN where an image did not load).
+    columns as a frame indexed like `frame` (no columns when the ensemble has no gate; NaN where an image did not load).
     """
-    net, meta = load_member(artifacts_dir / member, device)
-    gate = load_gate(artifacts_dir, member, meta["sha256"])
-    if gate is None:
+    if ensemble.gate is None:
         return pd.DataFrame(index=frame.index)
     if features is None:
+        net = ensemble.members[ensemble.gate_name]
         images = load_images(frame["id"].tolist(), frame["path"].tolist(), net.spec.preprocess, cache_dir)
         rows, pixels = _aligned(frame, images)
-        features = rows.index, member_features(net, torch.from_numpy(pixels), device, progress=True)
-    rows = frame.loc[features[0]]
-    verdicts = gate.verdicts(features[1])
-    decisions = [gate.decide(v, lambda k, path=path: image_gate_features(net, np.rot90(load_gray(path), k), device))
-                 for v, path in zip(verdicts, rows["path"])]  # a file is read again only when a turn is tried
+        features = rows.index, member_features(net, torch.from_numpy(pixels), ensemble.device, progress=True)
+    paths = frame.loc[features[0], "path"].tolist()
+    decisions = ensemble.decisions(features[1], lambda i: load_gray(paths[i]))  # a file is read again only to turn it
     out = pd.DataFrame({"gate_score": [d.as_given.score for d in decisions],
                         "gate_refused": [d.refused for d in decisions],
                         "gate_turn": [d.turn for d in decisions],
                         "gate_turn_flagged": [d.turn_flagged for d in decisions],
-                        "gate_mirrored": [d.verdict.mirrored for d in decisions]}, index=rows.index)
+                        "gate_mirrored": [d.verdict.mirrored for d in decisions]}, index=features[0])
     logger.info("Input gate: %d of %d images would be refused (%d as given), %d turned, %d flagged as maybe rotated, "
                 "%d as maybe mirrored", sum(d.refused for d in decisions), len(decisions),
                 sum(d.as_given.refused for d in decisions), sum(bool(d.turn) for d in decisions),
@@ -216,47 +192,23 @@ def baseline_columns(artifacts_dir: Path, frame: pd.DataFrame, cache_dir) -> New
     return NewColumns(pd.DataFrame(new, index=frame.index), heads, dict(images.failures))
 
 
-def member_hashes(artifacts_dir: str | Path, members: list[str]) -> dict[str, str]:
-    """{model file: sha256} of the members (what a calibration or an evaluation is tied to)."""
-    return {name: read_meta(Path(artifacts_dir) / name)["sha256"] for name in members}
-
-
-def matching_calibration(artifacts_dir: str | Path, members: list[str], views: Views) -> AgeCalibration | None:
-    """The folder's calibration when it was fitted for exactly these members and views, else None (logged)."""
-    calibration = load_calibration(artifacts_dir)
-    if calibration is None:
-        return None
-    reason = calibration.stale_reason(member_hashes(artifacts_dir, members), views)
-    if reason:
-        logger.warning("Calibration not applied: %s", reason)
-        return None
-    return calibration
-
-
 def predict_frame(artifacts_dir: str | Path, frame: pd.DataFrame, cache_dir=None, device: str = "auto",
-                  views: Views | None = None, members: list[str] | None = None,
-                  per_view: bool = False) -> tuple[pd.DataFrame, dict[str, str], dict[str, str]]:
+                  views: Views | None = None, members: list[str] | None = None, per_view: bool = False,
+                  ensemble: Ensemble | None = None) -> tuple[pd.DataFrame, dict[str, str], dict[str, str]]:
     """Prediction columns for a frame with id, path, boneage, male.
 
-    Members and test-time views default to the folder's manifest (every checkpoint, no TTA without one); `per_view` adds
-    every member's columns on every test-time view (:func:`cnn_columns`).
+    The CNN columns come from `ensemble`, else from the folder's (:meth:`Ensemble.load` with `members` and `views`:
+    the manifest's by default, every checkpoint without TTA without one); `per_view` adds every member's columns on
+    every test-time view (:func:`cnn_columns`).
     Returns (frame with prediction columns, {column: head}, {id: error} for unreadable images).
     """
     artifacts_dir = Path(artifacts_dir)
-    manifest = read_manifest(artifacts_dir)
-    if manifest is not None and members is None:
-        verify_models(artifacts_dir, manifest)
-    members = members if members is not None else (manifest.members if manifest else model_files(artifacts_dir))
-    views = (manifest.views if manifest else NO_TTA) if views is None else as_views(views)
+    if ensemble is None and (members or (members is None and model_files(artifacts_dir))):
+        ensemble = Ensemble.load(artifacts_dir, resolve_device(device), members, views)
     parts: list[NewColumns] = []
-    if members:
-        calibration = matching_calibration(artifacts_dir, members, views)
-        heads = {name: read_meta(artifacts_dir / name)["spec"]["heads"] for name in members}
-        gate_name = gate_member(heads)
-        cnn = cnn_columns(artifacts_dir, members, frame, cache_dir, resolve_device(device), views, calibration,
-                          gate_name, per_view)
-        gate = gate_columns(artifacts_dir, gate_name, frame, cache_dir, resolve_device(device), cnn.gate_features)
-        parts += [cnn, NewColumns(gate)]
+    if ensemble is not None:
+        cnn = cnn_columns(ensemble, frame, cache_dir, per_view)
+        parts += [cnn, NewColumns(gate_columns(ensemble, frame, cache_dir, cnn.gate_features))]
     if (artifacts_dir / BASELINE_META).is_file():
         parts.append(baseline_columns(artifacts_dir, frame, cache_dir))
     out = pd.concat([frame, *(part.table for part in parts)], axis=1)
@@ -298,7 +250,7 @@ def evaluate_folder(artifacts_dir: str | Path, images_dir: str | Path, labels_cs
                     min_meaningful_n: int = 20) -> tuple[dict, pd.DataFrame]:
     """Score the saved models on a labelled folder (any supported label format).
 
-    The artifacts are checked (models present, manifest hashes) before any image is read; unreadable images
+    The artifacts are checked and loaded (models present, manifest hashes) before any image is read; unreadable images
     are left out with a warning, none readable is an ImageLoadError. When fewer than
     `min_meaningful_n` images are scored, the metrics get a top-level "_warnings" list (entries keep their shape).
     """
@@ -307,11 +259,9 @@ def evaluate_folder(artifacts_dir: str | Path, images_dir: str | Path, labels_cs
         raise MissingArtifactError(f"artifacts folder not found: {folder}")
     if not model_files(folder) and not (folder / BASELINE_META).is_file():
         raise MissingArtifactError(f"no models found in {folder}; run train.py first or pass --artifacts")
-    manifest = read_manifest(folder)
-    if manifest is not None:
-        verify_models(folder, manifest)
+    ensemble = Ensemble.load(folder, resolve_device(device), views=views) if model_files(folder) else None
     labels = attach_paths(read_labels(labels_csv), images_dir)
-    frame, columns, failures = predict_frame(folder, labels, cache_dir, device, views)
+    frame, columns, failures = predict_frame(folder, labels, cache_dir, ensemble=ensemble)
     if failures:
         logger.warning("%d image(s) could not be read and were left out: %s", len(failures), list(failures)[:5])
     metrics = score_predictions(frame, columns, n_boot=n_boot)

@@ -47,6 +47,8 @@ MAX_COLOUR_SPREAD = 12.0
 #: Raster formats read by Pillow (first frame of multi-page TIFF and animated GIF), then DICOM.
 RASTER_FORMATS = ("PNG", "JPEG", "WEBP", "TIFF", "GIF", "BMP")
 ACCEPTED = "PNG, JPEG, WebP, TIFF, GIF, BMP (first frame of multi-page files) or DICOM"
+#: File name endings of the images these decoders read (image folders, batch folders, the app's uploaders).
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".tif", ".tiff", ".gif", ".bmp", ".dcm", ".dicom")
 _MAGIC = {
     b"\x89PNG\r\n\x1a\n": "PNG", b"\xff\xd8\xff": "JPEG", b"GIF87a": "GIF", b"GIF89a": "GIF",
     b"II*\x00": "TIFF", b"MM\x00*": "TIFF", b"BM": "BMP",

@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as _dt
 import logging
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -128,9 +129,14 @@ def manifest_version(folder: str | os.PathLike) -> str:
     return file_sha256(path)[:12] if path.is_file() else "unversioned"
 
 
-def verify_models(folder: str | os.PathLike, manifest: Manifest) -> None:
-    """ArtifactError unless every member file (and the gate / calibration it records) exists with the recorded hash."""
+def verify_models(folder: str | os.PathLike, manifest: Manifest, known: Mapping[str, str] | None = None
+                  ) -> dict[str, str]:
+    """ArtifactError unless every member file (and the gate / calibration it records) exists with the recorded hash.
+
+    `known` holds {file name: sha256} of files the caller has hashed already (they are not read again). Returns the
+    {file name: sha256} checked."""
     folder = Path(folder)
+    known = known or {}
     expected_files = dict(manifest.member_hashes())
     for key in COMPANION_FILES:
         if manifest.extra.get(key):
@@ -139,11 +145,12 @@ def verify_models(folder: str | os.PathLike, manifest: Manifest) -> None:
         path = folder / name
         if not path.is_file():
             raise ArtifactError(f"{folder}: the manifest lists {name}, which is missing")
-        actual = file_sha256(path)
+        actual = known[name] if name in known else file_sha256(path)
         if actual != expected:
             raise ArtifactError(f"{path}: the file changed since the manifest was written (sha256 {actual[:12]} "
                                 f"!= {expected[:12]}); re-run `train.py --stages evaluate --out {folder}` "
                                 "to describe and score it")
+    return expected_files
 
 
 def stale_reason(folder: str | os.PathLike, manifest: Manifest, name: str) -> str | None:

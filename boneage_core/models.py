@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .checkpoint import file_sha256, lineage_of, read_payload, save_checkpoint
+from .checkpoint import lineage_of, read_hashed, read_payload, save_checkpoint
 from .heads import AGE, get_head
 from .imagenet import BACKBONES, load_imagenet_backbone
 from .preprocess import PreprocessSpec
@@ -209,14 +209,20 @@ def save_model(path: str | os.PathLike, net: BoneAgeNet, config: dict, lineage: 
     return save_checkpoint(path, net.state_dict(), net.spec.to_dict(), config, lineage, extra)
 
 
-def load_model(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[BoneAgeNet, dict]:
-    """Rebuild a network from a checkpoint alone; returns (model in eval mode, metadata incl. sha256)."""
-    payload = read_payload(path)
+def load_model(path: str | os.PathLike, device: str | torch.device = "cpu", data: bytes | None = None,
+               sha256: str | None = None) -> tuple[BoneAgeNet, dict]:
+    """Rebuild a network from a checkpoint alone; returns (model in eval mode, metadata incl. sha256).
+
+    The file is read once and hashed once (:func:`checkpoint.read_hashed`); a caller that has read and hashed it
+    already passes its `data` and `sha256`."""
+    if data is None or sha256 is None:
+        data, sha256 = read_hashed(path)
+    payload = read_payload(path, data)
     net = BoneAgeNet(ModelSpec.from_dict(payload["spec"]))
     net.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in payload["state_dict"].items()},
                         strict=True)
     meta = {k: v for k, v in payload.items() if k != "state_dict"}
-    meta["sha256"] = file_sha256(path)
+    meta["sha256"] = sha256
     return net.to(device).eval(), meta
 
 

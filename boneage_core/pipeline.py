@@ -22,7 +22,8 @@ from .data import (SPLIT_RECORD, ImageArray, attach_paths, find_dataset, load_im
                    load_or_make_split, read_labels, split_fingerprint, with_split)
 from .distributed import LOCAL, DistContext
 from .calibration import MIN_CASES, fit_calibration, load_calibration
-from .evaluate import cnn_columns, member_hashes, predict_frame, score_predictions, summary_table
+from .ensemble import Ensemble
+from .evaluate import cnn_columns, predict_frame, score_predictions, summary_table
 from .heads import AGE, CNN, system_column
 from .errors import BoneAgeError, LabelError, MissingArtifactError, ResumeError
 from .gate import GATE_FILE, fit_gate, gate_member
@@ -291,8 +292,8 @@ def calibrate_stage(cfg: TrainConfig, ds: Dataset, staging: Path, members: list[
         raise MissingArtifactError(f"{staging}: calibration needs a trained CNN; train one first")
     check_same_split([staging / name for name in members], ds, "member")
     val = ds.part("val")
-    new = cnn_columns(staging, members, val, cfg.cache_dir or None, resolve_device(cfg.device), cfg.views,
-                      per_view=True)
+    ensemble = Ensemble.load(staging, resolve_device(cfg.device), members, cfg.views, calibrated=False, gated=False)
+    new = cnn_columns(ensemble, val, cfg.cache_dir or None, per_view=True)
     if new.failures:
         logger.warning("%d validation image(s) could not be read and were left out of the calibration: %s",
                        len(new.failures), list(new.failures)[:5])
@@ -309,7 +310,7 @@ def calibrate_stage(cfg: TrainConfig, ds: Dataset, staging: Path, members: list[
         logger.warning("No calibration (no bias correction, no prediction intervals): only %d validation images "
                        "were scored, %d are needed", len(rows), MIN_CASES)
         return
-    fit_calibration(rows[column].to_numpy(), rows["boneage"].to_numpy(), member_hashes(staging, members), cfg.views,
+    fit_calibration(rows[column].to_numpy(), rows["boneage"].to_numpy(), ensemble.member_hashes(), cfg.views,
                     seed=cfg.seed, predictions_sha256=file_sha256(table)).save(staging)
 
 

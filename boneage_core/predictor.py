@@ -1,8 +1,9 @@
 """Inference API for every front end: Predictor.load(artifacts) -> predict() and explain() (Grad-CAM).
 
-A Predictor holds the ensemble members listed in the folder's manifest (one multi-head file, a
-regressor + classifier pair, or several of either), runs them through :mod:`boneage_core.inference`
-and combines views and members per head with the same function the holdout metrics were made with.
+A Predictor is the ensemble of an artifacts folder (:class:`ensemble.Ensemble`: the members listed in its manifest,
+one multi-head file, a regressor + classifier pair, or several of either) put to single images: one image is
+prepared once per distinct input, run through :meth:`Ensemble.outputs` (the wiring the holdout metrics were made with)
+behind the input gate, and read out as a :class:`Prediction`.
 """
 
 from __future__ import annotations
@@ -10,24 +11,22 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from functools import cached_property
-from pathlib import Path
 
 import numpy as np
 import torch
 
-from .calibration import CALIBRATION_FILE, AgeCalibration, PredictionInterval, apply_calibration, load_calibration
-from .errors import ArtifactError, InputError, MissingArtifactError
+from .calibration import PredictionInterval
+from .ensemble import Ensemble
+from .errors import InputError
+from .gate import GateVerdict, NotARadiographError
 from .heads import AGE, STAGE, get_head
 from .imaging import ImageLoadError, ImageSource, check_gray_array, load_gray, source_name
-from .gate import GateVerdict, InputGate, NotARadiographError, gate_member, load_gate
-from .inference import ensemble_outputs, image_gate_features, member_outputs, to_input
-from .manifest import manifest_version, model_files, read_manifest, verify_models
+from .inference import to_input
 from .models import BoneAgeNet, HeadOutput
 from .preprocess import crop_box, heatmap_to_original, input_warnings, prepare
-from .stages import StageScheme
 from .report import HEATMAP_CMAP, years_months
-from .runtime import Member, load_member, runtime_of, torch_net
-from .views import NO_TTA, Views, as_views, describe_views
+from .runtime import torch_net
+from .views import Views, as_views
 from .vocab import STAGE_FROM_AGE, STAGE_FROM_HEAD, parse_sex, sex_code
 
 logger = logging.getLogger(__name__)
@@ -54,13 +53,6 @@ class Prediction:
     @property
     def years_months(self) -> str | None:
         return None if self.bone_age_months is None else years_months(self.bone_age_months)
-
-    @property
-    def stages_agree(self) -> bool | None:
-        """Whether the stage head agrees with the stage of the predicted age (None if one is missing)."""
-        if self.stage_from_age is None or self.stage_source != STAGE_FROM_HEAD:
-            return None
-        return self.stage == self.stage_from_age
 
     def to_dict(self) -> dict:
         """JSON-friendly summary (no image arrays)."""
@@ -129,147 +121,32 @@ def overlay_heatmap(gray: np.ndarray, heatmap: np.ndarray, alpha: float = 0.4) -
     return np.round(np.clip(rgb, 0.0, 1.0) * 255).astype(np.uint8)
 
 
-def _calibration(folder: Path, manifest, heads: list[str], notes: list[str]) -> AgeCalibration | None:
-    """The age calibration fitted for exactly these members (bias correction + intervals); else None with a note."""
-    if AGE not in heads or manifest is None:
-        return None
-    try:
-        calibration = load_calibration(folder)
-        reason = (f"{folder} has no {CALIBRATION_FILE} (run `train.py --stages calibrate,evaluate`)" if calibration
-                  is None else calibration.stale_reason(manifest.member_hashes(), manifest.views))
-    except ArtifactError as exc:
-        calibration, reason = None, str(exc)
-    if reason:
-        notes.append(f"No prediction intervals and no bias correction: {reason}")
-        logger.warning("%s", notes[-1])
-        return None
-    return calibration
-
-
-def _gate(folder: Path, member: str, sha256: str, notes: list[str]) -> InputGate | None:
-    """The input gate fitted on this first member; its absence is a note (images are then scored unchecked)."""
-    try:
-        gate = load_gate(folder, member, sha256)
-    except ArtifactError as exc:
-        gate = None
-        notes.append(f"No input gate: {exc}")
-    else:
-        if gate is None:
-            notes.append(f"No input gate in {folder}: images are scored without checking that they are hand "
-                         "radiographs (run `train.py --stages gate`)")
-    if gate is None:
-        logger.warning("%s", notes[-1])
-    return gate
-
-
-class Predictor:
-    """The CNN ensemble of an artifacts folder, ready for single images."""
-
-    def __init__(self, members: dict[str, Member], device: torch.device, calibration: AgeCalibration | None = None,
-                 views: Views = NO_TTA, version: str = "unversioned", notes: list[str] | None = None,
-                 meta: dict[str, dict] | None = None, gate: InputGate | None = None, gate_name: str | None = None):
-        if not members:
-            raise MissingArtifactError("a Predictor needs at least one model")
-        self.members = members
-        self.meta = meta or {}
-        self.device = device
-        self.calibration = calibration  # bias correction of the age and its prediction interval
-        self.views = as_views(views)  # default test-time zoom factors: as the holdout metrics were computed
-        self.version = version  # the manifest hash: the model version on every report
-        self.notes = notes or []  # what the folder lacks (shown by front ends)
-        self.gate = gate  # refuses non-radiographs, turns / mirrors images that need it
-        self.gate_name = gate_name or gate_member({name: net.spec.heads for name, net in members.items()})
-        self.scheme: StageScheme = next(iter(members.values())).spec.scheme
-        if any(net.spec.scheme != self.scheme for net in members.values()):
-            raise ArtifactError("the ensemble members use different stage schemes")
-
-    @classmethod
-    def load(cls, artifacts_dir: str | Path = "artifacts", device: str | torch.device = "cpu") -> "Predictor":
-        """The members named in manifest.json (hash-checked), its test-time views, and their calibration (intervals).
-
-        A folder without a manifest loads every checkpoint in it, without TTA and without intervals. On the CPU
-        the members' network pass runs through OpenVINO (:func:`runtime.load_member`; BONEAGE_RUNTIME=torch for
-        eager PyTorch).
-        """
-        folder = Path(artifacts_dir)
-        dev = torch.device(device)
-        manifest = read_manifest(folder)
-        notes: list[str] = []
-        if manifest is not None:
-            verify_models(folder, manifest)
-            names, views = manifest.members, manifest.views
-        else:
-            names, views = model_files(folder), NO_TTA
-            if names:
-                notes.append(f"{folder} has no manifest.json: no test-time augmentation and no prediction intervals")
-        if not names:
-            raise MissingArtifactError(f"no trained CNN in {folder}; run train.py first")
-        members, meta = {}, {}
-        for name in names:
-            members[name], meta[name] = load_member(folder / name, dev)
-        heads = list(dict.fromkeys(h for net in members.values() for h in net.spec.heads))
-        calibration = _calibration(folder, manifest, heads, notes)
-        gate_name = gate_member({name: net.spec.heads for name, net in members.items()})
-        gate = _gate(folder, gate_name, meta[gate_name]["sha256"], notes)
-        logger.info("Loaded %s from %s on %s through %s (%s)", ", ".join(names), folder, dev,
-                    runtime_of(next(iter(members.values()))), describe_views(views))
-        return cls(members, dev, calibration, views, manifest_version(folder), notes, meta, gate, gate_name)
-
-    def calibration_for(self, views: Views) -> AgeCalibration | None:
-        """The calibration when it was fitted with these test-time views (as evaluate applies it), else None."""
-        if self.calibration is None or self.calibration.views_mismatch(views):
-            return None
-        return self.calibration
-
-    @property
-    def heads(self) -> list[str]:
-        """The heads the ensemble provides (age, stage), in member order."""
-        return list(dict.fromkeys(h for net in self.members.values() for h in net.spec.heads))
-
-    def outputs(self, gray: np.ndarray, male: bool, views: Views
-                ) -> tuple[dict[str, np.ndarray], np.ndarray, np.ndarray | None]:
-        """Combined decoded outputs per head for one gray image on `views` (resolved by the caller), the first
-        member's model input, and the gate member's pooled features (from the same backbone pass; None without a gate)."""
-        per_member, first_input, gate_features = [], None, []
-        male_t = torch.tensor([int(male)])
-        box = None  # the hand is found once per image, for every member that crops to it
-        prepared: dict = {}  # one preparation per distinct spec (members of the same input share it)
-        for name, net in self.members.items():
-            spec = net.spec.preprocess
-            if spec.hand_crop and box is None:
-                box = crop_box(gray, spec)
-            if spec not in prepared:
-                prepared[spec] = prepare(gray, spec, box)
-            image = prepared[spec]
-            first_input = image if first_input is None else first_input
-            wanted = gate_features if self.gate is not None and name == self.gate_name else None
-            per_member.append(member_outputs(net, torch.from_numpy(image)[None], male_t, self.device, views,
-                                             features=wanted))
-        combined, _ = apply_calibration({h: v[0] for h, v in ensemble_outputs(per_member).items()},
-                                        self.calibration_for(views))
-        return combined, first_input.astype(np.float32) / 255.0, gate_features[0] if gate_features else None
-
-    def gate_features(self, gray: np.ndarray) -> np.ndarray:
-        """The gate member's gate features of one gray image (one view; what the input gate reads)."""
-        return image_gate_features(self.members[self.gate_name], gray, self.device)
+class Predictor(Ensemble):
+    """The CNN ensemble of an artifacts folder (:class:`ensemble.Ensemble`), ready for single images."""
 
     def _gated_outputs(self, gray: np.ndarray, male: bool, views: Views, name: str):
-        """outputs() behind the input gate (``InputGate.decide``): refuses non-radiographs, scores a film turned
-        when it is sure it is rotated or when only the suggested turn brings it inside the training distribution.
+        """The ensemble's outputs behind the input gate (``InputGate.decide``): refuses non-radiographs, scores a film
+        turned when it is sure it is rotated or when only the suggested turn brings it inside the training distribution.
 
         A turn is tried on the gate member alone; the ensemble runs again only on an image that will be scored.
+        Returns (the scored gray image, outputs, the first member's model input in [0, 1], verdict, warnings, turn).
         """
-        combined, model_input, features = self.outputs(gray, male, views)
-        if features is None:
-            return gray, combined, model_input, None, [], 0
-        decision = self.gate.decide(self.gate.verdicts(features)[0],
-                                    lambda k: self.gate_features(np.rot90(gray, k)))
+        images = self.inputs(gray)
+        out = self.outputs(images, [male], views)
+        if out.gate_features is None:
+            return gray, out, self._first_input(images), None, [], 0
+        decision = self.decisions(out.gate_features, lambda _: gray)[0]
         if decision.refused:
             raise NotARadiographError(f"{name}: {decision.verdict.reason()}")
         if decision.turn:
             gray = np.ascontiguousarray(np.rot90(gray, decision.turn))
-            combined, model_input, _ = self.outputs(gray, male, views)
-        return gray, combined, model_input, decision.verdict, list(decision.warnings), decision.turn
+            images = self.inputs(gray)
+            out = self.outputs(images, [male], views)
+        return gray, out, self._first_input(images), decision.verdict, list(decision.warnings), decision.turn
+
+    def _first_input(self, images: dict) -> np.ndarray:
+        """The first member's model input of one image, float in [0, 1]."""
+        return images[next(iter(self.members.values())).spec.preprocess][0].astype(np.float32) / 255.0
 
     def predict(self, source: ImageSource | np.ndarray, male, views: Views | None = None,
                 name: str | None = None) -> Prediction:
@@ -281,9 +158,10 @@ class Predictor:
         male, views = parse_sex(male), (self.views if views is None else as_views(views))
         gray, name = gray_of(source, name)
         try:
-            gray, combined, model_input, verdict, gate_notes, turn = self._gated_outputs(gray, male, views, name)
+            gray, out, model_input, verdict, gate_notes, turn = self._gated_outputs(gray, male, views, name)
         except ImageLoadError as exc:
             raise ImageLoadError(f"{name}: {exc}") from exc
+        combined = {head: values[0] for head, values in out.combined.items()}
         age = float(combined[AGE]) if AGE in combined else None
         stage_from_age = None if age is None else int(self.scheme.stage_of(age, male))
         probs = None

@@ -252,11 +252,12 @@ def compile_member(net: BoneAgeNet, checkpoint_sha256: str, precision: str | Non
     return CompiledMember(net, compiled, precision, folder)
 
 
-def load_member(path: str | os.PathLike, device: str | torch.device = "cpu", runtime: str | None = None
-                ) -> tuple[Member, dict]:
-    """A checkpoint ready for inference on `device` (:func:`resolve_runtime`) and its metadata (models.load_model)."""
+def load_member(path: str | os.PathLike, device: str | torch.device = "cpu", runtime: str | None = None,
+                data: bytes | None = None, sha256: str | None = None) -> tuple[Member, dict]:
+    """A checkpoint ready for inference on `device` (:func:`resolve_runtime`) and its metadata (models.load_model;
+    `data` and `sha256` when the caller has read and hashed the file already)."""
     device = torch.device(device)
-    net, meta = load_model(path, device)
+    net, meta = load_model(path, device, data, sha256)
     if resolve_runtime(device, runtime) == TORCH:
         return net, meta
     return compile_member(net, meta["sha256"]), meta

@@ -21,6 +21,17 @@ ARTIFACTS = REPO / "artifacts"
 FORMAT1 = REPO / "tests" / "data" / "format1"  # the first served pair, in checkpoint format 1
 
 
+#: Fixtures that take minutes on the 2-core CPU machine: a test that uses one is marked slow (pytest.ini).
+SLOW_FIXTURES = frozenset({"quick_run"})
+
+
+def pytest_collection_modifyitems(items) -> None:
+    """Mark every test that needs the training run (quick_run, minutes) slow; the slowest others carry the mark."""
+    for item in items:
+        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+
+
 def require(path: Path) -> Path:
     """Return path, failing the test (in CI and locally alike) when shared data is missing."""
     assert path.exists(), f"required shared data missing: {path} (tests read ../shared at run time)"

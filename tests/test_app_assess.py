@@ -315,6 +315,7 @@ def test_corrupt_upload_shows_an_error_then_the_page_recovers(open_page, predict
     assert all(any(w in shown for shown in warnings) for w in pred.warnings), (pred.warnings, warnings)
 
 
+@pytest.mark.slow
 def test_predictor_notes_are_shown_once(tmp_path, committed_artifacts, sample, open_page, monkeypatch):
     """A folder without manifest.json: the predictor's note (no intervals) appears once, not per section."""
     for member in committed_artifacts.glob("*.pt"):

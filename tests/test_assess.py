@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import date
 
 import pytest
@@ -101,3 +102,21 @@ def test_run_assessment_explains_and_renders_the_pdf(committed_predictor, sample
     result = run_assessment(committed_predictor, sample_bytes, "F", chronological_age_months=150.0, explain=True)
     assert result.explanation is not None and result.explanation.heatmap.shape == result.prediction.original.shape
     assert result.pdf().startswith(b"%PDF")
+
+
+def test_a_front_ends_cached_prediction_is_read_out_without_predicting_again(committed_predictor, dicom_from,
+                                                                             fullres_sample, reference, monkeypatch):
+    """run_assessment(prediction=...) (the app's cache) gives the report of a fresh run; age_from_dicom=False leaves
+    the header's dates out (a page where the user cleared them); a prediction of the other sex is refused."""
+    data = dicom_from(fullres_sample, PatientSex="M", PatientBirthDate="20120301", StudyDate="20240915")
+    fresh = run_assessment(committed_predictor, data, "M", reference=reference, name="hand.dcm")
+    monkeypatch.setattr(committed_predictor, "predict", lambda *a, **k: pytest.fail("predicted again"))
+    cached = run_assessment(committed_predictor, data, "M", reference=reference, name="hand.dcm",
+                            prediction=fresh.prediction)
+    assert cached.report == dataclasses.replace(fresh.report, timestamp=cached.report.timestamp)
+    assert cached.report.readout is not None
+    no_dates = run_assessment(committed_predictor, data, "M", reference=reference, prediction=fresh.prediction,
+                              age_from_dicom=False)
+    assert no_dates.report.readout is None and no_dates.report.readout_note is None
+    with pytest.raises(InputError, match="other sex"):
+        run_assessment(committed_predictor, data, "F", reference=reference, prediction=fresh.prediction)

@@ -13,7 +13,6 @@ from PIL import Image
 
 from boneage_core import batch
 from boneage_core.imaging import load_gray
-from boneage_core.predictor import Predictor
 from boneage_core.stages import DEFAULT_SCHEME
 
 N_IMAGES = 200
@@ -241,7 +240,9 @@ def test_error_only_output_gets_result_columns_when_resumed(archive, tmp_path, f
     assert list(frame["id"]) == [r.id for r in rows] and (frame["error"][:3] == "sex missing").all()
 
 
-def test_end_to_end_on_full_size_samples_with_the_committed_models(fullres_dir, committed_artifacts, tmp_path):
+@pytest.mark.slow
+def test_end_to_end_on_full_size_samples_with_the_committed_models(fullres_dir, committed_artifacts, committed_predictor,
+                                                                   tmp_path):
     labels = pd.read_csv(fullres_dir / "boneage-samples.csv").head(3)
     images = [fullres_dir / f"{i}.png" for i in labels["id"]]
     assert all(p.is_file() for p in images), images
@@ -258,7 +259,7 @@ def test_end_to_end_on_full_size_samples_with_the_committed_models(fullres_dir, 
     assert np.allclose(probabilities.sum(axis=1), 1, atol=2e-3)
     assert set(frame["stage_name"]) <= set(DEFAULT_SCHEME.names)
     assert (frame["interval_low_months"] < frame["interval_high_months"]).all()
-    predictor = Predictor.load(committed_artifacts)
+    predictor = committed_predictor
     for path, male, age in zip(images, labels["male"], frame["bone_age_months"]):
         direct = predictor.predict(path, male=bool(male))
         assert age == pytest.approx(round(direct.bone_age_months, 2))
@@ -289,6 +290,7 @@ def test_formula_like_cells_are_neutralised_and_numbers_stay_numbers(tmp_path, m
     assert ages == {'=HYPERLINK("x").png': 120.5, "plain.png": None}
 
 
+@pytest.mark.slow
 def test_the_cli_reads_out_z_from_an_age_column_or_dicom_dates_as_assess_does(
         committed_artifacts, committed_predictor, fullres_sample, dicom_from, gp_table, tmp_path, monkeypatch):
     from boneage_core.assess import assess

@@ -12,7 +12,7 @@ from PIL import Image
 
 from boneage_core import evaluate
 from boneage_core.data import attach_paths, read_labels
-from boneage_core.gate import NotARadiographError, gate_member
+from boneage_core.gate import NotARadiographError
 from boneage_core.imaging import load_gray
 from boneage_core.heads import AGE, BASELINE, CNN, STAGE, UNCORRECTED, age_stage_column, get_head, system_column
 from boneage_core.views import NO_TTA, TTA_SCALES
@@ -139,7 +139,8 @@ def test_many_members_on_every_view_are_joined_in_one_step(quick_run, tmp_path, 
             np.testing.assert_allclose(frame[column], frame[system_column(evaluate.view_prefix("multihead", v), AGE)])
 
 
-def test_the_gate_columns_follow_the_rule_the_app_applies(committed_artifacts, fullres_dir, tmp_path):
+@pytest.mark.slow
+def test_the_gate_columns_follow_the_rule_the_app_applies(committed_predictor, fullres_dir, tmp_path):
     """gate_refused / gate_turn / gate_turn_flagged say what Predictor does with the same file (InputGate.decide)."""
     labels = read_labels(fullres_dir / "boneage-samples.csv").head(3)
     rows = []
@@ -149,9 +150,8 @@ def test_the_gate_columns_follow_the_rule_the_app_applies(committed_artifacts, f
             Image.fromarray((np.rot90(gray, k) * 255).round().astype(np.uint8)).save(tmp_path / f"{id_}_{k}.png")
             rows.append({"id": f"{id_}_{k}", "boneage": age, "male": male})
     frame = attach_paths(pd.DataFrame(rows), tmp_path)
-    predictor = Predictor.load(committed_artifacts)
-    member = gate_member({n: m.spec.heads for n, m in predictor.members.items()})
-    gate = evaluate.gate_columns(committed_artifacts, member, frame, None, predictor.device)
+    predictor = committed_predictor
+    gate = evaluate.gate_columns(predictor, frame, None)
     assert gate.index.equals(frame.index)
     out = pd.concat([frame, gate], axis=1)
     assert out["gate_turn"].astype(int).any()  # the turned copies exercise the rule
@@ -166,17 +166,18 @@ def test_the_gate_columns_follow_the_rule_the_app_applies(committed_artifacts, f
         assert bool(row["gate_turn_flagged"]) == any("may be rotated" in w for w in pred.warnings), row["id"]
 
 
-def test_the_gate_reads_the_features_of_the_ensemble_pass(committed_artifacts, fullres_dir, monkeypatch):
+def test_the_gate_reads_the_features_of_the_ensemble_pass(committed_artifacts, committed_predictor, fullres_dir,
+                                                           monkeypatch):
     """predict_frame takes the gate member's features from its CNN pass; the decisions equal a separate gate pass."""
     labels = attach_paths(read_labels(fullres_dir / "boneage-samples.csv").head(4), fullres_dir)
-    predictor = Predictor.load(committed_artifacts)
-    alone = evaluate.gate_columns(committed_artifacts, predictor.gate_name, labels, None, predictor.device)
+    predictor = committed_predictor
+    alone = evaluate.gate_columns(predictor, labels, None)
 
     def second_pass(*args, **kwargs):
         raise AssertionError("the gate member's images were run a second time")
 
     monkeypatch.setattr(evaluate, "member_features", second_pass)
-    frame, _, _ = evaluate.predict_frame(committed_artifacts, labels)
+    frame, _, _ = evaluate.predict_frame(committed_artifacts, labels, ensemble=predictor)
     np.testing.assert_allclose(frame["gate_score"].astype(float), alone["gate_score"].astype(float), rtol=1e-4)
     for column in ("gate_refused", "gate_turn", "gate_turn_flagged", "gate_mirrored"):
         assert frame[column].tolist() == alone[column].tolist(), column

@@ -11,7 +11,6 @@ from boneage_core.errors import ArtifactError, InputError
 from boneage_core.gate import (GATE_FILE, LEVELS, POOLED, TURN_ABOVE, TURN_FLAG_ABOVE, GateVerdict, InputGate,
                                NotARadiographError, QUARTER_TURNS, distinct_numbers, fit_gate, kth_distance, load_gate,
                                unit_rows)
-from boneage_core.predictor import Predictor
 from negatives import negative_set
 
 F = 24  # pooled features
@@ -166,8 +165,10 @@ def test_refusal_is_an_input_error():
     assert issubclass(NotARadiographError, InputError) and issubclass(NotARadiographError, ValueError)
 
 
-def test_the_committed_gate_passes_real_radiographs_and_refuses_generated_negatives(committed_artifacts, fullres_dir):
-    predictor = Predictor.load(committed_artifacts)
+@pytest.mark.slow
+def test_the_committed_gate_passes_real_radiographs_and_refuses_generated_negatives(committed_predictor,
+                                                                                    fullres_dir):
+    predictor = committed_predictor
     assert predictor.gate is not None, predictor.notes
     for stem, male in (("1377", False), ("1378", False), ("1380", True)):
         assert not predictor.predict(fullres_dir / f"{stem}.png", male=male).gate.refused

@@ -489,3 +489,26 @@ def test_non_finite_values_are_counted_and_refused(bad):
     arr[3, 4] = arr[10, 10] = bad
     with pytest.raises(ImageLoadError, match=r"2 non-finite value"):
         check_gray_array(arr)
+
+
+def test_every_listed_extension_is_read_and_found_in_folders(fullres_sample, dicom_from, tmp_path):
+    """imaging.IMAGE_EXTENSIONS is the one list (image folders, batch folders, uploaders): a film saved under each
+    ending is decoded to the same picture (DICOM windowed), and data.index_images / batch.find_images find every one."""
+    from boneage_core.batch import find_images
+    from boneage_core.data import index_images
+
+    saved = Image.open(fullres_sample).convert("L").resize((96, 128))
+    saved.save(tmp_path / "reference.png")
+    for ext in imaging.IMAGE_EXTENSIONS:
+        path = tmp_path / f"film{ext.replace('.', '_')}{ext}"
+        if ext in (".dcm", ".dicom"):
+            path.write_bytes(dicom_from(tmp_path / "reference.png"))
+        else:
+            saved.save(path, format={".jpg": "JPEG", ".tif": "TIFF"}.get(ext))
+        gray = load_gray(path)
+        assert gray.shape == (128, 96), ext
+        assert np.corrcoef(gray.ravel(), np.asarray(saved, dtype=np.float64).ravel())[0, 1] > 0.99, ext
+    (tmp_path / "notes.txt").write_text("not an image")
+    names = {p.name for p in find_images(tmp_path)} - {"reference.png"}
+    assert names == {f"film{ext.replace('.', '_')}{ext}" for ext in imaging.IMAGE_EXTENSIONS}
+    assert len(index_images(tmp_path)) == len(imaging.IMAGE_EXTENSIONS) + 1

@@ -131,7 +131,9 @@ def test_manifest_version_follows_the_manifest(folder):
 
 
 def test_verify_models_accepts_the_described_files(folder):
-    verify_models(folder, build_manifest(folder))
+    (folder / "gate.npz").write_bytes(b"a fitted gate")  # a companion the manifest records is checked too
+    checked = verify_models(folder, build_manifest(folder))
+    assert checked == {name: file_sha256(folder / name) for name in ("multihead.pt", "regressor.pt", "gate.npz")}
 
 
 def test_verify_models_refuses_a_changed_member(folder):
@@ -154,7 +156,7 @@ def test_verify_models_ignores_files_that_are_not_members(folder):
     manifest = build_manifest(folder, ["multihead.pt"])
     with open(folder / "regressor.pt", "ab") as handle:
         handle.write(b"\0")
-    verify_models(folder, manifest)
+    assert verify_models(folder, manifest) == {"multihead.pt": file_sha256(folder / "multihead.pt")}
 
 
 def test_fresh_evaluation_is_accepted(evaluated):

@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from boneage_core import predictor as predictor_module
 from boneage_core.calibration import CALIBRATION_FILE, load_calibration
 from boneage_core.errors import ArtifactError, InputError, MissingArtifactError
 from boneage_core.gate import NotARadiographError
@@ -46,6 +45,7 @@ def test_prediction_on_full_size_sample(predictor, fullres_sample):
     json.dumps(pred.to_dict())
 
 
+@pytest.mark.slow
 def test_two_file_layout_and_one_file_multihead_load_through_the_same_call(format1_models, quick_run,
                                                                           fullres_sample):
     pair, single = Predictor.load(format1_models), Predictor.load(quick_run)
@@ -180,6 +180,7 @@ def test_gradcam_is_aligned_to_the_input(predictor, fullres_sample, head):
     assert exp.is_blank == (exp.model_heatmap.max() <= 0)
 
 
+@pytest.mark.slow
 def test_gradcam_of_a_hand_crop_model_lies_in_the_crop_box(format1_models, fullres_dir):
     """A checkpoint whose spec crops to the hand: its heatmap is put back into the crop box, zeros outside."""
     gray = load_gray(fullres_dir / "1378.png")  # its hand fills only part of the film
@@ -253,7 +254,7 @@ def test_stage_derived_from_age_without_a_stage_head(format1_models, tmp_path, f
     assert pred.stage == pred.stage_from_age
 
 
-def test_the_gate_refuses_a_page_of_text(committed_artifacts):
+def test_the_gate_refuses_a_page_of_text(committed_predictor):
     from PIL import ImageDraw
 
     page = Image.new("L", (1200, 1600), 250)
@@ -263,11 +264,11 @@ def test_the_gate_refuses_a_page_of_text(committed_artifacts):
     buffer = io.BytesIO()
     page.save(buffer, format="PNG")
     with pytest.raises(NotARadiographError, match="does not look like a hand radiograph"):
-        Predictor.load(committed_artifacts).predict(buffer.getvalue(), male=True, name="page.png")
+        committed_predictor.predict(buffer.getvalue(), male=True, name="page.png")
 
 
-def test_an_upside_down_hand_is_turned_back_or_flagged(committed_artifacts, fullres_dir):
-    loaded = Predictor.load(committed_artifacts)
+def test_an_upside_down_hand_is_turned_back_or_flagged(committed_predictor, fullres_dir):
+    loaded = committed_predictor
     for stem in ("1377", "1380", "1385"):
         upright = loaded.predict(fullres_dir / f"{stem}.png", male=False)
         flipped = loaded.predict(np.ascontiguousarray(upright.original[::-1, ::-1]), male=False)
@@ -276,9 +277,10 @@ def test_an_upside_down_hand_is_turned_back_or_flagged(committed_artifacts, full
             assert flipped.bone_age_months == pytest.approx(upright.bone_age_months, abs=3.0)
 
 
-def test_a_sideways_hand_is_scored_turned_not_refused(committed_artifacts, fullres_dir):
+@pytest.mark.slow
+def test_a_sideways_hand_is_scored_turned_not_refused(committed_predictor, fullres_dir):
     """The gate's texture level refuses some sideways films as given; the suggested turn brings them back."""
-    loaded = Predictor.load(committed_artifacts)
+    loaded = committed_predictor
     for stem in ("1377", "1380", "1385"):
         upright = loaded.predict(fullres_dir / f"{stem}.png", male=False)
         for k in (1, 3):
@@ -288,33 +290,10 @@ def test_a_sideways_hand_is_scored_turned_not_refused(committed_artifacts, fullr
                 assert sideways.bone_age_months == pytest.approx(upright.bone_age_months, abs=3.0), (stem, k)
 
 
-def test_the_hand_is_found_once_per_image_for_all_crop_members(committed_artifacts, fullres_sample, monkeypatch):
-    """Two hand-crop members share one crop box; members with the same spec share one preparation; each member's
-    input is still prepare(gray, its spec)."""
-    loaded = Predictor.load(committed_artifacts)
-    crop_specs = [net.spec.preprocess for net in loaded.members.values() if net.spec.preprocess.hand_crop]
-    assert len(crop_specs) >= 2
-    gray = load_gray(fullres_sample)
-    boxes, seen = [], []
-    monkeypatch.setattr(predictor_module, "crop_box", lambda g, spec: boxes.append(crop_box(g, spec)) or boxes[-1])
-    monkeypatch.setattr(predictor_module, "prepare", lambda g, spec, box=None: seen.append((spec, prepare(g, spec, box)))
-                        or seen[-1][1])
-    fed = []
-    real_outputs = predictor_module.member_outputs
-    monkeypatch.setattr(predictor_module, "member_outputs",
-                        lambda net, images, *a, **k: fed.append(images[0].numpy().copy()) or real_outputs(net, images, *a, **k))
-    loaded.outputs(gray, male=True, views=loaded.views)
-    assert len(boxes) == 1 and boxes[0] != FULL_BOX
-    specs = [net.spec.preprocess for net in loaded.members.values()]
-    assert [spec for spec, _ in seen] == list(dict.fromkeys(specs)), "one preparation per distinct spec"
-    assert len(seen) < len(specs), "the served members share a spec (whole film at 256 px)"
-    for net, image in zip(loaded.members.values(), fed, strict=True):
-        np.testing.assert_array_equal(image, prepare(gray, net.spec.preprocess))
-
-
-def test_a_turn_is_tried_on_the_gate_member_alone(committed_artifacts, fullres_dir, monkeypatch):
+@pytest.mark.slow
+def test_a_turn_is_tried_on_the_gate_member_alone(committed_predictor, fullres_dir, monkeypatch):
     """The ensemble runs on a turned film only when it is scored turned; a refusal costs one ensemble pass."""
-    loaded = Predictor.load(committed_artifacts)
+    loaded = committed_predictor
     calls = {"outputs": 0, "gate_features": 0}
     for method in calls:
         def counted(*args, _method=getattr(loaded, method), _name=method, **kwargs):

@@ -14,10 +14,10 @@ import torch
 
 from boneage_core import runtime
 from boneage_core.data import attach_paths, read_labels
+from boneage_core.ensemble import Ensemble
 from boneage_core.evaluate import cnn_columns
 from boneage_core.heads import AGE, CNN, STAGE, system_column
 from boneage_core.inference import member_features, member_outputs
-from boneage_core.manifest import read_manifest
 from boneage_core.models import INIT_SCRATCH, BoneAgeNet, ModelSpec, create_model, save_model
 from boneage_core.predictor import Predictor
 from boneage_core.preprocess import PreprocessSpec
@@ -154,6 +154,7 @@ def test_a_stale_cache_is_rebuilt_and_logged(cache, net, images, caplog, damage)
     np.testing.assert_allclose(_head_outputs(rebuilt, images), _head_outputs(net, images), rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_the_cache_key_changes_with_the_checkpoint(cache, tmp_path, images, monkeypatch):
     assert len({cache_key("a" * 64, 256, "2026.4.1"), cache_key("b" * 64, 256, "2026.4.1"),
                 cache_key("a" * 64, 288, "2026.4.1"), cache_key("a" * 64, 256, "2026.5.0")}) == 4
@@ -184,6 +185,7 @@ def served_pair(committed_artifacts):
     return eager, compiled
 
 
+@pytest.mark.slow
 def test_served_ensemble_on_full_size_samples_matches_torch(served_pair, fullres_dir, sample_label):
     """Every full-size sample through the user's path (decode, gate, both views, calibration): same age, same stage."""
     eager, compiled = served_pair
@@ -211,6 +213,7 @@ def test_grad_cam_stays_on_torch(served_pair, fullres_sample):
                                eager.explain(pred.original, male=False).heatmap, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_served_ensemble_on_299_px_images_in_batches_matches_torch(committed_artifacts, data_299, monkeypatch):
     """The evaluate / calibrate path (batches of 4, a partial last batch, the gate features of the same pass)."""
     split = pd.read_csv(committed_artifacts / "split.csv")
@@ -218,12 +221,10 @@ def test_served_ensemble_on_299_px_images_in_batches_matches_torch(committed_art
     labels = read_labels(data_299 / "boneage-training-dataset.csv")
     frame = attach_paths(labels[labels["id"].astype(str).isin(test_ids)].head(30).reset_index(drop=True),
                          data_299 / "boneage-training-dataset")
-    manifest = read_manifest(committed_artifacts)
     columns = {}
     for name in (TORCH, OPENVINO):
         monkeypatch.setenv(RUNTIME_ENV, name)
-        columns[name] = cnn_columns(committed_artifacts, manifest.members, frame, None, CPU, manifest.views,
-                                    gate_name=manifest.members[0])
+        columns[name] = cnn_columns(Ensemble.load(committed_artifacts, CPU), frame, None)
     eager, compiled = columns[TORCH], columns[OPENVINO]
     age, stage = system_column(CNN, AGE), system_column(CNN, STAGE)
     assert eager.table[age].notna().sum() == len(frame) == 30

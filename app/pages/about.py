@@ -10,6 +10,7 @@ import streamlit as st
 from app import state
 from boneage_core import plots
 from boneage_core.heads import AGE, CNN, STAGE, age_stage_column, get_head, system_column
+from boneage_core.imaging import ACCEPTED
 from boneage_core.manifest import Manifest
 from boneage_core.predictor import Predictor
 from boneage_core.report import DISCLAIMER
@@ -95,7 +96,7 @@ def _preprocessing(predictor: Predictor) -> None:
     first = next(iter(specs.values())).preprocess
     same = all(spec.preprocess == first for spec in specs.values())
     st.markdown(
-        "Each image is read as grayscale (PNG, JPEG, WebP or DICOM, 8 or 16 bit, inverted MONOCHROME1 "
+        f"Each image is read as grayscale ({ACCEPTED}, 8 or 16 bit, inverted MONOCHROME1 "
         f"handled), resized to **{first.image_size}×{first.image_size} px** without keeping the aspect ratio "
         f"(like the training copies), contrast-stretched between its **{first.low_percentile:g}th and "
         f"{first.high_percentile:g}th percentiles** to [0, 1], then normalised inside the network. These values "

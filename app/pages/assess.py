@@ -7,6 +7,7 @@ only the film's own DICOM header may fill them, and the page says so.
 
 from __future__ import annotations
 
+import io
 import logging
 from dataclasses import dataclass, field
 
@@ -16,14 +17,14 @@ import streamlit as st
 from app import state
 from app.options import (ACCESSION, AGE_MODE, AGE_MODES, AGE_MONTHS, AGE_YEARS, BIRTH_DATE, PATIENT_ID, PATIENT_STATE,
                          READER, SEX, SEXES, STUDY_DATE, patient_key)
-from boneage_core.clinical import (DATE_HELP, NORMAL, RULE_TEXT, ClinicalReadout, ReferenceError, age_from_years_months,
-                                   chronological_age_months, gp_zscore, parse_date)
+from boneage_core.assess import Reference, run_assessment
+from boneage_core.clinical import DATE_HELP, NORMAL, RULE_TEXT, age_from_years_months, chronological_age_months, parse_date
 from boneage_core.heads import AGE, get_head
-from boneage_core.imaging import read_dicom_info
+from boneage_core.imaging import ACCEPTED, read_dicom_info
 from boneage_core.plots import stage_probability_figure
 from boneage_core.predictor import Prediction, Predictor, overlay_heatmap
-from boneage_core.report import (DISCLAIMER, REFERENCE_NAME, AssessmentReport, heatmap_png_with_colorbar, read_study,
-                                 render_pdf, years_months)
+from boneage_core.report import (DISCLAIMER, REFERENCE_NAME, AssessmentReport, heatmap_png_with_colorbar, render_pdf,
+                                 years_months)
 from boneage_core.spreadsheet import spreadsheet_safe_row
 
 logger = logging.getLogger(__name__)
@@ -205,31 +206,37 @@ def _gradcam(pred: Prediction, predictor: Predictor, data: bytes):
     return overlay, label
 
 
-def _clinical(pred: Prediction, chrono: float | None, problem: str | None) -> ClinicalReadout | None:
-    st.subheader(f"Clinical read-out ({REFERENCE_NAME})")
-    if problem is not None:
-        st.warning(f"No read-out: the chronological age cannot be used ({problem}).")
+def _reference(pred: Prediction, age: TypedAge) -> Reference:
+    """The Greulich-Pyle table a read-out is made with: the one found, else an uploaded CSV (asked for here); None
+    when no read-out is asked for or nothing was uploaded."""
+    if age.months is None or pred.bone_age_months is None:
         return None
-    if chrono is None:
+    table, _ = state.get_reference()
+    if table is not None:
+        return table
+    upload = st.file_uploader("Greulich-Pyle reference CSV (columns sex, chronological_age_months, "
+                              "mean_bone_age_months, sd_months)", type=["csv"], key="assess_reference_upload")
+    if upload is None:
+        return None
+    table, _ = state.get_reference(upload.getvalue())
+    return table if table is not None else io.BytesIO(upload.getvalue())  # assess says why it can't be read
+
+
+def _clinical(pred: Prediction, report: AssessmentReport, age: TypedAge) -> None:
+    """The read-out the assessment made (report.readout), or why there is none."""
+    if age.problem is not None:
+        st.warning(f"No read-out: the chronological age cannot be used ({age.problem}).")
+        return
+    if age.months is None:
         st.info("Give a chronological age above to compare the bone age with the reference.")
-        return None
+        return
     if pred.bone_age_months is None:
         st.info("The clinical read-out needs a bone-age head, which is not loaded.")
-        return None
-    table, why = state.get_reference()
-    if table is None:
-        upload = st.file_uploader("Greulich-Pyle reference CSV (columns sex, chronological_age_months, "
-                                  "mean_bone_age_months, sd_months)", type=["csv"], key="assess_reference_upload")
-        table, upload_why = state.get_reference(upload.getvalue()) if upload is not None else (None, None)
-        if table is None:
-            st.warning(f"The clinical read-out is unavailable: {upload_why or why}")
-            return None
-    interval = (pred.bone_age_months, pred.bone_age_months) if pred.interval is None else pred.interval
-    try:
-        readout = gp_zscore(pred.bone_age_months, interval, chrono, pred.male, table)
-    except ReferenceError as exc:
-        st.warning(f"The clinical read-out is unavailable: {exc}")
-        return None
+        return
+    readout = report.readout
+    if readout is None:
+        st.warning(f"The clinical read-out is unavailable: {report.readout_note}")
+        return
     c1, c2 = st.columns(2)  # a 2 x 2 grid: every number fits at 1024 px
     c1.metric("Chronological age", f"{readout.chronological_age_months:.1f} months",
               help=years_months(readout.chronological_age_months))
@@ -244,7 +251,6 @@ def _clinical(pred: Prediction, chrono: float | None, problem: str | None) -> Cl
           f"{readout.bone_age_months:.0f} months vs expected {readout.expected_bone_age_months:.0f} months "
           f"(SD {readout.sd_months:.1f}) for a {'boy' if pred.male else 'girl'} of this age ({REFERENCE_NAME}).")
     st.caption(f"Rule: {RULE_TEXT}.")
-    return readout
 
 
 def _downloads(pred: Prediction, report: AssessmentReport, overlay, head_label: str | None) -> None:
@@ -270,7 +276,7 @@ def _downloads(pred: Prediction, report: AssessmentReport, overlay, head_label: 
 def main() -> None:
     st.title("Assess a radiograph")
     st.caption(f"Left-hand radiograph → bone age, developmental stage and Grad-CAM. {DISCLAIMER}")
-    upload = st.file_uploader("Hand radiograph (PNG, JPEG, WebP or DICOM)", type=state.IMAGE_TYPES,
+    upload = st.file_uploader(f"Hand radiograph ({ACCEPTED})", type=state.IMAGE_TYPES,
                               key="assess_upload")
     predictor = state.predictor_or_none()  # loaded when the page opens (with a spinner), not on the first upload
     data = upload.getvalue() if upload is not None else None
@@ -307,9 +313,12 @@ def main() -> None:
         overlay, head_label = _gradcam(pred, predictor, data)
     except ValueError as exc:
         st.error(f"Grad-CAM failed: {exc}")
-    readout = _clinical(pred, age.months, age.problem)
-    report = AssessmentReport.from_prediction(pred, readout, predictor.version, dicom=read_study(data),
-                                              patient={**details, **age.dates})
+    st.subheader(f"Clinical read-out ({REFERENCE_NAME})")
+    # the page's inputs (the DICOM's dates are in them, prefilled) and its cached prediction, read out by assess
+    report = run_assessment(predictor, data, male, chronological_age_months=age.months, name=upload.name,
+                            reference=_reference(pred, age), patient={**details, **age.dates}, prediction=pred,
+                            age_from_dicom=False).report
+    _clinical(pred, report, age)
     _downloads(pred, report, overlay, head_label)
 
 

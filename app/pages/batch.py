@@ -15,9 +15,9 @@ import streamlit as st
 from app import state
 from app.tables import for_machines, for_people
 from boneage_core.batch import CHRONO_COLUMN, BatchSetupError, Patient, patient_for, read_patient_table
-from boneage_core.clinical import ReferenceError, gp_zscore
 from boneage_core.predictor import Predictor
-from boneage_core.report import DISCLAIMER, AssessmentReport, read_study
+from boneage_core.imaging import ACCEPTED
+from boneage_core.report import DISCLAIMER
 from boneage_core.vocab import sex_code
 
 logger = logging.getLogger(__name__)
@@ -37,32 +37,21 @@ def _patient_table() -> dict[str, Patient] | None:
     return table
 
 
-def _readout(prediction, chrono: float | None):
-    """The clinical read-out when a chronological age is given (None without one); ValueError when impossible."""
-    if chrono is None or prediction.bone_age_months is None:
-        return None
-    table, why = state.get_reference()
-    if table is None:
-        raise ReferenceError(f"no z-score: {why}")
-    interval = prediction.interval or (prediction.bone_age_months, prediction.bone_age_months)
-    return gp_zscore(prediction.bone_age_months, interval, chrono, prediction.male, table)
-
-
 def _row(predictor: Predictor, name: str, data: bytes, patient: Patient) -> dict:
-    """One results row: the report's CSV row, or the reason the file was not scored."""
+    """One results row: the report's CSV row (boneage_core.assess), or the reason the file was not scored."""
     base = {"file": name, "sex": "" if patient.male is None else sex_code(patient.male),
             "sex_from": patient.sex_from}
     if patient.male is None:
         return {**base, "error": patient.sex_error or "sex missing"}
+    table, _ = state.get_reference()
     try:
-        prediction = state.predict(predictor, data, name, patient.male)
-        readout = _readout(prediction, patient.chronological_age_months)
-    except ValueError as exc:  # unreadable image, not a hand, age outside the reference
+        report = state.assessment(predictor, data, name, patient.male, patient.chronological_age_months, table).report
+    except ValueError as exc:  # unreadable image, not a hand
         return {**base, "error": str(exc)}
     except Exception as exc:  # one bad file must not stop the batch
         logger.error("Batch prediction failed for %s", name, exc_info=exc)
         return {**base, "error": "unexpected internal error (see the server log)"}
-    row = AssessmentReport.from_prediction(prediction, readout, predictor.version, dicom=read_study(data)).csv_row()
+    row = report.csv_row()
     row.pop("name")
     return {**base, **row, "error": ""}
 
@@ -99,7 +88,7 @@ def _results(uploads, table: dict[str, Patient]) -> pd.DataFrame | None:
 def main() -> None:
     st.title("Batch assessment")
     st.caption(f"Bone age and stage for many radiographs at once (no Grad-CAM). {DISCLAIMER}")
-    uploads = st.file_uploader("Radiographs (PNG, JPEG, WebP or DICOM)", type=state.IMAGE_TYPES,
+    uploads = st.file_uploader(f"Radiographs ({ACCEPTED})", type=state.IMAGE_TYPES,
                                accept_multiple_files=True, key="batch_uploads")
     table = _patient_table()
     if not uploads:

@@ -1,0 +1,196 @@
+"""The CNN ensemble of an artifacts folder (members, test-time views, calibration, input gate), loaded once, and its one
+combine -> calibrate -> gate wiring that Predictor, evaluate and the calibrate stage all call."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .calibration import CALIBRATION_FILE, AgeCalibration, apply_calibration, load_calibration
+from .checkpoint import read_hashed
+from .errors import ArtifactError, MissingArtifactError
+from .gate import GateDecision, InputGate, gate_member, load_gate
+from .heads import AGE
+from .inference import ensemble_outputs, image_gate_features, member_outputs
+from .manifest import manifest_version, model_files, read_manifest, verify_models
+from .preprocess import PreprocessSpec, crop_box, prepare
+from .runtime import Member, load_member, runtime_of
+from .stages import StageScheme
+from .views import NO_TTA, Views, as_views, describe_views
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(eq=False)
+class EnsembleOutputs:
+    """What one pass of the ensemble over N images gives (arrays have N rows)."""
+
+    combined: dict[str, np.ndarray]  # per head: every view of every member combined, the age calibrated when one applies
+    raw: dict[str, np.ndarray]  # per head, before the calibration
+    bounds: tuple[np.ndarray, np.ndarray] | None  # the age's prediction interval (None without a calibration)
+    members: dict[str, dict[str, list[np.ndarray]]]  # per member: {head: [one array per view]}
+    gate_features: np.ndarray | None  # the gate member's features of the unzoomed view (None without a gate)
+
+
+def _calibration(folder: Path, hashes: dict[str, str], views: Views, notes: list[str]) -> AgeCalibration | None:
+    """The folder's calibration when it was fitted for exactly these member files and views; else None with a note."""
+    try:
+        calibration = load_calibration(folder)
+        reason = (f"{folder} has no {CALIBRATION_FILE} (run `train.py --stages calibrate,evaluate`)" if calibration
+                  is None else calibration.stale_reason(hashes, views))
+    except ArtifactError as exc:
+        calibration, reason = None, str(exc)
+    if reason:
+        notes.append(f"No prediction intervals and no bias correction: {reason}")
+        logger.warning("%s", notes[-1])
+        return None
+    return calibration
+
+
+def _gate(folder: Path, member: str, sha256: str, notes: list[str]) -> InputGate | None:
+    """The input gate fitted on this member file; its absence is a note (images are then scored unchecked)."""
+    try:
+        gate = load_gate(folder, member, sha256)
+    except ArtifactError as exc:
+        gate = None
+        notes.append(f"No input gate: {exc}")
+    else:
+        if gate is None:
+            notes.append(f"No input gate in {folder}: images are scored without checking that they are hand "
+                         "radiographs (run `train.py --stages gate`)")
+    if gate is None:
+        logger.warning("%s", notes[-1])
+    return gate
+
+
+class Ensemble:
+    """The members of an artifacts folder with their views, calibration and input gate."""
+
+    def __init__(self, members: dict[str, Member], device: torch.device, calibration: AgeCalibration | None = None,
+                 views: Views = NO_TTA, version: str = "unversioned", notes: list[str] | None = None,
+                 meta: dict[str, dict] | None = None, gate: InputGate | None = None, gate_name: str | None = None):
+        if not members:
+            raise MissingArtifactError("an ensemble needs at least one model")
+        self.members = members
+        self.meta = meta or {}
+        self.device = device
+        self.calibration = calibration  # bias correction of the age and its prediction interval
+        self.views = as_views(views)  # default test-time zoom factors: as the holdout metrics were computed
+        self.version = version  # the manifest hash: the model version on every report
+        self.notes = notes or []  # what the folder lacks (shown by front ends)
+        self.gate = gate  # refuses non-radiographs, turns / mirrors images that need it
+        self.gate_name = gate_name or gate_member({name: net.spec.heads for name, net in members.items()})
+        self.scheme: StageScheme = next(iter(members.values())).spec.scheme
+        if any(net.spec.scheme != self.scheme for net in members.values()):
+            raise ArtifactError("the ensemble members use different stage schemes")
+
+    @classmethod
+    def load(cls, artifacts_dir: str | Path = "artifacts", device: str | torch.device = "cpu",
+             members: Sequence[str] | None = None, views: Views | None = None, calibrated: bool = True,
+             gated: bool = True):
+        """The members named in manifest.json (hash-checked), its test-time views, calibration and input gate.
+
+        Each member file is read and hashed once. `members` / `views` replace the manifest's (named members are not
+        checked against it: a training run names the ones it just wrote); a calibration is applied only when it was
+        fitted for exactly these files and views. A folder without a manifest and without named members loads every
+        checkpoint in it, without TTA and without calibration. `calibrated=False` / `gated=False` load no calibration /
+        gate (the calibrate stage fits one). On the CPU the members' network pass runs through OpenVINO
+        (:func:`runtime.load_member`; BONEAGE_RUNTIME=torch for eager PyTorch).
+        """
+        folder = Path(artifacts_dir)
+        dev = torch.device(device)
+        manifest = read_manifest(folder)
+        notes: list[str] = []
+        if members is not None:
+            names = list(members)
+        elif manifest is not None:
+            names = manifest.members
+        else:
+            names = model_files(folder)
+            calibrated = False
+            if names:
+                notes.append(f"{folder} has no manifest.json: no test-time augmentation and no prediction intervals")
+        views = as_views(views) if views is not None else (manifest.views if manifest is not None else NO_TTA)
+        if not names:
+            raise MissingArtifactError(f"no trained CNN in {folder}; run train.py first")
+        read = {name: read_hashed(folder / name) for name in names if (folder / name).is_file()}
+        if members is None and manifest is not None:
+            verify_models(folder, manifest, {name: sha256 for name, (_, sha256) in read.items()})
+        loaded, meta = {}, {}
+        for name in names:
+            if name not in read:
+                raise MissingArtifactError(f"{folder / name}: model file not found")
+            data, sha256 = read.pop(name)  # the bytes are let go once the member is built
+            loaded[name], meta[name] = load_member(folder / name, dev, data=data, sha256=sha256)
+        hashes = {name: meta[name]["sha256"] for name in names}
+        heads = list(dict.fromkeys(h for net in loaded.values() for h in net.spec.heads))
+        calibration = _calibration(folder, hashes, views, notes) if calibrated and AGE in heads else None
+        gate_name = gate_member({name: net.spec.heads for name, net in loaded.items()})
+        gate = _gate(folder, gate_name, hashes[gate_name], notes) if gated else None
+        logger.info("Loaded %s from %s on %s through %s (%s)", ", ".join(names), folder, dev,
+                    runtime_of(next(iter(loaded.values()))), describe_views(views))
+        return cls(loaded, dev, calibration, views, manifest_version(folder), notes, meta, gate, gate_name)
+
+    @property
+    def heads(self) -> list[str]:
+        """The heads the ensemble provides (age, stage), in member order."""
+        return list(dict.fromkeys(h for net in self.members.values() for h in net.spec.heads))
+
+    @property
+    def specs(self) -> list[PreprocessSpec]:
+        """The distinct preprocessings of the members, in member order (members of the same input share one)."""
+        return list(dict.fromkeys(net.spec.preprocess for net in self.members.values()))
+
+    def member_hashes(self) -> dict[str, str]:
+        """{model file: sha256} of the members, as read when they were loaded (what a calibration is tied to)."""
+        return {name: self.meta[name]["sha256"] for name in self.members}
+
+    def calibration_for(self, views: Views) -> AgeCalibration | None:
+        """The calibration when it was fitted with these test-time views, else None."""
+        if self.calibration is None or self.calibration.views_mismatch(views):
+            return None
+        return self.calibration
+
+    def inputs(self, gray: np.ndarray) -> dict[PreprocessSpec, np.ndarray]:
+        """One float gray image's model inputs, (1, S, S) uint8 per distinct spec; the hand is found once for every
+        member that crops to it."""
+        box = None
+        prepared: dict[PreprocessSpec, np.ndarray] = {}
+        for spec in self.specs:
+            if spec.hand_crop and box is None:
+                box = crop_box(gray, spec)
+            prepared[spec] = prepare(gray, spec, box)[None]
+        return prepared
+
+    def outputs(self, images: Mapping[PreprocessSpec, np.ndarray], male: Sequence[bool] | np.ndarray,
+                views: Views | None = None, progress: bool = False) -> EnsembleOutputs:
+        """Every member on its (N, S, S) uint8 inputs (``images[its spec]``) and `views` (default: the ensemble's),
+        combined per head, calibrated, and the gate member's features from the same backbone pass."""
+        views = self.views if views is None else as_views(views)
+        male_t = torch.as_tensor(np.asarray(male, dtype=np.int64))
+        per_member: dict[str, dict[str, list[np.ndarray]]] = {}
+        features: list[np.ndarray] = []
+        for name, net in self.members.items():
+            wanted = features if self.gate is not None and name == self.gate_name else None
+            pixels = torch.from_numpy(np.ascontiguousarray(images[net.spec.preprocess]))
+            per_member[name] = member_outputs(net, pixels, male_t, self.device, views, progress=progress,
+                                              features=wanted)
+        raw = ensemble_outputs(list(per_member.values()))
+        combined, bounds = apply_calibration(raw, self.calibration_for(views))
+        gate_features = None if self.gate is None else (np.concatenate(features) if features else np.zeros((0, 0)))
+        return EnsembleOutputs(combined, raw, bounds, per_member, gate_features)
+
+    def gate_features(self, gray: np.ndarray) -> np.ndarray:
+        """The gate member's gate features of one gray image (one view; what the input gate reads)."""
+        return image_gate_features(self.members[self.gate_name], gray, self.device)
+
+    def decisions(self, features: np.ndarray, gray_of: Callable[[int], np.ndarray]) -> list[GateDecision]:
+        """The input gate's decision per feature row (``InputGate.decide``); a turn is tried on the gate member alone,
+        on ``gray_of(row)`` turned (read only when a turn is tried)."""
+        return [self.gate.decide(verdict, lambda k, i=i: self.gate_features(np.rot90(gray_of(i), k)))
+                for i, verdict in enumerate(self.gate.verdicts(features))]
