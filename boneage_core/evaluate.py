@@ -168,8 +168,9 @@ def gate_columns(artifacts_dir: Path, member: str, frame: pd.DataFrame, cache_di
                  features: tuple[pd.Index, np.ndarray] | None = None) -> pd.DataFrame:
     """The input gate's decision per image, by the rule the app and the CLIs apply (``InputGate.decide``).
 
-    Columns: score as given, refused, turn applied, turn flagged, mirroring flagged. A film that needs a
-    turn tried is read again from its file, turned and prepared like an upload. The CNN columns score the
+    Columns: score as given, refused, turn applied, turn flagged, mirrored back, inverted back. A film that needs
+    a correction tried is read again from its file, corrected and prepared like an upload (every scored film is:
+    the laterality test reads its mirror image). The CNN columns score the
     images as given (their labels are for them as filmed); these columns say how often the app would
     refuse, turn or flag a real radiograph. `features` (rows, gate features), when given, are the
     member's from the CNN columns' pass (:func:`cnn_columns`), so its images are not run twice. Returns the
@@ -184,18 +185,19 @@ def gate_columns(artifacts_dir: Path, member: str, frame: pd.DataFrame, cache_di
         rows, pixels = _aligned(frame, images)
         features = rows.index, member_features(net, torch.from_numpy(pixels), device, progress=True)
     rows = frame.loc[features[0]]
-    verdicts = gate.verdicts(features[1])
-    decisions = [gate.decide(v, lambda k, path=path: image_gate_features(net, np.rot90(load_gray(path), k), device))
-                 for v, path in zip(verdicts, rows["path"])]  # a file is read again only when a turn is tried
+    decisions = [gate.decide(f[None], lambda c, path=path: image_gate_features(net, c.apply(load_gray(path)), device))
+                 for f, path in zip(features[1], rows["path"])]
     out = pd.DataFrame({"gate_score": [d.as_given.score for d in decisions],
                         "gate_refused": [d.refused for d in decisions],
                         "gate_turn": [d.turn for d in decisions],
                         "gate_turn_flagged": [d.turn_flagged for d in decisions],
-                        "gate_mirrored": [d.verdict.mirrored for d in decisions]}, index=rows.index)
+                        "gate_mirrored": [d.correction.mirror for d in decisions],
+                        "gate_inverted": [d.correction.invert for d in decisions]}, index=rows.index)
     logger.info("Input gate: %d of %d images would be refused (%d as given), %d turned, %d flagged as maybe rotated, "
-                "%d as maybe mirrored", sum(d.refused for d in decisions), len(decisions),
+                "%d mirrored, %d inverted back", sum(d.refused for d in decisions), len(decisions),
                 sum(d.as_given.refused for d in decisions), sum(bool(d.turn) for d in decisions),
-                sum(d.turn_flagged for d in decisions), sum(d.verdict.mirrored for d in decisions))
+                sum(d.turn_flagged for d in decisions), sum(d.correction.mirror for d in decisions),
+                sum(d.correction.invert for d in decisions))
     return out.reindex(frame.index)
 
 

@@ -19,7 +19,7 @@ from .calibration import CALIBRATION_FILE, AgeCalibration, PredictionInterval, a
 from .errors import ArtifactError, InputError, MissingArtifactError
 from .heads import AGE, STAGE, get_head
 from .imaging import ImageLoadError, ImageSource, check_gray_array, load_gray, source_name
-from .gate import GateVerdict, InputGate, NotARadiographError, gate_member, load_gate
+from .gate import NO_CORRECTION, Correction, GateVerdict, InputGate, NotARadiographError, gate_member, load_gate
 from .inference import ensemble_outputs, image_gate_features, member_outputs, to_input
 from .manifest import manifest_version, model_files, read_manifest, verify_models
 from .models import BoneAgeNet, HeadOutput
@@ -49,7 +49,9 @@ class Prediction:
     original: np.ndarray = field(repr=False)  # float gray in [0, 1] at the file's own size
     warnings: list[str] = field(default_factory=list)  # why this result may be unreliable
     gate: GateVerdict | None = None  # the input gate's verdict (None without a gate)
-    turn: int = 0  # quarter turns (np.rot90 k) the gate applied before scoring; `original` is the turned image
+    turn: int = 0  # quarter turns (np.rot90 k) the gate applied before scoring; `original` is the corrected image
+    mirrored: bool = False  # the gate read it as a right hand (or a mirrored film) and mirrored it before scoring
+    inverted: bool = False  # the gate read its grey scale as inverted and inverted it back before scoring
 
     @property
     def years_months(self) -> str | None:
@@ -75,7 +77,7 @@ class Prediction:
             "interval": None if self.interval is None else self.interval.to_dict(),
             "warnings": list(self.warnings),
             "input_gate_score": None if self.gate is None else round(self.gate.score, 3),
-            "turned_degrees": 90 * self.turn,
+            "turned_degrees": 90 * self.turn, "mirrored": self.mirrored, "grey_scale_inverted": self.inverted,
         }
 
 
@@ -254,22 +256,22 @@ class Predictor:
         return image_gate_features(self.members[self.gate_name], gray, self.device)
 
     def _gated_outputs(self, gray: np.ndarray, male: bool, views: Views, name: str):
-        """outputs() behind the input gate (``InputGate.decide``): refuses non-radiographs, scores a film turned
-        when it is sure it is rotated or when only the suggested turn brings it inside the training distribution.
+        """outputs() behind the input gate (``InputGate.decide``): refuses non-radiographs, scores a film corrected
+        (inverted back, turned, mirrored) when the gate finds it needs it.
 
-        A turn is tried on the gate member alone; the ensemble runs again only on an image that will be scored.
+        Corrections are tried on the gate member alone (the laterality test reads every image's mirror image there);
+        the ensemble runs again only on a corrected image that will be scored.
         """
         combined, model_input, features = self.outputs(gray, male, views)
         if features is None:
-            return gray, combined, model_input, None, [], 0
-        decision = self.gate.decide(self.gate.verdicts(features)[0],
-                                    lambda k: self.gate_features(np.rot90(gray, k)))
+            return gray, combined, model_input, None, [], NO_CORRECTION
+        decision = self.gate.decide(features, lambda c: self.gate_features(c.apply(gray)))
         if decision.refused:
             raise NotARadiographError(f"{name}: {decision.verdict.reason()}")
-        if decision.turn:
-            gray = np.ascontiguousarray(np.rot90(gray, decision.turn))
+        if decision.correction:
+            gray = decision.correction.apply(gray)
             combined, model_input, _ = self.outputs(gray, male, views)
-        return gray, combined, model_input, decision.verdict, list(decision.warnings), decision.turn
+        return gray, combined, model_input, decision.verdict, list(decision.warnings), decision.correction
 
     def predict(self, source: ImageSource | np.ndarray, male, views: Views | None = None,
                 name: str | None = None) -> Prediction:
@@ -281,7 +283,7 @@ class Predictor:
         male, views = parse_sex(male), (self.views if views is None else as_views(views))
         gray, name = gray_of(source, name)
         try:
-            gray, combined, model_input, verdict, gate_notes, turn = self._gated_outputs(gray, male, views, name)
+            gray, combined, model_input, verdict, gate_notes, correction = self._gated_outputs(gray, male, views, name)
         except ImageLoadError as exc:
             raise ImageLoadError(f"{name}: {exc}") from exc
         age = float(combined[AGE]) if AGE in combined else None
@@ -299,7 +301,8 @@ class Predictor:
         if source_kind == STAGE_FROM_HEAD and age is not None:
             warnings += [w for w in [self.scheme.disagreement(stage, age, male)] if w]
         return Prediction(name, male, age, stage, self.scheme.names[stage], probs, source_kind, stage_from_age,
-                          interval, model_input, gray, warnings, verdict, turn)
+                          interval, model_input, gray, warnings, verdict, correction.turn, correction.mirror,
+                          correction.invert)
 
     def member_for(self, head: str) -> BoneAgeNet:
         """The PyTorch network of the first member with this head (the one Grad-CAM explains: it needs gradients)."""
