@@ -307,7 +307,8 @@ def test_the_committed_gate_accepts_films_under_ordinary_acquisition_shifts(comm
     mirrored = []
     for i, gray in enumerate(test_films):
         clean = _decide(committed_predictor, gray)
-        assert not clean.refused and not clean.correction and not clean.turn_flagged, (i, clean.warnings)
+        # a test film may be a right hand: then it is mirrored as given and its shifted copies with it
+        assert not clean.refused and not clean.correction.invert and not clean.turn, (i, clean.warnings)
         for name in MILD:
             decision = _decide(committed_predictor, as_upload(SHIFTS[name](gray)))
             if name in STILL_REFUSED:
@@ -315,7 +316,8 @@ def test_the_committed_gate_accepts_films_under_ordinary_acquisition_shifts(comm
                 continue
             assert not decision.refused, (i, name, decision.verdict.score)
             assert not decision.correction.invert, (i, name, decision.warnings)
-            mirrored += [(i, name)] * decision.correction.mirror
+            mirrored += [(i, name)] * (decision.correction.mirror != clean.correction.mirror)
         assert _decide(committed_predictor, 1.0 - gray).correction.invert, i
-        assert _decide(committed_predictor, np.ascontiguousarray(gray[:, ::-1])).correction.mirror, i
+        assert _decide(committed_predictor, np.ascontiguousarray(gray[:, ::-1])).correction.mirror != \
+            clean.correction.mirror, i
     assert len(mirrored) <= 0.05 * len(test_films) * len(MILD), mirrored
