@@ -8,8 +8,9 @@ candidate members, on validation films (--split val) so that a recipe is chosen 
 
 Each film is read as the app reads an upload (Predictor.predict): encodings (JPEG, 16-bit PNG) as file bytes,
 pixel transforms as the 8-bit image a file would hold, with the sex from the labels. One row per transform
-(benchmarks/shift.py): MAE on the films scored, its change against the clean films (on the films scored both
-ways), refusals, turns and mirroring flagged by the gate, films turned back, and how far each estimate moved.
+(boneage_core/acquisition.py): MAE on the films scored, its change against the clean films (on the films scored both
+ways), refusals, films scored with the gate's "unusual image" warning, turns flagged, films turned back, mirrored back
+and inverted back by the gate, and how far each estimate moved.
 """
 
 from __future__ import annotations
@@ -30,11 +31,14 @@ from boneage_core.gate import NotARadiographError
 from boneage_core.imaging import load_gray
 from boneage_core.predictor import Predictor
 from boneage_core.preprocess import to_uint8
-from benchmarks.shift import CLEAN, SHIFTS, Shift
+from boneage_core.acquisition import CLEAN, SHIFTS, Shift
 
 SAMPLES_LABELS = "boneage-samples.csv"
-COLUMNS = ["transform", "n", "MAE", "dMAE vs clean", "refused", "flagged turned", "flagged mirrored", "corrected",
-           "mean abs(est - clean est)"]
+COLUMNS = ["transform", "n", "MAE", "dMAE vs clean", "refused", "unusual", "flagged turned", "turned back",
+           "mirrored back", "inverted back", "mean abs(est - clean est)"]
+#: The gate's findings per film (Reading fields) counted in the table, by column.
+COUNTED = {"unusual": "unusual", "flagged turned": "flagged_turned", "turned back": "turned", "mirrored back": "mirrored",
+           "inverted back": "inverted"}
 
 
 @dataclass
@@ -42,9 +46,11 @@ class Reading:
     """One film under one transform: the estimate (None when refused) and what the gate said."""
 
     estimate: float | None
+    unusual: bool = False
     flagged_turned: bool = False
-    flagged_mirrored: bool = False
-    corrected: bool = False
+    turned: bool = False
+    mirrored: bool = False
+    inverted: bool = False
 
 
 def read_film(predictor: Predictor, film: np.ndarray | bytes, male: bool, name: str) -> Reading:
@@ -55,10 +61,9 @@ def read_film(predictor: Predictor, film: np.ndarray | bytes, male: bool, name: 
     except NotARadiographError:
         return Reading(None)
     verdict = pred.gate
-    return Reading(pred.bone_age_months,
-                   flagged_turned=verdict is not None and verdict.turn_flagged,
-                   flagged_mirrored=verdict is not None and verdict.mirrored,
-                   corrected=pred.turn != 0)
+    return Reading(pred.bone_age_months, unusual=verdict is not None and verdict.unusual,
+                   flagged_turned=verdict is not None and verdict.turn_flagged, turned=pred.turn != 0,
+                   mirrored=pred.mirrored, inverted=pred.inverted)
 
 
 def measure(predictor: Predictor, films: pd.DataFrame, what: str, shifts: dict[str, Shift] = SHIFTS) -> pd.DataFrame:
@@ -87,9 +92,7 @@ def summarise(readings: pd.DataFrame) -> pd.DataFrame:
         out.append({"transform": name, "n": n, "MAE": error[scored].mean(),
                     "dMAE vs clean": error[both].mean() - clean_error[both].mean(),
                     "refused": f"{int((~scored).sum())} ({(~scored).mean():.0%})",
-                    "flagged turned": int(group["flagged_turned"].sum()),
-                    "flagged mirrored": int(group["flagged_mirrored"].sum()),
-                    "corrected": int(group["corrected"].sum()),
+                    **{column: int(group[field].sum()) for column, field in COUNTED.items()},
                     "mean abs(est - clean est)": (group["estimate"] - clean.reindex(group.index))[both].abs().mean()})
     return pd.DataFrame(out, columns=COLUMNS)
 

@@ -190,7 +190,8 @@ class Ensemble:
         return image_gate_features(self.members[self.gate_name], gray, self.device)
 
     def decisions(self, features: np.ndarray, gray_of: Callable[[int], np.ndarray]) -> list[GateDecision]:
-        """The input gate's decision per feature row (``InputGate.decide``); a turn is tried on the gate member alone,
-        on ``gray_of(row)`` turned (read only when a turn is tried)."""
-        return [self.gate.decide(verdict, lambda k, i=i: self.gate_features(np.rot90(gray_of(i), k)))
-                for i, verdict in enumerate(self.gate.verdicts(features))]
+        """The input gate's decision per feature row (``InputGate.decide``): a correction (grey scale inverted back,
+        turn, mirroring) is tried on the gate member alone, on ``gray_of(row)`` corrected (read only when one is tried;
+        the laterality test reads every image's mirror image)."""
+        return [self.gate.decide(features[i:i + 1], lambda c, i=i: self.gate_features(c.apply(gray_of(i))))
+                for i in range(len(features))]

@@ -147,8 +147,9 @@ def gate_columns(ensemble: Ensemble, frame: pd.DataFrame, cache_dir,
                  features: tuple[pd.Index, np.ndarray] | None = None) -> pd.DataFrame:
     """The input gate's decision per image, by the rule the app and the CLIs apply (:meth:`Ensemble.decisions`).
 
-    Columns: score as given, refused, turn applied, turn flagged, mirroring flagged. A film that needs a
-    turn tried is read again from its file, turned and prepared like an upload. The CNN columns score the
+    Columns: score as given, refused, turn applied, turn flagged, mirrored back, inverted back. A film that needs
+    a correction tried is read again from its file, corrected and prepared like an upload (every scored film is:
+    the laterality test reads its mirror image). The CNN columns score the
     images as given (their labels are for them as filmed); these columns say how often the app would
     refuse, turn or flag a real radiograph. `features` (rows, gate features), when given, are the
     member's from the CNN columns' pass (:func:`cnn_columns`), so its images are not run twice. Returns the
@@ -162,16 +163,18 @@ def gate_columns(ensemble: Ensemble, frame: pd.DataFrame, cache_dir,
         rows, pixels = _aligned(frame, images)
         features = rows.index, member_features(net, torch.from_numpy(pixels), ensemble.device, progress=True)
     paths = frame.loc[features[0], "path"].tolist()
-    decisions = ensemble.decisions(features[1], lambda i: load_gray(paths[i]))  # a file is read again only to turn it
+    decisions = ensemble.decisions(features[1], lambda i: load_gray(paths[i]))  # a file is read again only to correct it
     out = pd.DataFrame({"gate_score": [d.as_given.score for d in decisions],
                         "gate_refused": [d.refused for d in decisions],
                         "gate_turn": [d.turn for d in decisions],
                         "gate_turn_flagged": [d.turn_flagged for d in decisions],
-                        "gate_mirrored": [d.verdict.mirrored for d in decisions]}, index=features[0])
+                        "gate_mirrored": [d.correction.mirror for d in decisions],
+                        "gate_inverted": [d.correction.invert for d in decisions]}, index=features[0])
     logger.info("Input gate: %d of %d images would be refused (%d as given), %d turned, %d flagged as maybe rotated, "
-                "%d as maybe mirrored", sum(d.refused for d in decisions), len(decisions),
+                "%d mirrored, %d inverted back", sum(d.refused for d in decisions), len(decisions),
                 sum(d.as_given.refused for d in decisions), sum(bool(d.turn) for d in decisions),
-                sum(d.turn_flagged for d in decisions), sum(d.verdict.mirrored for d in decisions))
+                sum(d.turn_flagged for d in decisions), sum(d.correction.mirror for d in decisions),
+                sum(d.correction.invert for d in decisions))
     return out.reindex(frame.index)
 
 

@@ -13,21 +13,32 @@ calibrated on the validation split:
   the two ratios, and an image scoring above 1 is refused;
 * orientation: a linear classifier of the quarter turn (0, 90, 180, 270 degrees) that the image
   needs, learnt by rotating training inputs (self-supervised, no labels needed);
-* laterality: a linear classifier of mirrored (right-hand-like) against original inputs.
+* grey scale: a linear classifier of inverted (MONOCHROME1-like: bone dark on white) against original inputs,
+  on the texture statistics (they keep the intensity statistics that pooling blurs), fitted on films under
+  ordinary acquisition shifts too (as given: negatives; inverted: positives), so that noise or white padding
+  is not read as an inversion;
+* laterality: an antisymmetric test on the pair of an image and its mirror image, ``w . (f(flip x) - f(x)) > 0``
+  for a mirrored film (a right hand). Pooled features are nearly mirror-invariant, so a linear model of one image
+  is weak; the difference of the pair cancels what both share. Exactly antisymmetric: a film and its mirror image
+  always get opposite answers. It costs one more pass of the gate member per image.
 
-An image the orientation model is sure about (p >= TURN_ABOVE) is turned back and scored with a
-warning; a less certain turn, and any suspected mirroring (right hands occur in the training data
-too, and the laterality model is weak), are flagged with a warning but scored as given. An image
-whose features lie outside the training distribution is refused with its score and the limit, unless
-a suggested turn (p >= TURN_FLAG_ABOVE) brings it inside: a sideways film is then scored turned, with a
-warning (:meth:`InputGate.decide`, used by ``Predictor`` and ``evaluate``).
+Between a level's limit and REFUSE_ABOVE times it an image is "unusual: check it" (scored with a warning); beyond
+it is refused. The banks and limits hold films as filmed: fitted with films under ordinary acquisition shifts too
+(``acquisition.MILD``), noise of 3 grey levels passed, but so did photographs, CT / MR slices and a phantom, whose
+features lie as near the hands as those of noisy hands (docs/shift.md, last section).
+
+An inverted grey scale is inverted back, a right hand (mirrored film) mirrored back, and an image the orientation
+model is sure about (p >= TURN_ABOVE) turned back, each with a warning; a less certain turn is flagged but scored as
+given. An image whose features lie outside the training distribution is refused with its score and the limit,
+unless a suggested turn (p >= TURN_FLAG_ABOVE) brings it inside: a sideways film is then scored turned, with a
+warning (:meth:`InputGate.decide`, the one rule, used by ``Predictor`` and ``evaluate``).
 """
 
 from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
@@ -41,9 +52,17 @@ logger = logging.getLogger(__name__)
 GATE_FILE = "gate.npz"
 #: Probability from which a quarter turn is applied before scoring (one tilted film in the 24 samples had 0.91).
 TURN_ABOVE = 0.99
-#: Probability from which suspected mirroring is flagged (a warning, the image is scored as given).
-FLAG_ABOVE = 0.9
-#: Probability of "not upright" from which a suspected turn is flagged: lower than for mirroring, because a
+#: Probability from which the grey scale is read as inverted: the image is inverted back before scoring.
+INVERT_ABOVE = 0.5
+#: Probability from which a film is read as mirrored (a right hand): it is mirrored back before scoring.
+MIRROR_ABOVE = 0.5
+#: OOD score (relative to the limit where the validation films end) above which an image is refused; between 1 and
+#: it, the image is scored with an "unusual image: check it" warning. At 1.1 each ordinary acquisition shift but noise
+#: has at most 0.5 % of 400 validation films refused, and 28 of the 29 generated non-radiographs are.
+REFUSE_ABOVE = 1.1
+#: Version of gate.npz; files without it hold the single-image laterality model and no inversion model.
+GATE_FORMAT = 2
+#: Probability of "not upright" from which a suspected turn is flagged: lower than TURN_ABOVE, because a
 #: turned film scored as given is far off (a 2-year-old upside down read 57 months at p = 0.63), and summed
 #: over the three turns, because the model can be sure a film is sideways but not which way
 #: (docs/ablations.md, section 6). On the served ensemble it flags 26 of the 1,892 upright holdout films (1.4 %).
@@ -58,16 +77,45 @@ class NotARadiographError(InputError):
 
 
 @dataclass(frozen=True)
+class Correction:
+    """What is undone before an image is scored, in this order: its grey scale inverted, quarter turns, a mirroring."""
+
+    invert: bool = False
+    turn: int = 0  # np.rot90 k
+    mirror: bool = False
+
+    def apply(self, gray: np.ndarray) -> np.ndarray:
+        """The gray image (float in [0, 1]) corrected; the image itself when nothing is corrected."""
+        if self.invert:
+            gray = 1.0 - gray
+        if self.turn:
+            gray = np.rot90(gray, self.turn)
+        if self.mirror:
+            gray = gray[:, ::-1]
+        return np.ascontiguousarray(gray)
+
+    def __bool__(self) -> bool:
+        return self.invert or bool(self.turn) or self.mirror
+
+
+NO_CORRECTION = Correction()
+
+
+@dataclass(frozen=True)
 class GateVerdict:
-    """What the gate found for one image: its OOD score, and the turn / mirror it needs."""
+    """What the gate found for one image: its OOD score, the turn it needs and whether its grey scale is inverted."""
 
     score: float
-    limit: float
+    limit: float  # the score above which the image is refused
     turn: int = 0  # quarter turns (np.rot90 k) that undo the detected rotation (applied when sure)
     turn_probability: float = 0.0
-    mirrored: bool = False  # looks like a right hand or a mirrored film (flagged only)
-    mirror_probability: float = 0.0
     rotated_probability: float = 0.0  # 1 - P(upright): the image needs some turn
+    inverted_probability: float = 0.0  # P(the grey scale is inverted)
+    usual_limit: float = 1.0  # the score up to which an image is as usual as the validation films
+
+    @property
+    def inverted(self) -> bool:
+        return self.inverted_probability >= INVERT_ABOVE
 
     @property
     def apply_turn(self) -> bool:
@@ -91,6 +139,10 @@ class GateVerdict:
                          "the gate turned"), self.turn
         return f"the image looked rotated ({why}); it was turned by {90 * turn} degrees counter-clockwise before scoring"
 
+    def inverted_note(self) -> str:
+        return (f"the grey scale was inverted (bone dark on a light background, a MONOCHROME1-like film; p = "
+                f"{self.inverted_probability:.2f}): it was read inverted back")
+
     def warnings(self) -> list[str]:
         """What a reader should know about the orientation of this image (as scored)."""
         notes = []
@@ -99,22 +151,30 @@ class GateVerdict:
         elif self.turn_flagged:
             notes.append(f"the image may be rotated (p = {self.rotated_probability:.2f} that it is not upright, too "
                          "low to turn it automatically): it was scored as given; check that the fingers point up")
-        if self.mirrored:
-            notes.append(f"the image may show a right hand or a mirrored film (p = {self.mirror_probability:.2f}); "
-                         "the reference is the left hand: check the laterality marker")
         return notes
 
     @property
     def refused(self) -> bool:
         return self.score > self.limit
 
+    @property
+    def unusual(self) -> bool:
+        """Scored, but farther from the training films than the validation films."""
+        return self.usual_limit < self.score <= self.limit
+
+    def unusual_note(self) -> str:
+        score, limit = distinct_numbers(self.score, self.usual_limit)
+        return (f"unusual image, check it: it lies farther from the training radiographs than any validation "
+                f"radiograph (out-of-distribution score {score}, above {limit}; refused above "
+                f"{self.limit:.2f}); the estimate is given, but check that this is a whole left-hand radiograph of "
+                "usual quality")
+
     def reason(self) -> str:
         score, limit = distinct_numbers(self.score, self.limit)
         relation = "above" if self.refused else "at or below"
         return (f"this does not look like a hand radiograph like those the models were trained on "
-                f"(out-of-distribution score {score}, {relation} the limit {limit}, where the farthest validation "
-                f"radiograph lies); no bone age is given. If it is a hand radiograph, check that it shows the whole "
-                f"hand with the fingers pointing up")
+                f"(out-of-distribution score {score}, {relation} the limit {limit} for refusal; at 1 the validation "
+                f"radiographs end); no bone age is given. If it is a hand radiograph, check that it shows the whole hand with the fingers pointing up")
 
 
 def distinct_numbers(a: float, b: float, decimals: int = 2, most: int = 6) -> tuple[str, str]:
@@ -126,21 +186,32 @@ def distinct_numbers(a: float, b: float, decimals: int = 2, most: int = 6) -> tu
     return text_a, text_b
 
 
+def mirrored_note(probability: float) -> str:
+    return (f"read as a right hand (or a film mirrored at conversion; p = {probability:.2f}): it was mirrored to a left "
+            "hand before scoring; check the laterality marker")
+
+
 @dataclass(frozen=True)
 class GateDecision:
-    """What is done with one image: scored as given, scored turned, or refused; with the reader's warnings.
+    """What is done with one image: scored as given, scored corrected, or refused; with the reader's warnings.
 
     Made by :meth:`InputGate.decide`, the one place the rule lives (``Predictor`` and ``evaluate`` both use it).
     """
 
-    verdict: GateVerdict  # the gate's verdict on the image that is scored (the turned one when turned)
-    as_given: GateVerdict  # the verdict on the image as given (the same one when not turned)
-    turn: int = 0  # quarter turns (np.rot90 k) applied before scoring; 0 = scored as given
+    verdict: GateVerdict  # the gate's verdict on the image that is scored (the corrected one when corrected)
+    as_given: GateVerdict  # the verdict on the image as given (the same one when not corrected)
+    correction: Correction = NO_CORRECTION  # what was undone before scoring
     warnings: tuple[str, ...] = ()
+    mirror_probability: float | None = None  # P(a right hand / mirrored film); None when not tested (refused)
 
     @property
     def refused(self) -> bool:
         return self.verdict.refused
+
+    @property
+    def turn(self) -> int:
+        """Quarter turns (np.rot90 k) applied before scoring; 0 = not turned."""
+        return self.correction.turn
 
     @property
     def turn_flagged(self) -> bool:
@@ -151,6 +222,8 @@ class GateDecision:
 #: The feature levels the OOD score reads (see the module docstring), in the order of the gate features.
 POOLED, TEXTURE = "pooled", "texture"
 LEVELS = (POOLED, TEXTURE)
+#: Fitted arrays of gate.npz besides the banks and limits.
+_ARRAYS = ("turn_w", "turn_b", "mirror_w", "invert_w", "invert_b", "k", "n_pooled", "member", "member_sha256")
 
 
 @dataclass
@@ -158,24 +231,27 @@ class InputGate:
     """The fitted gate (see the module docstring); `member` and `member_sha256` name the network it reads.
 
     Its input is a member's gate features (``inference.gate_features``): `n_pooled` pooled features, then
-    the texture statistics. The orientation and laterality models read the pooled features.
+    the texture statistics. The orientation and laterality models read the pooled features, the grey-scale model
+    the texture statistics.
     """
 
     references: dict[str, np.ndarray]  # level -> (n, F_level) L2-normalised training features (float16)
-    limits: dict[str, float]  # level -> distance at which that level refuses
+    limits: dict[str, float]  # level -> distance at which that level's validation films end (score 1)
     n_pooled: int
     k: int
     turn_w: np.ndarray  # (4, n_pooled) logistic regression over QUARTER_TURNS
     turn_b: np.ndarray  # (4,)
-    mirror_w: np.ndarray  # (n_pooled,)
-    mirror_b: float
+    mirror_w: np.ndarray  # (n_pooled,) antisymmetric laterality test on f(flip x) - f(x)
+    invert_w: np.ndarray  # (F - n_pooled,) logistic regression on the texture statistics: grey scale inverted
+    invert_b: float
     member: str = ""
     member_sha256: str = ""
     stats: dict = field(default_factory=dict)
     #: level -> (the stored bank, its float32 copy): see :meth:`bank`
     _banks: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
-    limit = 1.0  # scores are distances relative to each level's limit
+    usual_limit = 1.0  # scores are distances relative to each level's limit
+    limit = REFUSE_ABOVE  # the score above which an image is refused
 
     def levels(self, features: np.ndarray) -> dict[str, np.ndarray]:
         """Gate features (N, F) split into their levels."""
@@ -200,7 +276,7 @@ class InputGate:
         return {level: kth_distance(self.bank(level), f, self.k) for level, f in self.levels(features).items()}
 
     def score(self, features: np.ndarray) -> np.ndarray:
-        """OOD score per row: the largest of the levels' distances relative to their limits (> 1 is refused)."""
+        """OOD score per row: the largest of the levels' distances relative to their limits (> 1 is unusual)."""
         distances = self.distances(features)
         return np.max([distances[level] / self.limits[level] for level in LEVELS], axis=0)
 
@@ -210,21 +286,61 @@ class InputGate:
         p = np.exp(logits)
         return p / p.sum(1, keepdims=True)
 
-    def mirror_probability(self, features: np.ndarray) -> np.ndarray:
-        return 1.0 / (1.0 + np.exp(-(self.pooled(features) @ self.mirror_w + self.mirror_b)))
+    def inverted_probability(self, features: np.ndarray) -> np.ndarray:
+        return _sigmoid(self.levels(features)[TEXTURE] @ self.invert_w + self.invert_b)
+
+    def mirror_probability(self, features: np.ndarray, flipped: np.ndarray) -> np.ndarray:
+        """P(mirrored) of images with these gate features, given the features of their mirror images (antisymmetric:
+        swapping the two gives 1 - p)."""
+        return _sigmoid((self.pooled(flipped) - self.pooled(features)) @ self.mirror_w)
 
     def verdicts(self, features: np.ndarray) -> list[GateVerdict]:
         """One verdict per feature row."""
-        scores, turns, mirrors = self.score(features), self.turn_probabilities(features), self.mirror_probability(features)
+        scores, turns = self.score(features), self.turn_probabilities(features)
+        inverted = self.inverted_probability(features)
         out = []
-        for s, t, m in zip(scores, turns, mirrors):
+        for s, t, i in zip(scores, turns, inverted):
             k = int(t[1:].argmax()) + 1  # the likeliest turn; flagged when P(not upright) is high enough
             out.append(GateVerdict(float(s), self.limit, k if 1.0 - t[0] >= TURN_FLAG_ABOVE else 0, float(t[k]),
-                                   bool(m >= FLAG_ABOVE), float(m), float(1.0 - t[0])))
+                                   float(1.0 - t[0]), float(i), self.usual_limit))
         return out
 
-    def decide(self, verdict: GateVerdict, turned_features: Callable[[int], np.ndarray]) -> GateDecision:
-        """The gate's decision for an image with this verdict as given.
+    def decide(self, features: np.ndarray, features_of: Callable[[Correction], np.ndarray]) -> GateDecision:
+        """The gate's decision for an image with these gate features (1, F) as given.
+
+        `features_of(c)` gives the gate features of the image corrected by `c` (:meth:`Correction.apply`). In order:
+        an inverted grey scale is inverted back; the turn is decided (:meth:`decide_turn`); unless refused, the
+        laterality test reads the image (as corrected so far) and its mirror image, and a right hand is mirrored.
+        """
+        as_given = verdict = self.verdicts(features)[0]
+        correction, notes = NO_CORRECTION, []
+        if verdict.inverted:
+            correction = Correction(invert=True)
+            features = features_of(correction)
+            verdict, notes = self.verdicts(features)[0], [verdict.inverted_note()]
+        seen: dict[int, np.ndarray] = {}
+
+        def turned(k: int) -> np.ndarray:
+            seen[k] = features_of(replace(correction, turn=k))
+            return seen[k]
+
+        turning = self.decide_turn(verdict, turned)
+        verdict, correction = turning.verdict, replace(correction, turn=turning.turn)
+        notes += [w for w in turning.warnings if w not in notes]
+        features = seen.get(turning.turn, features)
+        p_mirror = None
+        if not verdict.refused:
+            flipped = features_of(replace(correction, mirror=True))
+            p_mirror = float(self.mirror_probability(features, flipped)[0])
+            if p_mirror >= MIRROR_ABOVE:
+                correction, verdict = replace(correction, mirror=True), self.verdicts(flipped)[0]
+                notes.append(mirrored_note(p_mirror))
+        if verdict.unusual:
+            notes.append(verdict.unusual_note())
+        return GateDecision(verdict, as_given, correction, tuple(notes), p_mirror)
+
+    def decide_turn(self, verdict: GateVerdict, turned_features: Callable[[int], np.ndarray]) -> GateDecision:
+        """The turn part of the rule, for an image with this verdict (after any grey-scale correction).
 
         `turned_features(k)` gives the gate features of the image turned by k quarter turns. It is called when a
         turn is to be applied (p >= TURN_ABOVE for the suggested turn), when the image would be refused as given
@@ -243,7 +359,7 @@ class InputGate:
             if not turned.refused or verdict.refused:
                 scored, turn, notes = turned, k, [verdict.turned_note(k)]
         notes += [w for w in scored.warnings() if w not in notes]
-        return GateDecision(scored, verdict, turn, tuple(notes))
+        return GateDecision(scored, verdict, Correction(turn=turn), tuple(notes))
 
     def _most_upright(self, turned_features: Callable[[int], np.ndarray]) -> tuple[int, GateVerdict]:
         """(k, verdict) of the quarter turn whose turned image the gate finds most upright."""
@@ -254,22 +370,26 @@ class InputGate:
     def save(self, path: str | os.PathLike) -> None:
         arrays = {f"reference_{level}": self.references[level] for level in LEVELS}
         arrays.update({f"limit_{level}": np.asarray(self.limits[level]) for level in LEVELS})
-        arrays.update({k: np.asarray(getattr(self, k)) for k in ("turn_w", "turn_b", "mirror_w", "mirror_b", "k",
-                                                                  "n_pooled", "member", "member_sha256")})
-        np.savez(path, **arrays, stats=np.asarray(repr(self.stats)))
+        arrays.update({k: np.asarray(getattr(self, k)) for k in _ARRAYS})
+        np.savez(path, **arrays, format=np.asarray(GATE_FORMAT), stats=np.asarray(repr(self.stats)))
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "InputGate":
         try:
             with np.load(path, allow_pickle=False) as z:
-                if "n_pooled" not in z.files and "reference" in z.files:
-                    raise KeyError("the older format with pooled features only; re-run `train.py --stages gate`")
+                if "format" not in z.files or int(z["format"]) != GATE_FORMAT:
+                    raise KeyError(f"an older format (before version {GATE_FORMAT}: no grey-scale model, a "
+                                   "single-image laterality model); re-run `train.py --stages gate`")
                 return cls({level: z[f"reference_{level}"] for level in LEVELS},
                            {level: float(z[f"limit_{level}"]) for level in LEVELS}, int(z["n_pooled"]), int(z["k"]),
-                           z["turn_w"], z["turn_b"], z["mirror_w"], float(z["mirror_b"]), str(z["member"]),
-                           str(z["member_sha256"]))
+                           z["turn_w"], z["turn_b"], z["mirror_w"], z["invert_w"], float(z["invert_b"]),
+                           str(z["member"]), str(z["member_sha256"]))
         except (OSError, KeyError, ValueError) as exc:
             raise ArtifactError(f"{path}: not a readable input gate ({exc})") from exc
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-x))
 
 
 def unit_rows(features: np.ndarray) -> np.ndarray:
@@ -290,27 +410,35 @@ def kth_distance(reference: np.ndarray, features: np.ndarray, k: int = DEFAULT_K
     return 1.0 - kth.astype(np.float64)
 
 
-def _logistic(x: np.ndarray, y: np.ndarray, seed: int):
+def _logistic(x: np.ndarray, y: np.ndarray, seed: int, intercept: bool = True):
     from sklearn.linear_model import LogisticRegression
 
-    model = LogisticRegression(C=0.5, max_iter=2000, random_state=seed)
+    model = LogisticRegression(C=0.5, max_iter=2000, random_state=seed, fit_intercept=intercept)
     return model.fit(x, y)
 
 
 def fit_gate(train: np.ndarray, val: np.ndarray, turned: dict[int, np.ndarray], mirrored: np.ndarray,
-             upright: np.ndarray, n_pooled: int, refuse_rate: float = 0.0, k: int = DEFAULT_K,
+             upright: np.ndarray, inverted: np.ndarray, n_pooled: int, shifted: np.ndarray | None = None,
+             shifted_inverted: np.ndarray | None = None, refuse_rate: float = 0.0, k: int = DEFAULT_K,
              seed: int = 0) -> InputGate:
-    """Fit the gate from gate features: training split (the reference banks), validation split (the limits),
-    quarter-turned and mirrored copies.
+    """Fit the gate from gate features: training films (the reference banks), validation films (the limits),
+    quarter-turned, mirrored and inverted copies of training films.
 
-    `turned[k]` holds features of training inputs rotated by np.rot90(k); `upright` the same images unturned
-    (the mirror classifier's negatives, `mirrored` its positives). Each level's limit is its validation
-    quantile 1 - refuse_rate / 2 (the largest validation distance by default), so that at most about
-    `refuse_rate` of the validation images are refused.
+    `turned[k]` holds features of training inputs rotated
+    by np.rot90(k), `mirrored` and `inverted` of the same inputs mirrored and with the grey scale inverted, `upright`
+    of the same images unchanged (row i of each is one image). `shifted` (training films under acquisition shifts)
+    and `shifted_inverted` (the same inverted) join the grey-scale model's negatives and positives. Each level's
+    limit is its validation quantile
+    1 - refuse_rate / 2 (the largest validation distance by default); an image is refused above REFUSE_ABOVE
+    times it.
     """
     if not 0 < n_pooled < train.shape[1]:
         raise ValueError(f"n_pooled {n_pooled} must split the {train.shape[1]} gate features into two levels")
-    gate = InputGate({}, {}, n_pooled, min(k, len(train)), np.zeros((4, n_pooled)), np.zeros(4), np.zeros(n_pooled), 0.0)
+    if not len(upright) == len(mirrored) == len(inverted):
+        raise ValueError(f"upright, mirrored and inverted must be the same images ({len(upright)}, {len(mirrored)}, "
+                         f"{len(inverted)} rows)")
+    gate = InputGate({}, {}, n_pooled, min(k, len(train)), np.zeros((4, n_pooled)), np.zeros(4), np.zeros(n_pooled),
+                     np.zeros(train.shape[1] - n_pooled), 0.0)
     gate.references = {level: unit_rows(f).astype(np.float16) for level, f in gate.levels(train).items()}
     gate.limits = {level: float(np.quantile(d, 1.0 - refuse_rate / len(LEVELS)))
                    for level, d in gate.distances(val).items()}
@@ -321,9 +449,17 @@ def fit_gate(train: np.ndarray, val: np.ndarray, turned: dict[int, np.ndarray], 
     order = list(turn.classes_)
     gate.turn_w = turn.coef_[[order.index(k) for k in QUARTER_TURNS]]
     gate.turn_b = turn.intercept_[[order.index(k) for k in QUARTER_TURNS]]
-    mirror = _logistic(np.concatenate([gate.pooled(upright), gate.pooled(mirrored)]),
-                       np.r_[np.zeros(len(upright)), np.ones(len(mirrored))], seed)
-    gate.mirror_w, gate.mirror_b = mirror.coef_[0], float(mirror.intercept_[0])
+    # laterality on pairs, no intercept: (flipped - given) of an upright film is a negative, of a mirrored one
+    # (whose mirror image is the upright film) the same difference negated is a positive
+    pair = gate.pooled(mirrored) - gate.pooled(upright)
+    mirror = _logistic(np.concatenate([pair, -pair]), np.r_[np.zeros(len(pair)), np.ones(len(pair))], seed,
+                       intercept=False)
+    gate.mirror_w = mirror.coef_[0]
+    given = np.concatenate([upright] + ([] if shifted is None else [shifted]))
+    flipped_grey = np.concatenate([inverted] + ([] if shifted_inverted is None else [shifted_inverted]))
+    invert = _logistic(np.concatenate([gate.levels(given)[TEXTURE], gate.levels(flipped_grey)[TEXTURE]]),
+                       np.r_[np.zeros(len(given)), np.ones(len(flipped_grey))], seed)
+    gate.invert_w, gate.invert_b = invert.coef_[0], float(invert.intercept_[0])
     gate.stats = {"n_train": len(train), "n_val": len(val), "refuse_rate": refuse_rate, "k": gate.k}
     logger.info("Input gate: OOD limits %s (validation quantile %.4f)",
                 ", ".join(f"{level} {limit:.3f}" for level, limit in gate.limits.items()), 1 - refuse_rate / len(LEVELS))

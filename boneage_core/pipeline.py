@@ -15,6 +15,7 @@ import pandas as pd
 import torch
 
 from . import artifacts as art
+from .acquisition import shifted_inputs
 from .baseline import HogParams, fit_baseline
 from .checkpoint import file_sha256, read_meta, read_resume_state, save_resume_state
 from .config import MODEL_LAYOUTS, TrainConfig
@@ -266,22 +267,35 @@ def evaluate_stage(cfg: TrainConfig, ds: Dataset, staging: Path, members: list[s
 
 
 def gate_stage(cfg: TrainConfig, ds: Dataset, staging: Path, members: list[str], n_fit: int = 2000,
-               n_turned: int = 1000) -> None:
-    """Fit the input gate on the gate member's features: training images (some turned and mirrored), validation limits."""
+               n_turned: int = 800) -> None:
+    """Fit the input gate on the gate member's features: `n_fit` training images for the banks (the first `n_turned`
+    also turned, mirrored, inverted, and under an acquisition shift each, as given and inverted, for the models),
+    validation images for the limits. Only these images are read.
+
+    The banks and limits hold films as filmed: with films under acquisition shifts in them as well (noise of 3
+    grey levels then passes), photographs, CT / MR slices and phantoms passed too (docs/shift.md, last section).
+    """
     if not members:
         raise MissingArtifactError(f"{staging}: the input gate needs a trained CNN; train one first")
     member = gate_member({name: read_meta(staging / name)["spec"]["heads"] for name in members})
     device = resolve_device(cfg.device)
     net, meta = load_member(staging / member, device)  # forward passes only: OpenVINO on the CPU
-    _, train_img = _images_for(ds, ds.part("train"), net.spec.preprocess, cfg)
-    _, val_img = _images_for(ds, ds.part("val"), net.spec.preprocess, cfg)
-    pick = np.random.default_rng(cfg.seed).permutation(len(train_img))[:n_fit]
-    train_f = member_features(net, train_img[pick], device, progress=True)
-    base = train_img[pick[:n_turned]]
+    spec = net.spec.preprocess
+    train = ds.part("train")
+    train_rows, train_img = _images_for(ds, train.iloc[np.random.default_rng(cfg.seed).permutation(len(train))[:n_fit]],
+                                        spec, cfg)
+    _, val_img = _images_for(ds, ds.part("val"), spec, cfg)
+    train_f = member_features(net, train_img, device, progress=True)
+    base = train_img[:n_turned]
     turned = {k: member_features(net, np.rot90(base, k, axes=(1, 2)), device, progress=True) for k in (1, 2, 3)}
     mirrored = member_features(net, base[:, :, ::-1], device, progress=True)
+    inverted = member_features(net, 255 - base, device, progress=True)
+    shifted_img = shifted_inputs(train_rows["path"].tolist()[:n_turned], spec, cfg.seed)
+    shifted = member_features(net, shifted_img, device, progress=True)
+    shifted_inverted = member_features(net, 255 - shifted_img, device, progress=True)
     gate = fit_gate(train_f, member_features(net, val_img, device, progress=True), turned, mirrored,
-                    train_f[:n_turned], n_pooled=torch_net(net).backbone.num_features, seed=cfg.seed)
+                    train_f[:n_turned], inverted, n_pooled=torch_net(net).backbone.num_features, shifted=shifted,
+                    shifted_inverted=shifted_inverted, seed=cfg.seed)
     gate.member, gate.member_sha256 = member, meta["sha256"]
     gate.save(staging / GATE_FILE)
 

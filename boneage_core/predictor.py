@@ -21,6 +21,7 @@ from .errors import InputError
 from .gate import GateVerdict, NotARadiographError
 from .heads import AGE, STAGE, get_head
 from .imaging import ImageLoadError, ImageSource, check_gray_array, load_gray, source_name
+from .gate import NO_CORRECTION
 from .inference import to_input
 from .models import BoneAgeNet, HeadOutput
 from .preprocess import crop_box, heatmap_to_original, input_warnings, prepare
@@ -48,7 +49,9 @@ class Prediction:
     original: np.ndarray = field(repr=False)  # float gray in [0, 1] at the file's own size
     warnings: list[str] = field(default_factory=list)  # why this result may be unreliable
     gate: GateVerdict | None = None  # the input gate's verdict (None without a gate)
-    turn: int = 0  # quarter turns (np.rot90 k) the gate applied before scoring; `original` is the turned image
+    turn: int = 0  # quarter turns (np.rot90 k) the gate applied before scoring; `original` is the corrected image
+    mirrored: bool = False  # the gate read it as a right hand (or a mirrored film) and mirrored it before scoring
+    inverted: bool = False  # the gate read its grey scale as inverted and inverted it back before scoring
 
     @property
     def years_months(self) -> str | None:
@@ -67,7 +70,7 @@ class Prediction:
             "interval": None if self.interval is None else self.interval.to_dict(),
             "warnings": list(self.warnings),
             "input_gate_score": None if self.gate is None else round(self.gate.score, 3),
-            "turned_degrees": 90 * self.turn,
+            "turned_degrees": 90 * self.turn, "mirrored": self.mirrored, "grey_scale_inverted": self.inverted,
         }
 
 
@@ -126,23 +129,24 @@ class Predictor(Ensemble):
 
     def _gated_outputs(self, gray: np.ndarray, male: bool, views: Views, name: str):
         """The ensemble's outputs behind the input gate (``InputGate.decide``): refuses non-radiographs, scores a film
-        turned when it is sure it is rotated or when only the suggested turn brings it inside the training distribution.
+        corrected (inverted back, turned, mirrored) when the gate finds it needs it.
 
-        A turn is tried on the gate member alone; the ensemble runs again only on an image that will be scored.
-        Returns (the scored gray image, outputs, the first member's model input in [0, 1], verdict, warnings, turn).
+        Corrections are tried on the gate member alone (the laterality test reads every image's mirror image there);
+        the ensemble runs again only on a corrected image that will be scored. Returns (the scored gray image,
+        outputs, the first member's model input in [0, 1], verdict, warnings, correction).
         """
         images = self.inputs(gray)
         out = self.outputs(images, [male], views)
         if out.gate_features is None:
-            return gray, out, self._first_input(images), None, [], 0
+            return gray, out, self._first_input(images), None, [], NO_CORRECTION
         decision = self.decisions(out.gate_features, lambda _: gray)[0]
         if decision.refused:
             raise NotARadiographError(f"{name}: {decision.verdict.reason()}")
-        if decision.turn:
-            gray = np.ascontiguousarray(np.rot90(gray, decision.turn))
+        if decision.correction:
+            gray = decision.correction.apply(gray)
             images = self.inputs(gray)
             out = self.outputs(images, [male], views)
-        return gray, out, self._first_input(images), decision.verdict, list(decision.warnings), decision.turn
+        return gray, out, self._first_input(images), decision.verdict, list(decision.warnings), decision.correction
 
     def _first_input(self, images: dict) -> np.ndarray:
         """The first member's model input of one image, float in [0, 1]."""
@@ -158,7 +162,7 @@ class Predictor(Ensemble):
         male, views = parse_sex(male), (self.views if views is None else as_views(views))
         gray, name = gray_of(source, name)
         try:
-            gray, out, model_input, verdict, gate_notes, turn = self._gated_outputs(gray, male, views, name)
+            gray, out, model_input, verdict, gate_notes, correction = self._gated_outputs(gray, male, views, name)
         except ImageLoadError as exc:
             raise ImageLoadError(f"{name}: {exc}") from exc
         combined = {head: values[0] for head, values in out.combined.items()}
@@ -177,7 +181,8 @@ class Predictor(Ensemble):
         if source_kind == STAGE_FROM_HEAD and age is not None:
             warnings += [w for w in [self.scheme.disagreement(stage, age, male)] if w]
         return Prediction(name, male, age, stage, self.scheme.names[stage], probs, source_kind, stage_from_age,
-                          interval, model_input, gray, warnings, verdict, turn)
+                          interval, model_input, gray, warnings, verdict, correction.turn, correction.mirror,
+                          correction.invert)
 
     def member_for(self, head: str) -> BoneAgeNet:
         """The PyTorch network of the first member with this head (the one Grad-CAM explains: it needs gradients)."""

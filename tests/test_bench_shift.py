@@ -1,4 +1,4 @@
-"""The acquisition-shift transforms of benchmarks/shift.py do what their names say (tiny synthetic images, no model)."""
+"""The acquisition-shift transforms of boneage_core/acquisition.py do what their names say (tiny synthetic images, no model)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from benchmarks import shift
+from boneage_core import acquisition as shift
 from benchmarks.bench_shift import COLUMNS, markdown, summarise
 from boneage_core.imaging import load_gray
 
@@ -118,12 +118,13 @@ def test_burned_in_text_and_marker_are_white_in_their_corners() -> None:
 def test_summary_compares_each_transform_with_the_clean_films() -> None:
     readings = pd.DataFrame({
         "id": ["a", "b", "a", "b"], "transform": [shift.CLEAN, shift.CLEAN, "x", "x"], "age": [100.0, 50.0] * 2,
-        "estimate": [110.0, 50.0, None, 56.0], "flagged_turned": [False, False, True, False],
-        "flagged_mirrored": [False] * 4, "corrected": [False, False, False, True]})
+        "estimate": [110.0, 50.0, None, 56.0], "flagged_turned": [False, False, True, False], "unusual": [False] * 4,
+        "mirrored": [False, False, False, True], "inverted": [False] * 4, "turned": [False, False, False, True]})
     table = summarise(readings).set_index("transform")
     assert list(table.reset_index().columns) == COLUMNS
     assert table.loc["x", "MAE"] == 6.0 and table.loc["x", "dMAE vs clean"] == 6.0  # b: 0 -> 6
-    assert table.loc["x", "refused"] == "1 (50%)" and table.loc["x", "corrected"] == 1
+    assert table.loc["x", "refused"] == "1 (50%)" and table.loc["x", "turned back"] == 1
+    assert table.loc["x", "mirrored back"] == 1 and table.loc["x", "inverted back"] == 0
     assert table.loc["x", "mean abs(est - clean est)"] == 6.0 and table.loc[shift.CLEAN, "MAE"] == 5.0
     assert markdown(summarise(readings)).count("\n") == 3
 
@@ -132,9 +133,8 @@ def test_transforms_option_picks_rows_with_clean_first_and_names_unknown_ones():
     import argparse
 
     from benchmarks.bench_shift import _transforms
-    from benchmarks.shift import CLEAN
 
-    assert list(_transforms("JPEG q30, noise sigma 3")) == [CLEAN, "JPEG q30", "noise sigma 3"]
-    assert list(_transforms("clean,JPEG q30")) == [CLEAN, "JPEG q30"]
+    assert list(_transforms("JPEG q30, noise sigma 3")) == [shift.CLEAN, "JPEG q30", "noise sigma 3"]
+    assert list(_transforms("clean,JPEG q30")) == [shift.CLEAN, "JPEG q30"]
     with pytest.raises(argparse.ArgumentTypeError, match="JPEG q31"):
         _transforms("JPEG q31")

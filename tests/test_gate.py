@@ -1,4 +1,5 @@
-"""gate: the OOD score, orientation and laterality models on synthetic features, their file, and the fitted gate on real images."""
+"""gate: the OOD score, orientation, grey-scale and laterality models on synthetic features, the rule, their file,
+and the fitted gate on real images."""
 
 from __future__ import annotations
 
@@ -8,14 +9,22 @@ import numpy as np
 import pytest
 
 from boneage_core.errors import ArtifactError, InputError
-from boneage_core.gate import (GATE_FILE, LEVELS, POOLED, TURN_ABOVE, TURN_FLAG_ABOVE, GateVerdict, InputGate,
-                               NotARadiographError, QUARTER_TURNS, distinct_numbers, fit_gate, kth_distance, load_gate,
-                               unit_rows)
+from boneage_core.gate import (GATE_FILE, LEVELS, MIRROR_ABOVE, NO_CORRECTION, POOLED, TURN_ABOVE, TURN_FLAG_ABOVE,
+                               Correction, GateVerdict, InputGate, NotARadiographError, QUARTER_TURNS, distinct_numbers,
+                               fit_gate, kth_distance, load_gate, unit_rows)
+from boneage_core.predictor import Predictor
 from negatives import negative_set
 
 F = 24  # pooled features
 T = 8  # texture statistics after them
 TURN_SHIFT = 10.0  # how far a turn or mirroring moves the pooled features (synthetic)
+INVERT_DIM = F + 3  # the texture statistic an inverted grey scale moves (synthetic)
+#: The share of the generated non-radiographs the committed gate refuses at least (docs/shift.md, last section).
+REFUSED_NEGATIVES = 0.9
+#: The ordinary acquisition shifts the committed gate still refuses (issue 29, item 2 not done).
+STILL_REFUSED = ("noise sigma 3",)
+#: The share of films under a MILD shift whose laterality answer differs from the film's as given, at most (measured 14 %).
+LATERALITY_CHANGED = 0.2
 
 
 def _features(rng, n, shift=0.0, scale=1.0, texture_shift=0.0):
@@ -37,15 +46,16 @@ def gate() -> InputGate:
     upright = train[:200]
     turned = {k: upright + TURN_SHIFT * np.eye(F + T)[k] for k in (1, 2, 3)}
     mirrored = upright + TURN_SHIFT * np.eye(F + T)[5]
-    return fit_gate(train, val, turned, mirrored, upright, n_pooled=F, refuse_rate=0.01, k=5)
+    inverted = upright + TURN_SHIFT * np.eye(F + T)[INVERT_DIM]
+    return fit_gate(train, val, turned, mirrored, upright, inverted, n_pooled=F, refuse_rate=0.01, k=5)
 
 
 def test_in_distribution_passes_and_far_points_are_refused(gate):
     rng = np.random.default_rng(1)
     inside = gate.verdicts(_features(rng, 400))
-    assert np.mean([v.refused for v in inside]) < 0.05
+    assert np.mean([v.refused for v in inside]) < 0.05 and np.mean([v.unusual for v in inside]) < 0.05
     outside = gate.verdicts(_features(rng, 50, shift=25.0))
-    assert all(v.refused for v in outside)
+    assert all(v.refused and not v.unusual for v in outside)
     assert "does not look like a hand radiograph" in outside[0].reason()
 
 
@@ -64,27 +74,30 @@ def test_the_gate_needs_both_levels():
     rng = np.random.default_rng(5)
     train = _features(rng, 50)
     with pytest.raises(ValueError, match="two levels"):
-        fit_gate(train, train, {k: train for k in (1, 2, 3)}, train, train, n_pooled=F + T)
+        fit_gate(train, train, {k: train for k in (1, 2, 3)}, train, train, train, n_pooled=F + T)
 
 
 def test_the_limit_is_the_validation_quantile(gate):
     rng = np.random.default_rng(0)
     _features(rng, 600)
     val = _features(rng, 300)
-    assert np.mean(gate.score(val) > gate.limit) == pytest.approx(0.01, abs=0.005)
+    assert np.mean(gate.score(val) > gate.usual_limit) == pytest.approx(0.01, abs=0.005)
     for level in ("pooled", "texture"):  # each level refuses half the rate
         assert np.mean(gate.distances(val)[level] > gate.limits[level]) == pytest.approx(0.005, abs=0.004)
 
 
-def test_turns_and_mirroring_are_detected_and_undone(gate):
+def test_turns_inversion_and_mirroring_are_detected(gate):
     rng = np.random.default_rng(2)
     upright = _features(rng, 50)
     for k in (1, 2, 3):
         verdicts = gate.verdicts(upright + TURN_SHIFT * np.eye(F + T)[k])
         assert all(v.turn == (4 - k) % 4 for v in verdicts), k  # the turn that brings it back
-    assert all(v.mirrored for v in gate.verdicts(upright + TURN_SHIFT * np.eye(F + T)[5]))
+    assert all(v.inverted for v in gate.verdicts(upright + TURN_SHIFT * np.eye(F + T)[INVERT_DIM]))
+    mirrored = upright + TURN_SHIFT * np.eye(F + T)[5]
+    assert np.all(gate.mirror_probability(mirrored, upright) > 0.99)  # a mirrored film, its mirror image upright
+    np.testing.assert_allclose(gate.mirror_probability(upright, mirrored), 1 - gate.mirror_probability(mirrored, upright))
     plain = gate.verdicts(upright)
-    assert not any(v.turn or v.mirrored for v in plain)
+    assert not any(v.turn or v.inverted for v in plain)
     assert set(QUARTER_TURNS) == {0, 1, 2, 3}
 
 
@@ -110,16 +123,16 @@ def _turned_to(features: np.ndarray, asked: list[int]):
 
 
 def test_decide_scores_a_passing_upright_film_as_given(gate):
-    decision = gate.decide(GateVerdict(0.5, 1.0), _never_turned)
+    decision = gate.decide_turn(GateVerdict(0.5, 1.0), _never_turned)
     assert not decision.refused and decision.turn == 0 and decision.warnings == ()
-    refused = gate.decide(GateVerdict(3.0, 1.0), _never_turned)  # no turn suggested: refused, nothing tried
+    refused = gate.decide_turn(GateVerdict(3.0, 1.0), _never_turned)  # no turn suggested: refused, nothing tried
     assert refused.refused and refused.turn == 0
 
 
 def test_decide_scores_a_refused_film_turned_when_the_suggested_turn_passes(gate):
     rng, asked = np.random.default_rng(7), []
     as_given = GateVerdict(3.0, 1.0, turn=1, turn_probability=0.7, rotated_probability=0.95)
-    decision = gate.decide(as_given, _turned_to(_features(rng, 1), asked))
+    decision = gate.decide_turn(as_given, _turned_to(_features(rng, 1), asked))
     assert asked == [1] and decision.turn == 1 and not decision.refused
     assert decision.as_given is as_given and decision.as_given.refused
     assert decision.warnings[0] == as_given.turned_note()
@@ -128,7 +141,7 @@ def test_decide_scores_a_refused_film_turned_when_the_suggested_turn_passes(gate
 def test_decide_refuses_when_the_suggested_turn_fails_too(gate):
     rng, asked = np.random.default_rng(8), []
     as_given = GateVerdict(3.0, 1.0, turn=3, turn_probability=0.7, rotated_probability=0.95)
-    decision = gate.decide(as_given, _turned_to(_features(rng, 1, shift=25.0), asked))
+    decision = gate.decide_turn(as_given, _turned_to(_features(rng, 1, shift=25.0), asked))
     assert asked == [3] and decision.refused and decision.turn == 0 and decision.verdict is as_given
     assert decision.turn_flagged  # the warning that goes with the refusal: check the orientation
 
@@ -136,10 +149,65 @@ def test_decide_refuses_when_the_suggested_turn_fails_too(gate):
 def test_decide_applies_a_sure_turn_even_when_the_turned_film_is_refused(gate):
     rng = np.random.default_rng(9)
     sure = GateVerdict(0.5, 1.0, turn=2, turn_probability=TURN_ABOVE, rotated_probability=TURN_ABOVE)
-    passing = gate.decide(sure, _turned_to(_features(rng, 1), []))
+    passing = gate.decide_turn(sure, _turned_to(_features(rng, 1), []))
     assert passing.turn == 2 and not passing.refused and "turned by 180 degrees" in passing.warnings[0]
-    failing = gate.decide(sure, _turned_to(_features(rng, 1, shift=25.0), []))
+    failing = gate.decide_turn(sure, _turned_to(_features(rng, 1, shift=25.0), []))
     assert failing.turn == 2 and failing.refused
+
+
+def _corrected_to(given: np.ndarray, asked: list[Correction], mirror_shift: int = 5, invert_shift: int = INVERT_DIM):
+    """features_of for a synthetic image whose inversion and mirroring move its features along known directions."""
+    def features_of(c: Correction) -> np.ndarray:
+        asked.append(c)
+        return given + TURN_SHIFT * (c.mirror * np.eye(F + T)[mirror_shift] - c.invert * np.eye(F + T)[invert_shift])
+    return features_of
+
+
+def test_decide_reads_a_clean_film_as_given_after_one_look_at_its_mirror_image(gate):
+    rng, asked = np.random.default_rng(11), []
+    decision = gate.decide(_features(rng, 1), _corrected_to(_features(rng, 1) * 0, asked))
+    assert asked == [Correction(mirror=True)] and decision.correction == NO_CORRECTION and not decision.correction
+    assert decision.warnings == () and decision.mirror_probability < 0.01 and not decision.refused
+
+
+def test_decide_mirrors_a_right_hand_and_inverts_an_inverted_film_back(gate):
+    rng = np.random.default_rng(12)
+    left = _features(rng, 1)
+    right, asked = left + 0.2 * TURN_SHIFT * np.eye(F + T)[5], []  # near enough not to be refused
+    decision = gate.decide(right, lambda c: asked.append(c) or (left if c.mirror else right))
+    assert decision.correction == Correction(mirror=True) and asked == [Correction(mirror=True)]
+    assert decision.mirror_probability >= MIRROR_ABOVE and "read as a right hand" in decision.warnings[0]
+    inverted, asked = left + TURN_SHIFT * np.eye(F + T)[INVERT_DIM], []
+    decision = gate.decide(inverted, _corrected_to(inverted, asked))
+    assert decision.correction == Correction(invert=True) and asked == [Correction(invert=True),
+                                                                        Correction(invert=True, mirror=True)]
+    assert decision.as_given.inverted and not decision.verdict.inverted
+    assert "grey scale was inverted" in decision.warnings[0] and len(decision.warnings) == 1
+
+
+def test_decide_does_not_test_the_laterality_of_a_refused_image(gate):
+    rng = np.random.default_rng(13)
+    decision = gate.decide(_features(rng, 1, shift=25.0), _never_turned)
+    assert decision.refused and decision.mirror_probability is None
+
+
+def test_an_unusual_image_is_scored_with_a_warning_between_the_limits(gate):
+    between = GateVerdict(0.5 * (1.0 + gate.limit), gate.limit)
+    assert between.unusual and not between.refused and "unusual image, check it" in between.unusual_note()
+    assert GateVerdict(1.0, gate.limit).unusual is False and GateVerdict(gate.limit * 1.01, gate.limit).refused
+    rng = np.random.default_rng(14)
+    features = _features(rng, 200, shift=3.0)
+    decisions = [gate.decide(f[None], lambda c, f=f: f[None] + TURN_SHIFT * c.mirror * np.eye(F + T)[5])
+                 for f in features]
+    unusual = [d for d in decisions if d.verdict.unusual]
+    assert unusual and all(any("unusual image" in w for w in d.warnings) for d in unusual)
+    assert not any("unusual image" in w for d in decisions if not d.verdict.unusual for w in d.warnings)
+
+
+def test_correction_undoes_in_order_invert_turn_mirror():
+    g = np.arange(12, dtype=np.float32).reshape(3, 4) / 11
+    np.testing.assert_array_equal(Correction(invert=True, turn=1, mirror=True).apply(g), np.fliplr(np.rot90(1 - g)))
+    np.testing.assert_array_equal(NO_CORRECTION.apply(g), g)
 
 
 def test_save_load_round_trip_and_member_check(gate, tmp_path):
@@ -148,12 +216,20 @@ def test_save_load_round_trip_and_member_check(gate, tmp_path):
     loaded = load_gate(tmp_path, "multihead.pt", "ab" * 32)
     features = np.random.default_rng(3).standard_normal((5, F + T))
     np.testing.assert_allclose(loaded.score(features), gate.score(features))
-    assert loaded.limits == gate.limits and loaded.n_pooled == F
+    assert loaded.limits == gate.limits and loaded.n_pooled == F and loaded.limit == gate.limit
     np.testing.assert_allclose(loaded.turn_probabilities(features), gate.turn_probabilities(features))
+    np.testing.assert_allclose(loaded.inverted_probability(features), gate.inverted_probability(features))
+    np.testing.assert_allclose(loaded.mirror_probability(features, features[::-1]),
+                               gate.mirror_probability(features, features[::-1]))
     with pytest.raises(ArtifactError, match="fitted on multihead.pt"):
         load_gate(tmp_path, "multihead.pt", "cd" * 32)
     assert load_gate(tmp_path / "empty", "x.pt", "0") is None
     np.savez(tmp_path / GATE_FILE, reference=np.zeros((3, F)), limit=np.asarray(0.5))  # the pooled-only format
+    with pytest.raises(ArtifactError, match="older format"):
+        load_gate(tmp_path, "multihead.pt", "ab" * 32)
+    gate.save(tmp_path / "current.npz")
+    with np.load(tmp_path / "current.npz") as z:  # a file of version 1 had the same arrays but no format
+        np.savez(tmp_path / GATE_FILE, **{k: z[k] for k in z.files if k != "format"})
     with pytest.raises(ArtifactError, match="older format"):
         load_gate(tmp_path, "multihead.pt", "ab" * 32)
     (tmp_path / GATE_FILE).write_bytes(b"garbage")
@@ -172,13 +248,13 @@ def test_the_committed_gate_passes_real_radiographs_and_refuses_generated_negati
     assert predictor.gate is not None, predictor.notes
     for stem, male in (("1377", False), ("1378", False), ("1380", True)):
         assert not predictor.predict(fullres_dir / f"{stem}.png", male=male).gate.refused
-    refused = []
-    for name, image in negative_set().items():
+    refused, negatives = [], negative_set(fullres_dir)
+    for name, image in negatives.items():
         try:
             predictor.predict(image, male=True, name=name)
         except InputError:
             refused.append(name)
-    assert len(refused) >= 0.9 * len(negative_set()), sorted(set(negative_set()) - set(refused))
+    assert len(refused) >= REFUSED_NEGATIVES * len(negatives), sorted(set(negatives) - set(refused))
 
 
 def test_decide_turns_a_film_it_is_sure_is_not_upright_by_the_turn_that_makes_it_upright(gate):
@@ -193,11 +269,11 @@ def test_decide_turns_a_film_it_is_sure_is_not_upright_by_the_turn_that_makes_it
         asked.append(k)
         return upright if k == 2 else sideways
 
-    decision = gate.decide(as_given, turned)
+    decision = gate.decide_turn(as_given, turned)
     assert sorted(asked) == [1, 2, 3] and decision.turn == 2 and not decision.refused
     assert "turned by 180 degrees" in decision.warnings[0] and "not sure" not in " ".join(decision.warnings)
     unsure = GateVerdict(0.5, 1.0, turn=1, turn_probability=0.6, rotated_probability=0.9)  # below TURN_ABOVE
-    flagged = gate.decide(unsure, _never_turned)
+    flagged = gate.decide_turn(unsure, _never_turned)
     assert flagged.turn == 0 and flagged.turn_flagged and "scored as given" in flagged.warnings[0]
 
 
@@ -256,3 +332,50 @@ def test_the_committed_gate_scores_like_the_float64_sort(committed_predictor, fu
     for a, b in zip(new, old):
         assert abs(a.gate.score - b.gate.score) < 1e-5
         assert abs(a.bone_age_months - b.bone_age_months) <= 0.05 and a.stage == b.stage
+
+
+@pytest.fixture(scope="module")
+def test_films(committed_artifacts, data_299):
+    """Four test-split films of the committed split (299 px WebP), as gray images."""
+    import pandas as pd
+
+    from boneage_core.data import attach_paths, find_dataset, read_labels, with_split
+    from boneage_core.imaging import load_gray
+
+    csv, image_dir = find_dataset(data_299)
+    split = pd.read_csv(committed_artifacts / "split.csv", dtype={"id": str})
+    films = with_split(attach_paths(read_labels(csv), image_dir), split)
+    return [load_gray(p) for p in films[films["split"] == "test"]["path"].iloc[:4]]
+
+
+def _decide(predictor: Predictor, gray: np.ndarray):
+    """The committed gate's decision on one gray image, as Predictor.predict makes it."""
+    return predictor.gate.decide(predictor.gate_features(gray), lambda c: predictor.gate_features(c.apply(gray)))
+
+
+def test_the_committed_gate_accepts_films_under_ordinary_acquisition_shifts(committed_predictor, test_films):
+    """Every MILD shift but noise is read (at most an "unusual image" warning), never refused or inverted, and rarely
+    mirrored (the laterality test was fitted on clean pairs: strong JPEG turned one of these films); noisy films are
+    refused or warned about, never read silently (docs/shift.md: the OOD score still refuses noise); the same films
+    inverted or mirrored are read corrected."""
+    from boneage_core.acquisition import MILD, SHIFTS, as_upload
+
+    mirrored = []
+    for i, gray in enumerate(test_films):
+        clean = _decide(committed_predictor, gray)
+        # a test film may be a right hand: then it is mirrored as given and its shifted copies with it
+        assert not clean.refused and not clean.correction.invert and not clean.turn, (i, clean.warnings)
+        for name in MILD:
+            decision = _decide(committed_predictor, as_upload(SHIFTS[name](gray)))
+            if name in STILL_REFUSED:
+                assert decision.refused or decision.verdict.unusual, (i, name, decision.verdict.score)
+                continue
+            assert not decision.refused, (i, name, decision.verdict.score)
+            assert not decision.correction.invert, (i, name, decision.warnings)
+            mirrored += [(i, name)] * (decision.correction.mirror != clean.correction.mirror)
+        assert _decide(committed_predictor, 1.0 - gray).correction.invert, i
+        assert _decide(committed_predictor, np.ascontiguousarray(gray[:, ::-1])).correction.mirror != \
+            clean.correction.mirror, i
+    # measured 9 of 64 (14 %): blur, down-sampling, JPEG q30 and contrast change the laterality answer; the test was
+    # fitted on clean pairs only (issue 29: fit it on shifted pairs too). This bound keeps it from getting worse.
+    assert len(mirrored) <= LATERALITY_CHANGED * len(test_films) * len(MILD), mirrored

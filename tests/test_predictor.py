@@ -13,7 +13,7 @@ from PIL import Image
 
 from boneage_core.calibration import CALIBRATION_FILE, load_calibration
 from boneage_core.errors import ArtifactError, InputError, MissingArtifactError
-from boneage_core.gate import NotARadiographError
+from boneage_core.gate import Correction, NotARadiographError
 from boneage_core.heads import AGE, STAGE
 from boneage_core.imaging import ImageLoadError, load_gray
 from boneage_core.manifest import build_manifest, read_manifest, write_manifest
@@ -292,7 +292,8 @@ def test_a_sideways_hand_is_scored_turned_not_refused(committed_predictor, fullr
 
 @pytest.mark.slow
 def test_a_turn_is_tried_on_the_gate_member_alone(committed_predictor, fullres_dir, monkeypatch):
-    """The ensemble runs on a turned film only when it is scored turned; a refusal costs one ensemble pass."""
+    """The ensemble runs again only on a film scored corrected; a refusal costs one ensemble pass; the laterality test
+    costs one gate-member pass per scored film."""
     loaded = committed_predictor
     calls = {"outputs": 0, "gate_features": 0}
     for method in calls:
@@ -314,13 +315,34 @@ def test_a_turn_is_tried_on_the_gate_member_alone(committed_predictor, fullres_d
             turned = any("was turned" in w for w in pred.warnings)
             searched = any("of the three turns" in w for w in pred.warnings)  # sure it is turned, not which way
             assert (pred.turn != 0) == turned and pred.to_dict()["turned_degrees"] == 90 * pred.turn
-            if turned:  # `original` is the image as scored: the given one turned by pred.turn
-                np.testing.assert_array_equal(pred.original, np.rot90(np.rot90(gray, k), pred.turn))
-            assert calls["outputs"] == (2 if turned else 1), (path.name, k)
-            # scored as given: never tried turned; turned: the suggested turn, or each of the three when searched
-            assert calls["gate_features"] == (3 if searched else int(turned)), (path.name, k)
-            tried += calls["gate_features"]
+            assert pred.mirrored == any("read as a right hand" in w for w in pred.warnings) == pred.to_dict()["mirrored"]
+            # `original` is the image as scored: the given one corrected
+            np.testing.assert_array_equal(pred.original, Correction(pred.inverted, pred.turn, pred.mirrored).apply(
+                np.rot90(gray, k)))
+            corrected = turned or pred.mirrored or pred.inverted
+            assert calls["outputs"] == (2 if corrected else 1), (path.name, k)
+            # the turn: never tried when scored as given; the suggested turn, or each of the three when searched;
+            # then the laterality test's mirror image (and the inverted film, when inverted back)
+            assert calls["gate_features"] == (3 if searched else int(turned)) + 1 + pred.inverted, (path.name, k)
+            tried += calls["gate_features"] - 1
     assert tried >= 1  # some sideways film was tried turned
+
+
+def test_mirrored_and_inverted_films_are_read_corrected(committed_predictor, fullres_dir):
+    """A right hand (a mirrored film) is mirrored back and an inverted grey scale inverted back, both said in the
+    warnings and the JSON, and read within a few months of the film as given; the films as given are not corrected."""
+    loaded = committed_predictor
+    for stem in ("1377", "1380", "1385"):
+        gray = load_gray(fullres_dir / f"{stem}.png")
+        clean = loaded.predict(gray, male=False)
+        assert not (clean.mirrored or clean.inverted or clean.turn), (stem, clean.warnings)
+        right = loaded.predict(np.ascontiguousarray(gray[:, ::-1]), male=False)
+        assert right.mirrored and right.to_dict()["mirrored"] and "read as a right hand" in right.warnings[0], stem
+        inverted = loaded.predict(1.0 - gray, male=False)
+        assert inverted.inverted and inverted.to_dict()["grey_scale_inverted"], stem
+        assert "grey scale was inverted" in inverted.warnings[0], stem
+        for pred in (right, inverted):
+            assert pred.bone_age_months == pytest.approx(clean.bone_age_months, abs=3.0), (stem, pred.warnings)
 
 
 @pytest.mark.parametrize("months,text", [(0, "0 y 0 m"), (124.6, "10 y 5 m"), (239.7, "20 y 0 m")])

@@ -9,7 +9,8 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 from scipy.ndimage import gaussian_filter
 
-from boneage_core.preprocess import resize_to, to_uint8
+from .imaging import load_gray
+from .preprocess import PreprocessSpec, prepare, resize_to, to_uint8
 
 #: Side of the training copy's images: the blur's sigma is given at this size and scaled with the image.
 TRAIN_SIDE = 299
@@ -147,3 +148,22 @@ SHIFTS: dict[str, Shift] = {
     "sideways (90 deg)": lambda g: quarter_turns(g, 1),
 }
 CLEAN = "clean"
+#: The acquisition variation the input gate must take as a radiograph (fitted on them, at most 0.5 % refused each):
+#: what other scanners, conversions and film handling leave. The stronger shifts of SHIFTS are not in it.
+MILD = ("gamma 0.7", "gamma 1.4", "contrast x0.5", "brightness +20", "brightness -20", "noise sigma 3",
+        "blur sigma 1.5 px @299", "JPEG q75", "JPEG q30", "down to 128 px and back", "rotated +10 deg",
+        "rotated -10 deg", "black padding 20 % each side", "white padding 20 % each side", "tight crop 8 % each side",
+        "burned-in text + marker")
+
+
+def as_upload(film: np.ndarray | bytes) -> np.ndarray:
+    """The gray image (float in [0, 1]) a user's file of this transformed film holds: 8-bit pixels, or the decoded file."""
+    return load_gray(film) if isinstance(film, bytes) else to_uint8(film).astype(np.float32) / 255.0
+
+
+def shifted_inputs(paths: list, spec: PreprocessSpec, seed: int, names: tuple[str, ...] = MILD) -> np.ndarray:
+    """uint8 (N, S, S) model inputs of the films at `paths`, each under one of the shifts `names` drawn at random
+    (seeded), read as an upload of it would be (:func:`as_upload`)."""
+    rng = np.random.default_rng(seed)
+    drawn = rng.integers(len(names), size=len(paths))
+    return np.stack([prepare(as_upload(SHIFTS[names[d]](load_gray(path))), spec) for d, path in zip(drawn, paths)])
