@@ -2,7 +2,7 @@
 
 python -m benchmarks.bench_gate_shift --split test --n 150 --samples ../shared/data/samples-fullres --out gate_shift.md
 
-Only the gate member runs (``Predictor.gate_features`` and ``InputGate.decide``, the rule ``Predictor.predict``
+Only the gate member runs (``Ensemble.decide``: ``Ensemble.decisions``, the rule ``Predictor.predict``
 applies), so all shifts of a few hundred films take minutes: per transform the share of films refused, scored
 with the "unusual image" warning, turned back, flagged as maybe rotated, mirrored back and inverted back. The
 estimates (MAE) under each shift are ``benchmarks/bench_shift.py``'s.
@@ -14,7 +14,6 @@ import argparse
 from datetime import datetime, timezone
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import torch
 from tqdm import tqdm
@@ -38,11 +37,6 @@ def outcome(decision: GateDecision) -> dict[str, bool]:
             "mirrored back": decision.correction.mirror, "inverted back": decision.correction.invert}
 
 
-def decide(predictor: Predictor, gray: np.ndarray) -> GateDecision:
-    """The gate's decision on one gray image, as Predictor.predict makes it."""
-    return predictor.gate.decide(predictor.gate_features(gray), lambda c: predictor.gate_features(c.apply(gray)))
-
-
 def measure(predictor: Predictor, films: pd.DataFrame, shifts: dict) -> pd.DataFrame:
     """One row per (film, transform) with the OUTCOMES."""
     rows = []
@@ -50,7 +44,7 @@ def measure(predictor: Predictor, films: pd.DataFrame, shifts: dict) -> pd.DataF
         gray = load_gray(film.path)
         for name, shift in shifts.items():
             image = gray if name == CLEAN else as_upload(shift(gray))
-            rows.append({"id": film.id, "transform": name, **outcome(decide(predictor, image))})
+            rows.append({"id": film.id, "transform": name, **outcome(predictor.decide(image))})
     return pd.DataFrame(rows)
 
 
@@ -69,7 +63,7 @@ def negatives(predictor: Predictor, samples: Path | None) -> list[str]:
     images = negative_set(samples)
     for name, image in images.items():
         try:
-            decision = decide(predictor, image)
+            decision = predictor.decide(image)
         except InputError as exc:
             refused += 1
             lines.append(f"| {name} | refused before the gate | {str(exc)[:60]} |")

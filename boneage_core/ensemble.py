@@ -191,7 +191,21 @@ class Ensemble:
 
     def decisions(self, features: np.ndarray, gray_of: Callable[[int], np.ndarray]) -> list[GateDecision]:
         """The input gate's decision per feature row (``InputGate.decide``): a correction (grey scale inverted back,
-        turn, mirroring) is tried on the gate member alone, on ``gray_of(row)`` corrected (read only when one is tried;
-        the laterality test reads every image's mirror image)."""
-        return [self.gate.decide(features[i:i + 1], lambda c, i=i: self.gate_features(c.apply(gray_of(i))))
-                for i in range(len(features))]
+        turn, mirroring) is tried on the gate member alone, on ``gray_of(row)`` corrected. ``gray_of(row)`` is called
+        at most once per row, when a first correction is tried (the laterality test reads every scored image's mirror
+        image; a turn search tries three more)."""
+        out = []
+        for i in range(len(features)):
+            read: list[np.ndarray] = []
+
+            def corrected(c, i=i, read=read) -> np.ndarray:
+                if not read:
+                    read.append(gray_of(i))
+                return self.gate_features(c.apply(read[0]))
+
+            out.append(self.gate.decide(features[i:i + 1], corrected))
+        return out
+
+    def decide(self, gray: np.ndarray) -> GateDecision:
+        """The input gate's decision on one gray image (as given), by the rule ``Predictor.predict`` applies."""
+        return self.decisions(self.gate_features(gray), lambda _: gray)[0]

@@ -163,7 +163,8 @@ def gate_columns(ensemble: Ensemble, frame: pd.DataFrame, cache_dir,
         rows, pixels = _aligned(frame, images)
         features = rows.index, member_features(net, torch.from_numpy(pixels), ensemble.device, progress=True)
     paths = frame.loc[features[0], "path"].tolist()
-    decisions = ensemble.decisions(features[1], lambda i: load_gray(paths[i]))  # a file is read again only to correct it
+    # each scored file is read again once: the laterality test reads its mirror image, a correction the corrected film
+    decisions = ensemble.decisions(features[1], lambda i: load_gray(paths[i]))
     out = pd.DataFrame({"gate_score": [d.as_given.score for d in decisions],
                         "gate_refused": [d.refused for d in decisions],
                         "gate_turn": [d.turn for d in decisions],

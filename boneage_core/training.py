@@ -23,6 +23,7 @@ from PIL import Image
 from torch.nn.parallel import DistributedDataParallel
 from tqdm.auto import tqdm
 
+from .acquisition import jpeg
 from .distributed import LOCAL, DistContext, shard_indices
 from .errors import ResumeError
 from .heads import get_head
@@ -130,14 +131,11 @@ def _gaussian_blur(x: torch.Tensor, sd: torch.Tensor) -> torch.Tensor:
 
 
 def _jpeg(x: torch.Tensor, quality: Sequence[int]) -> torch.Tensor:
-    """Each image of a (B, 1, H, W) batch in [0, 1] saved as a greyscale JPEG of its own quality and read back."""
-    out = []
-    for img, q in zip(x[:, 0].detach().float().cpu().mul(255).round().clamp(0, 255).to(torch.uint8).numpy(), quality):
-        buf = BytesIO()
-        Image.fromarray(img).save(buf, format="JPEG", quality=int(q))
-        buf.seek(0)
-        out.append(torch.from_numpy(np.asarray(Image.open(buf).convert("L"), dtype=np.uint8).copy()))
-    return torch.stack(out).unsqueeze(1).to(x.device, x.dtype).div(255.0)
+    """Each image of a (B, 1, H, W) batch in [0, 1] saved as a greyscale JPEG of its own quality
+    (``acquisition.jpeg``, as the shift benchmark saves one) and decoded back."""
+    images = x[:, 0].detach().float().cpu().numpy()
+    out = np.stack([np.asarray(Image.open(BytesIO(jpeg(img, int(q)))).convert("L")) for img, q in zip(images, quality)])
+    return torch.from_numpy(out).unsqueeze(1).to(x.device, x.dtype).div(255.0)
 
 
 def acquisition_shift(x: torch.Tensor, generator: torch.Generator | None = None, prob: float = 0.0) -> torch.Tensor:

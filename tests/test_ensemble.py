@@ -146,3 +146,17 @@ def test_named_members_without_calibration_give_the_raw_combination(pair_folder,
     out = loaded.outputs(loaded.inputs(load_gray(fullres_sample)), [True])
     assert out.bounds is None and out.gate_features is None
     np.testing.assert_array_equal(out.combined[AGE], out.raw[AGE])
+
+
+def test_decisions_read_each_film_once_however_many_corrections_are_tried(committed_predictor, fullres_dir):
+    """A sideways or upside-down film has several corrections tried (turns, then the mirror image): its file is read
+    once; `decide` on one image is the same rule."""
+    grays = [np.ascontiguousarray(np.rot90(load_gray(p), k)) for p, k in
+             zip(sorted(fullres_dir.glob("*.png"))[:3], (1, 2, 3))]
+    features = np.concatenate([committed_predictor.gate_features(g) for g in grays])
+    reads: list[int] = []
+    decisions = committed_predictor.decisions(features, lambda i: reads.append(i) or grays[i])
+    assert reads and len(reads) == len(set(reads))  # at most once per film, though each had several tries
+    for gray, decision in zip(grays, decisions):
+        again = committed_predictor.decide(gray)
+        assert (again.correction, again.refused) == (decision.correction, decision.refused)
