@@ -1,6 +1,6 @@
 """Inference throughput (images/s) of one member through inference.member_outputs, by batch size.
 
-python -m benchmarks.bench_inference_batch --model artifacts/multihead_crop.pt --threads 2 [--images 64] [--tta | --views 1,0.94]
+python -m benchmarks.bench_inference_batch --model artifacts/multihead_crop288.pt --threads 2 [--images 64] [--tta | --views 1,0.94]
 What evaluate, training's validation and the input gate's fit run: the model's own input size, random
 uint8 inputs (speed does not depend on the content), no gradients, float32 on the CPU. The first batch
 size is run once before the clock starts; every size is timed `--repeats` times and the best is kept.
@@ -20,7 +20,7 @@ from boneage_core.views import NO_TTA, add_views_arguments, describe_views
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", default="artifacts/multihead_crop.pt")
+    parser.add_argument("--model", default="artifacts/multihead_crop288.pt")
     parser.add_argument("--images", type=int, default=64)
     parser.add_argument("--batch-sizes", default="1,4,8,16,32,64")
     add_views_arguments(parser, NO_TTA, "of each image")

@@ -22,6 +22,11 @@ calibrated on the validation split:
   is weak; the difference of the pair cancels what both share. Exactly antisymmetric: a film and its mirror image
   always get opposite answers. It costs one more pass of the gate member per image.
 
+A fourth, plain check reads no network: the grey-level entropy of the model input (``preprocess.grey_entropy``, the
+last gate feature). A radiograph is a continuum of grey; a drawing, a phantom or a screenshot is a few flat levels
+and is refused below MIN_GREY_ENTROPY bits, however near the hands its deep features lie (the Shepp-Logan phantom's
+do: it scored 0.92).
+
 Between a level's limit and REFUSE_ABOVE times it an image is "unusual: check it" (scored with a warning); beyond
 it is refused. The banks and limits hold films as filmed: fitted with films under ordinary acquisition shifts too
 (``acquisition.MILD``), noise of 3 grey levels passed, but so did photographs, CT / MR slices and a phantom, whose
@@ -30,8 +35,9 @@ features lie as near the hands as those of noisy hands (docs/shift.md, last sect
 An inverted grey scale is inverted back, a right hand (mirrored film) mirrored back, and an image the orientation
 model is sure about (p >= TURN_ABOVE) turned back, each with a warning; a less certain turn is flagged but scored as
 given. An image whose features lie outside the training distribution is refused with its score and the limit,
-unless a suggested turn (p >= TURN_FLAG_ABOVE) brings it inside: a sideways film is then scored turned, with a
-warning (:meth:`InputGate.decide`, the one rule, used by ``Predictor`` and ``evaluate``).
+unless a suggested turn (p >= TURN_FLAG_ABOVE) or the inversion brings it inside: a sideways film is then scored
+turned, with a warning. One correction may rescue an image refused as given, not two: a photograph refused as given
+passed once inverted *and* turned (:meth:`InputGate.decide`, the one rule, used by ``Predictor`` and ``evaluate``).
 """
 
 from __future__ import annotations
@@ -60,6 +66,11 @@ MIRROR_ABOVE = 0.5
 #: it, the image is scored with an "unusual image: check it" warning. At 1.1 each ordinary acquisition shift but noise
 #: has at most 0.5 % of 400 validation films refused, and 28 of the 29 generated non-radiographs are.
 REFUSE_ABOVE = 1.1
+#: Grey-level entropy (bits; padding trimmed, the background level left out) below which an image is refused as a
+#: drawing, phantom or screenshot. Measured on every 8th training film (1,577) at 256 px: clean >= 4.28, the lowest
+#: under any acquisition shift 3.26 (20 % white padding each side; its 0.1 % quantile 3.69); the Shepp-Logan phantom
+#: 2.68, a single-frame DICOM of a flat test pattern 1.13. A heuristic with ~0.3 bit of margin on either side.
+MIN_GREY_ENTROPY = 3.0
 #: Version of gate.npz; files without it hold the single-image laterality model and no inversion model.
 GATE_FORMAT = 2
 #: Probability of "not upright" from which a suspected turn is flagged: lower than TURN_ABOVE, because a
@@ -112,6 +123,12 @@ class GateVerdict:
     rotated_probability: float = 0.0  # 1 - P(upright): the image needs some turn
     inverted_probability: float = 0.0  # P(the grey scale is inverted)
     usual_limit: float = 1.0  # the score up to which an image is as usual as the validation films
+    grey_entropy: float = 8.0  # bits of the input's grey-level histogram (background left out); see MIN_GREY_ENTROPY
+
+    @property
+    def flat(self) -> bool:
+        """Too few grey levels for a radiograph (a drawing, a phantom, a screenshot): refused whatever its score."""
+        return self.grey_entropy < MIN_GREY_ENTROPY
 
     @property
     def inverted(self) -> bool:
@@ -155,12 +172,12 @@ class GateVerdict:
 
     @property
     def refused(self) -> bool:
-        return self.score > self.limit
+        return self.score > self.limit or self.flat
 
     @property
     def unusual(self) -> bool:
         """Scored, but farther from the training films than the validation films."""
-        return self.usual_limit < self.score <= self.limit
+        return self.usual_limit < self.score <= self.limit and not self.flat
 
     def unusual_note(self) -> str:
         score, limit = distinct_numbers(self.score, self.usual_limit)
@@ -170,6 +187,10 @@ class GateVerdict:
                 "usual quality")
 
     def reason(self) -> str:
+        if self.flat:
+            return (f"this does not look like a radiograph: it holds too few grey levels (grey-level entropy "
+                    f"{self.grey_entropy:.2f} bits, a radiograph has at least {MIN_GREY_ENTROPY:g}), like a drawing, a "
+                    "phantom or a screenshot; no bone age is given")
         score, limit = distinct_numbers(self.score, self.limit)
         relation = "above" if self.refused else "at or below"
         return (f"this does not look like a hand radiograph like those the models were trained on "
@@ -231,7 +252,7 @@ class InputGate:
     """The fitted gate (see the module docstring); `member` and `member_sha256` name the network it reads.
 
     Its input is a member's gate features (``inference.gate_features``): `n_pooled` pooled features, then
-    the texture statistics. The orientation and laterality models read the pooled features, the grey-scale model
+    the texture statistics, then the grey-level entropy of the input. The orientation and laterality models read the pooled features, the grey-scale model
     the texture statistics.
     """
 
@@ -254,9 +275,14 @@ class InputGate:
     limit = REFUSE_ABOVE  # the score above which an image is refused
 
     def levels(self, features: np.ndarray) -> dict[str, np.ndarray]:
-        """Gate features (N, F) split into their levels."""
+        """Gate features (N, F) split into the levels the OOD score reads (the grey-level entropy, last, is not one)."""
         features = np.atleast_2d(features)
-        return {POOLED: features[:, :self.n_pooled], TEXTURE: features[:, self.n_pooled:]}
+        return {POOLED: features[:, :self.n_pooled], TEXTURE: features[:, self.n_pooled:-1]}
+
+    @staticmethod
+    def grey_entropy(features: np.ndarray) -> np.ndarray:
+        """The grey-level entropy of each image (the last gate feature)."""
+        return np.atleast_2d(features)[:, -1]
 
     def pooled(self, features: np.ndarray) -> np.ndarray:
         """The pooled level of gate features (what the orientation and laterality models read)."""
@@ -297,12 +323,12 @@ class InputGate:
     def verdicts(self, features: np.ndarray) -> list[GateVerdict]:
         """One verdict per feature row."""
         scores, turns = self.score(features), self.turn_probabilities(features)
-        inverted = self.inverted_probability(features)
+        inverted, entropy = self.inverted_probability(features), self.grey_entropy(features)
         out = []
-        for s, t, i in zip(scores, turns, inverted):
+        for s, t, i, e in zip(scores, turns, inverted, entropy):
             k = int(t[1:].argmax()) + 1  # the likeliest turn; flagged when P(not upright) is high enough
             out.append(GateVerdict(float(s), self.limit, k if 1.0 - t[0] >= TURN_FLAG_ABOVE else 0, float(t[k]),
-                                   float(1.0 - t[0]), float(i), self.usual_limit))
+                                   float(1.0 - t[0]), float(i), self.usual_limit, float(e)))
         return out
 
     def decide(self, features: np.ndarray, features_of: Callable[[Correction], np.ndarray]) -> GateDecision:
@@ -311,8 +337,11 @@ class InputGate:
         `features_of(c)` gives the gate features of the image corrected by `c` (:meth:`Correction.apply`). In order:
         an inverted grey scale is inverted back; the turn is decided (:meth:`decide_turn`); unless refused, the
         laterality test reads the image (as corrected so far) and its mirror image, and a right hand is mirrored.
+        An image refused as given stays refused when only inverting it back *and* turning it would let it pass.
         """
         as_given = verdict = self.verdicts(features)[0]
+        if as_given.flat:
+            return GateDecision(as_given, as_given)
         correction, notes = NO_CORRECTION, []
         if verdict.inverted:
             correction = Correction(invert=True)
@@ -325,6 +354,8 @@ class InputGate:
             return seen[k]
 
         turning = self.decide_turn(verdict, turned)
+        if as_given.refused and correction.invert and turning.turn and verdict.refused:
+            return GateDecision(as_given, as_given)  # two corrections to pass: a photograph did (docs/shift.md)
         verdict, correction = turning.verdict, replace(correction, turn=turning.turn)
         notes += [w for w in turning.warnings if w not in notes]
         features = seen.get(turning.turn, features)
@@ -432,13 +463,14 @@ def fit_gate(train: np.ndarray, val: np.ndarray, turned: dict[int, np.ndarray], 
     1 - refuse_rate / 2 (the largest validation distance by default); an image is refused above REFUSE_ABOVE
     times it.
     """
-    if not 0 < n_pooled < train.shape[1]:
-        raise ValueError(f"n_pooled {n_pooled} must split the {train.shape[1]} gate features into two levels")
+    if not 0 < n_pooled < train.shape[1] - 1:
+        raise ValueError(f"n_pooled {n_pooled} must split the {train.shape[1] - 1} deep gate features (then the grey-level "
+                         "entropy) into two levels")
     if not len(upright) == len(mirrored) == len(inverted):
         raise ValueError(f"upright, mirrored and inverted must be the same images ({len(upright)}, {len(mirrored)}, "
                          f"{len(inverted)} rows)")
     gate = InputGate({}, {}, n_pooled, min(k, len(train)), np.zeros((4, n_pooled)), np.zeros(4), np.zeros(n_pooled),
-                     np.zeros(train.shape[1] - n_pooled), 0.0)
+                     np.zeros(train.shape[1] - n_pooled - 1), 0.0)
     gate.references = {level: unit_rows(f).astype(np.float16) for level, f in gate.levels(train).items()}
     gate.limits = {level: float(np.quantile(d, 1.0 - refuse_rate / len(LEVELS)))
                    for level, d in gate.distances(val).items()}

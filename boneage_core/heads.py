@@ -69,19 +69,37 @@ class Head:
         """Holdout metrics with by-sex / by-age-group breakdowns for one prediction column."""
         raise NotImplementedError
 
-    def cam_target(self, out: torch.Tensor, class_index: int | None):
-        """The Grad-CAM target (a callable on one image's head output) that explains this head's answer."""
+    def cam_target(self, class_index: int | None):
+        """The Grad-CAM target (a callable on one image's head output) that explains this head's answer; it reads
+        what it needs from the output of the CAM's own forward pass (no pass before it)."""
         raise NotImplementedError
 
 
 class SignedScore:
-    """Grad-CAM target: a single output times a fixed sign (+1: what raises it, -1: what lowers it)."""
+    """Grad-CAM target: a single output times a sign (+1: what raises it, -1: what lowers it); without a sign, the
+    sign of the output it is given (what moved it away from 0, in the direction it moved)."""
 
-    def __init__(self, sign: float):
+    def __init__(self, sign: float | None = None):
         self.sign = sign
 
     def __call__(self, model_output: torch.Tensor) -> torch.Tensor:
-        return self.sign * model_output.reshape(-1)[0]
+        score = model_output.reshape(-1)[0]
+        sign = self.sign if self.sign is not None else (1.0 if float(score.detach()) >= 0 else -1.0)
+        return sign * score
+
+
+class ClassLogit:
+    """Grad-CAM target: the logit of class `category`; without one, of the likeliest class of the output it is given
+    (then kept in `category`, so the caller can say which class was explained)."""
+
+    def __init__(self, category: int | None = None):
+        self.category = category
+
+    def __call__(self, model_output: torch.Tensor) -> torch.Tensor:
+        logits = model_output.reshape(-1)
+        if self.category is None:
+            self.category = int(logits.detach().argmax())
+        return logits[self.category]
 
 
 class AgeHead(Head):
@@ -109,14 +127,14 @@ class AgeHead(Head):
     def val_score(self, decoded, boneage, male, scheme) -> float:
         return float(np.abs(np.asarray(decoded) - np.asarray(boneage, dtype=np.float64)).mean())
 
-    def cam_target(self, out, class_index):
+    def cam_target(self, class_index):
         """What moved the estimate away from the training mean age, in the direction it moved.
 
         A raw-score target asks "what makes this hand look older", which for a young child points at the
         background; the signed target asks "what made this estimate young" for a young hand and "old" for an
         old one, which is the question a clinician has for every age.
         """
-        return SignedScore(1.0 if float(out.float().view(-1)[0]) >= 0 else -1.0)
+        return SignedScore()  # the standardised age: its sign says whether the estimate is above the mean
 
     def metrics(self, frame, column, scheme, n_boot, seed) -> dict:
         stats = regression_metrics(frame["boneage"], frame[column])
@@ -162,11 +180,9 @@ class StageHead(Head):
         """The stage probabilities (n, n_classes) back from a prediction table's columns."""
         return frame[[self._probability_column(prefix, k) for k in range(n_classes)]].to_numpy(dtype=np.float64)
 
-    def cam_target(self, out, class_index):
+    def cam_target(self, class_index):
         """The logit of the stage shown (class_index), or of the most likely stage."""
-        from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
-
-        return ClassifierOutputTarget(int(out.argmax(-1).view(-1)[0]) if class_index is None else int(class_index))
+        return ClassLogit(None if class_index is None else int(class_index))
 
     def metrics(self, frame, column, scheme, n_boot, seed) -> dict:
         true = scheme.stage_of(frame["boneage"], frame["male"])

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from .heads import combine, get_head
-from .preprocess import prepare
+from .preprocess import grey_entropy, prepare
 from .views import NO_TTA, TTA_SCALES, Views, as_views
 
 if TYPE_CHECKING:
@@ -106,7 +106,7 @@ def member_outputs(net: Member, images: torch.Tensor, male: torch.Tensor, device
             with autocast(device, cpu_bf16):
                 pooled, texture, out = net.infer(view, m)
             if scale == 1.0 and features is not None:
-                features.append(gate_features(pooled, texture))
+                features.append(gate_features(pooled, texture, images[i:i + batch_size]))
             for head in spec.heads:
                 decoded = get_head(head).decode(out[head], spec)
                 if v == len(per_view[head]):
@@ -124,7 +124,7 @@ def ensemble_outputs(members: Sequence[Mapping[str, list[np.ndarray]]]) -> dict[
 @torch.no_grad()
 def member_features(net: Member, images: torch.Tensor | np.ndarray, device: torch.device,
                     batch_size: int | None = None, progress: bool = False) -> np.ndarray:
-    """Gate features (N, F + 2C) of uint8 (N, S, S) model inputs, one view (what the input gate reads)."""
+    """Gate features (N, F + 2C + 1) of uint8 (N, S, S) model inputs, one view (what the input gate reads)."""
     net.eval()
     batch_size = batch_size or inference_batch(device)
     images = torch.as_tensor(np.ascontiguousarray(images)) if isinstance(images, np.ndarray) else images
@@ -133,15 +133,18 @@ def member_features(net: Member, images: torch.Tensor | np.ndarray, device: torc
     for i in tqdm(starts, desc="features", disable=not progress or len(starts) < 3):
         x = to_input(images[i:i + batch_size], device)
         pooled, texture, _ = net.infer(x, torch.zeros(len(x), dtype=torch.long, device=device))
-        out.append(gate_features(pooled, texture))
+        out.append(gate_features(pooled, texture, images[i:i + batch_size]))
     return np.concatenate(out) if out else np.zeros((0, 0))
 
 
 def image_gate_features(net: Member, gray: np.ndarray, device: torch.device) -> np.ndarray:
-    """Gate features (1, F + 2C) of one float gray image, prepared like every model input (:func:`prepare`)."""
+    """Gate features (1, F + 2C + 1) of one float gray image, prepared like every model input (:func:`prepare`)."""
     return member_features(net, prepare(gray, net.spec.preprocess)[None], device)
 
 
-def gate_features(pooled: torch.Tensor, texture: torch.Tensor) -> np.ndarray:
-    """What the input gate reads: the pooled features (B, F), then the texture statistics (B, 2C), as float64."""
-    return torch.cat([pooled.float(), texture.float()], dim=1).cpu().numpy().astype(np.float64)
+def gate_features(pooled: torch.Tensor, texture: torch.Tensor, images: torch.Tensor | np.ndarray) -> np.ndarray:
+    """What the input gate reads, as float64: the pooled features (B, F), the texture statistics (B, 2C), then the
+    grey-level entropy of the uint8 inputs `images` (B, S, S) (:func:`preprocess.grey_entropy`)."""
+    entropy = grey_entropy(images.cpu().numpy() if isinstance(images, torch.Tensor) else images)
+    deep = torch.cat([pooled.float(), texture.float()], dim=1).cpu().numpy().astype(np.float64)
+    return np.concatenate([deep, entropy[:, None]], axis=1)

@@ -211,10 +211,9 @@ class Predictor(Ensemble):
         box = crop_box(gray, spec)  # found once: the model's input and the heatmap's way back share it
         x = to_input(torch.from_numpy(prepare(gray, spec, box))[None], self.device)  # as member_outputs feeds it
         model = HeadOutput(net, torch.tensor([int(male)], device=self.device), head).eval()
-        with torch.inference_mode():
-            target = get_head(head).cam_target(model(x), class_index)
-        class_index = getattr(target, "category", None)
+        target = get_head(head).cam_target(class_index)  # reads the output of the CAM's own (only) forward pass
         with HiResCAM(model=model, target_layers=[net.cam_layer(head)]) as cam:
             model_heatmap = cam(input_tensor=x, targets=[target])[0]
+        class_index = getattr(target, "category", None)
         heatmap = np.clip(heatmap_to_original(model_heatmap, gray.shape, box), 0.0, 1.0)
         return Explanation(head, heatmap, model_heatmap, gray, alpha, class_index)

@@ -199,6 +199,24 @@ def input_warnings(image: np.ndarray) -> list[str]:
     return warnings
 
 
+def grey_entropy(images: np.ndarray) -> np.ndarray:
+    """Per uint8 model input (N, S, S): the entropy in bits of its grey-level histogram, within the image trimmed of
+    constant border rows and columns (padding), its most common level (the background) left out. A radiograph holds
+    a continuum of grey; a drawing, a phantom or a screenshot a few flat levels (MIN_GREY_ENTROPY in gate.py)."""
+    images = np.asarray(images)
+    out = np.zeros(len(images))
+    for i, image in enumerate(images):
+        rows = np.flatnonzero(image.max(axis=1) != image.min(axis=1))
+        cols = np.flatnonzero(image.max(axis=0) != image.min(axis=0))
+        if len(rows) and len(cols):
+            image = image[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1]
+        counts = np.bincount(image.ravel(), minlength=256).astype(np.float64)
+        counts[counts.argmax()] = 0.0
+        p = counts[counts > 0] / max(counts.sum(), 1.0)
+        out[i] = float(-(p * np.log2(p)).sum())
+    return out
+
+
 def to_uint8(image: np.ndarray) -> np.ndarray:
     """[0, 1] float -> uint8 (for compact caches)."""
     return np.round(np.clip(image, 0.0, 1.0) * 255.0).astype(np.uint8)

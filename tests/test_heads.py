@@ -172,3 +172,18 @@ def test_head_metrics_on_a_small_frame():
     assert stage["n"] == 6 and stage["accuracy"] == pytest.approx(4 / 6)
     assert stage["confusion_matrix"][0] == [1, 1, 0, 0, 0]
     assert stage["by_sex"]["female"]["accuracy"] == pytest.approx(2 / 3)
+
+
+def test_cam_targets_read_the_output_they_are_given():
+    """The Grad-CAM targets decide from the CAM's own forward pass: the age's sign, the stage's likeliest class."""
+    young = torch.tensor([-2.0], requires_grad=True)
+    target = HEADS[AGE].cam_target(None)
+    value = target(young)
+    value.backward()
+    assert float(value.detach()) == 2.0 and float(young.grad[0]) == -1.0  # "what made this estimate young"
+    assert float(HEADS[AGE].cam_target(None)(torch.tensor([1.5]))) == 1.5
+    logits = torch.tensor([0.1, 3.0, -1.0])
+    shown = HEADS[STAGE].cam_target(None)
+    assert float(shown(logits)) == 3.0 and shown.category == 1
+    given = HEADS[STAGE].cam_target(2)
+    assert float(given(logits)) == -1.0 and given.category == 2

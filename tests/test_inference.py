@@ -12,7 +12,7 @@ from boneage_core.inference import (CPU_INFERENCE_BATCH, GPU_INFERENCE_BATCH, TT
                                     ensemble_outputs, image_gate_features, inference_batch, member_features,
                                     member_outputs, resolve_device, to_input, tta_views)
 from boneage_core.models import INIT_SCRATCH, ModelSpec, create_model
-from boneage_core.preprocess import PreprocessSpec, prepare
+from boneage_core.preprocess import PreprocessSpec, grey_entropy, prepare
 from boneage_core.views import NO_TTA
 
 SIZE = 32
@@ -136,7 +136,8 @@ def test_gate_features_come_from_the_same_pass_as_the_outputs(net, images):
     from_outputs = np.concatenate(collected)
     alone = member_features(net, x, CPU, batch_size=3)
     pooled, texture = net.embed(to_input(x, CPU))
-    assert alone.shape == (len(x), pooled.shape[1] + texture.shape[1])
+    assert alone.shape == (len(x), pooled.shape[1] + texture.shape[1] + 1)  # then the grey-level entropy
+    np.testing.assert_allclose(alone[:, -1], grey_entropy(x.numpy()))
     np.testing.assert_allclose(from_outputs, alone, rtol=1e-5, atol=1e-5)  # the unzoomed view, batch-independent
     np.testing.assert_allclose(alone[:, :pooled.shape[1]], pooled.detach().numpy(), rtol=1e-5, atol=1e-5)
 

@@ -210,6 +210,18 @@ def test_explain_unknown_head(predictor, hand_like):
         predictor.explain(hand_like, male=True, head="tea")
 
 
+def test_explain_runs_the_network_forward_once(predictor, hand_like):
+    """Grad-CAM's target reads the output of the CAM's own pass: no forward pass before it (issue 30)."""
+    net = predictor.member_for(AGE)
+    calls = []
+    hook = net.register_forward_hook(lambda *_: calls.append(1))
+    try:
+        predictor.explain(hand_like, male=True)
+    finally:
+        hook.remove()
+    assert len(calls) == 1
+
+
 def test_stage_gradcam_explains_the_given_stage(predictor, fullres_sample):
     pred = predictor.predict(fullres_sample, male=False)
     other = (pred.stage + 1) % predictor.scheme.n_classes

@@ -17,6 +17,7 @@ from boneage_core.preprocess import (
     PreprocessSpec,
     box_pixels,
     contrast_stretch,
+    grey_entropy,
     crop_box,
     hand_crop_box,
     heatmap_to_original,
@@ -402,3 +403,26 @@ def test_prepared_inputs_of_real_films_are_those_of_the_former_steps(fullres_dir
             old = prepare(gray, spec)
             assert np.abs(got.astype(int) - old.astype(int)).max() <= 1, (film.name, spec)
             np.testing.assert_array_equal(got, old, err_msg=f"{film.name} {spec}")
+
+
+def test_grey_entropy_leaves_out_the_background_and_counts_bits():
+    background = np.zeros((1, 32, 32), np.uint8)
+    two = background.copy()
+    two[0, :4, :] = 100
+    two[0, 4:8, :] = 200  # two equal levels beside the background: 1 bit
+    spread = np.random.default_rng(0).integers(0, 256, (1, 32, 32)).astype(np.uint8)
+    out = grey_entropy(np.concatenate([background, two, spread]))
+    assert out[0] == 0.0 and out[1] == pytest.approx(1.0) and 7.5 < out[2] <= 8.0
+
+
+def test_radiographs_hold_more_grey_levels_than_a_phantom(fullres_dir, data_299):
+    """The gate's flat-image limit lies between real films (padded white or not) and the Shepp-Logan phantom."""
+    from boneage_core.acquisition import as_upload, pad
+    from boneage_core.gate import MIN_GREY_ENTROPY
+    from negatives import phantom
+
+    spec = PreprocessSpec(256)
+    films = [load_gray(fullres_dir / "1377.png"), load_gray(data_299 / "boneage-training-dataset" / "1380.webp")]
+    films += [as_upload(pad(g, 0.2, 1.0)) for g in films]
+    assert grey_entropy(np.stack([prepare(g, spec) for g in films])).min() > MIN_GREY_ENTROPY + 0.5
+    assert grey_entropy(prepare(phantom(), spec)[None])[0] < MIN_GREY_ENTROPY
