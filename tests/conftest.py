@@ -18,7 +18,6 @@ DATA_299 = SHARED / "data" / "rsna-bone-age-299"
 FULLRES = SHARED / "data" / "samples-fullres"
 GP_TABLE = SHARED / "reference" / "greulich-pyle-brush-foundation.csv"
 ARTIFACTS = REPO / "artifacts"
-FORMAT1 = REPO / "tests" / "data" / "format1"  # the first served pair, in checkpoint format 1
 
 
 #: Fixtures that take minutes on the 2-core CPU machine: a test that uses one is marked slow (pytest.ini).
@@ -108,10 +107,12 @@ def committed_predictor(committed_artifacts: Path):
 
 
 @pytest.fixture(scope="session")
-def format1_models() -> Path:
-    """The committed format-1 checkpoints (regressor.pt + classifier.pt, served until the 256 px ensemble
-    replaced them): the two-file layout and the upgrade of old checkpoints."""
-    return require(FORMAT1 / "regressor.pt").parent
+def format1_models(tmp_path_factory) -> Path:
+    """A folder of format-1 checkpoints (regressor.pt + classifier.pt, laid out as the pair served until the 256 px
+    ensemble replaced it; seeded random weights): the two-file layout and the upgrade of old checkpoints."""
+    from format1 import write_format1_pair
+
+    return write_format1_pair(tmp_path_factory.mktemp("format1"))
 
 
 @pytest.fixture(scope="session")

@@ -155,11 +155,11 @@ def test_missing_file_is_a_checkpoint_error(tmp_path):
 
 
 @pytest.mark.parametrize("name,head", [("regressor.pt", "age"), ("classifier.pt", "stage")])
-def test_committed_format_1_files_upgrade(format1_models, name, head):
+def test_format_1_files_upgrade(format1_models, name, head):
     path = format1_models / name
     sha = file_sha256(path)
     raw = torch.load(path, map_location="cpu", weights_only=True)
-    assert raw["format"] == "boneage-checkpoint/1"  # the committed files really are the old format
+    assert raw["format"] == "boneage-checkpoint/1"  # the files really are the old format
     payload = read_payload(path)
     assert payload["format"] == CHECKPOINT_FORMAT
     spec = payload["spec"]
@@ -198,7 +198,7 @@ def test_lineage_of_a_parent(tmp_path):
     assert lineage_of(child)["parent_lineage"]["parent_sha256"] == sha
 
 
-def test_lineage_of_a_committed_format_1_parent(format1_models):
+def test_lineage_of_a_format_1_parent(format1_models):
     path = format1_models / "regressor.pt"
     lineage = lineage_of(path)
     assert lineage["parent_sha256"] == file_sha256(path)

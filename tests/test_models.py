@@ -292,7 +292,7 @@ def test_save_and_load_round_trip(tmp_path):
 
 
 @pytest.mark.parametrize("name,heads", [("regressor.pt", (AGE,)), ("classifier.pt", (STAGE,))])
-def test_committed_format_1_models_load(format1_models, name, heads):
+def test_format_1_models_load(format1_models, name, heads):
     model, meta = load_model(format1_models / name)
     assert model.spec.heads == heads and not model.training
     assert meta["sha256"] == file_sha256(format1_models / name)

@@ -225,7 +225,7 @@ def test_spec_without_hand_crop_keeps_its_dict_and_cache_key():
     assert cropped.with_size(64).hand_crop and cropped.with_size(64).key() != cropped.key()
 
 
-def test_committed_checkpoints_keep_their_spec_and_cache_key(format1_models):
+def test_format_1_checkpoints_keep_their_spec_and_cache_key(format1_models):
     for name in ("regressor.pt", "classifier.pt"):
         stored = read_meta(format1_models / name)["spec"]["preprocess"]
         spec = PreprocessSpec.from_dict(stored)
