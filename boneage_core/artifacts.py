@@ -27,6 +27,25 @@ REPORT_FILE = "run_report.md"
 MANIFEST_FILE = "manifest.json"
 #: Sub-folder of a run folder with each model's resume state (train.py --resume): never served, never committed.
 RESUME_DIR = "resume"
+#: Sub-folder with the config and run report of each earlier run into the same folder (earlier_runs/001/, ...).
+EARLIER_RUNS_DIR = "earlier_runs"
+
+
+def keep_earlier_run(folder: str | os.PathLike) -> Path | None:
+    """Move the folder's config.json and run_report.md (an earlier run's) into earlier_runs/NNN/, numbered in order,
+    before a new run writes its own: a gate- or evaluate-only run once overwrote the training run's. The sub-folder,
+    or None when the folder had neither file."""
+    folder = Path(folder)
+    found = [folder / name for name in (CONFIG_FILE, REPORT_FILE) if (folder / name).is_file()]
+    if not found:
+        return None
+    earlier = folder / EARLIER_RUNS_DIR
+    taken = [int(p.name) for p in earlier.glob("[0-9][0-9][0-9]") if p.is_dir()] if earlier.is_dir() else []
+    target = earlier / f"{max(taken, default=0) + 1:03d}"
+    target.mkdir(parents=True)
+    for path in found:
+        os.replace(path, target / path.name)
+    return target
 
 
 def write_json(path: str | os.PathLike, data: dict) -> Path:

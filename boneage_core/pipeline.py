@@ -421,6 +421,7 @@ def run(cfg: TrainConfig, dist: DistContext = LOCAL, resume: bool = False) -> di
         if "evaluate" not in cfg.stages:
             describe_models(staging, choose_members(cfg, staging, list(summaries)), cfg.views,
                             calibrated="calibrate" in cfg.stages)
+        art.keep_earlier_run(staging)
         cfg.save(staging / art.CONFIG_FILE)
         write_report(cfg, ds, staging, metrics, summaries)
     dist.barrier()

@@ -137,3 +137,19 @@ def test_check_writable_refuses_before_any_work(tmp_path, monkeypatch):
                                f"{(tmp_path / 'ro').resolve()} is not writable (Permission denied); "
                                "choose another output folder")
     assert tempfile.mkdtemp is denied
+
+
+def test_an_earlier_runs_config_and_report_are_kept_in_order(tmp_path):
+    """A gate- or evaluate-only run into a trained folder keeps the training run's config.json and run_report.md."""
+    from boneage_core.artifacts import CONFIG_FILE, EARLIER_RUNS_DIR, REPORT_FILE, keep_earlier_run
+
+    assert keep_earlier_run(tmp_path) is None and not (tmp_path / EARLIER_RUNS_DIR).exists()
+    (tmp_path / CONFIG_FILE).write_text('{"stages": ["multihead"]}')
+    (tmp_path / REPORT_FILE).write_text("# training run")
+    first = keep_earlier_run(tmp_path)
+    assert first == tmp_path / EARLIER_RUNS_DIR / "001"
+    assert (first / REPORT_FILE).read_text() == "# training run" and not (tmp_path / REPORT_FILE).exists()
+    (tmp_path / REPORT_FILE).write_text("# gate run")  # the next run wrote only a report
+    second = keep_earlier_run(tmp_path)
+    assert second.name == "002" and sorted(p.name for p in second.iterdir()) == [REPORT_FILE]
+    assert (first / CONFIG_FILE).read_text() == '{"stages": ["multihead"]}'

@@ -288,6 +288,10 @@ def test_named_members_train_into_one_folder_and_are_served_together(data_299, t
     manifest = read_manifest(out)
     assert manifest.members == ["a.pt", "b.pt"]
     assert manifest.evaluation["model_sha256"] == {m: file_sha256(out / m) for m in ("a.pt", "b.pt")}
+    # each run's config and report stay: the evaluate-only run did not overwrite the training runs'
+    earlier = sorted((out / "earlier_runs").iterdir())
+    assert [json.loads((e / "config.json").read_text())["stages"] for e in earlier] == [["multihead"], ["multihead"]]
+    assert json.loads((out / "config.json").read_text())["stages"] == ["evaluate"]
     metrics = json.loads((out / "metrics.json").read_text())
     for system in (CNN, "a", "b"):  # the ensemble and each member
         assert metrics[system_column(system, AGE)]["n"] > 0 and metrics[system_column(system, STAGE)]["n"] > 0
