@@ -3,7 +3,8 @@
 Covers what AppTest cannot: the page renders in a browser, the upload goes through the real file input,
 no estimate before the sex is chosen, the result and the Grad-CAM image appear, a typed age applies on Tab,
 the PDF report downloads, the next child's film starts with no sex although the browser still held the last
-one's, and no number is cut off at 1024 px, 1400 px or a phone's width. A missing browser is a failure, never a skip.
+one's, a right hand and an inverted film are read corrected and said so, and no number is cut off at 1024 px,
+1400 px or a phone's width. A missing browser is a failure, never a skip.
 """
 
 from __future__ import annotations
@@ -175,4 +176,35 @@ def test_a_page_opens_by_its_url(server, browser):
     page.wait_for_selector("[data-testid=stPlotlyChart]", timeout=120_000)
     assert page.locator("[data-testid=stDialog]").count() == 0
     assert page.locator(".st-key-perf_cm_normalise").count() == 1  # a widget of the performance page
+    page.close()
+
+
+@pytest.mark.parametrize("correction,said", [("mirrored", "read as a right hand"),
+                                             ("inverted", "the grey scale was inverted")])
+def test_a_right_hand_and_an_inverted_film_are_read_corrected_and_said_so(server, browser, fullres_dir, sample_label,
+                                                                          tmp_path, correction, said):
+    """A right hand (the film mirrored) and a MONOCHROME1-like film read the wrong way (grey scale inverted), uploaded
+    as PNG files: each is read as the film itself would be, and the page says what was corrected (issue 29)."""
+    import numpy as np
+    from PIL import Image
+
+    from boneage_core.imaging import load_gray
+
+    film = fullres_dir / "1380.png"
+    _, male = sample_label(film.stem)
+    gray = load_gray(film)
+    changed = np.ascontiguousarray(gray[:, ::-1]) if correction == "mirrored" else 1.0 - gray
+    path = tmp_path / f"{correction}_{film.name}"
+    Image.fromarray(np.round(changed * 255).astype(np.uint8)).save(path)
+    predictor = state.get_predictor(str(state.artifacts_dir()))
+    expected = predictor.predict(path, male=male)
+    assert getattr(expected, correction), expected.warnings  # the gate corrects it (tests/test_gate.py)
+    assert abs(expected.bone_age_months - predictor.predict(film, male=male).bone_age_months) < 1.0
+    page = browser.new_page(viewport={"width": 1400, "height": 1800})
+    page.goto(f"{server}/")
+    page.locator(".st-key-assess_upload input[type=file]").wait_for(state="attached", timeout=RESULT_MS)
+    _upload_and_wait_for_the_sex_question(page, path)
+    values = _assess_as(page, SEXES[int(male)])
+    assert f"{round(expected.bone_age_months)} months" in values, values
+    page.get_by_text(said).first.wait_for(timeout=10_000)
     page.close()
