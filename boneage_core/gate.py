@@ -450,15 +450,17 @@ def _logistic(x: np.ndarray, y: np.ndarray, seed: int, intercept: bool = True):
 
 def fit_gate(train: np.ndarray, val: np.ndarray, turned: dict[int, np.ndarray], mirrored: np.ndarray,
              upright: np.ndarray, inverted: np.ndarray, n_pooled: int, shifted: np.ndarray | None = None,
-             shifted_inverted: np.ndarray | None = None, refuse_rate: float = 0.0, k: int = DEFAULT_K,
-             seed: int = 0) -> InputGate:
+             shifted_inverted: np.ndarray | None = None, shifted_mirrored: np.ndarray | None = None,
+             refuse_rate: float = 0.0, k: int = DEFAULT_K, seed: int = 0) -> InputGate:
     """Fit the gate from gate features: training films (the reference banks), validation films (the limits),
     quarter-turned, mirrored and inverted copies of training films.
 
     `turned[k]` holds features of training inputs rotated
     by np.rot90(k), `mirrored` and `inverted` of the same inputs mirrored and with the grey scale inverted, `upright`
     of the same images unchanged (row i of each is one image). `shifted` (training films under acquisition shifts)
-    and `shifted_inverted` (the same inverted) join the grey-scale model's negatives and positives. Each level's
+    and `shifted_inverted` (the same inverted) join the grey-scale model's negatives and positives; with
+    `shifted_mirrored` (the same mirrored) their pairs join the laterality test's (fitted on clean pairs alone it
+    flagged 1.7 % of 300 clean validation films as mirrored, on both 0.3 %: docs/shift.md). Each level's
     limit is its validation quantile
     1 - refuse_rate / 2 (the largest validation distance by default); an image is refused above REFUSE_ABOVE
     times it.
@@ -484,6 +486,10 @@ def fit_gate(train: np.ndarray, val: np.ndarray, turned: dict[int, np.ndarray], 
     # laterality on pairs, no intercept: (flipped - given) of an upright film is a negative, of a mirrored one
     # (whose mirror image is the upright film) the same difference negated is a positive
     pair = gate.pooled(mirrored) - gate.pooled(upright)
+    if shifted_mirrored is not None:
+        if shifted is None or len(shifted) != len(shifted_mirrored):
+            raise ValueError("shifted_mirrored needs the shifted films it mirrors, row for row")
+        pair = np.concatenate([pair, gate.pooled(shifted_mirrored) - gate.pooled(shifted)])
     mirror = _logistic(np.concatenate([pair, -pair]), np.r_[np.zeros(len(pair)), np.ones(len(pair))], seed,
                        intercept=False)
     gate.mirror_w = mirror.coef_[0]

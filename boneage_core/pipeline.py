@@ -269,7 +269,8 @@ def evaluate_stage(cfg: TrainConfig, ds: Dataset, staging: Path, members: list[s
 def gate_stage(cfg: TrainConfig, ds: Dataset, staging: Path, members: list[str], n_fit: int = 2000,
                n_turned: int = 800) -> None:
     """Fit the input gate on the gate member's features: `n_fit` training images for the banks (the first `n_turned`
-    also turned, mirrored, inverted, and under an acquisition shift each, as given and inverted, for the models),
+    also turned, mirrored, inverted, and under an acquisition shift each, as given, inverted and mirrored, for the
+    models),
     validation images for the limits. Only these images are read.
 
     The banks and limits hold films as filmed: with films under acquisition shifts in them as well (noise of 3
@@ -293,9 +294,10 @@ def gate_stage(cfg: TrainConfig, ds: Dataset, staging: Path, members: list[str],
     shifted_img = shifted_inputs(train_rows["path"].tolist()[:n_turned], spec, cfg.seed)
     shifted = member_features(net, shifted_img, device, progress=True)
     shifted_inverted = member_features(net, 255 - shifted_img, device, progress=True)
+    shifted_mirrored = member_features(net, shifted_img[:, :, ::-1], device, progress=True)
     gate = fit_gate(train_f, member_features(net, val_img, device, progress=True), turned, mirrored,
                     train_f[:n_turned], inverted, n_pooled=torch_net(net).backbone.num_features, shifted=shifted,
-                    shifted_inverted=shifted_inverted, seed=cfg.seed)
+                    shifted_inverted=shifted_inverted, shifted_mirrored=shifted_mirrored, seed=cfg.seed)
     gate.member, gate.member_sha256 = member, meta["sha256"]
     gate.save(staging / GATE_FILE)
 
