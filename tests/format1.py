@@ -47,8 +47,10 @@ def format1_payload(name: str, seed: int = 0) -> dict:
     torch.manual_seed(seed)
     net = BoneAgeNet(ModelSpec.from_dict({**current, "heads": [head]}))
     prefix = f"heads.{head}."
-    state = {("head." + k[len(prefix):] if k.startswith(prefix) else k): v.detach().clone().half()
-             if v.is_floating_point() else v.detach().clone() for k, v in net.state_dict().items()}
+    state = {}
+    for key, value in net.state_dict().items():
+        old_key = "head." + key[len(prefix):] if key.startswith(prefix) else key  # format 1 had one `head`
+        state[old_key] = value.detach().clone().half() if value.is_floating_point() else value.detach().clone()
     return {"format": FORMAT_1, "spec": spec, "config": dict(_CONFIG), "git_commit": "995d6c4fa41c48dc51bc34ebc38743fffe273750",
             "created": created, "torch_version": str(torch.__version__), "extra": dict(extra), "state_dict": state}
 
