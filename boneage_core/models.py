@@ -209,6 +209,19 @@ def save_model(path: str | os.PathLike, net: BoneAgeNet, config: dict, lineage: 
     return save_checkpoint(path, net.state_dict(), net.spec.to_dict(), config, lineage, extra)
 
 
+def net_from_payload(payload: dict, device: str | torch.device = "cpu") -> BoneAgeNet:
+    """The network a checkpoint's payload (:func:`checkpoint.read_payload`) describes, float32, in eval mode."""
+    net = BoneAgeNet(ModelSpec.from_dict(payload["spec"]))
+    net.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in payload["state_dict"].items()},
+                        strict=True)
+    return net.to(device).eval()
+
+
+def payload_meta(payload: dict, sha256: str) -> dict:
+    """A checkpoint's metadata: its payload without the weights, with the file's sha256."""
+    return {**{k: v for k, v in payload.items() if k != "state_dict"}, "sha256": sha256}
+
+
 def load_model(path: str | os.PathLike, device: str | torch.device = "cpu", data: bytes | None = None,
                sha256: str | None = None) -> tuple[BoneAgeNet, dict]:
     """Rebuild a network from a checkpoint alone; returns (model in eval mode, metadata incl. sha256).
@@ -218,12 +231,7 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu", data
     if data is None or sha256 is None:
         data, sha256 = read_hashed(path)
     payload = read_payload(path, data)
-    net = BoneAgeNet(ModelSpec.from_dict(payload["spec"]))
-    net.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in payload["state_dict"].items()},
-                        strict=True)
-    meta = {k: v for k, v in payload.items() if k != "state_dict"}
-    meta["sha256"] = sha256
-    return net.to(device).eval(), meta
+    return net_from_payload(payload, device), payload_meta(payload, sha256)
 
 
 def count_parameters(net: nn.Module, trainable_only: bool = False) -> int:

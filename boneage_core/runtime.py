@@ -2,7 +2,9 @@
 
 Only the network pass of :mod:`boneage_core.inference` changes: :func:`load_member` returns a
 :class:`CompiledMember` on the CPU, whose ``infer`` replaces ``BoneAgeNet.infer`` (``embed`` + ``read_heads``);
-preparation, views, decoding, training and Grad-CAM stay on PyTorch. The OpenVINO model is converted from the
+preparation, views, decoding, training and Grad-CAM stay on PyTorch. A compiled member builds its PyTorch network
+only when something needs it (Grad-CAM, a conversion), so serving predictions holds no PyTorch copy of the weights
+and does not import timm (about 0.2 GB of memory). The OpenVINO model is converted from the
 checkpoint on first use and saved in the cache folder (:func:`cache_root`) under a key made of the checkpoint's
 sha256, the OpenVINO version and the input size, with a JSON sidecar recording the checkpoint's hash and the
 hashes of the saved files; a cached model whose record does not match is rebuilt (logged), never used.
@@ -23,14 +25,14 @@ import threading
 import time
 import warnings
 from pathlib import Path
-from typing import Union
+from typing import Callable, Union
 
 import numpy as np
 import torch
 from torch import nn
 
-from .checkpoint import file_sha256
-from .models import BoneAgeNet, ModelSpec, load_model
+from .checkpoint import file_sha256, read_hashed, read_payload
+from .models import BoneAgeNet, ModelSpec, net_from_payload, payload_meta
 
 logger = logging.getLogger(__name__)
 
@@ -68,21 +70,38 @@ class MemberGraph(nn.Module):
 class CompiledMember:
     """A BoneAgeNet whose inference pass (:meth:`infer`) runs as a compiled OpenVINO model on the CPU.
 
-    It keeps the PyTorch network (``net``) for its spec and for what needs gradients (Grad-CAM). One infer
-    request is shared under a lock, so concurrent callers (app sessions) take turns.
+    Its PyTorch network (``net``, for what needs gradients: Grad-CAM) is built by `build_net` on first use and
+    kept. One infer request is shared under a lock, so concurrent callers (app sessions) take turns.
     """
 
-    def __init__(self, net: BoneAgeNet, compiled, precision: str, cache_dir: Path):
-        self.net = net
+    def __init__(self, spec: ModelSpec, build_net: Callable[[], BoneAgeNet], compiled, precision: str,
+                 cache_dir: Path, net: BoneAgeNet | None = None):
+        self._spec = spec
+        self._build_net = build_net
+        self._net = net
         self.compiled = compiled
         self.precision = precision
         self.cache_dir = cache_dir
         self._request = compiled.create_infer_request()
         self._lock = threading.Lock()
+        self._net_lock = threading.Lock()
 
     @property
     def spec(self) -> ModelSpec:
-        return self.net.spec
+        return self._spec
+
+    @property
+    def net(self) -> BoneAgeNet:
+        """The PyTorch network (float32, eval mode), built from the checkpoint the first time it is asked for."""
+        with self._net_lock:
+            if self._net is None:
+                self._net = self._build_net()
+            return self._net
+
+    @property
+    def has_net(self) -> bool:
+        """Whether the PyTorch network has been built (serving predictions alone never builds it)."""
+        return self._net is not None
 
     def eval(self) -> "CompiledMember":
         """Already an inference model (for callers that put a network in eval mode)."""
@@ -147,10 +166,10 @@ def cache_key(checkpoint_sha256: str, input_size: int, version: str) -> str:
     return f"{checkpoint_sha256[:24]}-{input_size}px-ov{safe_version}-f{CACHE_FORMAT}"
 
 
-def _record(net: BoneAgeNet, checkpoint_sha256: str, version: str) -> dict:
+def _record(spec: ModelSpec, checkpoint_sha256: str, version: str) -> dict:
     """What the sidecar must say for a cached model to be used (the file hashes are added when it is saved)."""
     return {"format": CACHE_FORMAT, "checkpoint_sha256": checkpoint_sha256, "openvino": version,
-            "input_size": net.spec.preprocess.image_size, "outputs": [*FEATURE_OUTPUTS, *net.spec.heads]}
+            "input_size": spec.preprocess.image_size, "outputs": [*FEATURE_OUTPUTS, *spec.heads]}
 
 
 def stale_reason(folder: Path, expected: dict) -> str | None:
@@ -224,15 +243,25 @@ def _core():
     return openvino.Core()
 
 
-def compile_member(net: BoneAgeNet, checkpoint_sha256: str, precision: str | None = None,
-                   threads: int | None = None, root: Path | None = None) -> CompiledMember:
+def compile_member(net: BoneAgeNet | Callable[[], BoneAgeNet], checkpoint_sha256: str, precision: str | None = None,
+                   threads: int | None = None, root: Path | None = None,
+                   spec: ModelSpec | None = None) -> CompiledMember:
     """The network compiled by OpenVINO for the CPU, from the cache when its record matches, else converted and saved.
 
-    Threads default to torch.get_num_threads(); the latency hint suits single images.
+    `net` is the network, or a function that builds it with its `spec` given: then it is built only when the cache
+    must be (re)built or when :attr:`CompiledMember.net` is asked for. Threads default to torch.get_num_threads();
+    the latency hint suits single images.
     """
+    if isinstance(net, BoneAgeNet):
+        built: BoneAgeNet | None = net
+        spec, build_net = net.spec, (lambda: net)
+    elif spec is None:
+        raise ValueError("compile_member: a function building the network needs its spec")
+    else:
+        built, build_net = None, net
     precision = resolve_precision(precision)
     version = openvino_version()
-    record = _record(net, checkpoint_sha256, version)
+    record = _record(spec, checkpoint_sha256, version)
     folder = (root or cache_root()) / cache_key(checkpoint_sha256, record["input_size"], version)
     reason = stale_reason(folder, record) if folder.exists() else "not cached"
     core = _core()
@@ -242,22 +271,28 @@ def compile_member(net: BoneAgeNet, checkpoint_sha256: str, precision: str | Non
     else:
         log = logger.info if reason == "not cached" else logger.warning
         log("Converting %s for OpenVINO into %s (%s)", checkpoint_sha256[:12], folder, reason)
-        model = convert_member(net)
+        built = built or build_net()
+        model = convert_member(built)
         save_member(model, folder, record)
     config = {"INFERENCE_PRECISION_HINT": precision, "PERFORMANCE_HINT": "LATENCY",
               "INFERENCE_NUM_THREADS": int(threads or torch.get_num_threads())}
     compiled = core.compile_model(model, "CPU", config)
     logger.info("OpenVINO model %s ready in %.2f s (%s, %s threads)", folder.name, time.perf_counter() - t0,
                 precision, config["INFERENCE_NUM_THREADS"])
-    return CompiledMember(net, compiled, precision, folder)
+    return CompiledMember(spec, build_net, compiled, precision, folder, built)
 
 
 def load_member(path: str | os.PathLike, device: str | torch.device = "cpu", runtime: str | None = None,
                 data: bytes | None = None, sha256: str | None = None) -> tuple[Member, dict]:
-    """A checkpoint ready for inference on `device` (:func:`resolve_runtime`) and its metadata (models.load_model;
-    `data` and `sha256` when the caller has read and hashed the file already)."""
+    """A checkpoint ready for inference on `device` (:func:`resolve_runtime`) and its metadata (as models.load_model;
+    `data` and `sha256` when the caller has read and hashed the file already). On OpenVINO the PyTorch network is
+    built only when needed (:class:`CompiledMember`); the checkpoint's weights are kept for that."""
     device = torch.device(device)
-    net, meta = load_model(path, device, data, sha256)
+    if data is None or sha256 is None:
+        data, sha256 = read_hashed(path)
+    payload = read_payload(path, data)
+    meta = payload_meta(payload, sha256)
     if resolve_runtime(device, runtime) == TORCH:
-        return net, meta
-    return compile_member(net, meta["sha256"]), meta
+        return net_from_payload(payload, device), meta
+    return compile_member(functools.partial(net_from_payload, payload), sha256,
+                          spec=ModelSpec.from_dict(payload["spec"])), meta

@@ -145,12 +145,12 @@ def test_a_stale_cache_is_rebuilt_and_logged(cache, net, images, caplog, damage)
         data = bytearray((folder / MODEL_BIN).read_bytes())
         data[len(data) // 2] ^= 0xFF
         (folder / MODEL_BIN).write_bytes(bytes(data))
-    assert runtime.stale_reason(folder, runtime._record(net, SHA, runtime.openvino_version())) is not None
+    assert runtime.stale_reason(folder, runtime._record(net.spec, SHA, runtime.openvino_version())) is not None
     with caplog.at_level(logging.WARNING, logger=runtime.__name__):
         rebuilt = compile_member(net, SHA)
     assert rebuilt.cache_dir == folder
     assert any("Converting" in r.getMessage() and str(folder) in r.getMessage() for r in caplog.records), damage
-    assert runtime.stale_reason(folder, runtime._record(net, SHA, runtime.openvino_version())) is None
+    assert runtime.stale_reason(folder, runtime._record(net.spec, SHA, runtime.openvino_version())) is None
     np.testing.assert_allclose(_head_outputs(rebuilt, images), _head_outputs(net, images), rtol=1e-4, atol=1e-5)
 
 
@@ -231,3 +231,24 @@ def test_served_ensemble_on_299_px_images_in_batches_matches_torch(committed_art
     assert (eager.table[age] - compiled.table[age]).abs().max() <= MAX_AGE_DIFF
     assert eager.table[stage].tolist() == compiled.table[stage].tolist()
     np.testing.assert_allclose(compiled.gate_features[1], eager.gate_features[1], rtol=1e-3, atol=1e-4)
+
+
+def test_a_member_from_a_warm_cache_builds_its_pytorch_network_only_when_asked(tmp_path, monkeypatch, images):
+    """Serving predictions reads the compiled model alone; Grad-CAM's network is built from the checkpoint on demand."""
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "cache"))
+    monkeypatch.delenv(RUNTIME_ENV, raising=False)
+    path = tmp_path / "member.pt"
+    save_model(path, _net(3), {}, {"init_from": INIT_SCRATCH})
+    load_member(path, CPU)  # cold: converts (which needs the network) and fills the cache
+    built = []
+    monkeypatch.setattr(runtime, "net_from_payload",
+                        lambda payload, device="cpu": built.append(1) or BoneAgeNet.__new__(BoneAgeNet))
+    member, _ = load_member(path, CPU)  # warm: the network is not built
+    outputs = _head_outputs(member, images)
+    assert not member.has_net and not built and member.spec == _net(3).spec
+    monkeypatch.undo()
+    monkeypatch.setenv(CACHE_ENV, str(tmp_path / "cache"))
+    member, _ = load_member(path, CPU)
+    assert not member.has_net
+    np.testing.assert_allclose(_head_outputs(member.net, images), outputs, rtol=1e-4, atol=1e-5)
+    assert member.has_net and member.net is member.net  # built once, then kept
