@@ -77,6 +77,7 @@ class TrainConfig:
     sex_embedding_dim: int = 16
     fit: FitConfig = field(default_factory=FitConfig)  # the training loop's own settings (batch, optimizer, EMA, budget)
     members: tuple[str, ...] = ()  # model files served and evaluated (empty: the ones this run trained)
+    gate_network: str = ""  # model file whose features the gate stage fits the input gate on (empty: the first member with an age head)
     # HOG + XGBoost baseline
     baseline_image_size: int = 128
     hog_pixels_per_cell: int = 16

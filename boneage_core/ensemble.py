@@ -14,9 +14,9 @@ import torch
 from .calibration import CALIBRATION_FILE, AgeCalibration, apply_calibration, load_calibration
 from .checkpoint import read_hashed
 from .errors import ArtifactError, MissingArtifactError
-from .gate import GateDecision, InputGate, gate_member, load_gate
+from .gate import GATE_FILE, GateDecision, InputGate, check_network, gate_member
 from .heads import AGE
-from .inference import ensemble_outputs, image_gate_features, member_outputs
+from .inference import ensemble_outputs, image_gate_features, member_features, member_outputs
 from .manifest import manifest_version, model_files, read_manifest, verify_models
 from .preprocess import PreprocessSpec, crop_box, prepare
 from .runtime import Member, load_member, runtime_of
@@ -34,7 +34,7 @@ class EnsembleOutputs:
     raw: dict[str, np.ndarray]  # per head, before the calibration
     bounds: tuple[np.ndarray, np.ndarray] | None  # the age's prediction interval (None without a calibration)
     members: dict[str, dict[str, list[np.ndarray]]]  # per member: {head: [one array per view]}
-    gate_features: np.ndarray | None  # the gate member's features of the unzoomed view (None without a gate)
+    gate_features: np.ndarray | None  # the gate network's features of the unzoomed view (None without a gate)
 
 
 def _calibration(folder: Path, hashes: dict[str, str], views: Views, notes: list[str]) -> AgeCalibration | None:
@@ -52,20 +52,32 @@ def _calibration(folder: Path, hashes: dict[str, str], views: Views, notes: list
     return calibration
 
 
-def _gate(folder: Path, member: str, sha256: str, notes: list[str]) -> InputGate | None:
-    """The input gate fitted on this member file; its absence is a note (images are then scored unchecked)."""
+def _gate(folder: Path, default: str, loaded: Mapping[str, Member], hashes: Mapping[str, str], dev: torch.device,
+          notes: list[str]) -> tuple[InputGate | None, str, Member]:
+    """(gate, name, network): the folder's input gate and the network it reads, a member or another model file of the
+    folder (read and hashed here, checked against the hash the gate recorded). Without a usable gate: (None, `default`,
+    that member), with a note (images are then scored unchecked)."""
+    path = folder / GATE_FILE
     try:
-        gate = load_gate(folder, member, sha256)
+        if not path.is_file():
+            raise MissingArtifactError(f"No input gate in {folder}: images are scored without checking that they are "
+                                       "hand radiographs (run `train.py --stages gate`)")
+        gate = InputGate.load(path)
+        name = gate.member
+        if name in loaded:
+            check_network(gate, path, name, hashes[name])
+            net = loaded[name]
+        elif (folder / name).is_file():
+            data, sha256 = read_hashed(folder / name)
+            check_network(gate, path, name, sha256)
+            net = load_member(folder / name, dev, data=data, sha256=sha256)[0]
+        else:
+            raise MissingArtifactError(f"{path} was fitted on {name}, which is not in {folder}")
     except ArtifactError as exc:
-        gate = None
-        notes.append(f"No input gate: {exc}")
-    else:
-        if gate is None:
-            notes.append(f"No input gate in {folder}: images are scored without checking that they are hand "
-                         "radiographs (run `train.py --stages gate`)")
-    if gate is None:
+        notes.append(str(exc) if not path.is_file() else f"No input gate: {exc}")
         logger.warning("%s", notes[-1])
-    return gate
+        return None, default, loaded[default]
+    return gate, name, net
 
 
 class Ensemble:
@@ -73,7 +85,8 @@ class Ensemble:
 
     def __init__(self, members: dict[str, Member], device: torch.device, calibration: AgeCalibration | None = None,
                  views: Views = NO_TTA, version: str = "unversioned", notes: list[str] | None = None,
-                 meta: dict[str, dict] | None = None, gate: InputGate | None = None, gate_name: str | None = None):
+                 meta: dict[str, dict] | None = None, gate: InputGate | None = None, gate_name: str | None = None,
+                 gate_net: Member | None = None):
         if not members:
             raise MissingArtifactError("an ensemble needs at least one model")
         self.members = members
@@ -85,6 +98,8 @@ class Ensemble:
         self.notes = notes or []  # what the folder lacks (shown by front ends)
         self.gate = gate  # refuses non-radiographs, turns / mirrors images that need it
         self.gate_name = gate_name or gate_member({name: net.spec.heads for name, net in members.items()})
+        # the network whose features the gate reads: a member, or a network of its own (not in the combined estimate)
+        self.gate_net: Member = members[self.gate_name] if gate_net is None else gate_net
         self.scheme: StageScheme = next(iter(members.values())).spec.scheme
         if any(net.spec.scheme != self.scheme for net in members.values()):
             raise ArtifactError("the ensemble members use different stage schemes")
@@ -131,10 +146,13 @@ class Ensemble:
         heads = list(dict.fromkeys(h for net in loaded.values() for h in net.spec.heads))
         calibration = _calibration(folder, hashes, views, notes) if calibrated and AGE in heads else None
         gate_name = gate_member({name: net.spec.heads for name, net in loaded.items()})
-        gate = _gate(folder, gate_name, hashes[gate_name], notes) if gated else None
-        logger.info("Loaded %s from %s on %s through %s (%s)", ", ".join(names), folder, dev,
-                    runtime_of(next(iter(loaded.values()))), describe_views(views))
-        return cls(loaded, dev, calibration, views, manifest_version(folder), notes, meta, gate, gate_name)
+        gate, gate_net = None, loaded[gate_name]
+        if gated:
+            gate, gate_name, gate_net = _gate(folder, gate_name, loaded, hashes, dev, notes)
+        logger.info("Loaded %s from %s on %s through %s (%s)%s", ", ".join(names), folder, dev,
+                    runtime_of(next(iter(loaded.values()))), describe_views(views),
+                    "" if gate_name in loaded else f"; the input gate reads {gate_name}")
+        return cls(loaded, dev, calibration, views, manifest_version(folder), notes, meta, gate, gate_name, gate_net)
 
     @property
     def heads(self) -> list[str]:
@@ -142,9 +160,16 @@ class Ensemble:
         return list(dict.fromkeys(h for net in self.members.values() for h in net.spec.heads))
 
     @property
+    def gate_apart(self) -> bool:
+        """Whether the gate reads a network of its own (one more pass, over the unzoomed view only)."""
+        return self.gate is not None and self.gate_name not in self.members
+
+    @property
     def specs(self) -> list[PreprocessSpec]:
-        """The distinct preprocessings of the members, in member order (members of the same input share one)."""
-        return list(dict.fromkeys(net.spec.preprocess for net in self.members.values()))
+        """The distinct preprocessings of the members, in member order (members of the same input share one), then the
+        gate network's when it is not a member."""
+        nets = [*self.members.values(), *([self.gate_net] if self.gate_apart else [])]
+        return list(dict.fromkeys(net.spec.preprocess for net in nets))
 
     def member_hashes(self) -> dict[str, str]:
         """{model file: sha256} of the members, as read when they were loaded (what a calibration is tied to)."""
@@ -170,7 +195,8 @@ class Ensemble:
     def outputs(self, images: Mapping[PreprocessSpec, np.ndarray], male: Sequence[bool] | np.ndarray,
                 views: Views | None = None, progress: bool = False) -> EnsembleOutputs:
         """Every member on its (N, S, S) uint8 inputs (``images[its spec]``) and `views` (default: the ensemble's),
-        combined per head, calibrated, and the gate member's features from the same backbone pass."""
+        combined per head, calibrated, and the gate network's features (from the same backbone pass when it is a
+        member)."""
         views = self.views if views is None else as_views(views)
         male_t = torch.as_tensor(np.asarray(male, dtype=np.int64))
         per_member: dict[str, dict[str, list[np.ndarray]]] = {}
@@ -180,18 +206,21 @@ class Ensemble:
             pixels = torch.from_numpy(np.ascontiguousarray(images[net.spec.preprocess]))
             per_member[name] = member_outputs(net, pixels, male_t, self.device, views, progress=progress,
                                               features=wanted)
+        if self.gate_apart:
+            pixels = torch.from_numpy(np.ascontiguousarray(images[self.gate_net.spec.preprocess]))
+            features.append(member_features(self.gate_net, pixels, self.device))
         raw = ensemble_outputs(list(per_member.values()))
         combined, bounds = apply_calibration(raw, self.calibration_for(views))
         gate_features = None if self.gate is None else (np.concatenate(features) if features else np.zeros((0, 0)))
         return EnsembleOutputs(combined, raw, bounds, per_member, gate_features)
 
     def gate_features(self, gray: np.ndarray) -> np.ndarray:
-        """The gate member's gate features of one gray image (one view; what the input gate reads)."""
-        return image_gate_features(self.members[self.gate_name], gray, self.device)
+        """The gate network's gate features of one gray image (one view; what the input gate reads)."""
+        return image_gate_features(self.gate_net, gray, self.device)
 
     def decisions(self, features: np.ndarray, gray_of: Callable[[int], np.ndarray]) -> list[GateDecision]:
         """The input gate's decision per feature row (``InputGate.decide``): a correction (grey scale inverted back,
-        turn, mirroring) is tried on the gate member alone, on ``gray_of(row)`` corrected. ``gray_of(row)`` is called
+        turn, mirroring) is tried on the gate network alone, on ``gray_of(row)`` corrected. ``gray_of(row)`` is called
         at most once per row, when a first correction is tried (the laterality test reads every scored image's mirror
         image; a turn search tries three more)."""
         out = []

@@ -158,7 +158,7 @@ def gate_columns(ensemble: Ensemble, frame: pd.DataFrame, cache_dir,
     if ensemble.gate is None:
         return pd.DataFrame(index=frame.index)
     if features is None:
-        net = ensemble.members[ensemble.gate_name]
+        net = ensemble.gate_net
         images = load_images(frame["id"].tolist(), frame["path"].tolist(), net.spec.preprocess, cache_dir)
         rows, pixels = _aligned(frame, images)
         features = rows.index, member_features(net, torch.from_numpy(pixels), ensemble.device, progress=True)

@@ -512,13 +512,18 @@ def gate_member(heads_by_member: Mapping[str, Sequence[str]]) -> str:
     return next(iter(heads_by_member))
 
 
+def check_network(gate: InputGate, path: str | os.PathLike, member: str, member_sha256: str) -> None:
+    """ArtifactError unless `gate` (read from `path`) was fitted on exactly this network file."""
+    if gate.member != member or gate.member_sha256 != member_sha256:
+        raise ArtifactError(f"{path} was fitted on {gate.member} ({gate.member_sha256[:12]}), not on the current "
+                            f"{member} ({member_sha256[:12]}); re-run `train.py --stages gate`")
+
+
 def load_gate(folder: str | os.PathLike, member: str, member_sha256: str) -> InputGate | None:
     """The folder's gate when it was fitted on exactly this member file, else None (with the reason logged)."""
     path = Path(folder) / GATE_FILE
     if not path.is_file():
         return None
     gate = InputGate.load(path)
-    if gate.member != member or gate.member_sha256 != member_sha256:
-        raise ArtifactError(f"{path} was fitted on {gate.member} ({gate.member_sha256[:12]}), not on the current "
-                            f"{member} ({member_sha256[:12]}); re-run `train.py --stages gate`")
+    check_network(gate, path, member, member_sha256)
     return gate

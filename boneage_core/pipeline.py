@@ -266,19 +266,29 @@ def evaluate_stage(cfg: TrainConfig, ds: Dataset, staging: Path, members: list[s
     return metrics
 
 
+def gate_network(cfg: TrainConfig, staging: Path, members: list[str]) -> str:
+    """The model file the gate reads: --gate-network (a member or another checkpoint in the folder), else the first
+    member with an age head."""
+    if not cfg.gate_network:
+        return gate_member({name: read_meta(staging / name)["spec"]["heads"] for name in members})
+    name = cfg.gate_network if cfg.gate_network.endswith(MODEL_SUFFIX) else cfg.gate_network + MODEL_SUFFIX
+    if not (staging / name).is_file():
+        raise MissingArtifactError(f"--gate-network {name}: no such model file in {staging}")
+    return name
+
+
 def gate_stage(cfg: TrainConfig, ds: Dataset, staging: Path, members: list[str], n_fit: int = 2000,
                n_turned: int = 800) -> None:
-    """Fit the input gate on the gate member's features: `n_fit` training images for the banks (the first `n_turned`
-    also turned, mirrored, inverted, and under an acquisition shift each, as given, inverted and mirrored, for the
-    models),
-    validation images for the limits. Only these images are read.
+    """Fit the input gate on the gate network's features (:func:`gate_network`): `n_fit` training images for the
+    banks (the first `n_turned` also turned, mirrored, inverted, and under an acquisition shift each, as given,
+    inverted and mirrored, for the models), validation images for the limits. Only these images are read.
 
     The banks and limits hold films as filmed: with films under acquisition shifts in them as well (noise of 3
     grey levels then passes), photographs, CT / MR slices and phantoms passed too (docs/shift.md, last section).
     """
     if not members:
         raise MissingArtifactError(f"{staging}: the input gate needs a trained CNN; train one first")
-    member = gate_member({name: read_meta(staging / name)["spec"]["heads"] for name in members})
+    member = gate_network(cfg, staging, members)
     device = resolve_device(cfg.device)
     net, meta = load_member(staging / member, device)  # forward passes only: OpenVINO on the CPU
     spec = net.spec.preprocess

@@ -8,6 +8,7 @@ import shutil
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from boneage_core import checkpoint, ensemble as ensemble_module, manifest as manifest_module
 from boneage_core.data import attach_paths, read_labels
@@ -102,7 +103,6 @@ def test_the_hand_is_found_once_per_image_for_all_crop_members(committed_predict
     assert len(boxes) == 1 and boxes[0] != FULL_BOX
     specs = [net.spec.preprocess for net in loaded.members.values()]
     assert [spec for spec, _ in seen] == list(dict.fromkeys(specs)), "one preparation per distinct spec"
-    assert len(seen) < len(specs), "the served members share a spec (whole film at 256 px)"
     for net, image in zip(loaded.members.values(), fed, strict=True):
         np.testing.assert_array_equal(image, prepare(gray, net.spec.preprocess))
 
@@ -160,3 +160,50 @@ def test_decisions_read_each_film_once_however_many_corrections_are_tried(commit
     for gray, decision in zip(grays, decisions):
         again = committed_predictor.decide(gray)
         assert (again.correction, again.refused) == (decision.correction, decision.refused)
+
+
+@pytest.fixture
+def gate_apart_folder(quick_run, tmp_path):
+    """The quick run with its gate refitted, in effect, on a network that is not a member: `gatenet.pt`, the member's
+    weights moved a little (other features, another hash), the gate's record pointing at it."""
+    from boneage_core.gate import GATE_FILE, InputGate
+    from boneage_core.models import load_model, save_model
+
+    folder = tmp_path / "artifacts"
+    shutil.copytree(quick_run, folder)
+    net, meta = load_model(folder / "multihead.pt")
+    with torch.no_grad():
+        next(net.backbone.parameters()).mul_(1.5)
+    sha256 = save_model(folder / "gatenet.pt", net, meta["config"], {"init_from": "multihead.pt"})
+    gate = InputGate.load(folder / GATE_FILE)
+    gate.member, gate.member_sha256 = "gatenet.pt", sha256
+    gate.save(folder / GATE_FILE)
+    return folder
+
+
+def test_a_gate_fitted_on_a_network_outside_the_ensemble_reads_that_network(gate_apart_folder, fullres_sample):
+    from boneage_core.inference import member_features
+
+    loaded = Ensemble.load(gate_apart_folder, members=["multihead.pt"])
+    assert loaded.gate is not None and loaded.gate_apart and loaded.gate_name == "gatenet.pt"
+    assert list(loaded.members) == ["multihead.pt"]  # not in the combined estimate
+    gray = load_gray(fullres_sample)
+    images = loaded.inputs(gray)
+    out = loaded.outputs(images, [True])
+    spec = loaded.gate_net.spec.preprocess
+    expected = member_features(loaded.gate_net, images[spec], loaded.device)
+    np.testing.assert_allclose(out.gate_features, expected, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(loaded.gate_features(gray), expected, rtol=1e-5, atol=1e-6)
+    member = member_features(loaded.members["multihead.pt"], images[spec], loaded.device)
+    assert not np.allclose(member, expected, atol=1e-3)  # the member's own features are not what the gate reads
+
+
+def test_a_changed_or_missing_gate_network_leaves_no_gate_and_says_why(gate_apart_folder):
+    with open(gate_apart_folder / "gatenet.pt", "ab") as f:
+        f.write(b"\0")
+    changed = Ensemble.load(gate_apart_folder, members=["multihead.pt"])
+    assert changed.gate is None and changed.gate_name == "multihead.pt"
+    assert any("fitted on gatenet.pt" in note and "re-run `train.py --stages gate`" in note for note in changed.notes)
+    (gate_apart_folder / "gatenet.pt").unlink()
+    missing = Ensemble.load(gate_apart_folder, members=["multihead.pt"])
+    assert missing.gate is None and any("gatenet.pt, which is not in" in note for note in missing.notes)

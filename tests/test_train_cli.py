@@ -432,3 +432,14 @@ def test_a_run_trained_in_two_chunks_equals_the_run_in_one(data_299, tmp_path, m
     assert "seed: 42 -> 7" in caplog.text and "phases" in caplog.text and "would change the run's plan" in caplog.text
     assert train.main(["--resume", str(tmp_path / "nothing")]) == 2
     assert "not a run folder" in caplog.text
+
+
+def test_the_gate_network_is_the_one_asked_for_else_the_first_member_with_an_age_head(quick_run, tmp_path):
+    from boneage_core.errors import MissingArtifactError
+    from boneage_core.pipeline import gate_network
+
+    cfg = TrainConfig(data_dir="unused")
+    assert gate_network(cfg, quick_run, ["multihead.pt"]) == "multihead.pt"
+    assert gate_network(replace(cfg, gate_network="multihead"), quick_run, []) == "multihead.pt"
+    with pytest.raises(MissingArtifactError, match="--gate-network other.pt: no such model file"):
+        gate_network(replace(cfg, gate_network="other.pt"), quick_run, ["multihead.pt"])
