@@ -110,7 +110,8 @@ def _preprocessing(predictor: Predictor) -> None:
         "The heatmaps are HiResCAM (gradient x activation) on a late backbone stage: for the age head, what moved "
         "the estimate away from the mean age in the direction it moved; for the stage head, the stage shown. Before "
         "scoring, an input gate compares the image's features (the pooled features and the texture statistics of a "
-        "mid-level backbone block) with the training images and refuses what does not look like a hand "
+        f"mid-level backbone block of `{predictor.gate_name}`) with the training images and refuses what does not "
+        "look like a hand "
         "radiograph; it turns back a film it is sure is rotated, tries the likeliest turn before refusing, and "
         "flags a possible rotation or a right hand. A HOG + XGBoost model on the same split is the baseline.")
     st.markdown("**Stages** (bone-age ranges):")
