@@ -26,7 +26,7 @@ import torch
 from boneage_core.calibration import apply_calibration
 from boneage_core.heads import AGE, STAGE
 from boneage_core.imaging import load_gray
-from boneage_core.inference import ensemble_outputs, member_outputs
+from boneage_core.inference import ensemble_outputs, member_features, member_outputs
 from boneage_core.predictor import Predictor
 from boneage_core.preprocess import crop_box, prepare
 from boneage_core.runtime import CACHE_ENV, OPENVINO, RUNTIME_ENV, RUNTIMES, TORCH, runtime_of
@@ -89,6 +89,12 @@ def _breakdown(predictor: Predictor, image: Path, male: bool) -> dict[str, float
         per_member.append(member_outputs(net, x, male_t, predictor.device, predictor.views,
                                          features=features if name == predictor.gate_name else None))
         steps[f"network {name}"] = time.perf_counter() - t0
+    if predictor.gate_apart:  # the gate reads a network of its own: one pass over the unzoomed view
+        t0 = time.perf_counter()
+        spec = predictor.gate_net.spec.preprocess
+        x = prepare(gray, spec, box if spec.hand_crop else None)[None]
+        features.append(member_features(predictor.gate_net, x, predictor.device))
+        steps[f"gate network {predictor.gate_name}"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     if predictor.gate is not None:
         predictor.gate.verdicts(features[0])
