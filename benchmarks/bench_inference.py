@@ -28,7 +28,6 @@ from boneage_core.heads import AGE, STAGE
 from boneage_core.imaging import load_gray
 from boneage_core.inference import ensemble_outputs, member_features, member_outputs
 from boneage_core.predictor import Predictor
-from boneage_core.preprocess import crop_box, prepare
 from boneage_core.runtime import CACHE_ENV, OPENVINO, RUNTIME_ENV, RUNTIMES, TORCH, runtime_of
 
 TARGET_PREDICT_S, TARGET_299_S, TARGET_EXPLAIN_S, TARGET_RSS_MB = 0.15, 0.10, 0.35, 800
@@ -75,25 +74,19 @@ def _breakdown(predictor: Predictor, image: Path, male: bool) -> dict[str, float
     t0 = time.perf_counter()
     gray = load_gray(image)
     steps["decode"] = time.perf_counter() - t0
-    male_t, per_member, features, box = torch.tensor([int(male)]), [], [], None
+    t0 = time.perf_counter()
+    images = predictor.inputs(gray)  # the one preparation path: hand crop found once, one input per distinct spec
+    steps["prepare + hand crop"] = time.perf_counter() - t0
+    male_t, per_member, features = torch.tensor([int(male)]), [], []
     for name, net in predictor.members.items():
-        spec = net.spec.preprocess
-        if spec.hand_crop and box is None:
-            t0 = time.perf_counter()
-            box = crop_box(gray, spec)
-            steps["hand crop"] = time.perf_counter() - t0
         t0 = time.perf_counter()
-        x = torch.from_numpy(prepare(gray, spec, box))[None]
-        steps["prepare"] = steps.get("prepare", 0.0) + time.perf_counter() - t0
-        t0 = time.perf_counter()
-        per_member.append(member_outputs(net, x, male_t, predictor.device, predictor.views,
-                                         features=features if name == predictor.gate_name else None))
+        per_member.append(member_outputs(net, torch.from_numpy(images[net.spec.preprocess]), male_t, predictor.device,
+                                         predictor.views, features=features if name == predictor.gate_name else None))
         steps[f"network {name}"] = time.perf_counter() - t0
     if predictor.gate_apart:  # the gate reads a network of its own: one pass over the unzoomed view
         t0 = time.perf_counter()
-        spec = predictor.gate_net.spec.preprocess
-        x = prepare(gray, spec, box if spec.hand_crop else None)[None]
-        features.append(member_features(predictor.gate_net, x, predictor.device))
+        net = predictor.gate_net
+        features.append(member_features(net, images[net.spec.preprocess], predictor.device))
         steps[f"gate network {predictor.gate_name}"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     if predictor.gate is not None:

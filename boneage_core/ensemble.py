@@ -58,10 +58,12 @@ def _gate(folder: Path, default: str, loaded: Mapping[str, Member], hashes: Mapp
     folder (read and hashed here, checked against the hash the gate recorded). Without a usable gate: (None, `default`,
     that member), with a note (images are then scored unchecked)."""
     path = folder / GATE_FILE
+    if not path.is_file():
+        notes.append(f"No input gate in {folder}: images are scored without checking that they are hand radiographs "
+                     "(run `train.py --stages gate`)")
+        logger.warning("%s", notes[-1])
+        return None, default, loaded[default]
     try:
-        if not path.is_file():
-            raise MissingArtifactError(f"No input gate in {folder}: images are scored without checking that they are "
-                                       "hand radiographs (run `train.py --stages gate`)")
         gate = InputGate.load(path)
         name = gate.member
         if name in loaded:
@@ -74,7 +76,7 @@ def _gate(folder: Path, default: str, loaded: Mapping[str, Member], hashes: Mapp
         else:
             raise MissingArtifactError(f"{path} was fitted on {name}, which is not in {folder}")
     except ArtifactError as exc:
-        notes.append(str(exc) if not path.is_file() else f"No input gate: {exc}")
+        notes.append(f"No input gate: {exc}")
         logger.warning("%s", notes[-1])
         return None, default, loaded[default]
     return gate, name, net

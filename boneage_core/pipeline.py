@@ -266,12 +266,17 @@ def evaluate_stage(cfg: TrainConfig, ds: Dataset, staging: Path, members: list[s
     return metrics
 
 
+def model_file_name(name: str) -> str:
+    """A model file named on the command line, with or without its suffix: multihead -> multihead.pt."""
+    return name if name.endswith(MODEL_SUFFIX) else name + MODEL_SUFFIX
+
+
 def gate_network(cfg: TrainConfig, staging: Path, members: list[str]) -> str:
     """The model file the gate reads: --gate-network (a member or another checkpoint in the folder), else the first
     member with an age head."""
     if not cfg.gate_network:
         return gate_member({name: read_meta(staging / name)["spec"]["heads"] for name in members})
-    name = cfg.gate_network if cfg.gate_network.endswith(MODEL_SUFFIX) else cfg.gate_network + MODEL_SUFFIX
+    name = model_file_name(cfg.gate_network)
     if not (staging / name).is_file():
         raise MissingArtifactError(f"--gate-network {name}: no such model file in {staging}")
     return name
@@ -343,7 +348,7 @@ def calibrate_stage(cfg: TrainConfig, ds: Dataset, staging: Path, members: list[
 def choose_members(cfg: TrainConfig, staging: Path, trained: list[str]) -> list[str]:
     """--members, else the CNN files this run trained (by stem), else the previous manifest's members, else every one."""
     if cfg.members:
-        return [m if m.endswith(MODEL_SUFFIX) else m + MODEL_SUFFIX for m in cfg.members]
+        return [model_file_name(m) for m in cfg.members]
     if trained:
         return [t + MODEL_SUFFIX for t in trained]
     previous = read_manifest(staging)
