@@ -144,6 +144,9 @@ SHIFTS: dict[str, Shift] = {
     "burned-in text + marker": burned_in,
     "inverted grey scale": invert,
     "mirrored (right hand)": mirror,
+    # laterality under acquisition shift: a right hand from another conversion
+    "mirrored + JPEG q30": lambda g: jpeg(mirror(g), 30),
+    "mirrored + noise sigma 3": lambda g: noise(mirror(g), 3),
     "upside down (180 deg)": lambda g: quarter_turns(g, 2),
     "sideways (90 deg)": lambda g: quarter_turns(g, 1),
 }

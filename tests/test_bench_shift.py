@@ -40,6 +40,8 @@ def test_pixel_shifts_keep_the_shape_and_change_the_film(name: str, film: np.nda
 
 def test_mirrored_inverted_and_turned_are_exact(film: np.ndarray) -> None:
     np.testing.assert_array_equal(shift.SHIFTS["mirrored (right hand)"](film), np.fliplr(film))
+    np.testing.assert_array_equal(shift.SHIFTS["mirrored + noise sigma 3"](film), shift.noise(np.fliplr(film), 3))
+    assert load_gray(shift.SHIFTS["mirrored + JPEG q30"](film)).shape == film.shape
     np.testing.assert_allclose(shift.SHIFTS["inverted grey scale"](film), 1.0 - film, atol=1e-7)
     np.testing.assert_array_equal(shift.SHIFTS["upside down (180 deg)"](film), film[::-1, ::-1])
     sideways = shift.SHIFTS["sideways (90 deg)"](film)
