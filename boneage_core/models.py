@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from .checkpoint import lineage_of, read_hashed, read_payload, save_checkpoint
+from .errors import ArtifactError
 from .heads import AGE, get_head
 from .imagenet import BACKBONES, load_imagenet_backbone
 from .preprocess import PreprocessSpec
@@ -169,8 +170,10 @@ def _load_matching(net: BoneAgeNet, state: dict[str, torch.Tensor], source: str)
 def create_model(spec: ModelSpec, init_from: str = INIT_IMAGENET) -> tuple[BoneAgeNet, dict]:
     """A network for `spec` and its lineage record; init_from = 'imagenet' | 'scratch' | a checkpoint path.
 
-    From a checkpoint, every tensor with a matching name and shape is copied (the backbone, and the
-    heads both networks have); new heads start fresh. The lineage names the parent's hash and config.
+    From a checkpoint of the same backbone, every tensor with a matching name and shape is copied (the backbone, and
+    the heads both networks have); new heads start fresh. A checkpoint of another backbone is refused: Lite0's
+    tensors are a subset of Lite1's by name and shape, so a Lite1 checkpoint would silently become a truncated Lite0.
+    The lineage names the parent's hash and config.
     """
     net = BoneAgeNet(spec)
     if init_from == INIT_IMAGENET:
@@ -180,7 +183,12 @@ def create_model(spec: ModelSpec, init_from: str = INIT_IMAGENET) -> tuple[BoneA
         return net, {"init_from": INIT_SCRATCH}
     if not Path(init_from).is_file():
         raise FileNotFoundError(f"--init-from {init_from!r}: no such checkpoint (or use imagenet / scratch)")
-    _load_matching(net, read_payload(init_from)["state_dict"], str(init_from))
+    payload = read_payload(init_from)
+    parent_backbone = payload["spec"].get("backbone")
+    if parent_backbone != spec.backbone:
+        raise ArtifactError(f"--init-from {init_from} holds a {parent_backbone} network and this run builds a "
+                            f"{spec.backbone}; pass --backbone {parent_backbone} to continue it")
+    _load_matching(net, payload["state_dict"], str(init_from))
     return net, lineage_of(init_from)
 
 

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
 import torch
 
 from boneage_core.checkpoint import file_sha256, read_payload
+from boneage_core.errors import ArtifactError
 from boneage_core.heads import AGE, STAGE
 from boneage_core.imagenet import imagenet_weights_path
 from boneage_core.models import (INIT_IMAGENET, INIT_SCRATCH, TEXTURE_BLOCK, BoneAgeNet, HeadOutput, ModelSpec,
@@ -251,6 +253,18 @@ def test_create_model_from_a_checkpoint_copies_matching_tensors(parent):
     assert lineage["init_from"] == str(path) and lineage["parent_sha256"] == sha == file_sha256(path)
     assert lineage["parent_config"] == {"lr": 0.01} and lineage["parent_spec"]["heads"] == [AGE]
     assert lineage["parent_lineage"] == {"init_from": INIT_SCRATCH}
+
+
+def test_a_checkpoint_of_another_backbone_is_refused_not_truncated(tmp_path):
+    """Lite0's tensors are a subset of Lite1's by name and shape: a Lite1 parent must not become a truncated Lite0."""
+    path = tmp_path / "lite1.pt"
+    torch.manual_seed(2)
+    lite1 = create_model(dataclasses.replace(_spec(), backbone="tf_efficientnet_lite1"), INIT_SCRATCH)[0]
+    save_model(path, lite1, {}, {"init_from": INIT_SCRATCH})
+    with pytest.raises(ArtifactError, match="tf_efficientnet_lite1.*--backbone tf_efficientnet_lite1"):
+        create_model(_spec(), str(path))
+    child, _ = create_model(dataclasses.replace(_spec(), backbone="tf_efficientnet_lite1"), str(path))
+    assert torch.equal(child.state_dict()["backbone.conv_stem.weight"], _fp16(lite1.state_dict())["backbone.conv_stem.weight"])
 
 
 def test_create_model_from_a_checkpoint_skips_mismatched_shapes(parent):
