@@ -24,7 +24,7 @@ from .imaging import ImageLoadError, ImageSource, check_gray_array, load_gray, s
 from .gate import NO_CORRECTION
 from .inference import to_input
 from .models import BoneAgeNet, HeadOutput
-from .preprocess import crop_box, grain_warnings, heatmap_to_original, input_warnings, prepare
+from .preprocess import crop_box, heatmap_to_original, input_warnings, prepare
 from .report import HEATMAP_CMAP, years_months
 from .runtime import torch_net
 from .views import Views, as_views
@@ -177,7 +177,7 @@ class Predictor(Ensemble):
             stage, source_kind = int(stage_from_age), STAGE_FROM_AGE
         calibration = self.calibration_for(views)
         interval = None if (age is None or calibration is None) else calibration.interval(age)
-        warnings = gate_notes + grain_warnings(gray) + input_warnings(model_input)
+        warnings = gate_notes + input_warnings(model_input)
         if source_kind == STAGE_FROM_HEAD and age is not None:
             warnings += [w for w in [self.scheme.disagreement(stage, age, male)] if w]
         return Prediction(name, male, age, stage, self.scheme.names[stage], probs, source_kind, stage_from_age,

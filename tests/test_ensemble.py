@@ -17,7 +17,7 @@ from boneage_core.evaluate import cnn_columns, gate_columns
 from boneage_core.heads import AGE, CNN, STAGE, UNCORRECTED, system_column
 from boneage_core.imaging import load_gray
 from boneage_core.manifest import build_manifest, write_manifest
-from boneage_core.preprocess import FULL_BOX, crop_box, is_grainy, prepare
+from boneage_core.preprocess import FULL_BOX, crop_box, prepare
 from boneage_core.runtime import RUNTIME_ENV, TORCH
 
 
@@ -85,25 +85,22 @@ def test_outputs_are_the_members_views_combined_then_calibrated(committed_predic
 
 
 def test_the_hand_is_found_once_per_image_for_all_crop_members(committed_predictor, fullres_sample, monkeypatch):
-    """Two hand-crop members share one crop box and one measurement of the grain; members with the same spec share
-    one preparation; each member's input is still prepare(gray, its spec)."""
+    """Hand-crop members share one crop box (found once); members with the same spec share one preparation; each
+    member's input is still prepare(gray, its spec)."""
     loaded = committed_predictor
     crop_specs = [net.spec.preprocess for net in loaded.members.values() if net.spec.preprocess.hand_crop]
-    assert len(crop_specs) >= 2
+    assert crop_specs, "the served ensemble has a hand-crop member"
     gray = load_gray(fullres_sample)
     boxes, seen = [], []
     monkeypatch.setattr(ensemble_module, "crop_box", lambda g, spec: boxes.append(crop_box(g, spec)) or boxes[-1])
-    monkeypatch.setattr(ensemble_module, "prepare", lambda g, spec, box=None, grainy=None:
-                        seen.append((spec, prepare(g, spec, box, grainy))) or seen[-1][1])
-    measured = []
-    monkeypatch.setattr(ensemble_module, "is_grainy", lambda g: measured.append(is_grainy(g)) or measured[-1])
+    monkeypatch.setattr(ensemble_module, "prepare", lambda g, spec, box=None: seen.append((spec, prepare(g, spec, box)))
+                        or seen[-1][1])
     fed = []
     real_outputs = ensemble_module.member_outputs
     monkeypatch.setattr(ensemble_module, "member_outputs",
                         lambda net, images, *a, **k: fed.append(images[0].numpy().copy()) or real_outputs(net, images, *a, **k))
     loaded.outputs(loaded.inputs(gray), [True])
     assert len(boxes) == 1 and boxes[0] != FULL_BOX
-    assert measured == [False], "the grain is measured once per image"
     specs = [net.spec.preprocess for net in loaded.members.values()]
     assert [spec for spec, _ in seen] == list(dict.fromkeys(specs)), "one preparation per distinct spec"
     for net, image in zip(loaded.members.values(), fed, strict=True):
