@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pandas as pd
 
+from boneage_core.report import whole_months_range
 from boneage_core.spreadsheet import spreadsheet_safe
 
 #: Whole-number columns of the results (written 25, not 25.0, even beside rows without a number).
@@ -17,7 +18,7 @@ def for_people(results: pd.DataFrame) -> pd.DataFrame:
         return results[name] if name in results else pd.Series([None] * len(results), index=results.index)
 
     def interval(low, high) -> str:
-        return "" if pd.isna(low) or pd.isna(high) else f"{low:.0f}–{high:.0f}"
+        return "" if pd.isna(low) or pd.isna(high) else whole_months_range(low, high)
 
     def z_text(z, low, high) -> str:
         return "" if pd.isna(z) else f"{z:+.2f} ({low:+.2f} to {high:+.2f})"

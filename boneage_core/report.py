@@ -41,6 +41,18 @@ PDF_MAX_WARNINGS = 6
 FOOTER_TOP = 250.0
 
 
+#: Decimals of the interval's bounds in the CSV; every display shows those bounds in whole months
+#: (:func:`whole_months_range`), so the report, the PDF, the Assess page and the Batch page's table agree.
+INTERVAL_DECIMALS = 1
+
+
+def whole_months_range(low: float, high: float) -> str:
+    """'19–31': an interval in whole months, rounded from its bounds as the CSV holds them (never from the raw ones:
+    19.46 is 19.5 in the CSV, so 20 wherever it is shown)."""
+    low, high = round(float(low), INTERVAL_DECIMALS), round(float(high), INTERVAL_DECIMALS)
+    return f"{low:.0f}–{high:.0f}"
+
+
 def years_months(months: float) -> str:
     """124.6 -> '10 y 5 m' (rounded to whole months)."""
     total = int(round(months))
@@ -154,10 +166,17 @@ class AssessmentReport:
         return f"{self.bone_age_whole_months} months ({years_months(self.bone_age_months)})"
 
     @property
-    def interval_text(self) -> str | None:
+    def interval_rounded(self) -> tuple[float, float] | None:
+        """The interval's bounds as the CSV holds them (:data:`INTERVAL_DECIMALS`)."""
         if self.interval_low is None or self.interval_high is None:
             return None
-        return f"{self.interval_level:.0%} interval {self.interval_low:.0f}–{self.interval_high:.0f} months"
+        return round(self.interval_low, INTERVAL_DECIMALS), round(self.interval_high, INTERVAL_DECIMALS)
+
+    @property
+    def interval_text(self) -> str | None:
+        if self.interval_rounded is None:
+            return None
+        return f"{self.interval_level:.0%} interval {whole_months_range(*self.interval_rounded)} months"
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-friendly nested dict."""
@@ -186,8 +205,8 @@ class AssessmentReport:
             "name": self.name, "sex": self.sex,
             "bone_age_months": None if self.bone_age_months is None else round(self.bone_age_months, 2),
             "bone_age_whole_months": self.bone_age_whole_months,
-            "interval_low_months": None if self.interval_low is None else round(self.interval_low, 1),
-            "interval_high_months": None if self.interval_high is None else round(self.interval_high, 1),
+            "interval_low_months": None if self.interval_rounded is None else self.interval_rounded[0],
+            "interval_high_months": None if self.interval_rounded is None else self.interval_rounded[1],
             "interval_level": self.interval_level, "stage_name": self.stage_name, "stage_source": self.stage_source,
         }
         row.update({f"p_{stage}": round(p, 4) for stage, p in (self.stage_probabilities or ())})

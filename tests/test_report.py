@@ -8,6 +8,7 @@ from datetime import datetime, timezone
 from types import SimpleNamespace
 
 import numpy as np
+import pandas as pd
 import pytest
 from PIL import Image
 from pypdf import PdfReader
@@ -181,3 +182,18 @@ def test_study_identifiers_from_a_real_dicom_dataset(dicom_from, fullres_sample)
                                            "StudyDate": "20240131"}
     rep = AssessmentReport.from_prediction(_prediction(), None, "v3", dicom=ds)
     assert PATIENT not in rep.to_json() and PATIENT not in _pdf_text(render_pdf(rep))[1]
+
+
+def test_an_interval_is_shown_in_the_same_whole_months_everywhere():
+    """19.46 is 19.5 in the CSV, so 20 on the Batch page's table; the report text and the Assess page round the same
+    one-decimal bound, never the raw one (which would give 19)."""
+    from app.tables import for_people
+    from boneage_core.report import whole_months_range
+
+    report = AssessmentReport.from_prediction(_prediction(interval=SimpleNamespace(low=19.46, high=40.44, level=0.9)),
+                                              None, "v1")
+    row = report.csv_row()
+    assert (row["interval_low_months"], row["interval_high_months"]) == (19.5, 40.4)
+    assert whole_months_range(19.46, 40.44) == "20–40" and report.interval_text == "90% interval 20–40 months"
+    table = for_people(pd.DataFrame([{**row, "file": "x.png", "error": ""}]))
+    assert table.loc[0, "90 % interval (months)"] == "20–40"

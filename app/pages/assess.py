@@ -24,7 +24,7 @@ from boneage_core.imaging import ACCEPTED, read_dicom_info
 from boneage_core.plots import stage_probability_figure
 from boneage_core.predictor import Prediction, Predictor, overlay_heatmap
 from boneage_core.report import (DISCLAIMER, REFERENCE_NAME, AssessmentReport, heatmap_png_with_colorbar, render_pdf,
-                                 years_months)
+                                 whole_months_range, years_months)
 from boneage_core.spreadsheet import spreadsheet_safe_row
 
 logger = logging.getLogger(__name__)
@@ -161,7 +161,8 @@ def _headline(pred: Prediction, predictor: Predictor) -> None:
     if pred.interval is not None:
         iv = pred.interval
         st.markdown(
-            f"**Uncertainty: {iv.level:.0%} interval {iv.low:.0f}–{iv.high:.0f} months.** A {iv.method} interval "
+            f"**Uncertainty: {iv.level:.0%} interval {whole_months_range(iv.low, iv.high)} months.** "
+            f"A {iv.method} interval "
             f"calibrated on {iv.n_reference} validation radiographs the model never trained on; its width follows "
             "the model's error at this age. Coverage on the holdout, by age group: Model performance page.")
     for warning in pred.warnings:  # the same warnings the PDF, JSON and CSV carry
