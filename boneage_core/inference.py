@@ -22,6 +22,8 @@ from .heads import combine, get_head
 from .preprocess import grey_entropy, prepare
 from .views import NO_TTA, TTA_SCALES, Views, as_views
 
+from .runtime import torch_ops_beside
+
 if TYPE_CHECKING:
     from .runtime import Member
 
@@ -99,19 +101,20 @@ def member_outputs(net: Member, images: torch.Tensor, male: torch.Tensor, device
     batch_size = batch_size or inference_batch(device)
     per_view: dict[str, list[list[np.ndarray]]] = {h: [] for h in spec.heads}
     starts = range(0, len(images), batch_size)
-    for i in tqdm(starts, desc="predict", disable=not progress or len(starts) < 3):
-        x = to_input(images[i:i + batch_size], device)
-        m = male[i:i + batch_size].to(device)
-        for v, (scale, view) in enumerate(zip(views, tta_views(x, views))):
-            with autocast(device, cpu_bf16):
-                pooled, texture, out = net.infer(view, m)
-            if scale == 1.0 and features is not None:
-                features.append(gate_features(pooled, texture, images[i:i + batch_size]))
-            for head in spec.heads:
-                decoded = get_head(head).decode(out[head], spec)
-                if v == len(per_view[head]):
-                    per_view[head].append([])
-                per_view[head][v].append(decoded)
+    with torch_ops_beside(net):
+        for i in tqdm(starts, desc="predict", disable=not progress or len(starts) < 3):
+            x = to_input(images[i:i + batch_size], device)
+            m = male[i:i + batch_size].to(device)
+            for v, (scale, view) in enumerate(zip(views, tta_views(x, views))):
+                with autocast(device, cpu_bf16):
+                    pooled, texture, out = net.infer(view, m)
+                if scale == 1.0 and features is not None:
+                    features.append(gate_features(pooled, texture, images[i:i + batch_size]))
+                for head in spec.heads:
+                    decoded = get_head(head).decode(out[head], spec)
+                    if v == len(per_view[head]):
+                        per_view[head].append([])
+                    per_view[head][v].append(decoded)
     return {h: [np.concatenate(chunks) for chunks in by_view] for h, by_view in per_view.items()}
 
 
@@ -130,10 +133,11 @@ def member_features(net: Member, images: torch.Tensor | np.ndarray, device: torc
     images = torch.as_tensor(np.ascontiguousarray(images)) if isinstance(images, np.ndarray) else images
     starts = range(0, len(images), batch_size)
     out = []
-    for i in tqdm(starts, desc="features", disable=not progress or len(starts) < 3):
-        x = to_input(images[i:i + batch_size], device)
-        pooled, texture, _ = net.infer(x, torch.zeros(len(x), dtype=torch.long, device=device))
-        out.append(gate_features(pooled, texture, images[i:i + batch_size]))
+    with torch_ops_beside(net):
+        for i in tqdm(starts, desc="features", disable=not progress or len(starts) < 3):
+            x = to_input(images[i:i + batch_size], device)
+            pooled, texture, _ = net.infer(x, torch.zeros(len(x), dtype=torch.long, device=device))
+            out.append(gate_features(pooled, texture, images[i:i + batch_size]))
     return np.concatenate(out) if out else np.zeros((0, 0))
 
 

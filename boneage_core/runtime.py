@@ -13,6 +13,7 @@ hashes of the saved files; a cached model whose record does not match is rebuilt
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib.util
 import json
@@ -116,6 +117,40 @@ class CompiledMember:
             outputs = [torch.from_numpy(np.asarray(results[i])) for i in range(len(results))]
         pooled, texture, *heads = outputs
         return pooled, texture, dict(zip(self.spec.heads, heads))
+
+
+_torch_threads_lock = threading.Lock()
+_torch_threads_held: list[int] = []  # the thread count to restore, while some compiled pass holds torch to one
+
+
+@contextlib.contextmanager
+def torch_ops_beside(member: Member):
+    """While a compiled member's passes run, torch's own small operations around them (input conversion, zoomed
+    views, decoding) run on one thread: torch's OpenMP workers keep spinning after each operation and take the cores
+    from OpenVINO's threads (README, "CPU runtime: OpenVINO"). Nested and concurrent uses share one hold; the count
+    is restored when the last one ends. A PyTorch member is left as it is."""
+    if not isinstance(member, CompiledMember):
+        yield
+        return
+    with _torch_threads_lock:
+        if not _torch_threads_held:
+            _torch_threads_held.append(torch.get_num_threads())
+            torch.set_num_threads(1)
+        else:
+            _torch_threads_held.append(_torch_threads_held[0])
+    try:
+        yield
+    finally:
+        with _torch_threads_lock:
+            saved = _torch_threads_held.pop()
+            if not _torch_threads_held:
+                torch.set_num_threads(saved)
+
+
+def configured_threads() -> int:
+    """torch's thread count as configured (not the one :func:`torch_ops_beside` holds it to while passes run)."""
+    with _torch_threads_lock:
+        return _torch_threads_held[0] if _torch_threads_held else torch.get_num_threads()
 
 
 def torch_net(member: Member) -> BoneAgeNet:
@@ -249,8 +284,8 @@ def compile_member(net: BoneAgeNet | Callable[[], BoneAgeNet], checkpoint_sha256
     """The network compiled by OpenVINO for the CPU, from the cache when its record matches, else converted and saved.
 
     `net` is the network, or a function that builds it with its `spec` given: then it is built only when the cache
-    must be (re)built or when :attr:`CompiledMember.net` is asked for. Threads default to torch.get_num_threads();
-    the latency hint suits single images.
+    must be (re)built or when :attr:`CompiledMember.net` is asked for. Threads default to torch's
+    (:func:`configured_threads`); the latency hint suits single images.
     """
     if isinstance(net, BoneAgeNet):
         built: BoneAgeNet | None = net
@@ -275,7 +310,7 @@ def compile_member(net: BoneAgeNet | Callable[[], BoneAgeNet], checkpoint_sha256
         model = convert_member(built)
         save_member(model, folder, record)
     config = {"INFERENCE_PRECISION_HINT": precision, "PERFORMANCE_HINT": "LATENCY",
-              "INFERENCE_NUM_THREADS": int(threads or torch.get_num_threads())}
+              "INFERENCE_NUM_THREADS": int(threads or configured_threads())}
     compiled = core.compile_model(model, "CPU", config)
     logger.info("OpenVINO model %s ready in %.2f s (%s, %s threads)", folder.name, time.perf_counter() - t0,
                 precision, config["INFERENCE_NUM_THREADS"])

@@ -22,8 +22,8 @@ from boneage_core.models import INIT_SCRATCH, BoneAgeNet, ModelSpec, create_mode
 from boneage_core.predictor import Predictor
 from boneage_core.preprocess import PreprocessSpec
 from boneage_core.runtime import (CACHE_ENV, MODEL_BIN, MODEL_XML, OPENVINO, RUNTIME_ENV, SIDECAR, TORCH,
-                                  CompiledMember, cache_key, compile_member, load_member, resolve_precision,
-                                  resolve_runtime, runtime_of, torch_net)
+                                  CompiledMember, cache_key, compile_member, configured_threads, load_member,
+                                  resolve_precision, resolve_runtime, runtime_of, torch_net, torch_ops_beside)
 from boneage_core.views import TTA_SCALES
 
 SIZE = 32
@@ -114,6 +114,42 @@ def test_a_compiled_member_answers_like_the_network(built, net, images):
         for a, e in zip(compiled[head], eager[head], strict=True):
             np.testing.assert_allclose(a, e, rtol=1e-4, atol=1e-4)
     np.testing.assert_allclose(member_features(built, x, CPU), member_features(net, x, CPU), rtol=1e-4, atol=1e-5)
+
+
+def test_torch_ops_run_on_one_thread_beside_compiled_passes_and_the_count_comes_back(built, net, images,
+                                                                                   monkeypatch):
+    """torch's OpenMP workers spin after each operation and take the cores from OpenVINO's threads: while a compiled
+    member's passes run, torch is held to one thread; the configured count is what compiling reads, and it is restored
+    once the last (nested) hold ends. A PyTorch member keeps torch's threads."""
+    x, male = images
+    seen: list[int] = []
+
+    def spy(member):
+        infer = member.infer
+
+        def counted(*args):
+            seen.append(torch.get_num_threads())
+            return infer(*args)
+        return counted
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        monkeypatch.setattr(built, "infer", spy(built))
+        member_outputs(built, x, male, CPU, views=TTA_SCALES, batch_size=3)
+        member_features(built, x, CPU)
+        assert seen and set(seen) == {1} and torch.get_num_threads() == 2
+        with torch_ops_beside(built):
+            with torch_ops_beside(built):
+                assert torch.get_num_threads() == 1 and configured_threads() == 2
+            assert torch.get_num_threads() == 1
+        assert torch.get_num_threads() == 2 and configured_threads() == 2
+        seen.clear()
+        monkeypatch.setattr(net, "infer", spy(net))
+        member_outputs(net, x, male, CPU, batch_size=3)
+        assert seen and set(seen) == {2}
+    finally:
+        torch.set_num_threads(before)
 
 
 def test_a_matching_cache_is_used_without_converting(cache, net, monkeypatch):
