@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import functools
 import logging
-from typing import TYPE_CHECKING, Mapping, Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 import torch
@@ -20,12 +20,8 @@ from tqdm.auto import tqdm
 
 from .heads import combine, get_head
 from .preprocess import grey_entropy, prepare
+from .runtime import Member, torch_ops_beside
 from .views import NO_TTA, TTA_SCALES, Views, as_views
-
-from .runtime import torch_ops_beside
-
-if TYPE_CHECKING:
-    from .runtime import Member
 
 logger = logging.getLogger(__name__)
 
