@@ -63,11 +63,6 @@ class PredictionInterval:
     def to_dict(self) -> dict:
         return asdict(self)
 
-    @property
-    def text(self) -> str:
-        return (f"{self.level:.0%} interval {self.low:.0f}-{self.high:.0f} months ({self.method}, calibrated on "
-                f"{self.n_reference} validation images)")
-
 
 def interval_columns(system: str) -> tuple[str, str]:
     """Prediction-table columns of a system's interval ends, e.g. ('cnn_age_low', 'cnn_age_high')."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -47,10 +48,12 @@ INTERVAL_DECIMALS = 1
 
 
 def whole_months_range(low: float, high: float) -> str:
-    """'19–31': an interval in whole months, rounded from its bounds as the CSV holds them (never from the raw ones:
-    19.46 is 19.5 in the CSV, so 20 wherever it is shown)."""
-    low, high = round(float(low), INTERVAL_DECIMALS), round(float(high), INTERVAL_DECIMALS)
-    return f"{low:.0f}–{high:.0f}"
+    """'19–31': an interval in whole months, rounded half up from its bounds as the CSV holds them (never from the raw
+    ones: 19.46 is 19.5 in the CSV, so 20 wherever it is shown; 20.5 is 21, not the 20 of Python's half-to-even)."""
+    def whole(x: float) -> int:
+        return math.floor(round(float(x), INTERVAL_DECIMALS) + 0.5)
+
+    return f"{whole(low)}–{whole(high)}"
 
 
 def years_months(months: float) -> str:

@@ -26,7 +26,7 @@ import threading
 import time
 import warnings
 from pathlib import Path
-from typing import Callable, Union
+from typing import Callable, Iterator, Union
 
 import numpy as np
 import torch
@@ -119,38 +119,46 @@ class CompiledMember:
         return pooled, texture, dict(zip(self.spec.heads, heads))
 
 
-_torch_threads_lock = threading.Lock()
-_torch_threads_held: list[int] = []  # the thread count to restore, while some compiled pass holds torch to one
+_threads_lock = threading.Lock()
+_holds = 0  # holds in progress, over all threads
+_configured_threads = 0  # torch's thread count outside any hold (set when the first hold begins)
+_thread_holds = threading.local()  # .depth: this thread's nested holds
 
 
 @contextlib.contextmanager
-def torch_ops_beside(member: Member):
+def torch_ops_beside(member: Member) -> Iterator[None]:
     """While a compiled member's passes run, torch's own small operations around them (input conversion, zoomed
     views, decoding) run on one thread: torch's OpenMP workers keep spinning after each operation and take the cores
-    from OpenVINO's threads (README, "CPU runtime: OpenVINO"). Nested and concurrent uses share one hold; the count
-    is restored when the last one ends. A PyTorch member is left as it is."""
+    from OpenVINO's threads (README, "CPU runtime: OpenVINO"). torch's count is per thread (a new thread starts with
+    the last one set), so each thread sets its own and, when its outermost hold ends, puts back the count configured
+    outside any hold. A PyTorch member is left as it is."""
+    global _holds, _configured_threads
     if not isinstance(member, CompiledMember):
         yield
         return
-    with _torch_threads_lock:
-        if not _torch_threads_held:
-            _torch_threads_held.append(torch.get_num_threads())
-            torch.set_num_threads(1)
-        else:
-            _torch_threads_held.append(_torch_threads_held[0])
+    depth = getattr(_thread_holds, "depth", 0)
+    with _threads_lock:
+        if _holds == 0:
+            _configured_threads = torch.get_num_threads()
+        _holds += 1
+    _thread_holds.depth = depth + 1
+    if depth == 0:
+        torch.set_num_threads(1)
     try:
         yield
     finally:
-        with _torch_threads_lock:
-            saved = _torch_threads_held.pop()
-            if not _torch_threads_held:
-                torch.set_num_threads(saved)
+        _thread_holds.depth = depth
+        with _threads_lock:
+            _holds -= 1
+            configured = _configured_threads
+        if depth == 0:
+            torch.set_num_threads(configured)
 
 
 def configured_threads() -> int:
     """torch's thread count as configured (not the one :func:`torch_ops_beside` holds it to while passes run)."""
-    with _torch_threads_lock:
-        return _torch_threads_held[0] if _torch_threads_held else torch.get_num_threads()
+    with _threads_lock:
+        return _configured_threads if _holds else torch.get_num_threads()
 
 
 def torch_net(member: Member) -> BoneAgeNet:

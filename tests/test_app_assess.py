@@ -17,7 +17,7 @@ from app.options import AGE_MODE, AGE_MONTHS, AGE_YEARS, BIRTH_DATE, PATIENT_STA
 from boneage_core.clinical import RULE_TEXT, gp_zscore, load_reference
 from boneage_core.errors import InputError
 from boneage_core.predictor import Predictor
-from boneage_core.report import read_study, years_months
+from boneage_core.report import read_study, whole_months_range, years_months
 
 UPLOAD_KEY = "assess_upload"
 
@@ -102,7 +102,7 @@ def test_choosing_sex_gives_the_library_estimate_heatmap_and_downloads(assessed,
     assert expected.stage_name in text and expected.stage_source in text, "the stage and where it comes from"
     assert len(assessed.image) >= 3  # model input, original, Grad-CAM overlay
     if expected.interval is not None:
-        assert f"{expected.interval.low:.0f}–{expected.interval.high:.0f} months" in text
+        assert f"{whole_months_range(expected.interval.low, expected.interval.high)} months" in text
     assert {b.key for b in assessed.download_button} >= {"assess_dl_pdf", "assess_dl_json", "assess_dl_csv",
                                                            "assess_dl_png"}
     assert predictor.version in text, "the model version the reports carry"

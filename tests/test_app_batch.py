@@ -10,6 +10,7 @@ import pytest
 from app import state
 from boneage_core.batch import BatchSetupError, Patient, patient_for, read_patient_table
 from boneage_core.clinical import gp_zscore, load_reference
+from boneage_core.report import whole_months_range
 
 
 def test_empty_batch_page_runs(open_page):
@@ -48,8 +49,7 @@ def test_batch_reports_missing_sex_and_scores_the_rest(fullres_dir, sample_label
         assert row["Stage"] == pred.stage_name  # a name, not an integer code
         # whole months, rounded from the report row's one-decimal months (report.py), as the CSV holds them: 19.456
         # is 19.5 there and 20 on screen
-        low, high = round(pred.interval.low, 1), round(pred.interval.high, 1)
-        assert row["90 % interval (months)"] == f"{low:.0f}–{high:.0f}"
+        assert row["90 % interval (months)"] == whole_months_range(pred.interval.low, pred.interval.high)
     pred0 = predictor.predict(paths[0], male=male0)
     interval = pred0.interval or (pred0.bone_age_months,) * 2
     readout = gp_zscore(pred0.bone_age_months, interval, age0, male0, load_reference(gp_table))

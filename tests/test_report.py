@@ -195,5 +195,6 @@ def test_an_interval_is_shown_in_the_same_whole_months_everywhere():
     row = report.csv_row()
     assert (row["interval_low_months"], row["interval_high_months"]) == (19.5, 40.4)
     assert whole_months_range(19.46, 40.44) == "20–40" and report.interval_text == "90% interval 20–40 months"
+    assert whole_months_range(20.46, 21.44) == "21–21"  # 20.5 in the CSV: half up, not Python's half-to-even 20
     table = for_people(pd.DataFrame([{**row, "file": "x.png", "error": ""}]))
     assert table.loc[0, "90 % interval (months)"] == "20–40"

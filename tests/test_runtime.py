@@ -152,6 +152,44 @@ def test_torch_ops_run_on_one_thread_beside_compiled_passes_and_the_count_comes_
         torch.set_num_threads(before)
 
 
+def test_the_hold_gives_each_thread_the_configured_count_back(built):
+    """torch's count is per thread (a new thread starts with the last one set): two threads whose holds overlap each
+    get the configured count back when their own hold ends, in either order, and so does a thread started during
+    another's hold once its own hold ends."""
+    import threading
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    seen: dict[str, int] = {}
+    a_in, b_in, a_out = threading.Event(), threading.Event(), threading.Event()
+
+    def first():
+        with torch_ops_beside(built):
+            a_in.set()
+            b_in.wait(10)
+        a_out.set()
+        seen["first after"] = torch.get_num_threads()
+
+    def second():
+        a_in.wait(10)
+        with torch_ops_beside(built):
+            seen["second during"] = torch.get_num_threads()
+            b_in.set()
+            a_out.wait(10)
+            seen["configured during"] = configured_threads()
+        seen["second after"] = torch.get_num_threads()
+
+    try:
+        threads = [threading.Thread(target=first), threading.Thread(target=second)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(20)
+        assert seen == {"second during": 1, "configured during": 2, "first after": 2, "second after": 2}
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_a_matching_cache_is_used_without_converting(cache, net, monkeypatch):
     monkeypatch.setattr(runtime, "convert_member", lambda _net: pytest.fail("converted again"))
     member = compile_member(net, SHA)
