@@ -47,11 +47,16 @@ FOOTER_TOP = 250.0
 INTERVAL_DECIMALS = 1
 
 
+def _csv_bound(months: float | None) -> float | None:
+    """An interval bound as the CSV holds it (INTERVAL_DECIMALS)."""
+    return None if months is None else round(months, INTERVAL_DECIMALS)
+
+
 def whole_months_range(low: float, high: float) -> str:
     """'19–31': an interval in whole months, rounded half up from its bounds as the CSV holds them (never from the raw
     ones: 19.46 is 19.5 in the CSV, so 20 wherever it is shown; 20.5 is 21, not the 20 of Python's half-to-even)."""
     def whole(x: float) -> int:
-        return math.floor(round(float(x), INTERVAL_DECIMALS) + 0.5)
+        return math.floor(_csv_bound(float(x)) + 0.5)
 
     return f"{whole(low)}–{whole(high)}"
 
@@ -169,17 +174,11 @@ class AssessmentReport:
         return f"{self.bone_age_whole_months} months ({years_months(self.bone_age_months)})"
 
     @property
-    def interval_rounded(self) -> tuple[float, float] | None:
-        """The interval's bounds as the CSV holds them (:data:`INTERVAL_DECIMALS`)."""
+    def interval_text(self) -> str | None:
+        """'90% interval 108–142 months' (whole months, :func:`whole_months_range`), or None without an interval."""
         if self.interval_low is None or self.interval_high is None:
             return None
-        return round(self.interval_low, INTERVAL_DECIMALS), round(self.interval_high, INTERVAL_DECIMALS)
-
-    @property
-    def interval_text(self) -> str | None:
-        if self.interval_rounded is None:
-            return None
-        return f"{self.interval_level:.0%} interval {whole_months_range(*self.interval_rounded)} months"
+        return f"{self.interval_level:.0%} interval {whole_months_range(self.interval_low, self.interval_high)} months"
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-friendly nested dict."""
@@ -208,8 +207,8 @@ class AssessmentReport:
             "name": self.name, "sex": self.sex,
             "bone_age_months": None if self.bone_age_months is None else round(self.bone_age_months, 2),
             "bone_age_whole_months": self.bone_age_whole_months,
-            "interval_low_months": None if self.interval_rounded is None else self.interval_rounded[0],
-            "interval_high_months": None if self.interval_rounded is None else self.interval_rounded[1],
+            "interval_low_months": _csv_bound(self.interval_low),
+            "interval_high_months": _csv_bound(self.interval_high),
             "interval_level": self.interval_level, "stage_name": self.stage_name, "stage_source": self.stage_source,
         }
         row.update({f"p_{stage}": round(p, 4) for stage, p in (self.stage_probabilities or ())})
