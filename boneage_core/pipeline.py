@@ -133,9 +133,8 @@ def train_baseline_stage(cfg: TrainConfig, ds: Dataset, staging: Path) -> None:
     model.save(staging)
 
 
-def _age_scaling(cfg: TrainConfig, rows: pd.DataFrame) -> tuple[float, float]:
+def _age_scaling(parent: ModelSpec | None, rows: pd.DataFrame) -> tuple[float, float]:
     """The age head's standardisation: the parent checkpoint's when continuing from one, else the training split's."""
-    parent = parent_spec(cfg.init_from)
     if parent is not None and AGE in parent.heads:
         return parent.age_mean, parent.age_std
     return float(rows["boneage"].mean()), float(rows["boneage"].std())
@@ -199,10 +198,11 @@ def train_cnn_stage(cfg: TrainConfig, ds: Dataset, staging: Path | None, name: s
         spec, lineage = ModelSpec.from_dict(saved["spec"]), saved["lineage"]
         net, state = BoneAgeNet(spec), TrainState.from_dict(saved["state"])
     else:
-        age_mean, age_std = _age_scaling(cfg, ds.part("train"))
+        parent = parent_spec(cfg.init_from)
+        age_mean, age_std = _age_scaling(parent, ds.part("train"))
         spec = ModelSpec(heads=MODEL_LAYOUTS[name], backbone=cfg.backbone, sex_embedding_dim=cfg.sex_embedding_dim,
                          preprocess=cfg.preprocess_spec(phases[-1].image_size), age_mean=age_mean, age_std=age_std)
-        if parent_spec(cfg.init_from) is not None:
+        if parent is not None:
             check_same_split([Path(cfg.init_from)], ds, "--init-from")
         net, lineage = create_model(spec, cfg.init_from)
     device = dist.device or resolve_device(cfg.device)
