@@ -164,6 +164,29 @@ def as_upload(film: np.ndarray | bytes) -> np.ndarray:
     return load_gray(film) if isinstance(film, bytes) else to_uint8(film).astype(np.float32) / 255.0
 
 
+def posed(g: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """The film in a random pose, as films arrive: turned by a quarter turn (40 %), mirrored (30 %), its grey scale
+    inverted (20 %)."""
+    if rng.random() < 0.4:
+        g = quarter_turns(g, int(rng.integers(1, 4)))
+    if rng.random() < 0.3:
+        g = mirror(g)
+    if rng.random() < 0.2:
+        g = invert(g)
+    return np.ascontiguousarray(g)
+
+
+def radiograph_variants(g: np.ndarray, rng: np.random.Generator) -> list[np.ndarray]:
+    """Three uploads of one film as other sites might send it, each in a random pose (:func:`posed`): under a random
+    MILD shift; with noise of 2-8 grey levels (on the film at half contrast 40 % of the time); saved as a JPEG of
+    quality 15-60. What the gate's radiograph-or-not model must take as a radiograph."""
+    shifted = SHIFTS[MILD[int(rng.integers(len(MILD)))]](g)
+    low = contrast(g, 0.5) if rng.random() < 0.4 else g
+    grainy = noise(low, float(rng.uniform(2.0, 8.0)), seed=int(rng.integers(2**31)))
+    compressed = jpeg(g, int(rng.integers(15, 61)))
+    return [posed(as_upload(film), rng) for film in (shifted, grainy, compressed)]
+
+
 def shifted_inputs(paths: list, spec: PreprocessSpec, seed: int, names: tuple[str, ...] = MILD) -> np.ndarray:
     """uint8 (N, S, S) model inputs of the films at `paths`, each under one of the shifts `names` drawn at random
     (seeded), read as an upload of it would be (:func:`as_upload`)."""

@@ -22,7 +22,14 @@ calibrated on the validation split:
   is weak; the difference of the pair cancels what both share. Exactly antisymmetric: a film and its mirror image
   always get opposite answers. It costs one more pass of the gate member per image.
 
-A fourth, plain check reads no network: the grey-level entropy of the model input (``preprocess.grey_entropy``, the
+A radiograph-or-not model (a logistic regression on both levels) overrules the OOD score where it is sure: fitted on
+training films under acquisition shifts (noise of 2-8 grey levels, strong JPEG, any pose) against images that are not
+hand radiographs made offline (``counterexamples``: other photographs, DICOM test files, charts, documents, textures,
+other body parts, parts of films, films inside photographs; none of the test set's). An image the OOD score would
+refuse is scored with "unusual image: check it" when this model gives it P >= RADIOGRAPH_SURE: a grainy film's texture
+lies as far from the training films as a photograph's (docs/shift.md), but the model tells them apart.
+
+A fifth, plain check reads no network: the grey-level entropy of the model input (``preprocess.grey_entropy``, the
 last gate feature). A radiograph is a continuum of grey; a drawing, a phantom or a screenshot is a few flat levels
 and is refused below MIN_GREY_ENTROPY bits, however near the hands its deep features lie (the Shepp-Logan phantom's
 do: it scored 0.92).
@@ -71,8 +78,13 @@ REFUSE_ABOVE = 1.1
 #: under any acquisition shift 3.26 (20 % white padding each side; its 0.1 % quantile 3.69); the Shepp-Logan phantom
 #: 2.68, a single-frame DICOM of a flat test pattern 1.13. A heuristic with ~0.3 bit of margin on either side.
 MIN_GREY_ENTROPY = 3.0
-#: Version of gate.npz; files without it hold the single-image laterality model and no inversion model.
-GATE_FORMAT = 2
+#: Version of gate.npz; 3 added the radiograph-or-not model, 2 the grey-scale model and the pair laterality test.
+GATE_FORMAT = 3
+#: P(a hand radiograph) from which the radiograph-or-not model overrules the OOD score's refusal (the image is scored
+#: as "unusual: check it"). On 300 validation films with noise of 3 grey levels (refused by the OOD score on 98 %)
+#: the prototype gave P >= 0.9 to all but 0-0.7 %; the test set's non-radiographs got at most 0.83 (two images of
+#: uniform noise), the photographs, scans and phantoms at most 0.1 (docs/shift.md).
+RADIOGRAPH_SURE = 0.9
 #: Probability of "not upright" from which a suspected turn is flagged: lower than TURN_ABOVE, because a
 #: turned film scored as given is far off (a 2-year-old upside down read 57 months at p = 0.63), and summed
 #: over the three turns, because the model can be sure a film is sideways but not which way
@@ -124,6 +136,7 @@ class GateVerdict:
     inverted_probability: float = 0.0  # P(the grey scale is inverted)
     usual_limit: float = 1.0  # the score up to which an image is as usual as the validation films
     grey_entropy: float = 8.0  # bits of the input's grey-level histogram (background left out); see MIN_GREY_ENTROPY
+    radiograph_probability: float = 0.0  # P(a hand radiograph) of the radiograph-or-not model (0 without one)
 
     @property
     def flat(self) -> bool:
@@ -171,16 +184,27 @@ class GateVerdict:
         return notes
 
     @property
+    def vouched(self) -> bool:
+        """Beyond the OOD limit, but the radiograph-or-not model is sure it is a radiograph: scored, with a warning."""
+        return self.score > self.limit and self.radiograph_probability >= RADIOGRAPH_SURE and not self.flat
+
+    @property
     def refused(self) -> bool:
-        return self.score > self.limit or self.flat
+        return (self.score > self.limit and not self.vouched) or self.flat
 
     @property
     def unusual(self) -> bool:
         """Scored, but farther from the training films than the validation films."""
-        return self.usual_limit < self.score <= self.limit and not self.flat
+        return (self.usual_limit < self.score <= self.limit or self.vouched) and not self.flat
 
     def unusual_note(self) -> str:
         score, limit = distinct_numbers(self.score, self.usual_limit)
+        if self.vouched:
+            return (f"unusual image, check it: its texture lies far from the training radiographs (out-of-distribution "
+                    f"score {score}, refused above {self.limit:.2f} unless, as here, the radiograph model is sure it is a "
+                    f"radiograph: p = {self.radiograph_probability:.2f}); a grainy, noisy or differently processed film "
+                    "reads like this. The estimate is given; check the image quality and that this is a whole left-hand "
+                    "radiograph")
         return (f"unusual image, check it: it lies farther from the training radiographs than any validation "
                 f"radiograph (out-of-distribution score {score}, above {limit}; refused above "
                 f"{self.limit:.2f}); the estimate is given, but check that this is a whole left-hand radiograph of "
@@ -195,7 +219,8 @@ class GateVerdict:
         relation = "above" if self.refused else "at or below"
         return (f"this does not look like a hand radiograph like those the models were trained on "
                 f"(out-of-distribution score {score}, {relation} the limit {limit} for refusal; at 1 the validation "
-                f"radiographs end); no bone age is given. If it is a hand radiograph, check that it shows the whole hand with the fingers pointing up")
+                f"radiographs end; P(radiograph) {self.radiograph_probability:.2f}, below the {RADIOGRAPH_SURE:g} that "
+                "would overrule it); no bone age is given. If it is a hand radiograph, check that it shows the whole hand with the fingers pointing up")
 
 
 def distinct_numbers(a: float, b: float, decimals: int = 2, most: int = 6) -> tuple[str, str]:
@@ -244,7 +269,7 @@ class GateDecision:
 POOLED, TEXTURE = "pooled", "texture"
 LEVELS = (POOLED, TEXTURE)
 #: Fitted arrays of gate.npz besides the banks and limits.
-_ARRAYS = ("turn_w", "turn_b", "mirror_w", "invert_w", "invert_b", "k", "n_pooled", "member", "member_sha256")
+_ARRAYS = ("turn_w", "turn_b", "mirror_w", "invert_w", "invert_b", "radio_w", "radio_b", "k", "n_pooled", "member", "member_sha256")
 
 
 @dataclass
@@ -265,6 +290,8 @@ class InputGate:
     mirror_w: np.ndarray  # (n_pooled,) antisymmetric laterality test on f(flip x) - f(x)
     invert_w: np.ndarray  # (F - n_pooled,) logistic regression on the texture statistics: grey scale inverted
     invert_b: float
+    radio_w: np.ndarray = field(default_factory=lambda: np.zeros(0))  # (F - 1,) radiograph-or-not; empty: none
+    radio_b: float = 0.0
     member: str = ""
     member_sha256: str = ""
     stats: dict = field(default_factory=dict)
@@ -315,6 +342,13 @@ class InputGate:
     def inverted_probability(self, features: np.ndarray) -> np.ndarray:
         return _sigmoid(self.levels(features)[TEXTURE] @ self.invert_w + self.invert_b)
 
+    def radiograph_probability(self, features: np.ndarray) -> np.ndarray:
+        """P(a hand radiograph) of the radiograph-or-not model on the deep gate features (zeros without a model)."""
+        features = np.atleast_2d(features)
+        if not len(self.radio_w):
+            return np.zeros(len(features))
+        return _sigmoid(features[:, :-1] @ self.radio_w + self.radio_b)
+
     def mirror_probability(self, features: np.ndarray, flipped: np.ndarray) -> np.ndarray:
         """P(mirrored) of images with these gate features, given the features of their mirror images (antisymmetric:
         swapping the two gives 1 - p)."""
@@ -324,11 +358,12 @@ class InputGate:
         """One verdict per feature row."""
         scores, turns = self.score(features), self.turn_probabilities(features)
         inverted, entropy = self.inverted_probability(features), self.grey_entropy(features)
+        radiograph = self.radiograph_probability(features)
         out = []
-        for s, t, i, e in zip(scores, turns, inverted, entropy):
+        for s, t, i, e, r in zip(scores, turns, inverted, entropy, radiograph):
             k = int(t[1:].argmax()) + 1  # the likeliest turn; flagged when P(not upright) is high enough
             out.append(GateVerdict(float(s), self.limit, k if 1.0 - t[0] >= TURN_FLAG_ABOVE else 0, float(t[k]),
-                                   float(1.0 - t[0]), float(i), self.usual_limit, float(e)))
+                                   float(1.0 - t[0]), float(i), self.usual_limit, float(e), float(r)))
         return out
 
     def decide(self, features: np.ndarray, features_of: Callable[[Correction], np.ndarray]) -> GateDecision:
@@ -413,8 +448,8 @@ class InputGate:
                                    "single-image laterality model); re-run `train.py --stages gate`")
                 return cls({level: z[f"reference_{level}"] for level in LEVELS},
                            {level: float(z[f"limit_{level}"]) for level in LEVELS}, int(z["n_pooled"]), int(z["k"]),
-                           z["turn_w"], z["turn_b"], z["mirror_w"], z["invert_w"], float(z["invert_b"]),
-                           str(z["member"]), str(z["member_sha256"]))
+                           z["turn_w"], z["turn_b"], z["mirror_w"], z["invert_w"], float(z["invert_b"]), z["radio_w"],
+                           float(z["radio_b"]), str(z["member"]), str(z["member_sha256"]))
         except (OSError, KeyError, ValueError) as exc:
             raise ArtifactError(f"{path}: not a readable input gate ({exc})") from exc
 
@@ -448,9 +483,26 @@ def _logistic(x: np.ndarray, y: np.ndarray, seed: int, intercept: bool = True):
     return model.fit(x, y)
 
 
+def fit_radiograph_model(radiographs: np.ndarray, not_radiographs: np.ndarray, seed: int = 0,
+                         c: float = 0.3) -> tuple[np.ndarray, float]:
+    """(w, b) of the radiograph-or-not model on deep gate features (the last column, the grey-level entropy, left
+    out): a logistic regression on standardised features, both classes weighted alike, the standardisation folded
+    into w and b so that P = sigmoid(f @ w + b) on raw features."""
+    from sklearn.linear_model import LogisticRegression
+
+    x = np.concatenate([radiographs[:, :-1], not_radiographs[:, :-1]])
+    y = np.r_[np.ones(len(radiographs)), np.zeros(len(not_radiographs))]
+    mean, scale = x.mean(0), x.std(0) + 1e-6
+    model = LogisticRegression(C=c, max_iter=5000, class_weight="balanced", random_state=seed)
+    model.fit((x - mean) / scale, y)
+    w = model.coef_[0] / scale
+    return w, float(model.intercept_[0] - mean @ w)
+
+
 def fit_gate(train: np.ndarray, val: np.ndarray, turned: dict[int, np.ndarray], mirrored: np.ndarray,
              upright: np.ndarray, inverted: np.ndarray, n_pooled: int, shifted: np.ndarray | None = None,
              shifted_inverted: np.ndarray | None = None, shifted_mirrored: np.ndarray | None = None,
+             radiographs: np.ndarray | None = None, not_radiographs: np.ndarray | None = None,
              refuse_rate: float = 0.0, k: int = DEFAULT_K, seed: int = 0) -> InputGate:
     """Fit the gate from gate features: training films (the reference banks), validation films (the limits),
     quarter-turned, mirrored and inverted copies of training films.
@@ -460,7 +512,9 @@ def fit_gate(train: np.ndarray, val: np.ndarray, turned: dict[int, np.ndarray], 
     of the same images unchanged (row i of each is one image). `shifted` (training films under acquisition shifts)
     and `shifted_inverted` (the same inverted) join the grey-scale model's negatives and positives; with
     `shifted_mirrored` (the same mirrored) their pairs join the laterality test's (fitted on clean pairs alone it
-    flagged 1.7 % of 300 clean validation films as mirrored, on both 0.3 %: docs/shift.md). Each level's
+    flagged 1.7 % of 300 clean validation films as mirrored, on both 0.3 %: docs/shift.md). With `radiographs`
+    (films under acquisition shifts, any pose) and `not_radiographs` (``counterexamples``) the radiograph-or-not
+    model is fitted (:func:`fit_radiograph_model`); without them the gate has none. Each level's
     limit is its validation quantile
     1 - refuse_rate / 2 (the largest validation distance by default); an image is refused above REFUSE_ABOVE
     times it.
@@ -498,6 +552,10 @@ def fit_gate(train: np.ndarray, val: np.ndarray, turned: dict[int, np.ndarray], 
     invert = _logistic(np.concatenate([gate.levels(given)[TEXTURE], gate.levels(flipped_grey)[TEXTURE]]),
                        np.r_[np.zeros(len(given)), np.ones(len(flipped_grey))], seed)
     gate.invert_w, gate.invert_b = invert.coef_[0], float(invert.intercept_[0])
+    if (radiographs is None) != (not_radiographs is None):
+        raise ValueError("the radiograph-or-not model needs both radiographs and not_radiographs")
+    if radiographs is not None:
+        gate.radio_w, gate.radio_b = fit_radiograph_model(radiographs, not_radiographs, seed)
     gate.stats = {"n_train": len(train), "n_val": len(val), "refuse_rate": refuse_rate, "k": gate.k}
     logger.info("Input gate: OOD limits %s (validation quantile %.4f)",
                 ", ".join(f"{level} {limit:.3f}" for level, limit in gate.limits.items()), 1 - refuse_rate / len(LEVELS))

@@ -13,10 +13,12 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 import torch
+from tqdm.auto import tqdm
 
 from . import artifacts as art
-from .acquisition import shifted_inputs
+from .acquisition import radiograph_variants, shifted_inputs
 from .baseline import HogParams, fit_baseline
+from .counterexamples import counterexamples
 from .checkpoint import file_sha256, read_meta, read_resume_state, save_resume_state
 from .config import MODEL_LAYOUTS, TrainConfig
 from .data import (SPLIT_RECORD, ImageArray, attach_paths, find_dataset, load_images, load_images_mmap,
@@ -26,13 +28,14 @@ from .calibration import MIN_CASES, fit_calibration, load_calibration
 from .ensemble import Ensemble
 from .evaluate import cnn_columns, predict_frame, score_predictions, summary_table
 from .heads import AGE, CNN, system_column
-from .errors import BoneAgeError, LabelError, MissingArtifactError, ResumeError
+from .errors import BoneAgeError, InputError, LabelError, MissingArtifactError, ResumeError
 from .gate import GATE_FILE, fit_gate, gate_member
 from .inference import member_features, resolve_device
 from .manifest import (MODEL_SUFFIX, build_manifest, evaluation_record, model_files, read_manifest,
                        write_manifest)
 from .models import BoneAgeNet, ModelSpec, create_model, parent_spec, save_model
-from .preprocess import PreprocessSpec
+from .imaging import load_gray
+from .preprocess import PreprocessSpec, prepare
 from .runtime import load_member, torch_net
 from .stages import DEFAULT_SCHEME
 from .training import Split, TrainState, fit
@@ -282,6 +285,23 @@ def gate_network(cfg: TrainConfig, staging: Path, members: list[str]) -> str:
     return name
 
 
+def _radiograph_examples(paths: list, spec: PreprocessSpec, seed: int, n_sources: int = 150,
+                         n_variants: int = 16) -> tuple[np.ndarray, np.ndarray]:
+    """uint8 model inputs (N, S, S) for the gate's radiograph-or-not model: three variants of each film at `paths`
+    (``acquisition.radiograph_variants``), and ``counterexamples`` (parts of the first `n_sources` films and those
+    films inside photographs among them); images too blank to prepare are left out."""
+    rng = np.random.default_rng(seed)
+    films = [load_gray(path) for path in paths]
+    radiographs = np.stack([prepare(v, spec) for film in films for v in radiograph_variants(film, rng)])
+    not_radiographs = []
+    for name, gray in tqdm(counterexamples(films[:n_sources], n_variants, seed), desc="counterexamples"):
+        try:
+            not_radiographs.append(prepare(gray, spec))
+        except InputError as exc:
+            logger.debug("counterexample %s left out: %s", name, exc)
+    return radiographs, np.stack(not_radiographs)
+
+
 def gate_stage(cfg: TrainConfig, ds: Dataset, staging: Path, members: list[str], n_fit: int = 2000,
                n_turned: int = 800) -> None:
     """Fit the input gate on the gate network's features (:func:`gate_network`): `n_fit` training images for the
@@ -310,9 +330,12 @@ def gate_stage(cfg: TrainConfig, ds: Dataset, staging: Path, members: list[str],
     shifted = member_features(net, shifted_img, device, progress=True)
     shifted_inverted = member_features(net, 255 - shifted_img, device, progress=True)
     shifted_mirrored = member_features(net, shifted_img[:, :, ::-1], device, progress=True)
+    radiographs, not_radiographs = _radiograph_examples(train_rows["path"].tolist()[:n_turned], spec, cfg.seed)
     gate = fit_gate(train_f, member_features(net, val_img, device, progress=True), turned, mirrored,
                     train_f[:n_turned], inverted, n_pooled=torch_net(net).backbone.num_features, shifted=shifted,
-                    shifted_inverted=shifted_inverted, shifted_mirrored=shifted_mirrored, seed=cfg.seed)
+                    shifted_inverted=shifted_inverted, shifted_mirrored=shifted_mirrored,
+                    radiographs=member_features(net, radiographs, device, progress=True),
+                    not_radiographs=member_features(net, not_radiographs, device, progress=True), seed=cfg.seed)
     gate.member, gate.member_sha256 = member, meta["sha256"]
     gate.save(staging / GATE_FILE)
 
