@@ -189,7 +189,8 @@ def radiograph_variants(g: np.ndarray, rng: np.random.Generator) -> list[np.ndar
 
 def shifted_inputs(paths: list, spec: PreprocessSpec, seed: int, names: tuple[str, ...] = MILD) -> np.ndarray:
     """uint8 (N, S, S) model inputs of the films at `paths`, each under one of the shifts `names` drawn at random
-    (seeded), read as an upload of it would be (:func:`as_upload`)."""
+    (seeded), read as an upload of it would be (:func:`as_upload`) and as the input gate reads it (never smoothed)."""
     rng = np.random.default_rng(seed)
     drawn = rng.integers(len(names), size=len(paths))
-    return np.stack([prepare(as_upload(SHIFTS[names[d]](load_gray(path))), spec) for d, path in zip(drawn, paths)])
+    return np.stack([prepare(as_upload(SHIFTS[names[d]](load_gray(path))), spec, grainy=False)
+                     for d, path in zip(drawn, paths)])

@@ -208,13 +208,33 @@ def film_part(film: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 
 def film_in_photo(film: np.ndarray, background: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """A film shown small (15-35 % of the frame's side... area) inside a photograph: a phone picture of a light box."""
-    bg = Image.fromarray((background * 255).astype(np.uint8)).resize((800, 600))
-    side = int(rng.uniform(0.3, 0.55) * 600)
-    small = Image.fromarray((film * 255).astype(np.uint8)).resize((int(side * 0.8), side)).rotate(
-        float(rng.uniform(-15, 15)), expand=True, fillcolor=int(rng.integers(0, 256)))
-    bg.paste(small, (int(rng.integers(0, 800 - small.width)), int(rng.integers(0, 600 - small.height))))
-    return np.asarray(bg, np.float32) / 255.0
+    """A phone picture of a film on a light box or a monitor: the film (25-60 % of the frame's height, tilted) inside a
+    frame of its own (a dark bezel or a light box's white), in a photograph or a plainly lit room, sometimes with
+    stripes of interference or a glare spot."""
+    h, w = 600, 800
+    if rng.random() < 0.5:
+        bg = Image.fromarray((background * 255).astype(np.uint8)).resize((w, h))
+    else:
+        yy, xx = np.mgrid[0:h, 0:w] / np.float32(h)
+        wall = rng.uniform(0.3, 0.8) + rng.uniform(-0.3, 0.3) * xx + rng.uniform(-0.3, 0.3) * yy
+        bg = Image.fromarray((np.clip(wall, 0, 1) * 255).astype(np.uint8))
+    side = int(rng.uniform(0.25, 0.6) * h)
+    film_img = Image.fromarray((film * 255).astype(np.uint8)).resize((int(side * rng.uniform(0.7, 1.0)), side))
+    border = int(rng.uniform(0.03, 0.15) * side)
+    framed = Image.new("L", (film_img.width + 2 * border, film_img.height + 2 * border),
+                       int(rng.choice([rng.integers(0, 60), rng.integers(200, 256)])))
+    framed.paste(film_img, (border, border))
+    framed = framed.rotate(float(rng.uniform(-12, 12)), expand=True, fillcolor=int(rng.integers(0, 256)))
+    framed = framed.resize((min(framed.width, w - 1), min(framed.height, h - 1)))
+    bg.paste(framed, (int(rng.integers(0, w - framed.width)), int(rng.integers(0, h - framed.height))))
+    out = np.asarray(bg, np.float32) / 255.0
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    if rng.random() < 0.5:  # interference stripes (moire) of a screen
+        out = out + rng.uniform(0.02, 0.08) * np.sin(2 * np.pi * (xx * rng.uniform(0.05, 0.2) + yy * rng.uniform(0.0, 0.1)))
+    if rng.random() < 0.5:  # a glare spot
+        cy, cx = rng.uniform(0, h), rng.uniform(0, w)
+        out = out + rng.uniform(0.1, 0.3) * np.exp(-(((xx - cx) / rng.uniform(60, 200)) ** 2 + ((yy - cy) / rng.uniform(40, 120)) ** 2))
+    return np.clip(out, 0, 1).astype(np.float32)
 
 
 def vary(gray: np.ndarray, rng: np.random.Generator) -> np.ndarray:

@@ -18,7 +18,7 @@ from .gate import GATE_FILE, GateDecision, InputGate, check_network, gate_member
 from .heads import AGE
 from .inference import ensemble_outputs, image_gate_features, member_features, member_outputs
 from .manifest import manifest_version, model_files, read_manifest, verify_models
-from .preprocess import PreprocessSpec, crop_box, prepare
+from .preprocess import PreprocessSpec, crop_box, is_grainy, prepare
 from .runtime import Member, load_member, runtime_of
 from .stages import StageScheme
 from .views import NO_TTA, Views, as_views, describe_views
@@ -183,15 +183,16 @@ class Ensemble:
             return None
         return self.calibration
 
-    def inputs(self, gray: np.ndarray) -> dict[PreprocessSpec, np.ndarray]:
-        """One float gray image's model inputs, (1, S, S) uint8 per distinct spec; the hand is found once for every
-        member that crops to it."""
+    def inputs(self, gray: np.ndarray, grainy: bool | None = None) -> dict[PreprocessSpec, np.ndarray]:
+        """One float gray image's model inputs, (1, S, S) uint8 per distinct spec; the hand is found, and the grain
+        measured (unless `grainy` says), once for every member."""
         box = None
+        grainy = is_grainy(gray) if grainy is None else grainy
         prepared: dict[PreprocessSpec, np.ndarray] = {}
         for spec in self.specs:
             if spec.hand_crop and box is None:
                 box = crop_box(gray, spec)
-            prepared[spec] = prepare(gray, spec, box)[None]
+            prepared[spec] = prepare(gray, spec, box, grainy)[None]
         return prepared
 
     def outputs(self, images: Mapping[PreprocessSpec, np.ndarray], male: Sequence[bool] | np.ndarray,
@@ -217,7 +218,8 @@ class Ensemble:
         return EnsembleOutputs(combined, raw, bounds, per_member, gate_features)
 
     def gate_features(self, gray: np.ndarray) -> np.ndarray:
-        """The gate network's gate features of one gray image (one view; what the input gate reads)."""
+        """The gate network's gate features of one gray image as given (one view, never smoothed; what the input gate
+        reads)."""
         return image_gate_features(self.gate_net, gray, self.device)
 
     def decisions(self, features: np.ndarray, gray_of: Callable[[int], np.ndarray]) -> list[GateDecision]:

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
+from tqdm.auto import tqdm
 
 from .baseline import META_FILE as BASELINE_META, HogXGBoost
 from .calibration import interval_columns, interval_coverage
@@ -27,7 +28,7 @@ from .heads import AGE, BASELINE, CNN, STAGE, UNCORRECTED, age_stage_column, get
 from .imaging import load_gray
 from .inference import ensemble_outputs, member_features, resolve_device
 from .manifest import model_files
-from .preprocess import PreprocessSpec
+from .preprocess import PreprocessSpec, is_grainy
 from .stages import DEFAULT_SCHEME, StageScheme
 from .views import Views, add_views_arguments, view_index
 
@@ -143,12 +144,25 @@ def cnn_columns(ensemble: Ensemble, frame: pd.DataFrame, cache_dir, per_view: bo
     return result
 
 
+def as_given(ensemble: Ensemble, features: np.ndarray, paths: list) -> np.ndarray:
+    """Gate features of the images as given: a grainy film's rows (prepared smoothed, like every member input) are
+    replaced by the gate network's features of the film unsmoothed, what the app's gate reads (one more read of
+    each file to measure its grain; no film of the data set is grainy)."""
+    out = features
+    for i, path in enumerate(tqdm(paths, desc="grain", disable=len(paths) < 100)):
+        gray = load_gray(path)
+        if is_grainy(gray):
+            out = out.copy() if out is features else out
+            out[i] = ensemble.gate_features(gray)[0]
+    return out
+
+
 def gate_columns(ensemble: Ensemble, frame: pd.DataFrame, cache_dir,
                  features: tuple[pd.Index, np.ndarray] | None = None) -> pd.DataFrame:
     """The input gate's decision per image, by the rule the app and the CLIs apply (:meth:`Ensemble.decisions`).
 
-    Columns: score as given, refused, turn applied, turn flagged, mirrored back, inverted back. A film that needs
-    a correction tried is read again from its file, corrected and prepared like an upload (every scored film is:
+    Columns: score as given, refused, turn applied, turn flagged, mirrored back, inverted back. The gate reads each
+    film as given (:func:`as_given`). A film that needs a correction tried is read again from its file, corrected and prepared like an upload (every scored film is:
     the laterality test reads its mirror image). The CNN columns score the
     images as given (their labels are for them as filmed); these columns say how often the app would
     refuse, turn or flag a real radiograph. `features` (rows, gate features), when given, are the
@@ -163,8 +177,7 @@ def gate_columns(ensemble: Ensemble, frame: pd.DataFrame, cache_dir,
         rows, pixels = _aligned(frame, images)
         features = rows.index, member_features(net, torch.from_numpy(pixels), ensemble.device, progress=True)
     paths = frame.loc[features[0], "path"].tolist()
-    # each scored file is read again once: the laterality test reads its mirror image, a correction the corrected film
-    decisions = ensemble.decisions(features[1], lambda i: load_gray(paths[i]))
+    decisions = ensemble.decisions(as_given(ensemble, features[1], paths), lambda i: load_gray(paths[i]))
     out = pd.DataFrame({"gate_score": [d.as_given.score for d in decisions],
                         "gate_refused": [d.refused for d in decisions],
                         "gate_turn": [d.turn for d in decisions],

@@ -138,8 +138,9 @@ def member_features(net: Member, images: torch.Tensor | np.ndarray, device: torc
 
 
 def image_gate_features(net: Member, gray: np.ndarray, device: torch.device) -> np.ndarray:
-    """Gate features (1, F + 2C + 1) of one float gray image, prepared like every model input (:func:`prepare`)."""
-    return member_features(net, prepare(gray, net.spec.preprocess)[None], device)
+    """Gate features (1, F + 2C + 1) of one float gray image, prepared like every model input (:func:`prepare`) but
+    never smoothed: the gate decides on the image as given (a grainy photograph smoothed looked like a film)."""
+    return member_features(net, prepare(gray, net.spec.preprocess, grainy=False)[None], device)
 
 
 def gate_features(pooled: torch.Tensor, texture: torch.Tensor, images: torch.Tensor | np.ndarray) -> np.ndarray:

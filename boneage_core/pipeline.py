@@ -289,14 +289,15 @@ def _radiograph_examples(paths: list, spec: PreprocessSpec, seed: int, n_sources
                          n_variants: int = 16) -> tuple[np.ndarray, np.ndarray]:
     """uint8 model inputs (N, S, S) for the gate's radiograph-or-not model: three variants of each film at `paths`
     (``acquisition.radiograph_variants``), and ``counterexamples`` (parts of the first `n_sources` films and those
-    films inside photographs among them); images too blank to prepare are left out."""
+    films inside photographs among them); images too blank to prepare are left out. Prepared as the gate reads an
+    image: as given, never smoothed."""
     rng = np.random.default_rng(seed)
     films = [load_gray(path) for path in paths]
-    radiographs = np.stack([prepare(v, spec) for film in films for v in radiograph_variants(film, rng)])
+    radiographs = np.stack([prepare(v, spec, grainy=False) for film in films for v in radiograph_variants(film, rng)])
     not_radiographs = []
     for name, gray in tqdm(counterexamples(films[:n_sources], n_variants, seed), desc="counterexamples"):
         try:
-            not_radiographs.append(prepare(gray, spec))
+            not_radiographs.append(prepare(gray, spec, grainy=False))
         except InputError as exc:
             logger.debug("counterexample %s left out: %s", name, exc)
     return radiographs, np.stack(not_radiographs)

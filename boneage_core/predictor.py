@@ -24,7 +24,7 @@ from .imaging import ImageLoadError, ImageSource, check_gray_array, load_gray, s
 from .gate import NO_CORRECTION
 from .inference import to_input
 from .models import BoneAgeNet, HeadOutput
-from .preprocess import crop_box, heatmap_to_original, input_warnings, prepare
+from .preprocess import crop_box, grain_warnings, heatmap_to_original, input_warnings, is_grainy, prepare
 from .report import HEATMAP_CMAP, years_months
 from .runtime import torch_net
 from .views import Views, as_views
@@ -132,21 +132,26 @@ class Predictor(Ensemble):
         corrected (inverted back, turned, mirrored) when the gate finds it needs it.
 
         Corrections are tried on the gate member alone (the laterality test reads every image's mirror image there);
-        the ensemble runs again only on a corrected image that will be scored. Returns (the scored gray image,
-        outputs, the first member's model input in [0, 1], verdict, warnings, correction).
+        the ensemble runs again only on a corrected image that will be scored. A grainy film is smoothed for the members
+        (``preprocess.is_grainy``) and judged by the gate as given. Returns (the scored gray image, outputs, the first
+        member's model input in [0, 1], verdict, warnings, correction).
         """
-        images = self.inputs(gray)
+        grainy = is_grainy(gray)
+        images = self.inputs(gray, grainy)
         out = self.outputs(images, [male], views)
+        notes = grain_warnings(gray) if grainy else []
         if out.gate_features is None:
-            return gray, out, self._first_input(images), None, [], NO_CORRECTION
-        decision = self.decisions(out.gate_features, lambda _: gray)[0]
+            return gray, out, self._first_input(images), None, notes, NO_CORRECTION
+        features = self.gate_features(gray) if grainy else out.gate_features
+        decision = self.decisions(features, lambda _: gray)[0]
         if decision.refused:
             raise NotARadiographError(f"{name}: {decision.verdict.reason()}")
         if decision.correction:
             gray = decision.correction.apply(gray)
-            images = self.inputs(gray)
+            images = self.inputs(gray, grainy)
             out = self.outputs(images, [male], views)
-        return gray, out, self._first_input(images), decision.verdict, list(decision.warnings), decision.correction
+        return (gray, out, self._first_input(images), decision.verdict, list(decision.warnings) + notes,
+                decision.correction)
 
     def _first_input(self, images: dict) -> np.ndarray:
         """The first member's model input of one image, float in [0, 1]."""

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from boneage_core.errors import ArtifactError, InputError
-from boneage_core.gate import (GATE_FILE, LEVELS, MIN_GREY_ENTROPY, MIRROR_ABOVE, NO_CORRECTION, POOLED, TURN_ABOVE, TURN_FLAG_ABOVE,
+from boneage_core.gate import (GATE_FILE, LEVELS, MIN_GREY_ENTROPY, MIRROR_ABOVE, NO_CORRECTION, POOLED, RADIOGRAPH_SURE,
+                               TURN_ABOVE, TURN_FLAG_ABOVE,
                                Correction, GateVerdict, InputGate, NotARadiographError, QUARTER_TURNS, distinct_numbers,
                                fit_gate, kth_distance, load_gate, unit_rows)
 from negatives import negative_set
@@ -249,6 +250,73 @@ def test_the_laterality_test_learns_from_shifted_pairs_too():
     assert np.abs(clean_only.mirror_probability(right_hands, films) - 0.5).max() < 0.1  # a coin toss
     with pytest.raises(ValueError, match="row for row"):
         fit_gate(*args, n_pooled=F, k=5, shifted_mirrored=shifted)
+
+
+RADIO_DIM = 7  # the pooled feature that tells radiographs from other images (synthetic)
+
+
+def _vouching_gate() -> tuple[InputGate, np.random.Generator]:
+    """A gate with a radiograph-or-not model: radiographs (also with a foreign texture, like grainy films) lie along
+    +RADIO_DIM, other images along -RADIO_DIM."""
+    rng = np.random.default_rng(21)
+    train, val = _features(rng, 400), _features(rng, 200)
+    upright = train[:150]
+    radiographs = np.concatenate([_features(rng, 150), _features(rng, 150, texture_shift=25.0)])
+    radiographs[:, RADIO_DIM] += 16.0
+    others = _features(rng, 300, texture_shift=25.0)
+    others[:, RADIO_DIM] -= 16.0
+    gate = fit_gate(train, val, {k: upright + TURN_SHIFT * np.eye(W)[k] for k in (1, 2, 3)},
+                    upright + TURN_SHIFT * np.eye(W)[5], upright, upright + TURN_SHIFT * np.eye(W)[INVERT_DIM],
+                    n_pooled=F, k=5, radiographs=radiographs, not_radiographs=others)
+    return gate, rng
+
+
+def test_the_radiograph_model_lets_a_sure_radiograph_through_a_texture_refusal():
+    """A grainy film's texture lies as far from the training films as a photograph's: the OOD score refuses both, and
+    the radiograph-or-not model, where it is sure, lets the film through as unusual (never the photograph)."""
+    gate, rng = _vouching_gate()
+    grainy = _features(rng, 40, texture_shift=25.0)
+    grainy[:, RADIO_DIM] += 16.0
+    photo = _features(rng, 40, texture_shift=25.0)
+    photo[:, RADIO_DIM] -= 16.0
+    assert np.all(gate.score(grainy) > gate.limit) and np.all(gate.score(photo) > gate.limit)
+    films = gate.verdicts(grainy)
+    assert np.mean([v.vouched for v in films]) > 0.8
+    assert all(not v.refused and v.unusual and v.radiograph_probability >= RADIOGRAPH_SURE
+               if v.vouched else v.refused for v in films)
+    assert "radiograph model is sure" in next(v for v in films if v.vouched).unusual_note()
+    assert not any(v.vouched or not v.refused for v in gate.verdicts(photo))
+    assert "P(radiograph) 0.0" in gate.verdicts(photo)[0].reason()
+    film = grainy[[next(i for i, v in enumerate(films) if v.vouched)]]
+    decision = gate.decide(film, lambda c: film + TURN_SHIFT * c.mirror * np.eye(W)[5])
+    assert not decision.refused and any("radiograph model is sure" in w for w in decision.warnings)
+
+
+def test_the_radiograph_model_does_not_overrule_a_flat_image_or_a_gate_without_it(gate):
+    vouching, rng = _vouching_gate()
+    flat = _features(rng, 1, texture_shift=25.0)
+    flat[:, RADIO_DIM] += 16.0
+    assert vouching.verdicts(flat)[0].vouched
+    flat[:, -1] = MIN_GREY_ENTROPY - 0.3
+    assert vouching.verdicts(flat)[0].refused and not vouching.verdicts(flat)[0].vouched
+    far = _features(rng, 5, texture_shift=25.0)
+    far[:, RADIO_DIM] += 16.0
+    assert len(gate.radio_w) == 0 and np.all(gate.radiograph_probability(far) == 0.0)
+    assert all(v.refused for v in gate.verdicts(far))  # no model, no overruling
+    probability = GateVerdict(2.0, 1.1, radiograph_probability=RADIOGRAPH_SURE - 1e-6)
+    assert probability.refused and not probability.vouched
+    assert not GateVerdict(2.0, 1.1, radiograph_probability=RADIOGRAPH_SURE).refused
+
+
+def test_the_radiograph_model_needs_both_classes_and_survives_the_file(tmp_path):
+    vouching, rng = _vouching_gate()
+    features = _features(rng, 6, texture_shift=25.0)
+    vouching.save(tmp_path / GATE_FILE)
+    loaded = InputGate.load(tmp_path / GATE_FILE)
+    np.testing.assert_allclose(loaded.radiograph_probability(features), vouching.radiograph_probability(features))
+    train = _features(rng, 50)
+    with pytest.raises(ValueError, match="both radiographs and not_radiographs"):
+        fit_gate(train, train, {k: train for k in (1, 2, 3)}, train, train, train, n_pooled=F, k=5, radiographs=train)
 
 
 def test_correction_undoes_in_order_invert_turn_mirror():

@@ -426,3 +426,52 @@ def test_radiographs_hold_more_grey_levels_than_a_phantom(fullres_dir, data_299)
     films += [as_upload(pad(g, 0.2, 1.0)) for g in films]
     assert grey_entropy(np.stack([prepare(g, spec) for g in films])).min() > MIN_GREY_ENTROPY + 0.5
     assert grey_entropy(prepare(phantom(), spec)[None])[0] < MIN_GREY_ENTROPY
+
+
+def test_noise_sd_recovers_white_noise_on_a_smooth_image(hand_like):
+    from boneage_core.preprocess import noise_sd
+
+    smooth = squash_resize(hand_like, 299)
+    for sd in (0.005, 0.02):
+        noisy = smooth + np.random.default_rng(1).normal(0.0, sd, smooth.shape).astype(np.float32)
+        assert abs(noise_sd(noisy) - sd) < 0.2 * sd + noise_sd(smooth)
+    assert noise_sd(np.full((50, 50), 0.3)) == 0.0 and noise_sd(np.zeros((2, 9))) == 0.0
+
+
+def test_no_film_of_the_data_set_is_grainy_and_the_same_films_with_noise_are(data_299, fullres_dir):
+    """NOISE_LIMIT lies between the films of the data set and the same films with Gaussian noise of 3 grey levels:
+    no training film is changed (their cached inputs stay valid), a noisy one is smoothed. Every 60th film, and the two
+    grainiest measured (docs/shift.md, "Grainy films"); the full-size originals are not grainy either."""
+    from boneage_core.acquisition import as_upload, noise
+    from boneage_core.preprocess import NOISE_LIMIT, is_grainy, noise_level
+
+    folder = data_299 / "boneage-training-dataset"
+    films = sorted(folder.glob("*.webp"))[::60] + [folder / "2641.webp", folder / "2452.webp"]
+    for path in films:
+        gray = load_gray(path)
+        assert noise_level(gray) <= NOISE_LIMIT and not is_grainy(gray), path.name
+        assert is_grainy(as_upload(noise(gray, 3))), path.name
+    assert not any(is_grainy(load_gray(p)) for p in sorted(fullres_dir.glob("*.png")))
+
+
+def test_a_grainy_film_is_smoothed_before_the_stretch_and_a_clean_one_untouched(fullres_sample, data_299):
+    from boneage_core.acquisition import as_upload, noise
+    from boneage_core.preprocess import grain_warnings, noise_sd
+
+    gray = load_gray(sorted((data_299 / "boneage-training-dataset").glob("*.webp"))[5])
+    noisy = as_upload(noise(gray, 3))
+    for spec in (PreprocessSpec(image_size=299), PreprocessSpec(image_size=256, hand_crop=True)):
+        assert np.array_equal(prepare(gray, spec), prepare(gray, spec, grainy=False))
+        smoothed, raw = preprocess(noisy, spec), preprocess(noisy, spec, grainy=False)
+        assert not np.array_equal(smoothed, raw)
+        assert noise_sd(smoothed) < 0.5 * noise_sd(raw)
+        assert noise_sd(smoothed) < 3 * noise_sd(preprocess(gray, spec))  # back near the clean film's grain
+    assert grain_warnings(gray) == [] and "grainy" in grain_warnings(noisy)[0]
+    assert grain_warnings(load_gray(fullres_sample)) == []
+
+
+def test_an_image_of_pure_noise_is_not_smoothed_into_structure():
+    from boneage_core.preprocess import NOISE_LIMIT, grain_warnings, is_grainy, noise_level
+
+    pixels = np.random.default_rng(0).random((300, 240)).astype(np.float32)
+    assert noise_level(pixels) > NOISE_LIMIT and not is_grainy(pixels) and grain_warnings(pixels) == []
