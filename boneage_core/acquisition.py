@@ -177,14 +177,14 @@ def posed(g: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 
 
 def radiograph_variants(g: np.ndarray, rng: np.random.Generator) -> list[np.ndarray]:
-    """Three uploads of one film as other sites might send it, each in a random pose (:func:`posed`): under a random
-    MILD shift; with noise of 2-8 grey levels (on the film at half contrast 40 % of the time); saved as a JPEG of
-    quality 15-60. What the gate's radiograph-or-not model must take as a radiograph."""
-    shifted = SHIFTS[MILD[int(rng.integers(len(MILD)))]](g)
+    """Four uploads of one film as other sites might send it, each in a random pose (:func:`posed`): under two random
+    MILD shifts (one each); with noise of 2-8 grey levels (on the film at half contrast 40 % of the time); saved as a
+    JPEG of quality 15-60. What the gate's radiograph-or-not model must take as a radiograph."""
+    shifted = [SHIFTS[MILD[int(k)]](g) for k in rng.choice(len(MILD), 2, replace=False)]
     low = contrast(g, 0.5) if rng.random() < 0.4 else g
     grainy = noise(low, float(rng.uniform(2.0, 8.0)), seed=int(rng.integers(2**31)))
     compressed = jpeg(g, int(rng.integers(15, 61)))
-    return [posed(as_upload(film), rng) for film in (shifted, grainy, compressed)]
+    return [posed(as_upload(film), rng) for film in (*shifted, grainy, compressed)]
 
 
 def shifted_inputs(paths: list, spec: PreprocessSpec, seed: int, names: tuple[str, ...] = MILD) -> np.ndarray:

@@ -2,7 +2,7 @@
 
 Kept apart from ``tests/negatives.py`` (the gate's test set): other photographs (scikit-image, matplotlib and
 scikit-learn samples that the test set does not use), other pydicom test files (any whose pixels match a test file's
-are left out), rendered charts, documents and textures, drawn caricatures of other body parts, small parts of a film
+are left out), rendered charts, documents, textures and noise, drawn caricatures of other body parts, small parts of a film
 and a film shown small inside a photograph. Each source is varied (turns, crops, grey curves, inversion, noise) so
 that the model learns what a radiograph is, not these few pictures.
 """
@@ -166,6 +166,26 @@ def shapes(seed: int, side: int = 512) -> np.ndarray:
     return np.asarray(image, np.float32) / 255.0
 
 
+def white_noise(seed: int) -> np.ndarray:
+    """An image of noise alone: Gaussian, uniform or salt-and-pepper, maybe faintly blurred or on a gradient."""
+    from scipy.ndimage import gaussian_filter
+
+    rng = np.random.default_rng(seed)
+    h, w = (int(v) for v in rng.integers(200, 900, 2))
+    kind = seed % 3
+    if kind == 0:
+        image = rng.normal(0.5, rng.uniform(0.05, 0.3), (h, w))
+    elif kind == 1:
+        image = rng.random((h, w))
+    else:
+        image = np.where(rng.random((h, w)) < rng.uniform(0.05, 0.5), rng.integers(0, 2, (h, w)), 0.5)
+    if rng.random() < 0.5:
+        image = gaussian_filter(image.astype(np.float32), rng.uniform(0.3, 1.0))
+    if rng.random() < 0.3:
+        image = image + rng.uniform(-0.3, 0.3) * np.linspace(0, 1, w)[None, :]
+    return np.clip(image, 0, 1).astype(np.float32)
+
+
 def _blob(yy, xx, cy, cx, ry, rx) -> np.ndarray:
     return np.exp(-(((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2))
 
@@ -210,7 +230,7 @@ def film_part(film: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 def film_in_photo(film: np.ndarray, background: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """A phone picture of a film on a light box or a monitor: the film (25-60 % of the frame's height, tilted) inside a
     frame of its own (a dark bezel or a light box's white), in a photograph or a plainly lit room, sometimes with
-    stripes of interference or a glare spot."""
+    stripes of interference or a glare spot, and a phone camera's grain (1-8 grey levels)."""
     h, w = 600, 800
     if rng.random() < 0.5:
         bg = Image.fromarray((background * 255).astype(np.uint8)).resize((w, h))
@@ -234,6 +254,7 @@ def film_in_photo(film: np.ndarray, background: np.ndarray, rng: np.random.Gener
     if rng.random() < 0.5:  # a glare spot
         cy, cx = rng.uniform(0, h), rng.uniform(0, w)
         out = out + rng.uniform(0.1, 0.3) * np.exp(-(((xx - cx) / rng.uniform(60, 200)) ** 2 + ((yy - cy) / rng.uniform(40, 120)) ** 2))
+    out = out + rng.normal(0.0, rng.uniform(1.0, 8.0) / 255.0, out.shape)
     return np.clip(out, 0, 1).astype(np.float32)
 
 
@@ -241,8 +262,8 @@ def vary(gray: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """One random variant of an image: a quarter turn, a crop, a grey curve, maybe inverted, maybe grainy."""
     g = np.rot90(gray, int(rng.integers(4)))
     h, w = g.shape
-    if rng.random() < 0.5 and min(h, w) > 64:
-        f = rng.uniform(0.6, 1.0)
+    if rng.random() < 0.7 and min(h, w) > 96:
+        f = rng.uniform(0.35, 1.0)
         ch, cw = int(h * f), int(w * f)
         y, x = int(rng.integers(0, h - ch + 1)), int(rng.integers(0, w - cw + 1))
         g = g[y:y + ch, x:x + cw]
@@ -261,13 +282,14 @@ def counterexamples(films: list[np.ndarray], n_variants: int = 8, seed: int = 0)
     sources: dict[str, np.ndarray | Callable[[int], np.ndarray]] = {**bundled_photos(), **dicom_images()}
     photos = [g for name, g in sources.items() if not name.startswith(("dicom", "face"))]
     for name, make in (("chart", chart), ("document", document), ("texture", fractal_texture), ("shapes", shapes),
-                       ("body_part", body_part)):
+                       ("body_part", body_part), ("white_noise", white_noise)):
         for i in range(n_variants):
             sources[f"{name}_{i}"] = make(seed * 1000 + i)
     for i, film in enumerate(films):
         sources[f"film_part_{i}"] = film_part(film, rng)
-        sources[f"film_in_photo_{i}"] = film_in_photo(film, photos[i % len(photos)], rng)
+        for k in range(2):
+            sources[f"film_in_photo_{i}_{k}"] = film_in_photo(film, photos[(2 * i + k) % len(photos)], rng)
     for name, image in sources.items():
         for v in range(n_variants if not name.startswith(("film_", "chart", "document", "texture", "shapes",
-                                                          "body_part")) else 1):
+                                                          "body_part", "white_noise")) else 1):
             yield f"{name}/{v}", vary(image, rng)

@@ -22,11 +22,11 @@ calibrated on the validation split:
   is weak; the difference of the pair cancels what both share. Exactly antisymmetric: a film and its mirror image
   always get opposite answers. It costs one more pass of the gate member per image.
 
-A radiograph-or-not model (a logistic regression on both levels) overrules the OOD score where it is sure: fitted on
+A radiograph-or-not model (a logistic regression on both levels) overrules the OOD score where it reads a radiograph: fitted on
 training films under acquisition shifts (noise of 2-8 grey levels, strong JPEG, any pose) against images that are not
 hand radiographs made offline (``counterexamples``: other photographs, DICOM test files, charts, documents, textures,
 other body parts, parts of films, films inside photographs; none of the test set's). An image the OOD score would
-refuse is scored with "unusual image: check it" when this model gives it P >= RADIOGRAPH_SURE: a grainy film's texture
+refuse is scored with "unusual image: check it" when this model gives it P >= RADIOGRAPH_ABOVE: a grainy film's texture
 lies as far from the training films as a photograph's (docs/shift.md), but the model tells them apart.
 
 A fifth, plain check reads no network: the grey-level entropy of the model input (``preprocess.grey_entropy``, the
@@ -80,11 +80,22 @@ REFUSE_ABOVE = 1.1
 MIN_GREY_ENTROPY = 3.0
 #: Version of gate.npz; 3 added the radiograph-or-not model, 2 the grey-scale model and the pair laterality test.
 GATE_FORMAT = 3
-#: P(a hand radiograph) from which the radiograph-or-not model overrules the OOD score's refusal (the image is scored
-#: as "unusual: check it"). Prototype fits on two draws of the training examples (docs/shift.md): of 300 validation
-#: films with noise of 3 or 6 grey levels (refused by the OOD score on 98-100 %), 0.3-0.7 % stayed below it; the test
-#: set's non-radiographs, as given, inverted or turned, reached at most 0.63 (images of uniform noise), all others 0.3.
-RADIOGRAPH_SURE = 0.9
+#: P(a hand radiograph) from which the radiograph-or-not model overrules the OOD score's refusal of a grainy image
+#: (scored with "unusual image: check it"). Chosen on validation films, with the model fitted on three draws of its
+#: examples (docs/shift.md, "A radiograph-or-not model"): at 0.5, 1.0-1.7 % of 300 films with noise of 3 grey levels
+#: stayed refused, at 0.9, 2.0-3.0 %; but at 0.5 and 0.7 one draw of three also let the photograph of a screen through
+#: (P 0.87), at 0.9 none. A refusal of what is not a radiograph weighs more than a noisy film refused.
+RADIOGRAPH_ABOVE = 0.9
+#: Grain of the gate's input (``preprocess.input_grain``) from which the radiograph-or-not model may overrule the OOD
+#: score: the overrule is for grainy films. Gate inputs (256 px) of the 5,784 films of the gate's banks, validation
+#: and test splits: at most 0.0046 (median 0.0015); with noise of 2 / 3 grey levels at least 0.0034 / 0.0045; CT and
+#: MR slices, drawings, phantoms and smooth photographs lie below it, so for them the OOD score's refusal stands
+#: whatever the model says (docs/shift.md).
+VOUCH_GRAIN = 0.003
+#: Bootstrap fits averaged in the radiograph-or-not model (one fit's P on an unseen kind of image swung with the draw).
+RADIOGRAPH_FITS = 5
+#: Columns after the two levels in the gate features: the input's grain, then its grey-level entropy.
+N_SCALARS = 2
 #: Probability of "not upright" from which a suspected turn is flagged: lower than TURN_ABOVE, because a
 #: turned film scored as given is far off (a 2-year-old upside down read 57 months at p = 0.63), and summed
 #: over the three turns, because the model can be sure a film is sideways but not which way
@@ -137,6 +148,7 @@ class GateVerdict:
     usual_limit: float = 1.0  # the score up to which an image is as usual as the validation films
     grey_entropy: float = 8.0  # bits of the input's grey-level histogram (background left out); see MIN_GREY_ENTROPY
     radiograph_probability: float = 0.0  # P(a hand radiograph) of the radiograph-or-not model (0 without one)
+    grain: float = 0.0  # the input's noise relative to its grey range (preprocess.input_grain); see VOUCH_GRAIN
 
     @property
     def flat(self) -> bool:
@@ -185,8 +197,9 @@ class GateVerdict:
 
     @property
     def vouched(self) -> bool:
-        """Beyond the OOD limit, but the radiograph-or-not model is sure it is a radiograph: scored, with a warning."""
-        return self.score > self.limit and self.radiograph_probability >= RADIOGRAPH_SURE and not self.flat
+        """Beyond the OOD limit, but the radiograph-or-not model reads it as a radiograph: scored, with a warning."""
+        return (self.score > self.limit and self.radiograph_probability >= RADIOGRAPH_ABOVE and self.grain >= VOUCH_GRAIN
+                and not self.flat)
 
     @property
     def refused(self) -> bool:
@@ -201,7 +214,7 @@ class GateVerdict:
         score, limit = distinct_numbers(self.score, self.usual_limit)
         if self.vouched:
             return (f"unusual image, check it: its texture lies far from the training radiographs (out-of-distribution "
-                    f"score {score}, refused above {self.limit:.2f} unless, as here, the radiograph model is sure it is a "
+                    f"score {score}, refused above {self.limit:.2f} unless, as here, the radiograph model reads it as a "
                     f"radiograph: p = {self.radiograph_probability:.2f}); a grainy, noisy or differently processed film "
                     "reads like this. The estimate is given; check the image quality and that this is a whole left-hand "
                     "radiograph")
@@ -219,8 +232,8 @@ class GateVerdict:
         relation = "above" if self.refused else "at or below"
         return (f"this does not look like a hand radiograph like those the models were trained on "
                 f"(out-of-distribution score {score}, {relation} the limit {limit} for refusal; at 1 the validation "
-                f"radiographs end; P(radiograph) {self.radiograph_probability:.2f}, below the {RADIOGRAPH_SURE:g} that "
-                "would overrule it); no bone age is given. If it is a hand radiograph, check that it shows the whole hand with the fingers pointing up")
+                f"radiographs end; P(radiograph) {self.radiograph_probability:.2f}, below the {RADIOGRAPH_ABOVE:g} from which "
+                "the radiograph model overrules it); no bone age is given. If it is a hand radiograph, check that it shows the whole hand with the fingers pointing up")
 
 
 def distinct_numbers(a: float, b: float, decimals: int = 2, most: int = 6) -> tuple[str, str]:
@@ -277,8 +290,9 @@ class InputGate:
     """The fitted gate (see the module docstring); `member` and `member_sha256` name the network it reads.
 
     Its input is a member's gate features (``inference.gate_features``): `n_pooled` pooled features, then
-    the texture statistics, then the grey-level entropy of the input. The orientation and laterality models read the pooled features, the grey-scale model
-    the texture statistics.
+    the texture statistics, then the grain and the grey-level entropy of the input (N_SCALARS). The orientation and
+    laterality models read the pooled features, the grey-scale model the texture statistics, the radiograph-or-not
+    model both.
     """
 
     references: dict[str, np.ndarray]  # level -> (n, F_level) L2-normalised training features (float16)
@@ -290,8 +304,8 @@ class InputGate:
     mirror_w: np.ndarray  # (n_pooled,) antisymmetric laterality test on f(flip x) - f(x)
     invert_w: np.ndarray  # (F - n_pooled,) logistic regression on the texture statistics: grey scale inverted
     invert_b: float
-    radio_w: np.ndarray = field(default_factory=lambda: np.zeros(0))  # (F - 1,) radiograph-or-not; empty: none
-    radio_b: float = 0.0
+    radio_w: np.ndarray = field(default_factory=lambda: np.zeros((0, 0)))  # (fits, deep features); empty: none
+    radio_b: np.ndarray = field(default_factory=lambda: np.zeros(0))  # (fits,)
     member: str = ""
     member_sha256: str = ""
     stats: dict = field(default_factory=dict)
@@ -304,12 +318,17 @@ class InputGate:
     def levels(self, features: np.ndarray) -> dict[str, np.ndarray]:
         """Gate features (N, F) split into the levels the OOD score reads (the grey-level entropy, last, is not one)."""
         features = np.atleast_2d(features)
-        return {POOLED: features[:, :self.n_pooled], TEXTURE: features[:, self.n_pooled:-1]}
+        return {POOLED: features[:, :self.n_pooled], TEXTURE: features[:, self.n_pooled:-N_SCALARS]}
 
     @staticmethod
     def grey_entropy(features: np.ndarray) -> np.ndarray:
         """The grey-level entropy of each image (the last gate feature)."""
         return np.atleast_2d(features)[:, -1]
+
+    @staticmethod
+    def grain(features: np.ndarray) -> np.ndarray:
+        """The grain of each image's input (the gate feature before the entropy)."""
+        return np.atleast_2d(features)[:, -2]
 
     def pooled(self, features: np.ndarray) -> np.ndarray:
         """The pooled level of gate features (what the orientation and laterality models read)."""
@@ -345,9 +364,9 @@ class InputGate:
     def radiograph_probability(self, features: np.ndarray) -> np.ndarray:
         """P(a hand radiograph) of the radiograph-or-not model on the deep gate features (zeros without a model)."""
         features = np.atleast_2d(features)
-        if not len(self.radio_w):
+        if not self.radio_w.size:
             return np.zeros(len(features))
-        return _sigmoid(features[:, :-1] @ self.radio_w + self.radio_b)
+        return _sigmoid(features[:, :-N_SCALARS] @ np.atleast_2d(self.radio_w).T + self.radio_b).mean(axis=1)
 
     def mirror_probability(self, features: np.ndarray, flipped: np.ndarray) -> np.ndarray:
         """P(mirrored) of images with these gate features, given the features of their mirror images (antisymmetric:
@@ -358,12 +377,12 @@ class InputGate:
         """One verdict per feature row."""
         scores, turns = self.score(features), self.turn_probabilities(features)
         inverted, entropy = self.inverted_probability(features), self.grey_entropy(features)
-        radiograph = self.radiograph_probability(features)
+        radiograph, grain = self.radiograph_probability(features), self.grain(features)
         out = []
-        for s, t, i, e, r in zip(scores, turns, inverted, entropy, radiograph):
+        for s, t, i, e, r, g in zip(scores, turns, inverted, entropy, radiograph, grain):
             k = int(t[1:].argmax()) + 1  # the likeliest turn; flagged when P(not upright) is high enough
             out.append(GateVerdict(float(s), self.limit, k if 1.0 - t[0] >= TURN_FLAG_ABOVE else 0, float(t[k]),
-                                   float(1.0 - t[0]), float(i), self.usual_limit, float(e), float(r)))
+                                   float(1.0 - t[0]), float(i), self.usual_limit, float(e), float(r), float(g)))
         return out
 
     def decide(self, features: np.ndarray, features_of: Callable[[Correction], np.ndarray]) -> GateDecision:
@@ -450,7 +469,7 @@ class InputGate:
                 return cls({level: z[f"reference_{level}"] for level in LEVELS},
                            {level: float(z[f"limit_{level}"]) for level in LEVELS}, int(z["n_pooled"]), int(z["k"]),
                            z["turn_w"], z["turn_b"], z["mirror_w"], z["invert_w"], float(z["invert_b"]), z["radio_w"],
-                           float(z["radio_b"]), str(z["member"]), str(z["member_sha256"]))
+                           z["radio_b"], str(z["member"]), str(z["member_sha256"]))
         except (OSError, KeyError, ValueError) as exc:
             raise ArtifactError(f"{path}: not a readable input gate ({exc})") from exc
 
@@ -484,20 +503,27 @@ def _logistic(x: np.ndarray, y: np.ndarray, seed: int, intercept: bool = True):
     return model.fit(x, y)
 
 
-def fit_radiograph_model(radiographs: np.ndarray, not_radiographs: np.ndarray, seed: int = 0,
-                         c: float = 0.1) -> tuple[np.ndarray, float]:
-    """(w, b) of the radiograph-or-not model on deep gate features (the last column, the grey-level entropy, left
-    out): a logistic regression on standardised features, both classes weighted alike, the standardisation folded
-    into w and b so that P = sigmoid(f @ w + b) on raw features."""
+def fit_radiograph_model(radiographs: np.ndarray, not_radiographs: np.ndarray, seed: int = 0, c: float = 0.1,
+                         fits: int = RADIOGRAPH_FITS) -> tuple[np.ndarray, np.ndarray]:
+    """(W, b) of the radiograph-or-not model on deep gate features (the scalars after them left out): `fits` logistic
+    regressions, each on a bootstrap draw of both classes, on standardised features with both classes weighted
+    alike; the standardisation folded into each row of W and b, so that P = mean(sigmoid(f @ W.T + b)) on raw
+    features."""
     from sklearn.linear_model import LogisticRegression
 
-    x = np.concatenate([radiographs[:, :-1], not_radiographs[:, :-1]])
+    x = np.concatenate([radiographs[:, :-N_SCALARS], not_radiographs[:, :-N_SCALARS]])
     y = np.r_[np.ones(len(radiographs)), np.zeros(len(not_radiographs))]
     mean, scale = x.mean(0), x.std(0) + 1e-6
-    model = LogisticRegression(C=c, max_iter=5000, class_weight="balanced", random_state=seed)
-    model.fit((x - mean) / scale, y)
-    w = model.coef_[0] / scale
-    return w, float(model.intercept_[0] - mean @ w)
+    rng = np.random.default_rng(seed)
+    weights, biases = [], []
+    for _ in range(fits):
+        rows = np.concatenate([rng.choice(np.flatnonzero(y == k), int((y == k).sum())) for k in (0, 1)])
+        model = LogisticRegression(C=c, max_iter=5000, class_weight="balanced", random_state=seed)
+        model.fit((x[rows] - mean) / scale, y[rows])
+        w = model.coef_[0] / scale
+        weights.append(w)
+        biases.append(float(model.intercept_[0] - mean @ w))
+    return np.stack(weights), np.array(biases)
 
 
 def fit_gate(train: np.ndarray, val: np.ndarray, turned: dict[int, np.ndarray], mirrored: np.ndarray,
@@ -520,14 +546,14 @@ def fit_gate(train: np.ndarray, val: np.ndarray, turned: dict[int, np.ndarray], 
     1 - refuse_rate / 2 (the largest validation distance by default); an image is refused above REFUSE_ABOVE
     times it.
     """
-    if not 0 < n_pooled < train.shape[1] - 1:
-        raise ValueError(f"n_pooled {n_pooled} must split the {train.shape[1] - 1} deep gate features (then the grey-level "
-                         "entropy) into two levels")
+    if not 0 < n_pooled < train.shape[1] - N_SCALARS:
+        raise ValueError(f"n_pooled {n_pooled} must split the {train.shape[1] - N_SCALARS} deep gate features (then the grain and the "
+                         "grey-level entropy) into two levels")
     if not len(upright) == len(mirrored) == len(inverted):
         raise ValueError(f"upright, mirrored and inverted must be the same images ({len(upright)}, {len(mirrored)}, "
                          f"{len(inverted)} rows)")
     gate = InputGate({}, {}, n_pooled, min(k, len(train)), np.zeros((4, n_pooled)), np.zeros(4), np.zeros(n_pooled),
-                     np.zeros(train.shape[1] - n_pooled - 1), 0.0)
+                     np.zeros(train.shape[1] - n_pooled - N_SCALARS), 0.0)
     gate.references = {level: unit_rows(f).astype(np.float16) for level, f in gate.levels(train).items()}
     gate.limits = {level: float(np.quantile(d, 1.0 - refuse_rate / len(LEVELS)))
                    for level, d in gate.distances(val).items()}

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from .heads import combine, get_head
-from .preprocess import grey_entropy, prepare
+from .preprocess import grey_entropy, input_grain, prepare
 from .runtime import Member, torch_ops_beside
 from .views import NO_TTA, TTA_SCALES, Views, as_views
 
@@ -123,7 +123,7 @@ def ensemble_outputs(members: Sequence[Mapping[str, list[np.ndarray]]]) -> dict[
 @torch.no_grad()
 def member_features(net: Member, images: torch.Tensor | np.ndarray, device: torch.device,
                     batch_size: int | None = None, progress: bool = False) -> np.ndarray:
-    """Gate features (N, F + 2C + 1) of uint8 (N, S, S) model inputs, one view (what the input gate reads)."""
+    """Gate features (N, F + 2C + 2) of uint8 (N, S, S) model inputs, one view (what the input gate reads)."""
     net.eval()
     batch_size = batch_size or inference_batch(device)
     images = torch.as_tensor(np.ascontiguousarray(images)) if isinstance(images, np.ndarray) else images
@@ -138,14 +138,15 @@ def member_features(net: Member, images: torch.Tensor | np.ndarray, device: torc
 
 
 def image_gate_features(net: Member, gray: np.ndarray, device: torch.device) -> np.ndarray:
-    """Gate features (1, F + 2C + 1) of one float gray image, prepared like every model input (:func:`prepare`) but
+    """Gate features (1, F + 2C + 2) of one float gray image, prepared like every model input (:func:`prepare`) but
     never smoothed: the gate decides on the image as given (a grainy photograph smoothed looked like a film)."""
     return member_features(net, prepare(gray, net.spec.preprocess, grainy=False)[None], device)
 
 
 def gate_features(pooled: torch.Tensor, texture: torch.Tensor, images: torch.Tensor | np.ndarray) -> np.ndarray:
     """What the input gate reads, as float64: the pooled features (B, F), the texture statistics (B, 2C), then the
-    grey-level entropy of the uint8 inputs `images` (B, S, S) (:func:`preprocess.grey_entropy`)."""
-    entropy = grey_entropy(images.cpu().numpy() if isinstance(images, torch.Tensor) else images)
+    grain and the grey-level entropy of the uint8 inputs `images` (B, S, S) (:func:`preprocess.input_grain`,
+    :func:`preprocess.grey_entropy`)."""
+    pixels = images.cpu().numpy() if isinstance(images, torch.Tensor) else images
     deep = torch.cat([pooled.float(), texture.float()], dim=1).cpu().numpy().astype(np.float64)
-    return np.concatenate([deep, entropy[:, None]], axis=1)
+    return np.concatenate([deep, input_grain(pixels)[:, None], grey_entropy(pixels)[:, None]], axis=1)

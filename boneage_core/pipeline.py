@@ -287,7 +287,7 @@ def gate_network(cfg: TrainConfig, staging: Path, members: list[str]) -> str:
 
 def _radiograph_examples(paths: list, spec: PreprocessSpec, seed: int, n_sources: int = 150,
                          n_variants: int = 16) -> tuple[np.ndarray, np.ndarray]:
-    """uint8 model inputs (N, S, S) for the gate's radiograph-or-not model: three variants of each film at `paths`
+    """uint8 model inputs (N, S, S) for the gate's radiograph-or-not model: four variants of each film at `paths`
     (``acquisition.radiograph_variants``), and ``counterexamples`` (parts of the first `n_sources` films and those
     films inside photographs among them); images too blank to prepare are left out. Prepared as the gate reads an
     image: as given, never smoothed."""

@@ -250,6 +250,12 @@ def neighbour_correlation(image: np.ndarray) -> float:
     return float(a @ b) / spread if spread > 0 else 0.0
 
 
+def input_grain(images: np.ndarray) -> np.ndarray:
+    """The grain of uint8 model inputs (N, S, S): each one's noise sd relative to its 0.5-99.5 percentile window (as
+    :func:`noise_level` measures a whole image, here on what the network reads)."""
+    return np.array([_grain(np.asarray(image, dtype=np.float32) / 255.0) for image in images])
+
+
 def grain_warnings(gray: np.ndarray) -> list[str]:
     """What the report says of a grainy film (one that preprocess smooths): none for any other."""
     if not is_grainy(gray):

@@ -3,6 +3,7 @@ test set (tests/negatives.py)."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -33,7 +34,7 @@ def test_a_dicom_file_with_a_test_files_pixels_is_left_out(monkeypatch):
     assert "dicom_693_J2KI" in kept and "dicom_MR_small_RLE" not in kept
 
 
-@pytest.mark.parametrize("make", [cx.chart, cx.document, cx.fractal_texture, cx.shapes, cx.body_part])
+@pytest.mark.parametrize("make", [cx.chart, cx.document, cx.fractal_texture, cx.shapes, cx.body_part, cx.white_noise])
 def test_each_generator_draws_a_gray_image_that_changes_with_the_seed(make):
     a, b = make(1), make(2)
     for image in (a, b):
@@ -48,8 +49,8 @@ def test_counterexamples_cover_every_kind_in_variants_and_repeat_with_the_seed()
     drawn = list(cx.counterexamples(films, n_variants=2, seed=5))
     names = [name for name, _ in drawn]
     assert len(names) == len(set(names))
-    kinds = {name.split("/")[0].rstrip("0123456789").rstrip("_") for name in names}
-    assert {"chart", "document", "texture", "shapes", "body_part", "film_part", "film_in_photo"} <= kinds
+    kinds = {re.sub(r"(_\d+)+$", "", name.split("/")[0]) for name in names}
+    assert {"chart", "document", "texture", "shapes", "body_part", "white_noise", "film_part", "film_in_photo"} <= kinds
     assert any(k.startswith("skimage") for k in kinds) and any(k.startswith("dicom") for k in kinds)
     assert all(g.ndim == 2 and g.dtype == np.float32 and 0 <= g.min() and g.max() <= 1 for _, g in drawn)
     again = list(cx.counterexamples(films, n_variants=2, seed=5))
@@ -63,12 +64,12 @@ def test_a_film_part_is_a_small_window_of_the_film():
     assert 0.01 < part.size / film.size < 0.25
 
 
-def test_radiograph_variants_are_three_uploads_of_the_film():
+def test_radiograph_variants_are_four_uploads_of_the_film():
     rng = np.random.default_rng(2)
     film = _film(rng, 128)
     variants = radiograph_variants(film, rng)
-    assert len(variants) == 3
+    assert len(variants) == 4
     for v in variants:
         assert v.ndim == 2 and v.dtype == np.float32 and 0 <= v.min() and v.max() <= 1
-    assert all(sorted(v.shape) == sorted(film.shape) for v in variants[1:])  # noise and JPEG keep the size
-    assert not np.array_equal(variants[1], film)  # the grainy one has noise added
+    assert all(sorted(v.shape) == sorted(film.shape) for v in variants[2:])  # noise and JPEG keep the size
+    assert not np.array_equal(variants[2], film)  # the grainy one has noise added

@@ -184,3 +184,21 @@ def test_the_gate_reads_the_features_of_the_ensemble_pass(committed_artifacts, c
     np.testing.assert_allclose(frame["gate_score"].astype(float), alone["gate_score"].astype(float), rtol=1e-4)
     for column in ("gate_refused", "gate_turn", "gate_turn_flagged", "gate_mirrored"):
         assert frame[column].tolist() == alone[column].tolist(), column
+
+
+@pytest.mark.slow
+def test_the_gate_columns_judge_a_grainy_film_as_given(committed_predictor, data_299, tmp_path):
+    """The members read a grainy film smoothed; the gate's columns, like the app, judge the film as given."""
+    from boneage_core.acquisition import noise
+    from boneage_core.preprocess import is_grainy
+
+    film = load_gray(sorted((data_299 / "boneage-training-dataset").glob("*.webp"))[5])
+    for name, gray in (("clean", film), ("noisy", noise(film, 3))):
+        Image.fromarray((gray * 255).round().astype(np.uint8)).save(tmp_path / f"{name}.png")
+    frame = attach_paths(pd.DataFrame({"id": ["clean", "noisy"], "boneage": [100.0, 100.0], "male": [1, 1]}), tmp_path)
+    assert [is_grainy(load_gray(p)) for p in frame["path"]] == [False, True]
+    gate = evaluate.gate_columns(committed_predictor, frame, None)
+    for i, path in enumerate(frame["path"]):
+        decision = committed_predictor.decide(load_gray(path))
+        assert gate["gate_score"].iloc[i] == pytest.approx(decision.as_given.score, rel=1e-4)
+        assert not gate["gate_refused"].iloc[i] and not decision.refused

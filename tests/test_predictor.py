@@ -370,3 +370,25 @@ def test_calibration_is_applied_only_with_the_views_it_was_fitted_with(quick_run
     for other in {NO_TTA, (1.0, 0.94), TTA_SCALES} - {fitted}:
         assert loaded.calibration_for(other) is None
         assert loaded.predict(fullres_sample, male=True, views=other).interval is None  # as evaluate: no correction
+
+
+@pytest.mark.slow
+def test_a_grainy_film_is_judged_as_given_and_read_smoothed(committed_predictor, data_299, monkeypatch):
+    """Noise of 3 grey levels: the gate reads the film as given (a smoothed photograph looked like a film), its
+    radiograph model lets it through with a warning; the members read it smoothed, and the report says so."""
+    from boneage_core.acquisition import as_upload, noise
+
+    film = load_gray(sorted((data_299 / "boneage-training-dataset").glob("*.webp"))[5])
+    noisy = as_upload(noise(film, 3))
+    seen: list[np.ndarray] = []
+    gate_features = committed_predictor.gate_features
+    monkeypatch.setattr(committed_predictor, "gate_features", lambda gray: seen.append(gray) or gate_features(gray))
+    pred = committed_predictor.predict(noisy, male=True)
+    assert seen and seen[0] is noisy
+    assert any("grainy" in w for w in pred.warnings) and any("unusual image" in w for w in pred.warnings)
+    spec = next(iter(committed_predictor.members.values())).spec.preprocess
+    assert np.array_equal(np.round(pred.model_input * 255), committed_predictor.inputs(noisy)[spec][0])
+    assert not np.array_equal(committed_predictor.inputs(noisy)[spec], committed_predictor.inputs(noisy, False)[spec])
+    clean = committed_predictor.predict(film, male=True)
+    assert not any("grainy" in w for w in clean.warnings)
+    assert abs(pred.bone_age_months - clean.bone_age_months) < 12.0

@@ -475,3 +475,18 @@ def test_an_image_of_pure_noise_is_not_smoothed_into_structure():
 
     pixels = np.random.default_rng(0).random((300, 240)).astype(np.float32)
     assert noise_level(pixels) > NOISE_LIMIT and not is_grainy(pixels) and grain_warnings(pixels) == []
+
+
+def test_input_grain_reads_the_noise_a_network_input_carries(data_299):
+    """The gate's grain feature: a film's 256 px input lies below the gate's VOUCH_GRAIN, the same film with noise of
+    3 grey levels above it; an image of noise alone far above."""
+    from boneage_core.acquisition import as_upload, noise
+    from boneage_core.gate import VOUCH_GRAIN
+    from boneage_core.preprocess import input_grain
+
+    spec = PreprocessSpec(image_size=256)
+    films = sorted((data_299 / "boneage-training-dataset").glob("*.webp"))[::700]
+    clean = input_grain(np.stack([prepare(load_gray(p), spec) for p in films]))
+    noisy = input_grain(np.stack([prepare(as_upload(noise(load_gray(p), 3)), spec, grainy=False) for p in films]))
+    assert clean.max() < VOUCH_GRAIN < noisy.min()
+    assert input_grain((np.random.default_rng(0).random((1, 64, 64)) * 255).astype(np.uint8))[0] > 10 * VOUCH_GRAIN
