@@ -57,14 +57,25 @@ def samples_and_variants(predictor: Predictor, samples: Path) -> list[str]:
     return [f"full-size samples (n={len(labels)}) and transformed copies:", table.to_string()]
 
 
+#: The generated negatives are also tried in these forms: the gate corrects inverted and turned films, and must not
+#: "correct" a non-radiograph into one.
+NEGATIVE_FORMS = {"inverted": lambda g: 1.0 - g, "turned 90": lambda g: np.rot90(g, 1)}
+
+
 def negatives(predictor: Predictor, samples: Path) -> list[str]:
-    lines, refused = [], 0
+    lines, refused, forms = [], 0, {name: 0 for name in NEGATIVE_FORMS}
     images = negative_set(samples)
     for name, image in images.items():
         status, age, warnings = _outcome(predictor, image, True)
         refused += status == "refused"
         lines.append(f"  {name:<22} {status:<8} {'' if age is None else f'{age:.0f} months'}  {warnings[0][:90] if warnings else ''}")
-    return [f"generated negatives: {refused} of {len(images)} refused"] + lines
+        for form, make in NEGATIVE_FORMS.items():
+            status, age, _ = _outcome(predictor, make(image), True)
+            forms[form] += status == "refused"
+            if status != "refused":
+                lines.append(f"  {name + ' ' + form:<22} {status:<8} {age:.0f} months")
+    counts = ", ".join(f"{forms[f]} of {len(images)} {f}" for f in NEGATIVE_FORMS)
+    return [f"generated negatives: {refused} of {len(images)} refused as given ({counts})"] + lines
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -89,6 +89,11 @@ GATE_FORMAT = 3
 #: stayed refused, at 0.9, 2.0-3.0 %; but at 0.5 and 0.7 one draw of three also let the photograph of a screen through
 #: (P 0.87), at 0.9 none. A refusal of what is not a radiograph weighs more than a noisy film refused.
 RADIOGRAPH_ABOVE = 0.9
+#: P(a hand radiograph) below which an image is refused whatever its OOD score: the radiograph-or-not model reads it as
+#: clearly not one. No validation film, clean or under any shift tried (2,700 images: clean, noise of 3 and 6 grey
+#: levels, JPEG q30, blur, white padding, inverted, turned), that the OOD score lets through falls below 0.05; a
+#: photograph turned or inverted that the OOD score let through got 0.000 (docs/shift.md, "A radiograph-or-not model").
+RADIOGRAPH_BELOW = 0.01
 #: Grain of the gate's input (``preprocess.input_grain``) from which the radiograph-or-not model may overrule the OOD
 #: score: the overrule is for grainy films. Gate inputs (256 px) of the 5,784 films of the gate's banks, validation
 #: and test splits: at most 0.0046 (median 0.0015); with noise of 2 / 3 grey levels at least 0.0034 / 0.0045; CT and
@@ -150,7 +155,7 @@ class GateVerdict:
     inverted_probability: float = 0.0  # P(the grey scale is inverted)
     usual_limit: float = 1.0  # the score up to which an image is as usual as the validation films
     grey_entropy: float = 8.0  # bits of the input's grey-level histogram (background left out); see MIN_GREY_ENTROPY
-    radiograph_probability: float = 0.0  # P(a hand radiograph) of the radiograph-or-not model (0 without one)
+    radiograph_probability: float = float("nan")  # P(a hand radiograph) of the radiograph-or-not model (NaN: no model)
     grain: float = 0.0  # the input's noise relative to its grey range (preprocess.input_grain); see VOUCH_GRAIN
 
     @property
@@ -205,13 +210,18 @@ class GateVerdict:
                 and not self.flat)
 
     @property
+    def clearly_not(self) -> bool:
+        """The radiograph-or-not model reads it as clearly not a hand radiograph: refused whatever its OOD score."""
+        return self.radiograph_probability < RADIOGRAPH_BELOW
+
+    @property
     def refused(self) -> bool:
-        return (self.score > self.limit and not self.vouched) or self.flat
+        return (self.score > self.limit and not self.vouched) or self.flat or self.clearly_not
 
     @property
     def unusual(self) -> bool:
         """Scored, but farther from the training films than the validation films."""
-        return (self.usual_limit < self.score <= self.limit or self.vouched) and not self.flat
+        return (self.usual_limit < self.score <= self.limit or self.vouched) and not (self.flat or self.clearly_not)
 
     def unusual_note(self) -> str:
         score, limit = distinct_numbers(self.score, self.usual_limit)
@@ -232,11 +242,17 @@ class GateVerdict:
                     f"{self.grey_entropy:.2f} bits, a radiograph has at least {MIN_GREY_ENTROPY:g}), like a drawing, a "
                     "phantom or a screenshot; no bone age is given")
         score, limit = distinct_numbers(self.score, self.limit)
-        relation = "above" if self.refused else "at or below"
+        check = "If it is a hand radiograph, check that it shows the whole hand with the fingers pointing up"
+        if self.clearly_not and self.score <= self.limit:
+            return (f"this does not look like a hand radiograph: the radiograph model reads it as clearly not one "
+                    f"(P(radiograph) {self.radiograph_probability:.3f}, refused below {RADIOGRAPH_BELOW:g}), though its "
+                    f"out-of-distribution score ({score}) is within the limit {limit}; no bone age is given. {check}")
+        relation = "above" if self.score > self.limit else "at or below"
+        model = ("" if np.isnan(self.radiograph_probability) else f"; P(radiograph) {self.radiograph_probability:.2f}, "
+                 f"below the {RADIOGRAPH_ABOVE:g} from which the radiograph model overrules it")
         return (f"this does not look like a hand radiograph like those the models were trained on "
                 f"(out-of-distribution score {score}, {relation} the limit {limit} for refusal; at 1 the validation "
-                f"radiographs end; P(radiograph) {self.radiograph_probability:.2f}, below the {RADIOGRAPH_ABOVE:g} from which "
-                "the radiograph model overrules it); no bone age is given. If it is a hand radiograph, check that it shows the whole hand with the fingers pointing up")
+                f"radiographs end{model}); no bone age is given. {check}")
 
 
 def distinct_numbers(a: float, b: float, decimals: int = 2, most: int = 6) -> tuple[str, str]:
@@ -365,10 +381,10 @@ class InputGate:
         return _sigmoid(self.levels(features)[TEXTURE] @ self.invert_w + self.invert_b)
 
     def radiograph_probability(self, features: np.ndarray) -> np.ndarray:
-        """P(a hand radiograph) of the radiograph-or-not model on the deep gate features (zeros without a model)."""
+        """P(a hand radiograph) of the radiograph-or-not model on the deep gate features (NaN without a model)."""
         features = np.atleast_2d(features)
         if not self.radio_w.size:
-            return np.zeros(len(features))
+            return np.full(len(features), np.nan)
         return _sigmoid(features[:, :-N_SCALARS] @ np.atleast_2d(self.radio_w).T + self.radio_b).mean(axis=1)
 
     def mirror_probability(self, features: np.ndarray, flipped: np.ndarray) -> np.ndarray:

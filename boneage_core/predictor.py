@@ -9,6 +9,7 @@ behind the input gate, and read out as a :class:`Prediction`.
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass, field
 from functools import cached_property
 
@@ -70,6 +71,8 @@ class Prediction:
             "interval": None if self.interval is None else self.interval.to_dict(),
             "warnings": list(self.warnings),
             "input_gate_score": None if self.gate is None else round(self.gate.score, 3),
+            "input_gate_radiograph_probability": None if self.gate is None or math.isnan(self.gate.radiograph_probability)
+            else round(self.gate.radiograph_probability, 3),
             "turned_degrees": 90 * self.turn, "mirrored": self.mirrored, "grey_scale_inverted": self.inverted,
         }
 

@@ -93,8 +93,8 @@ def test_the_hand_is_found_once_per_image_for_all_crop_members(committed_predict
     gray = load_gray(fullres_sample)
     boxes, seen = [], []
     monkeypatch.setattr(ensemble_module, "crop_box", lambda g, spec: boxes.append(crop_box(g, spec)) or boxes[-1])
-    monkeypatch.setattr(ensemble_module, "prepare", lambda g, spec, box=None: seen.append((spec, prepare(g, spec, box)))
-                        or seen[-1][1])
+    monkeypatch.setattr(ensemble_module, "prepare", lambda g, spec, box=None, grainy=None:
+                        seen.append((spec, prepare(g, spec, box, grainy))) or seen[-1][1])
     fed = []
     real_outputs = ensemble_module.member_outputs
     monkeypatch.setattr(ensemble_module, "member_outputs",

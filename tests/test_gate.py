@@ -10,7 +10,7 @@ import pytest
 
 from boneage_core.errors import ArtifactError, InputError
 from boneage_core.gate import (GATE_FILE, LEVELS, MIN_GREY_ENTROPY, MIRROR_ABOVE, NO_CORRECTION, POOLED, RADIOGRAPH_ABOVE,
-                               RADIOGRAPH_FITS, VOUCH_GRAIN,
+                               RADIOGRAPH_BELOW, RADIOGRAPH_FITS, VOUCH_GRAIN,
                                TURN_ABOVE, TURN_FLAG_ABOVE,
                                Correction, GateVerdict, InputGate, NotARadiographError, QUARTER_TURNS, distinct_numbers,
                                fit_gate, kth_distance, load_gate, unit_rows)
@@ -23,6 +23,9 @@ W = F + T + 2  # the gate features: pooled, texture, then the grain and the grey
 GRAINY = 0.01  # the grain of a noisy film's input (synthetic; VOUCH_GRAIN is the lower bound)
 RADIOGRAPH_ENTROPY = 5.0  # bits: a radiograph's grey-level entropy (synthetic)
 INVERT_DIM = F + 3  # the texture statistic an inverted grey scale moves (synthetic)
+#: A MILD shift whose films the committed gate may still refuse: 2-3 % of films with noise of 3 grey levels stay below
+#: RADIOGRAPH_ABOVE (docs/shift.md, "A radiograph-or-not model"); one of the four test films here is among them.
+MAY_BE_REFUSED = ("noise sigma 3",)
 #: The share of films under a MILD shift whose laterality answer differs from the film's as given, at most (measured 14 %).
 LATERALITY_CHANGED = 0.2
 
@@ -309,12 +312,28 @@ def test_the_radiograph_model_does_not_overrule_a_flat_image_or_a_gate_without_i
     far = _features(rng, 5, texture_shift=25.0)
     far[:, RADIO_DIM] += 16.0
     far[:, -2] = GRAINY
-    assert gate.radio_w.size == 0 and np.all(gate.radiograph_probability(far) == 0.0)
+    assert gate.radio_w.size == 0 and np.all(np.isnan(gate.radiograph_probability(far)))
     assert all(v.refused for v in gate.verdicts(far))  # no model, no overruling
     probability = GateVerdict(2.0, 1.1, radiograph_probability=RADIOGRAPH_ABOVE - 1e-6, grain=GRAINY)
     assert probability.refused and not probability.vouched
     assert not GateVerdict(2.0, 1.1, radiograph_probability=RADIOGRAPH_ABOVE, grain=GRAINY).refused
     assert GateVerdict(2.0, 1.1, radiograph_probability=1.0, grain=VOUCH_GRAIN - 1e-6).refused
+
+
+def test_what_the_radiograph_model_reads_as_clearly_not_a_radiograph_is_refused_whatever_its_score():
+    """A photograph whose features the OOD score lets through (a turned or inverted one did) is refused when the model
+    gives it P < RADIOGRAPH_BELOW; one along the radiographs' direction never is."""
+    gate, rng = _vouching_gate()
+    others = _features(rng, 30, texture_shift=25.0)
+    others[:, RADIO_DIM] -= 60.0  # far along the direction of the model's not-radiographs
+    assert all(v.clearly_not and v.refused and not v.unusual for v in gate.verdicts(others))
+    within = GateVerdict(0.5, 1.1, radiograph_probability=0.001)  # the OOD score lets it through
+    assert within.refused and "reads it as clearly not one" in within.reason()
+    films = _features(rng, 30)
+    films[:, RADIO_DIM] += 16.0
+    assert not any(v.clearly_not for v in gate.verdicts(films))
+    assert not GateVerdict(0.5, 1.1).refused  # no model (P is NaN): nothing refused for it
+    assert GateVerdict(0.5, 1.1, radiograph_probability=RADIOGRAPH_BELOW / 2).refused
 
 
 def test_the_radiograph_model_needs_both_classes_and_survives_the_file(tmp_path):
@@ -475,8 +494,8 @@ def test_films(committed_artifacts, data_299):
 
 def test_the_committed_gate_accepts_films_under_ordinary_acquisition_shifts(committed_predictor, test_films):
     """Every MILD shift is read (at most an "unusual image" warning), never refused or inverted, and rarely mirrored;
-    a noisy film, whose texture the OOD score would refuse, is read with the radiograph model's warning, never
-    silently; the same films inverted or mirrored are read corrected."""
+    a noisy film, whose texture the OOD score would refuse, is read with the radiograph model's warning or refused with
+    its reason, never read silently; the same films inverted or mirrored are read corrected."""
     from boneage_core.acquisition import MILD, SHIFTS, as_upload
 
     mirrored = []
@@ -486,14 +505,20 @@ def test_the_committed_gate_accepts_films_under_ordinary_acquisition_shifts(comm
         assert not clean.refused and not clean.correction.invert and not clean.turn, (i, clean.warnings)
         for name in MILD:
             decision = committed_predictor.decide(as_upload(SHIFTS[name](gray)))
+            if name in MAY_BE_REFUSED and decision.refused:
+                assert "P(radiograph)" in decision.verdict.reason(), (i, name)
+                continue
             assert not decision.refused, (i, name, decision.verdict.score, decision.verdict.radiograph_probability)
             if decision.as_given.score > decision.as_given.limit:
                 assert decision.verdict.unusual and any("unusual image" in w for w in decision.warnings), (i, name)
             assert not decision.correction.invert, (i, name, decision.warnings)
             mirrored += [(i, name)] * (decision.correction.mirror != clean.correction.mirror)
         assert committed_predictor.decide(1.0 - gray).correction.invert, i
-        assert committed_predictor.decide(np.ascontiguousarray(gray[:, ::-1])).correction.mirror != \
-            clean.correction.mirror, i
+        flipped = committed_predictor.decide(np.ascontiguousarray(gray[:, ::-1]))
+        if max(clean.mirror_probability, flipped.mirror_probability) >= MIRROR_ABOVE:  # one of the two is mirrored
+            assert flipped.correction.mirror != clean.correction.mirror, i
+        else:  # neither way sure (p between 1 - MIRROR_ABOVE and it): both scored as given
+            assert not flipped.correction.mirror and not clean.correction.mirror, i
     # measured 9 of 64 (14 %): blur, down-sampling, JPEG q30 and contrast change the laterality answer; the test was
     # fitted on clean pairs only (issue 29: fit it on shifted pairs too). This bound keeps it from getting worse.
     assert len(mirrored) <= LATERALITY_CHANGED * len(test_films) * len(MILD), mirrored

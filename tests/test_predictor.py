@@ -13,7 +13,7 @@ from PIL import Image
 
 from boneage_core.calibration import CALIBRATION_FILE, load_calibration
 from boneage_core.errors import ArtifactError, InputError, MissingArtifactError
-from boneage_core.gate import Correction, NotARadiographError
+from boneage_core.gate import RADIOGRAPH_ABOVE, Correction, NotARadiographError
 from boneage_core.heads import AGE, STAGE
 from boneage_core.imaging import ImageLoadError, load_gray
 from boneage_core.manifest import build_manifest, read_manifest, write_manifest
@@ -386,6 +386,7 @@ def test_a_grainy_film_is_judged_as_given_and_read_smoothed(committed_predictor,
     pred = committed_predictor.predict(noisy, male=True)
     assert seen and seen[0] is noisy
     assert any("grainy" in w for w in pred.warnings) and any("unusual image" in w for w in pred.warnings)
+    assert pred.to_dict()["input_gate_radiograph_probability"] >= RADIOGRAPH_ABOVE and pred.gate.vouched
     spec = next(iter(committed_predictor.members.values())).spec.preprocess
     assert np.array_equal(np.round(pred.model_input * 255), committed_predictor.inputs(noisy)[spec][0])
     assert not np.array_equal(committed_predictor.inputs(noisy)[spec], committed_predictor.inputs(noisy, False)[spec])
