@@ -181,10 +181,23 @@ def radiograph_variants(g: np.ndarray, rng: np.random.Generator) -> list[np.ndar
     MILD shifts (one each); with noise of 2-8 grey levels (on the film at half contrast 40 % of the time); saved as a
     JPEG of quality 15-60. What the gate's radiograph-or-not model must take as a radiograph."""
     shifted = [SHIFTS[MILD[int(k)]](g) for k in rng.choice(len(MILD), 2, replace=False)]
-    low = contrast(g, 0.5) if rng.random() < 0.4 else g
-    grainy = noise(low, float(rng.uniform(2.0, 8.0)), seed=int(rng.integers(2**31)))
+    grainy = grainy_film(g, rng)
     compressed = jpeg(g, int(rng.integers(15, 61)))
     return [posed(as_upload(film), rng) for film in (*shifted, grainy, compressed)]
+
+
+def grainy_film(g: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """The film with Gaussian noise of 2-8 grey levels, at half contrast 40 % of the time (a low-contrast film's grain
+    is what the contrast stretch amplifies most)."""
+    low = contrast(g, 0.5) if rng.random() < 0.4 else g
+    return noise(low, float(rng.uniform(2.0, 8.0)), seed=int(rng.integers(2**31)))
+
+
+def grainy_inputs(paths: list, spec: PreprocessSpec, seed: int) -> np.ndarray:
+    """uint8 (N, S, S) model inputs of the films at `paths` made grainy (:func:`grainy_film`), read as an upload and as
+    the input gate reads them (never smoothed)."""
+    rng = np.random.default_rng([seed, 1])
+    return np.stack([prepare(as_upload(grainy_film(load_gray(path), rng)), spec, grainy=False) for path in paths])
 
 
 def shifted_inputs(paths: list, spec: PreprocessSpec, seed: int, names: tuple[str, ...] = MILD) -> np.ndarray:

@@ -548,6 +548,7 @@ def fit_radiograph_model(radiographs: np.ndarray, not_radiographs: np.ndarray, s
 def fit_gate(train: np.ndarray, val: np.ndarray, turned: dict[int, np.ndarray], mirrored: np.ndarray,
              upright: np.ndarray, inverted: np.ndarray, n_pooled: int, shifted: np.ndarray | None = None,
              shifted_inverted: np.ndarray | None = None, shifted_mirrored: np.ndarray | None = None,
+             shifted_turned: dict[int, np.ndarray] | None = None,
              radiographs: np.ndarray | None = None, not_radiographs: np.ndarray | None = None,
              refuse_rate: float = 0.0, k: int = DEFAULT_K, seed: int = 0) -> InputGate:
     """Fit the gate from gate features: training films (the reference banks), validation films (the limits),
@@ -558,7 +559,9 @@ def fit_gate(train: np.ndarray, val: np.ndarray, turned: dict[int, np.ndarray], 
     of the same images unchanged (row i of each is one image). `shifted` (training films under acquisition shifts)
     and `shifted_inverted` (the same inverted) join the grey-scale model's negatives and positives; with
     `shifted_mirrored` (the same mirrored) their pairs join the laterality test's (fitted on clean pairs alone it
-    flagged 1.7 % of 300 clean validation films as mirrored, on both 0.3 %: docs/shift.md). With `radiographs`
+    flagged 1.7 % of 300 clean validation films as mirrored, on both 0.3 %: docs/shift.md); with `shifted_turned`
+    (the shifted films turned by k quarter turns) they join the orientation model's too (the gate stage's shifted films
+    include grainy ones: without them noise turned 4 % of upright test films). With `radiographs`
     (films under acquisition shifts, any pose) and `not_radiographs` (``counterexamples``) the radiograph-or-not
     model is fitted (:func:`fit_radiograph_model`); without them the gate has none. Each level's
     limit is its validation quantile
@@ -576,9 +579,13 @@ def fit_gate(train: np.ndarray, val: np.ndarray, turned: dict[int, np.ndarray], 
     gate.references = {level: unit_rows(f).astype(np.float16) for level, f in gate.levels(train).items()}
     gate.limits = {level: float(np.quantile(d, 1.0 - refuse_rate / len(LEVELS)))
                    for level, d in gate.distances(val).items()}
-    x = np.concatenate([gate.pooled(upright)] + [gate.pooled(turned[k]) for k in QUARTER_TURNS[1:]])
+    if shifted_turned is not None and shifted is None:
+        raise ValueError("shifted_turned needs the shifted films it turns")
+    sets = [(upright, turned)] + ([] if shifted_turned is None else [(shifted, shifted_turned)])
+    x = np.concatenate([gate.pooled(f) for given, by_turn in sets for f in [given] + [by_turn[k] for k in QUARTER_TURNS[1:]]])
     # an image rotated by k quarter turns needs (4 - k) % 4 more to be upright again
-    y = np.concatenate([np.zeros(len(upright), int)] + [np.full(len(turned[k]), (4 - k) % 4) for k in QUARTER_TURNS[1:]])
+    y = np.concatenate([np.full(len(f), (4 - k) % 4) for given, by_turn in sets
+                        for k, f in zip(QUARTER_TURNS, [given] + [by_turn[k] for k in QUARTER_TURNS[1:]])])
     turn = _logistic(x, y, seed)
     order = list(turn.classes_)
     gate.turn_w = turn.coef_[[order.index(k) for k in QUARTER_TURNS]]

@@ -16,7 +16,7 @@ import torch
 from tqdm.auto import tqdm
 
 from . import artifacts as art
-from .acquisition import radiograph_variants, shifted_inputs
+from .acquisition import grainy_inputs, radiograph_variants, shifted_inputs
 from .baseline import HogParams, fit_baseline
 from .counterexamples import counterexamples
 from .checkpoint import file_sha256, read_meta, read_resume_state, save_resume_state
@@ -327,14 +327,18 @@ def gate_stage(cfg: TrainConfig, ds: Dataset, staging: Path, members: list[str],
     turned = {k: member_features(net, np.rot90(base, k, axes=(1, 2)), device, progress=True) for k in (1, 2, 3)}
     mirrored = member_features(net, base[:, :, ::-1], device, progress=True)
     inverted = member_features(net, 255 - base, device, progress=True)
-    shifted_img = shifted_inputs(train_rows["path"].tolist()[:n_turned], spec, cfg.seed)
+    shifted_paths = train_rows["path"].tolist()[:n_turned]
+    shifted_img = np.concatenate([shifted_inputs(shifted_paths, spec, cfg.seed),
+                                  grainy_inputs(shifted_paths, spec, cfg.seed)])
     shifted = member_features(net, shifted_img, device, progress=True)
+    shifted_turned = {k: member_features(net, np.rot90(shifted_img, k, axes=(1, 2)), device, progress=True)
+                      for k in (1, 2, 3)}
     shifted_inverted = member_features(net, 255 - shifted_img, device, progress=True)
     shifted_mirrored = member_features(net, shifted_img[:, :, ::-1], device, progress=True)
     radiographs, not_radiographs = _radiograph_examples(train_rows["path"].tolist()[:n_turned], spec, cfg.seed)
     gate = fit_gate(train_f, member_features(net, val_img, device, progress=True), turned, mirrored,
                     train_f[:n_turned], inverted, n_pooled=torch_net(net).backbone.num_features, shifted=shifted,
-                    shifted_inverted=shifted_inverted, shifted_mirrored=shifted_mirrored,
+                    shifted_inverted=shifted_inverted, shifted_mirrored=shifted_mirrored, shifted_turned=shifted_turned,
                     radiographs=member_features(net, radiographs, device, progress=True),
                     not_radiographs=member_features(net, not_radiographs, device, progress=True), seed=cfg.seed)
     gate.member, gate.member_sha256 = member, meta["sha256"]

@@ -348,6 +348,27 @@ def test_the_radiograph_model_needs_both_classes_and_survives_the_file(tmp_path)
         fit_gate(train, train, {k: train for k in (1, 2, 3)}, train, train, train, n_pooled=F, k=5, radiographs=train)
 
 
+def test_the_orientation_model_learns_from_shifted_films_turned_too():
+    """Turning a grainy film moves its features another way (synthetic: dimensions 8-10, not 1-3): fitted on clean films
+    alone the orientation model does not see the turn; with the shifted films turned it does."""
+    rng = np.random.default_rng(18)
+    train, val = _features(rng, 400), _features(rng, 200)
+    upright = train[:150]
+    args = (train, val, {k: upright + TURN_SHIFT * np.eye(W)[k] for k in (1, 2, 3)}, upright + TURN_SHIFT * np.eye(W)[5],
+            upright, upright + TURN_SHIFT * np.eye(W)[INVERT_DIM])
+    shifted = _features(rng, 150)
+    turned = {k: shifted + TURN_SHIFT * np.eye(W)[7 + k] for k in (1, 2, 3)}
+    clean_only = fit_gate(*args, n_pooled=F, k=5, shifted=shifted)
+    both = fit_gate(*args, n_pooled=F, k=5, shifted=shifted, shifted_turned=turned)
+    grainy = _features(rng, 60)
+    for k in (1, 2, 3):
+        assert np.mean([v.turn == (4 - k) % 4 for v in both.verdicts(grainy + TURN_SHIFT * np.eye(W)[7 + k])]) > 0.9
+        assert np.mean([v.turn == (4 - k) % 4 for v in clean_only.verdicts(grainy + TURN_SHIFT * np.eye(W)[7 + k])]) < 0.5
+    assert not any(v.turn for v in both.verdicts(grainy))
+    with pytest.raises(ValueError, match="shifted films it turns"):
+        fit_gate(*args, n_pooled=F, k=5, shifted_turned=turned)
+
+
 def test_correction_undoes_in_order_invert_turn_mirror():
     g = np.arange(12, dtype=np.float32).reshape(3, 4) / 11
     np.testing.assert_array_equal(Correction(invert=True, turn=1, mirror=True).apply(g), np.fliplr(np.rot90(1 - g)))
