@@ -73,7 +73,7 @@ def negatives(predictor: Predictor, samples: Path) -> list[str]:
             status, age, _ = _outcome(predictor, make(image), True)
             forms[form] += status == "refused"
             if status != "refused":
-                lines.append(f"  {name + ' ' + form:<22} {status:<8} {age:.0f} months")
+                lines.append(f"  {name + ' ' + form:<22} {status:<8} {'' if age is None else f'{age:.0f} months'}")
     counts = ", ".join(f"{forms[f]} of {len(images)} {f}" for f in NEGATIVE_FORMS)
     return [f"generated negatives: {refused} of {len(images)} refused as given ({counts})"] + lines
 

@@ -81,7 +81,7 @@ def main() -> None:
         kept = []
         for name, gray in images.items():
             try:
-                kept.append(prepare(gray, net.spec.preprocess))
+                kept.append(prepare(gray, net.spec.preprocess, grainy=False))  # as the gate reads it
             except ImageLoadError:
                 refused_before.append(name)
         features[group] = block_statistics(net, np.stack(kept))

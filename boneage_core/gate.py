@@ -1,8 +1,7 @@
 """Input gate: is this a hand radiograph, upright, a left hand? Read off the network's own features.
 
-Three small models on the features of the ensemble's first age-head member (its features separate
-radiographs from other images better than the stage head's), all fitted on the training split and
-calibrated on the validation split:
+Small models on the features of the gate's network (``gate.npz`` names it: a model file of the artifacts folder),
+all fitted on the training split and calibrated on the validation split:
 
 * an out-of-distribution score at two levels of the same backbone pass: the pooled features, and
   the texture statistics of a mid-level block (``models.TEXTURE_BLOCK``; fine-tuning specialises the
@@ -22,12 +21,14 @@ calibrated on the validation split:
   is weak; the difference of the pair cancels what both share. Exactly antisymmetric: a film and its mirror image
   always get opposite answers. It costs one more pass of the gate member per image.
 
-A radiograph-or-not model (a logistic regression on both levels) overrules the OOD score where it reads a radiograph: fitted on
-training films under acquisition shifts (noise of 2-8 grey levels, strong JPEG, any pose) against images that are not
-hand radiographs made offline (``counterexamples``: other photographs, DICOM test files, charts, documents, textures,
-other body parts, parts of films, films inside photographs; none of the test set's). An image the OOD score would
-refuse is scored with "unusual image: check it" when this model gives it P >= RADIOGRAPH_ABOVE: a grainy film's texture
-lies as far from the training films as a photograph's (docs/shift.md), but the model tells them apart.
+A radiograph-or-not model (logistic regressions on both levels, averaged over bootstrap fits), fitted on training
+films under acquisition shifts (noise of 2-8 grey levels, strong JPEG, any pose) against images that are not hand
+radiographs made offline (``counterexamples``: other photographs, DICOM test files, charts, documents, textures,
+other body parts, parts of films, films inside photographs; none of the test set's). It is used twice: a grainy image
+(input grain >= VOUCH_GRAIN) that the OOD score would refuse is scored with "unusual image: check it" when the model
+gives it P >= RADIOGRAPH_ABOVE (a grainy film's texture lies as far from the training films as a photograph's, but the
+model tells them apart: docs/shift.md); an image it gives P < RADIOGRAPH_BELOW is refused whatever its OOD score.
+It does not reliably refuse kinds of image it has never seen, hence only grainy images are overruled.
 
 A fifth, plain check reads no network: the grey-level entropy of the model input (``preprocess.grey_entropy``, the
 last gate feature). A radiograph is a continuum of grey; a drawing, a phantom or a screenshot is a few flat levels
@@ -42,7 +43,8 @@ features lie as near the hands as those of noisy hands (docs/shift.md, last sect
 An inverted grey scale is inverted back, a right hand (mirrored film) mirrored back, and an image the orientation
 model is sure about (p >= TURN_ABOVE) turned back, each with a warning; a less certain turn is flagged but scored as
 given. An image whose features lie outside the training distribution is refused with its score and the limit,
-unless a suggested turn (p >= TURN_FLAG_ABOVE) or the inversion brings it inside: a sideways film is then scored
+unless the radiograph-or-not model vouches for it (above), or a suggested turn (p >= TURN_FLAG_ABOVE) or the inversion
+brings it inside: a sideways film is then scored
 turned, with a warning. One correction may rescue an image refused as given, not two: a photograph refused as given
 passed once inverted *and* turned (:meth:`InputGate.decide`, the one rule, used by ``Predictor`` and ``evaluate``).
 """
@@ -84,10 +86,11 @@ MIN_GREY_ENTROPY = 3.0
 #: Version of gate.npz; 3 added the radiograph-or-not model, 2 the grey-scale model and the pair laterality test.
 GATE_FORMAT = 3
 #: P(a hand radiograph) from which the radiograph-or-not model overrules the OOD score's refusal of a grainy image
-#: (scored with "unusual image: check it"). Chosen on validation films, with the model fitted on three draws of its
-#: examples (docs/shift.md, "A radiograph-or-not model"): at 0.5, 1.0-1.7 % of 300 films with noise of 3 grey levels
-#: stayed refused, at 0.9, 2.0-3.0 %; but at 0.5 and 0.7 one draw of three also let the photograph of a screen through
-#: (P 0.87), at 0.9 none. A refusal of what is not a radiograph weighs more than a noisy film refused.
+#: (scored with "unusual image: check it"). Measured with the model fitted on three draws of its examples
+#: (docs/shift.md, "A radiograph-or-not model"): at 0.5, 1.0-1.7 % of 300 validation films with noise of 3 grey levels
+#: stayed refused, at 0.9, 2.0-3.0 %; but at 0.5 and 0.7 one draw of three let the test set's photograph of a screen
+#: through (P 0.87), at 0.9 none. That test image decided the threshold: a refusal of what is not a radiograph weighs
+#: more than a noisy film refused.
 RADIOGRAPH_ABOVE = 0.9
 #: P(a hand radiograph) below which an image is refused whatever its OOD score: the radiograph-or-not model reads it as
 #: clearly not one. No validation film, clean or under any shift tried (2,700 images: clean, noise of 3 and 6 grey
@@ -248,8 +251,16 @@ class GateVerdict:
                     f"(P(radiograph) {self.radiograph_probability:.3f}, refused below {RADIOGRAPH_BELOW:g}), though its "
                     f"out-of-distribution score ({score}) is within the limit {limit}; no bone age is given. {check}")
         relation = "above" if self.score > self.limit else "at or below"
-        model = ("" if np.isnan(self.radiograph_probability) else f"; P(radiograph) {self.radiograph_probability:.2f}, "
-                 f"below the {RADIOGRAPH_ABOVE:g} from which the radiograph model overrules it")
+        p = self.radiograph_probability
+        if np.isnan(p):
+            model = ""
+        elif self.clearly_not:
+            model = f"; the radiograph model reads it as clearly not one: P(radiograph) {p:.3f}"
+        elif p >= RADIOGRAPH_ABOVE:
+            model = (f"; the radiograph model reads it as a radiograph (P {p:.2f}), but it overrules the score only for "
+                     f"a grainy image and this one is not (grain {self.grain:.4f}, below {VOUCH_GRAIN:g})")
+        else:
+            model = f"; P(radiograph) {p:.3f}, below the {RADIOGRAPH_ABOVE:g} from which the radiograph model overrules it"
         return (f"this does not look like a hand radiograph like those the models were trained on "
                 f"(out-of-distribution score {score}, {relation} the limit {limit} for refusal; at 1 the validation "
                 f"radiographs end{model}); no bone age is given. {check}")
@@ -335,7 +346,7 @@ class InputGate:
     limit = REFUSE_ABOVE  # the score above which an image is refused
 
     def levels(self, features: np.ndarray) -> dict[str, np.ndarray]:
-        """Gate features (N, F) split into the levels the OOD score reads (the grey-level entropy, last, is not one)."""
+        """Gate features (N, F) split into the levels the OOD score reads (the N_SCALARS after them are not levels)."""
         features = np.atleast_2d(features)
         return {POOLED: features[:, :self.n_pooled], TEXTURE: features[:, self.n_pooled:-N_SCALARS]}
 
@@ -413,7 +424,7 @@ class InputGate:
         An image refused as given stays refused when only inverting it back *and* turning it would let it pass.
         """
         as_given = verdict = self.verdicts(features)[0]
-        if as_given.flat:
+        if as_given.flat or as_given.clearly_not:  # no correction makes a drawing or a photograph a film
             return GateDecision(as_given, as_given)
         correction, notes = NO_CORRECTION, []
         if verdict.inverted:
@@ -533,7 +544,7 @@ def fit_radiograph_model(radiographs: np.ndarray, not_radiographs: np.ndarray, s
     x = np.concatenate([radiographs[:, :-N_SCALARS], not_radiographs[:, :-N_SCALARS]])
     y = np.r_[np.ones(len(radiographs)), np.zeros(len(not_radiographs))]
     mean, scale = x.mean(0), x.std(0) + 1e-6
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng([seed, 4])  # the bootstrap's own stream
     weights, biases = [], []
     for _ in range(fits):
         rows = np.concatenate([rng.choice(np.flatnonzero(y == k), int((y == k).sum())) for k in (0, 1)])

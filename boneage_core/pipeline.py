@@ -16,7 +16,7 @@ import torch
 from tqdm.auto import tqdm
 
 from . import artifacts as art
-from .acquisition import grainy_inputs, radiograph_variants, shifted_inputs
+from .acquisition import MILD_NOISELESS, grainy_inputs, radiograph_variants, shifted_inputs
 from .baseline import HogParams, fit_baseline
 from .counterexamples import counterexamples
 from .checkpoint import file_sha256, read_meta, read_resume_state, save_resume_state
@@ -291,11 +291,11 @@ def _radiograph_examples(paths: list, spec: PreprocessSpec, seed: int, n_sources
     (``acquisition.radiograph_variants``), and ``counterexamples`` (parts of the first `n_sources` films and those
     films inside photographs among them); images too blank to prepare are left out. Prepared as the gate reads an
     image: as given, never smoothed."""
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng([seed, 2])  # a stream of its own (shifted_inputs draws from default_rng(seed))
     films = [load_gray(path) for path in paths]
     radiographs = np.stack([prepare(v, spec, grainy=False) for film in films for v in radiograph_variants(film, rng)])
     not_radiographs = []
-    for name, gray in tqdm(counterexamples(films[:n_sources], n_variants, seed), desc="counterexamples"):
+    for name, gray in tqdm(counterexamples(films[:n_sources], n_variants, seed + 1), desc="counterexamples"):
         try:
             not_radiographs.append(prepare(gray, spec, grainy=False))
         except InputError as exc:
@@ -306,8 +306,11 @@ def _radiograph_examples(paths: list, spec: PreprocessSpec, seed: int, n_sources
 def gate_stage(cfg: TrainConfig, ds: Dataset, staging: Path, members: list[str], n_fit: int = 2000,
                n_turned: int = 800) -> None:
     """Fit the input gate on the gate network's features (:func:`gate_network`): `n_fit` training images for the
-    banks (the first `n_turned` also turned, mirrored, inverted, and under an acquisition shift each, as given,
-    inverted and mirrored, for the models), validation images for the limits. Only these images are read.
+    banks, validation images for the limits. The first `n_turned` are also turned, mirrored and inverted, and twice
+    shifted (a random MILD shift other than noise, and made grainy), each shifted copy as given, turned, inverted and
+    mirrored, for the orientation, grey-scale and laterality models; and in four uploads each
+    (:func:`_radiograph_examples`) against the ``counterexamples`` (made from package sample files and these films)
+    for the radiograph-or-not model. No other film is read.
 
     The banks and limits hold films as filmed: with films under acquisition shifts in them as well (noise of 3
     grey levels then passes), photographs, CT / MR slices and phantoms passed too (docs/shift.md, last section).
@@ -328,7 +331,7 @@ def gate_stage(cfg: TrainConfig, ds: Dataset, staging: Path, members: list[str],
     mirrored = member_features(net, base[:, :, ::-1], device, progress=True)
     inverted = member_features(net, 255 - base, device, progress=True)
     shifted_paths = train_rows["path"].tolist()[:n_turned]
-    shifted_img = np.concatenate([shifted_inputs(shifted_paths, spec, cfg.seed),
+    shifted_img = np.concatenate([shifted_inputs(shifted_paths, spec, cfg.seed, MILD_NOISELESS),
                                   grainy_inputs(shifted_paths, spec, cfg.seed)])
     shifted = member_features(net, shifted_img, device, progress=True)
     shifted_turned = {k: member_features(net, np.rot90(shifted_img, k, axes=(1, 2)), device, progress=True)

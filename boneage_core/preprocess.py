@@ -1,5 +1,6 @@
 """The one preprocessing path: gray image -> (optional hand crop) -> squashed square -> (smoothed when grainy) ->
-contrast stretch -> [0, 1].
+contrast stretch -> [0, 1]. The input gate reads the same path with the smoothing off (``grainy=False``): it judges
+the image as given.
 
 Training, evaluation, the baseline, the app and Grad-CAM all call :func:`preprocess` (or
 :func:`preprocess_source`, which loads first). Normalisation (mean/std) is applied inside the

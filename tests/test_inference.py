@@ -12,7 +12,7 @@ from boneage_core.inference import (CPU_INFERENCE_BATCH, GPU_INFERENCE_BATCH, TT
                                     ensemble_outputs, image_gate_features, inference_batch, member_features,
                                     member_outputs, resolve_device, to_input, tta_views)
 from boneage_core.models import INIT_SCRATCH, ModelSpec, create_model
-from boneage_core.preprocess import PreprocessSpec, grey_entropy, prepare
+from boneage_core.preprocess import PreprocessSpec, grey_entropy, input_grain, is_grainy, prepare, resize_to
 from boneage_core.views import NO_TTA
 
 SIZE = 32
@@ -136,18 +136,26 @@ def test_gate_features_come_from_the_same_pass_as_the_outputs(net, images):
     from_outputs = np.concatenate(collected)
     alone = member_features(net, x, CPU, batch_size=3)
     pooled, texture = net.embed(to_input(x, CPU))
-    assert alone.shape == (len(x), pooled.shape[1] + texture.shape[1] + 1)  # then the grey-level entropy
+    assert alone.shape == (len(x), pooled.shape[1] + texture.shape[1] + 2)  # then the grain and the grey-level entropy
     np.testing.assert_allclose(alone[:, -1], grey_entropy(x.numpy()))
+    np.testing.assert_allclose(alone[:, -2], input_grain(x.numpy()))
     np.testing.assert_allclose(from_outputs, alone, rtol=1e-5, atol=1e-5)  # the unzoomed view, batch-independent
     np.testing.assert_allclose(alone[:, :pooled.shape[1]], pooled.detach().numpy(), rtol=1e-5, atol=1e-5)
 
 
-def test_image_gate_features_prepare_the_image_like_every_model_input(net):
+def test_image_gate_features_prepare_the_image_like_every_model_input_but_never_smoothed(net, hand_like):
     gray = np.random.default_rng(1).random((90, 70))  # any size: prepared (cropped, padded, resized) first
     features = image_gate_features(net, gray, CPU)
     prepared = torch.from_numpy(prepare(gray, net.spec.preprocess)[None])
     np.testing.assert_allclose(features, member_features(net, prepared, CPU), rtol=1e-5, atol=1e-5)
     assert features.shape[0] == 1 and np.isfinite(features).all()
+    film = resize_to(hand_like, (299, 299))  # noise added at the size the grain is measured (NOISE_SIDE)
+    grainy = np.clip(film + np.random.default_rng(2).normal(0, 0.02, film.shape), 0, 1).astype(np.float32)
+    assert is_grainy(grainy)  # the members read it smoothed; the gate as given
+    as_given = torch.from_numpy(prepare(grainy, net.spec.preprocess, grainy=False)[None])
+    np.testing.assert_allclose(image_gate_features(net, grainy, CPU), member_features(net, as_given, CPU), rtol=1e-5,
+                               atol=1e-5)
+    assert not np.array_equal(prepare(grainy, net.spec.preprocess), as_given[0].numpy())
     other = image_gate_features(net, np.rot90(gray), CPU)
     assert np.abs(other - features).max() > 1e-4  # the features follow the image
 
