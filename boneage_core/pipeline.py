@@ -336,7 +336,9 @@ def gate_stage(cfg: TrainConfig, ds: Dataset, staging: Path, members: list[str],
     shifted = member_features(net, shifted_img, device, progress=True)
     shifted_turned = {k: member_features(net, np.rot90(shifted_img, k, axes=(1, 2)), device, progress=True)
                       for k in (1, 2, 3)}
-    shifted_inverted = member_features(net, 255 - shifted_img, device, progress=True)
+    # grainy films join the grey-scale model as films the right way round only: as inverted examples too they made it
+    # invert two more clean low-contrast holdout films (docs/shift.md)
+    shifted_inverted = member_features(net, 255 - shifted_img[:len(shifted_paths)], device, progress=True)
     shifted_mirrored = member_features(net, shifted_img[:, :, ::-1], device, progress=True)
     radiographs, not_radiographs = _radiograph_examples(train_rows["path"].tolist()[:n_turned], spec, cfg.seed)
     gate = fit_gate(train_f, member_features(net, val_img, device, progress=True), turned, mirrored,
