@@ -560,6 +560,7 @@ def test_the_committed_gate_accepts_films_under_ordinary_acquisition_shifts(comm
     # measured 9 of 64 (14 %): blur, down-sampling, JPEG q30 and contrast change the laterality answer; the test was
     # fitted on clean pairs only (issue 29: fit it on shifted pairs too). This bound keeps it from getting worse.
     assert len(mirrored) <= LATERALITY_CHANGED * len(test_films) * len(MILD), mirrored
-    # the film read as a left hand and its mirror image as a right hand: 3 of the 4 (one lies between 0.35 and 0.65,
-    # where neither way is sure enough to mirror)
-    assert found >= 3, found
+    # the film read as a left hand and its mirror image as a right hand: at least 2 of the 4 (a dead laterality model,
+    # p = 0.5 for every film, finds none; a film between 0.35 and 0.65 is mirrored neither way, and a test film may be
+    # a right hand as filmed). The rate on 300 test films is bench_gate_shift's (docs/shift.md).
+    assert found >= 2, found
