@@ -19,6 +19,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from .imaging import ImageLoadError, load_gray
+from .preprocess import resize_to
 
 logger = logging.getLogger(__name__)
 
@@ -57,7 +58,8 @@ def bundled_photos() -> dict[str, np.ndarray]:
     try:
         from sklearn.datasets import load_sample_images
 
-        for path, image in zip(load_sample_images().filenames, load_sample_images().images):
+        samples = load_sample_images()
+        for path, image in zip(samples.filenames, samples.images):
             out[f"sklearn_{Path(path).stem}"] = _gray01(image)
     except (ImportError, OSError) as exc:  # scikit-learn's images are optional extras of this set
         logger.warning("scikit-learn sample images not read: %s", exc)
@@ -70,7 +72,8 @@ def bundled_photos() -> dict[str, np.ndarray]:
 
 
 def _thumb(gray: np.ndarray, side: int = 64) -> np.ndarray:
-    small = np.asarray(Image.fromarray((gray * 255).astype(np.uint8)).resize((side, side)), np.float32)
+    """A small standardised copy, to compare two images' pixels by correlation."""
+    small = resize_to(gray, (side, side))
     return (small - small.mean()) / (small.std() + 1e-6)
 
 

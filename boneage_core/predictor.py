@@ -25,7 +25,7 @@ from .imaging import ImageLoadError, ImageSource, check_gray_array, load_gray, s
 from .gate import NO_CORRECTION
 from .inference import to_input
 from .models import BoneAgeNet, HeadOutput
-from .preprocess import crop_box, grain_warnings, heatmap_to_original, input_warnings, is_grainy, prepare
+from .preprocess import NOISE_LIMIT, crop_box, film_grain, grain_warnings, heatmap_to_original, input_warnings, prepare
 from .report import HEATMAP_CMAP, years_months
 from .runtime import torch_net
 from .views import Views, as_views
@@ -136,13 +136,14 @@ class Predictor(Ensemble):
 
         Corrections are tried on the gate member alone (the laterality test reads every image's mirror image there);
         the ensemble runs again only on a corrected image that will be scored. A grainy film is smoothed for the members
-        (``preprocess.is_grainy``) and judged by the gate as given. Returns (the scored gray image, outputs, the first
+        (``preprocess.film_grain``, measured once) and judged by the gate as given. Returns (the scored gray image, outputs, the first
         member's model input in [0, 1], verdict, warnings, correction).
         """
-        grainy = is_grainy(gray)
+        grain = film_grain(gray)
+        grainy = grain > NOISE_LIMIT
         images = self.inputs(gray, grainy)
         out = self.outputs(images, [male], views)
-        notes = grain_warnings(gray) if grainy else []
+        notes = grain_warnings(grain)
         if out.gate_features is None:
             return gray, out, self._first_input(images), None, notes, NO_CORRECTION
         features = self.gate_features(gray) if grainy else out.gate_features

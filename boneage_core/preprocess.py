@@ -192,11 +192,16 @@ def _grain(square: np.ndarray) -> float:
     return noise_sd(square) / float(hi - lo) if hi > lo else 0.0
 
 
-def is_grainy(gray: np.ndarray) -> bool:
-    """Whether preprocess smooths this image before the contrast stretch: noise_level above NOISE_LIMIT, in an image
-    with a film's spatial structure (an image of noise alone is left as it is, for input_warnings and the gate)."""
+def film_grain(gray: np.ndarray) -> float:
+    """:func:`noise_level` of an image with a film's spatial structure, from one squash; 0 for an image of noise alone
+    (neighbour correlation below MIN_NEIGHBOUR_CORRELATION: left as it is, for input_warnings and the gate)."""
     square = squash_resize(gray, NOISE_SIDE)
-    return _grain(square) > NOISE_LIMIT and neighbour_correlation(square) >= MIN_NEIGHBOUR_CORRELATION
+    return _grain(square) if neighbour_correlation(square) >= MIN_NEIGHBOUR_CORRELATION else 0.0
+
+
+def is_grainy(gray: np.ndarray) -> bool:
+    """Whether preprocess smooths this image before the contrast stretch: its :func:`film_grain` above NOISE_LIMIT."""
+    return film_grain(gray) > NOISE_LIMIT
 
 
 def denoise(square: np.ndarray) -> np.ndarray:
@@ -257,11 +262,10 @@ def input_grain(images: np.ndarray) -> np.ndarray:
     return np.array([_grain(np.asarray(image, dtype=np.float32) / 255.0) for image in images])
 
 
-def grain_warnings(gray: np.ndarray) -> list[str]:
-    """What the report says of a grainy film (one that preprocess smooths): none for any other."""
-    if not is_grainy(gray):
+def grain_warnings(level: float) -> list[str]:
+    """What the report says of a film of this :func:`film_grain` (smoothed when above NOISE_LIMIT): none below it."""
+    if level <= NOISE_LIMIT:
         return []
-    level = noise_level(gray)
     return [f"the film is grainy (noise {level:.1%} of its grey range; no training film exceeds {NOISE_LIMIT:.1%}): "
             "it was smoothed before it was read, and grain still costs accuracy; check the estimate against the film"]
 

@@ -236,14 +236,20 @@ def test_an_image_refused_as_given_is_not_rescued_by_inverting_and_turning_it(ga
     assert two.refused and two.correction == NO_CORRECTION and "does not look like" in two.verdict.reason()
 
 
+def _clean_fit_args(rng: np.random.Generator) -> tuple:
+    """fit_gate's positional arguments for 400 training films, 200 validation films and 150 of them turned, mirrored
+    and inverted along the synthetic directions (TURN_SHIFT on dimensions 1-3, 5 and INVERT_DIM)."""
+    train, val = _features(rng, 400), _features(rng, 200)
+    upright = train[:150]
+    return (train, val, {k: upright + TURN_SHIFT * np.eye(W)[k] for k in (1, 2, 3)}, upright + TURN_SHIFT * np.eye(W)[5],
+            upright, upright + TURN_SHIFT * np.eye(W)[INVERT_DIM])
+
+
 def test_the_laterality_test_learns_from_shifted_pairs_too():
     """Mirroring a film under an acquisition shift moves its features another way (synthetic: dimension 6, not 5): fitted
     on clean pairs alone the test cannot tell such a pair's order; with the shifted pairs it can."""
     rng = np.random.default_rng(17)
-    train, val = _features(rng, 400), _features(rng, 200)
-    upright = train[:150]
-    args = (train, val, {k: upright + TURN_SHIFT * np.eye(W)[k] for k in (1, 2, 3)}, upright + TURN_SHIFT * np.eye(W)[5],
-            upright, upright + TURN_SHIFT * np.eye(W)[INVERT_DIM])
+    args = _clean_fit_args(rng)
     shifted = _features(rng, 150)
     clean_only = fit_gate(*args, n_pooled=F, k=5)
     both = fit_gate(*args, n_pooled=F, k=5, shifted=shifted, shifted_mirrored=shifted + TURN_SHIFT * np.eye(W)[6])
@@ -263,15 +269,12 @@ def _vouching_gate() -> tuple[InputGate, np.random.Generator]:
     """A gate with a radiograph-or-not model: radiographs (also with a foreign texture, like grainy films) lie along
     +RADIO_DIM, other images along -RADIO_DIM."""
     rng = np.random.default_rng(21)
-    train, val = _features(rng, 400), _features(rng, 200)
-    upright = train[:150]
+    args = _clean_fit_args(rng)
     radiographs = np.concatenate([_features(rng, 150), _features(rng, 150, texture_shift=25.0)])
     radiographs[:, RADIO_DIM] += 16.0
     others = _features(rng, 300, texture_shift=25.0)
     others[:, RADIO_DIM] -= 16.0
-    gate = fit_gate(train, val, {k: upright + TURN_SHIFT * np.eye(W)[k] for k in (1, 2, 3)},
-                    upright + TURN_SHIFT * np.eye(W)[5], upright, upright + TURN_SHIFT * np.eye(W)[INVERT_DIM],
-                    n_pooled=F, k=5, radiographs=radiographs, not_radiographs=others)
+    gate = fit_gate(*args, n_pooled=F, k=5, radiographs=radiographs, not_radiographs=others)
     return gate, rng
 
 
@@ -372,10 +375,7 @@ def test_the_orientation_model_learns_from_shifted_films_turned_too():
     """Turning a grainy film moves its features another way (synthetic: dimensions 8-10, not 1-3): fitted on clean films
     alone the orientation model does not see the turn; with the shifted films turned it does."""
     rng = np.random.default_rng(18)
-    train, val = _features(rng, 400), _features(rng, 200)
-    upright = train[:150]
-    args = (train, val, {k: upright + TURN_SHIFT * np.eye(W)[k] for k in (1, 2, 3)}, upright + TURN_SHIFT * np.eye(W)[5],
-            upright, upright + TURN_SHIFT * np.eye(W)[INVERT_DIM])
+    args = _clean_fit_args(rng)
     shifted = _features(rng, 150)
     turned = {k: shifted + TURN_SHIFT * np.eye(W)[7 + k] for k in (1, 2, 3)}
     clean_only = fit_gate(*args, n_pooled=F, k=5, shifted=shifted)

@@ -456,7 +456,7 @@ def test_no_film_of_the_data_set_is_grainy_and_the_same_films_with_noise_are(dat
 
 def test_a_grainy_film_is_smoothed_before_the_stretch_and_a_clean_one_untouched(fullres_sample, data_299):
     from boneage_core.acquisition import as_upload, noise
-    from boneage_core.preprocess import grain_warnings, noise_sd
+    from boneage_core.preprocess import film_grain, grain_warnings, noise_sd
 
     gray = load_gray(sorted((data_299 / "boneage-training-dataset").glob("*.webp"))[5])
     noisy = as_upload(noise(gray, 3))
@@ -466,15 +466,16 @@ def test_a_grainy_film_is_smoothed_before_the_stretch_and_a_clean_one_untouched(
         assert not np.array_equal(smoothed, raw)
         assert noise_sd(smoothed) < 0.5 * noise_sd(raw)
         assert noise_sd(smoothed) < 3 * noise_sd(preprocess(gray, spec))  # back near the clean film's grain
-    assert grain_warnings(gray) == [] and "grainy" in grain_warnings(noisy)[0]
-    assert grain_warnings(load_gray(fullres_sample)) == []
+    assert grain_warnings(film_grain(gray)) == [] and "grainy" in grain_warnings(film_grain(noisy))[0]
+    assert grain_warnings(film_grain(load_gray(fullres_sample))) == []
 
 
 def test_an_image_of_pure_noise_is_not_smoothed_into_structure():
-    from boneage_core.preprocess import NOISE_LIMIT, grain_warnings, is_grainy, noise_level
+    from boneage_core.preprocess import NOISE_LIMIT, film_grain, grain_warnings, is_grainy, noise_level
 
     pixels = np.random.default_rng(0).random((300, 240)).astype(np.float32)
-    assert noise_level(pixels) > NOISE_LIMIT and not is_grainy(pixels) and grain_warnings(pixels) == []
+    assert noise_level(pixels) > NOISE_LIMIT and not is_grainy(pixels) and film_grain(pixels) == 0.0
+    assert grain_warnings(film_grain(pixels)) == []
 
 
 def test_input_grain_reads_the_noise_a_network_input_carries(data_299):
