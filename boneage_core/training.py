@@ -108,12 +108,15 @@ def flip_horizontal(x: torch.Tensor, prob: float, generator: torch.Generator | N
 
 #: Ranges of the acquisition changes `acquisition_shift` draws from (benchmarks/bench_shift.py measures the same kinds):
 #: gamma of the grey scale; Gaussian noise (sd, in [0, 1] units: 3 grey levels of a low-contrast film after the
-#: contrast stretch are ~0.03); blur (Gaussian sd, pixels); down-sampling factor before scaling back; JPEG quality.
+#: contrast stretch are ~0.03); blur (Gaussian sd, pixels); down-sampling factor before scaling back; JPEG quality;
+#: the grey window the film had when it was saved as JPEG (a share of the 8 bits: a user's JPEG comes before the
+#: contrast stretch, which scales its blocks up by 1 / window; the data set's films span 0.6-0.96 of them).
 SHIFT_GAMMA = (0.6, 1.6)
 SHIFT_NOISE_SD = (0.005, 0.04)
 SHIFT_BLUR_SD = (0.3, 1.5)
 SHIFT_DOWNSAMPLE = (0.4, 0.85)
-SHIFT_JPEG_QUALITY = (20, 90)
+SHIFT_JPEG_QUALITY = (15, 90)
+SHIFT_JPEG_WINDOW = (0.35, 1.0)
 SHIFT_KINDS = ("gamma", "blur", "downsample", "noise", "jpeg")  # the order they are applied in
 
 
@@ -138,11 +141,19 @@ def _jpeg(x: torch.Tensor, quality: Sequence[int]) -> torch.Tensor:
     return torch.from_numpy(out).unsqueeze(1).to(x.device, x.dtype).div(255.0)
 
 
+def _jpeg_at_window(x: torch.Tensor, quality: Sequence[int], window: torch.Tensor, offset: torch.Tensor) -> torch.Tensor:
+    """`_jpeg` of each image squeezed into its grey window (a share of [0, 1], starting at its offset's share of
+    the room left) and stretched back: the blocks and banding a film saved as JPEG before the contrast stretch shows."""
+    w, lo = window.view(-1, 1, 1, 1).to(x.dtype), ((1 - window) * offset).view(-1, 1, 1, 1).to(x.dtype)
+    return ((_jpeg(x * w + lo, quality) - lo) / w).clamp(0.0, 1.0)
+
+
 def acquisition_shift(x: torch.Tensor, generator: torch.Generator | None = None, prob: float = 0.0) -> torch.Tensor:
     """Changes a film picks up between scanner and upload, each applied to an image with probability `prob`.
 
     On a (B, 1, H, W) batch in [0, 1], in the order of SHIFT_KINDS: gamma, blur, down-sampling and back,
-    Gaussian noise, JPEG re-compression (ranges: the SHIFT_* constants). The networks trained on one smooth
+    Gaussian noise, JPEG re-compression at the grey window the film had before its contrast stretch (ranges: the
+    SHIFT_* constants). The networks trained on one smooth
     299 px WebP conversion read JPEG-compressed and noisy films months wrong (docs/shift.md); these are the
     changes that teach them not to. Nothing is drawn when prob is 0, so a run without them keeps its random stream.
     """
@@ -172,7 +183,10 @@ def acquisition_shift(x: torch.Tensor, generator: torch.Generator | None = None,
     out[idx] = (out[idx] + noise * sd.view(-1, 1, 1, 1)).clamp(0.0, 1.0)
     idx, quality = draw(*SHIFT_JPEG_QUALITY)
     if len(idx):
-        out[idx] = _jpeg(out[idx], quality.round().int().tolist())
+        window = torch.rand(len(idx), generator=generator) * (SHIFT_JPEG_WINDOW[1] - SHIFT_JPEG_WINDOW[0])
+        offset = torch.rand(len(idx), generator=generator)
+        out[idx] = _jpeg_at_window(out[idx], quality.round().int().tolist(), window.add(SHIFT_JPEG_WINDOW[0]).to(device),
+                                   offset.to(device))
     return out
 
 

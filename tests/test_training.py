@@ -205,6 +205,16 @@ def test_acquisition_shift_jpeg_adds_blocks_that_noise_free_film_lacks():
     assert (worst - x).abs().mean() > (best - x).abs().mean() > 0
 
 
+def test_acquisition_shift_jpeg_of_a_narrow_window_is_scaled_up_by_the_stretch():
+    from boneage_core.training import _jpeg, _jpeg_at_window
+    x, q = _film(2), [30, 30]
+    full = _jpeg_at_window(x, q, torch.ones(2), torch.zeros(2))
+    assert torch.allclose(full, _jpeg(x, q))  # the whole 8 bits: plain JPEG
+    narrow = _jpeg_at_window(x, q, torch.full((2,), 0.35), torch.tensor([0.0, 1.0]))
+    assert narrow.min() >= 0 and narrow.max() <= 1
+    assert (narrow - x).abs().mean() > 1.5 * (full - x).abs().mean()  # what a low-contrast film's JPEG looks like
+
+
 @pytest.mark.parametrize("p", [-0.1, 1.5])
 def test_shift_probability_is_validated(p):
     with pytest.raises(ValueError, match="shift_prob"):
