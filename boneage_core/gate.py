@@ -105,6 +105,11 @@ RADIOGRAPH_BELOW = 0.01
 VOUCH_GRAIN = 0.003
 #: Bootstrap fits averaged in the radiograph-or-not model (one fit's P on an unseen kind of image swung with the draw).
 RADIOGRAPH_FITS = 5
+#: P(a hand radiograph) the corrected image must reach when a correction (inverting, turning, mirroring back) lets an
+#: image refused as given pass: a correction rescues a film, not a photograph. On 100 validation films under every
+#: shift of acquisition.SHIFTS, the 9 rescued (inverted, upside down, sideways) got P >= 0.998; the one generated
+#: non-radiograph a correction let through (a camera photograph, given inverted, turned by 270 degrees) got 0.13.
+RESCUE_ABOVE = 0.5
 #: Columns after the two levels in the gate features: the input's grain, then its grey-level entropy.
 N_SCALARS = 2
 #: Probability of "not upright" from which a suspected turn is flagged: lower than TURN_ABOVE, because a
@@ -141,6 +146,12 @@ class Correction:
 
     def __bool__(self) -> bool:
         return self.invert or bool(self.turn) or self.mirror
+
+    def describe(self) -> str:
+        """What is undone, in words ("grey scale inverted back, turned by 90 degrees"); "as given" when nothing."""
+        steps = (["grey scale inverted back"] * self.invert + [f"turned by {90 * self.turn} degrees"] * bool(self.turn)
+                 + ["mirrored"] * self.mirror)
+        return ", ".join(steps) or "as given"
 
 
 NO_CORRECTION = Correction()
@@ -421,7 +432,8 @@ class InputGate:
         `features_of(c)` gives the gate features of the image corrected by `c` (:meth:`Correction.apply`). In order:
         an inverted grey scale is inverted back; the turn is decided (:meth:`decide_turn`); unless refused, the
         laterality test reads the image (as corrected so far) and its mirror image, and a right hand is mirrored.
-        An image refused as given stays refused when only inverting it back *and* turning it would let it pass.
+        An image refused as given stays refused when only inverting it back *and* turning it would let it pass, and
+        when the corrected image that passes is not read as a radiograph (P < RESCUE_ABOVE).
         """
         as_given = verdict = self.verdicts(features)[0]
         if as_given.flat or as_given.clearly_not:  # no correction makes a drawing or a photograph a film
@@ -439,7 +451,8 @@ class InputGate:
 
         turning = self.decide_turn(verdict, turned)
         if as_given.refused and correction.invert and turning.turn and verdict.refused:
-            return GateDecision(as_given, as_given)  # two corrections to pass: a photograph did (docs/shift.md)
+            return GateDecision(as_given, as_given, warnings=(  # two corrections to pass: a photograph did (docs/shift.md)
+                "only inverting its grey scale and turning it would let it pass; one correction may rescue a film",))
         verdict, correction = turning.verdict, replace(correction, turn=turning.turn)
         notes += [w for w in turning.warnings if w not in notes]
         features = seen.get(turning.turn, features)
@@ -450,6 +463,11 @@ class InputGate:
             if p_mirror >= MIRROR_ABOVE:
                 correction, verdict = replace(correction, mirror=True), self.verdicts(flipped)[0]
                 notes.append(mirrored_note(p_mirror))
+        if as_given.refused and not verdict.refused and verdict.radiograph_probability < RESCUE_ABOVE:
+            return GateDecision(as_given, as_given, warnings=(
+                f"corrected ({correction.describe()}) it would pass the out-of-distribution limit, but the radiograph "
+                f"model does not read the corrected image as a radiograph (P {verdict.radiograph_probability:.2f}, "
+                f"a correction rescues an image from {RESCUE_ABOVE:g})",))
         if verdict.unusual:
             notes.append(verdict.unusual_note())
         return GateDecision(verdict, as_given, correction, tuple(notes), p_mirror)

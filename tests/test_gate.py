@@ -10,7 +10,7 @@ import pytest
 
 from boneage_core.errors import ArtifactError, InputError
 from boneage_core.gate import (GATE_FILE, LEVELS, MIN_GREY_ENTROPY, MIRROR_ABOVE, NO_CORRECTION, POOLED, RADIOGRAPH_ABOVE,
-                               RADIOGRAPH_BELOW, RADIOGRAPH_FITS, VOUCH_GRAIN,
+                               RADIOGRAPH_BELOW, RADIOGRAPH_FITS, RESCUE_ABOVE, VOUCH_GRAIN,
                                TURN_ABOVE, TURN_FLAG_ABOVE,
                                Correction, GateVerdict, InputGate, NotARadiographError, QUARTER_TURNS, distinct_numbers,
                                fit_gate, kth_distance, load_gate, unit_rows)
@@ -357,6 +357,24 @@ def test_an_image_clearly_not_a_radiograph_as_given_is_refused_without_trying_a_
     assert gate.verdicts(photo)[0].clearly_not and gate.verdicts(photo)[0].inverted
     decision = gate.decide(photo, _never_turned)
     assert decision.refused and decision.correction == NO_CORRECTION
+
+
+def test_a_correction_rescues_an_image_refused_as_given_only_when_the_corrected_image_reads_as_a_radiograph():
+    """A camera photograph given inverted passed the served gate once turned (P 0.13 there); rescued films got P >= 0.998."""
+    gate, rng = _vouching_gate()
+    inside = _features(rng, 1)
+    given = _features(rng, 1, shift=25.0) + TURN_SHIFT * np.eye(W)[1]  # far, and turned
+    turned_back = lambda c: inside if c.turn else given
+    rescued = gate.decide(given, turned_back)
+    assert rescued.as_given.refused and not rescued.refused and rescued.turn
+    assert rescued.verdict.radiograph_probability >= RESCUE_ABOVE
+    doubting = [dataclasses.replace(gate, radio_b=gate.radio_b + d) for d in np.linspace(-8, 0, 33)]  # the model's P moved down
+    doubting = [g for g in doubting if RADIOGRAPH_BELOW < g.radiograph_probability(inside)[0] < RESCUE_ABOVE / 2
+                and g.radiograph_probability(given)[0] > RADIOGRAPH_BELOW]
+    assert doubting  # the synthetic model has a middle ground
+    refused = doubting[len(doubting) // 2].decide(given, turned_back)
+    assert refused.refused and refused.correction == NO_CORRECTION and refused.as_given.score > refused.as_given.limit
+    assert "turned by" in refused.warnings[0] and "does not read the corrected image as a radiograph" in refused.warnings[0]
 
 
 def test_the_radiograph_model_needs_both_classes_and_survives_the_file(tmp_path):
