@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 
 from .errors import ImageLoadError, LabelError
 from .imaging import IMAGE_EXTENSIONS, load_gray
-from .preprocess import PreprocessSpec, prepare
+from .preprocess import PREPROCESS_VERSION, PreprocessSpec, prepare
 from .vocab import AGE_MAX_MONTHS, SEX_HELP, SexError, parse_sex
 
 logger = logging.getLogger(__name__)
@@ -372,7 +372,7 @@ def _load_one(args: tuple[str, str, PreprocessSpec]) -> tuple[str, np.ndarray | 
 
 
 def _cache_key(ids: list[str], paths: list[str], spec: PreprocessSpec) -> str:
-    digest = hashlib.sha1(spec.key().encode())
+    digest = hashlib.sha1(f"{spec.key()}|preprocess {PREPROCESS_VERSION}".encode())
     for id_, p in zip(ids, paths):
         st = os.stat(p)
         digest.update(f"{id_}|{os.path.abspath(p)}|{st.st_size}|{int(st.st_mtime)}\n".encode())

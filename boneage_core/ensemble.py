@@ -18,7 +18,7 @@ from .gate import GATE_FILE, GateDecision, InputGate, check_network, gate_member
 from .heads import AGE
 from .inference import ensemble_outputs, image_gate_features, member_features, member_outputs
 from .manifest import manifest_version, model_files, read_manifest, verify_models
-from .preprocess import PreprocessSpec, crop_box, is_grainy, prepare
+from .preprocess import CropBox, PreprocessSpec, crop_box, is_grainy, prepare
 from .runtime import Member, load_member, runtime_of
 from .stages import StageScheme
 from .views import NO_TTA, Views, as_views, describe_views
@@ -186,13 +186,13 @@ class Ensemble:
     def inputs(self, gray: np.ndarray, grainy: bool | None = None) -> dict[PreprocessSpec, np.ndarray]:
         """One float gray image's model inputs, (1, S, S) uint8 per distinct spec; the hand is found, and the grain
         measured (unless `grainy` says), once for every member."""
-        box = None
+        boxes: dict[bool, CropBox] = {}  # by hand_crop
         grainy = is_grainy(gray) if grainy is None else grainy
         prepared: dict[PreprocessSpec, np.ndarray] = {}
         for spec in self.specs:
-            if spec.hand_crop and box is None:
-                box = crop_box(gray, spec)
-            prepared[spec] = prepare(gray, spec, box, grainy)[None]
+            if spec.hand_crop not in boxes:
+                boxes[spec.hand_crop] = crop_box(gray, spec)
+            prepared[spec] = prepare(gray, spec, boxes[spec.hand_crop], grainy)[None]
         return prepared
 
     def outputs(self, images: Mapping[PreprocessSpec, np.ndarray], male: Sequence[bool] | np.ndarray,

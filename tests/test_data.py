@@ -287,10 +287,13 @@ def test_load_images_skips_corrupt_and_reuses_cache(tmp_path, data_299, monkeypa
     assert cached.failures == out.failures
 
 
-def test_cache_key_changes_with_spec_and_files(tmp_path):
+def test_cache_key_changes_with_spec_files_and_preprocessing_version(tmp_path, monkeypatch):
     img = tmp_path / "1.png"
     Image.fromarray(np.tile(np.arange(64, dtype=np.uint8) * 4, (64, 1))).save(img)
     key = data_mod._cache_key(["1"], [str(img)], PreprocessSpec(image_size=64))
+    monkeypatch.setattr(data_mod, "PREPROCESS_VERSION", data_mod.PREPROCESS_VERSION + 1)
+    assert key != data_mod._cache_key(["1"], [str(img)], PreprocessSpec(image_size=64))  # the path itself changed
+    monkeypatch.undo()
     assert key != data_mod._cache_key(["1"], [str(img)], PreprocessSpec(image_size=32))
     assert key != data_mod._cache_key(["2"], [str(img)], PreprocessSpec(image_size=64))
     Image.fromarray(np.zeros((70, 70), np.uint8)).save(img)  # a different size on disk

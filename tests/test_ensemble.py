@@ -85,8 +85,8 @@ def test_outputs_are_the_members_views_combined_then_calibrated(committed_predic
 
 
 def test_the_hand_is_found_once_per_image_for_all_crop_members(committed_predictor, fullres_sample, monkeypatch):
-    """Hand-crop members share one crop box (found once); members with the same spec share one preparation; each
-    member's input is still prepare(gray, its spec)."""
+    """Hand-crop members share one crop box (found once), the others one box without the padding; members with the
+    same spec share one preparation; each member's input is still prepare(gray, its spec)."""
     loaded = committed_predictor
     crop_specs = [net.spec.preprocess for net in loaded.members.values() if net.spec.preprocess.hand_crop]
     assert crop_specs, "the served ensemble has a hand-crop member"
@@ -100,8 +100,8 @@ def test_the_hand_is_found_once_per_image_for_all_crop_members(committed_predict
     monkeypatch.setattr(ensemble_module, "member_outputs",
                         lambda net, images, *a, **k: fed.append(images[0].numpy().copy()) or real_outputs(net, images, *a, **k))
     loaded.outputs(loaded.inputs(gray), [True])
-    assert len(boxes) == 1 and boxes[0] != FULL_BOX
     specs = [net.spec.preprocess for net in loaded.members.values()]
+    assert len(boxes) == len({spec.hand_crop for spec in specs}) and any(box != FULL_BOX for box in boxes)
     assert [spec for spec, _ in seen] == list(dict.fromkeys(specs)), "one preparation per distinct spec"
     for net, image in zip(loaded.members.values(), fed, strict=True):
         np.testing.assert_array_equal(image, prepare(gray, net.spec.preprocess))

@@ -22,6 +22,8 @@ from boneage_core.preprocess import (
     hand_crop_box,
     heatmap_to_original,
     neighbour_correlation,
+    padding_box,
+    PAD_MIN_SHARE,
     preprocess,
     preprocess_source,
     resize_to,
@@ -68,7 +70,7 @@ def test_contrast_stretch_matches_percentile_window():
 def test_squash_wide_image_without_padding():
     h, w, s = 100, 300, 60
     gray = np.full((h, w), 0.1, np.float32)
-    gray[:, : w // 3] = 0.9  # bright left third
+    gray[:, : w // 3] = 0.6  # bright left third (below PAD_BRIGHT: not padding)
     out = preprocess(gray, PreprocessSpec(image_size=s))
     assert out.shape == (s, s)
     third = s // 3
@@ -84,7 +86,7 @@ def test_squash_wide_image_without_padding():
 def test_squash_tall_image_without_padding():
     h, w, s = 300, 100, 60
     gray = np.full((h, w), 0.1, np.float32)
-    gray[: h // 3] = 0.9  # bright top third
+    gray[: h // 3] = 0.6  # bright top third (below PAD_BRIGHT: not padding)
     out = preprocess(gray, PreprocessSpec(image_size=s))
     column = out[:, 0]
     assert np.all(out[: s // 3 - 2] > 0.95) and np.all(out[s // 3 + 2:] < 0.05)
@@ -403,6 +405,46 @@ def test_prepared_inputs_of_real_films_are_those_of_the_former_steps(fullres_dir
             old = prepare(gray, spec)
             assert np.abs(got.astype(int) - old.astype(int)).max() <= 1, (film.name, spec)
             np.testing.assert_array_equal(got, old, err_msg=f"{film.name} {spec}")
+
+
+def _white_padded(gray: np.ndarray, top: int, left: int, bottom: int, right: int, value: float = 1.0) -> np.ndarray:
+    h, w = gray.shape
+    out = np.full((h + top + bottom, w + left + right), value, np.float32)
+    out[top:top + h, left:left + w] = gray
+    return out
+
+
+@pytest.mark.parametrize("spec", [PreprocessSpec(299), PreprocessSpec(299, hand_crop=True)])
+def test_white_padding_is_cut_off_so_the_model_input_is_the_films(data_299, spec):
+    """White padding that widens a film to another aspect ratio was read ~21 months wrong: the padding is cut first."""
+    from boneage_core.acquisition import noise
+
+    gray = load_gray(data_299 / "boneage-training-dataset" / "1377.webp")
+    padded = _white_padded(gray, 30, 60, 0, 45)
+    h, w = padded.shape
+    assert padding_box(padded) == (30 / h, 60 / w, 1.0, 1.0 - 45 / w)
+    np.testing.assert_array_equal(prepare(padded, spec), prepare(gray, spec))
+    grainy = noise(padded, 3, seed=0)  # a few grey levels of noise on the padding: still padding
+    assert np.allclose(padding_box(grainy), padding_box(padded), atol=2 / min(h, w))
+
+
+def test_dark_borders_thin_frames_and_bright_images_are_not_cut(data_299):
+    gray = load_gray(data_299 / "boneage-training-dataset" / "1377.webp")
+    assert padding_box(gray) == FULL_BOX
+    assert padding_box(_white_padded(gray, 60, 60, 60, 60, value=0.0)) == FULL_BOX  # most films have dark borders
+    thin = int(PAD_MIN_SHARE * gray.shape[0]) - 1
+    assert padding_box(_white_padded(gray, thin, 0, 0, 0)) == FULL_BOX  # a line or two of a scanner's frame
+    assert padding_box(np.ones((40, 50), np.float32)) == (0.5, 0.5, 0.5, 0.5)  # at most half from each side
+    textured = _white_padded(gray, 40, 0, 0, 0)
+    textured[:40:4] = 0.2  # a bright band with lines across it is not uniform
+    assert padding_box(textured) == FULL_BOX
+
+
+def test_a_heatmap_of_a_padded_film_goes_back_inside_the_padding(data_299):
+    gray = _white_padded(load_gray(data_299 / "boneage-training-dataset" / "1377.webp"), 0, 100, 0, 0)
+    box = crop_box(gray, PreprocessSpec(64))
+    back = heatmap_to_original(np.ones((64, 64), np.float32), gray.shape, box)
+    assert back[:, :100].max() == 0 and back[:, 100:].min() > 0
 
 
 def test_grey_entropy_leaves_out_the_background_and_counts_bits():
