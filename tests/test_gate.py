@@ -10,7 +10,7 @@ import pytest
 
 from boneage_core.errors import ArtifactError, InputError
 from boneage_core.gate import (GATE_FILE, LEVELS, MIN_GREY_ENTROPY, MIRROR_ABOVE, NO_CORRECTION, POOLED, RADIOGRAPH_ABOVE,
-                               RADIOGRAPH_BELOW, RADIOGRAPH_FITS, RESCUE_ABOVE, VOUCH_GRAIN,
+                               RADIOGRAPH_BELOW, RADIOGRAPH_FITS, RESCUE_ABOVE, VOUCH_GRAIN, VOUCH_NEAR,
                                TURN_ABOVE, TURN_FLAG_ABOVE,
                                Correction, GateVerdict, InputGate, NotARadiographError, QUARTER_TURNS, distinct_numbers,
                                fit_gate, kth_distance, load_gate, unit_rows)
@@ -323,6 +323,17 @@ def test_the_radiograph_model_does_not_overrule_a_flat_image_or_a_gate_without_i
     assert GateVerdict(2.0, 1.1, radiograph_probability=1.0, grain=VOUCH_GRAIN - 1e-6).refused
 
 
+def test_the_radiograph_model_vouches_for_a_smooth_image_only_near_the_limit():
+    """A blurred or strongly compressed film just past the limit is scored as unusual when the model reads it as a
+    radiograph; a smooth image far past it stays refused whatever the model says."""
+    near = GateVerdict(VOUCH_NEAR * 1.1 - 1e-6, 1.1, radiograph_probability=RADIOGRAPH_ABOVE, grain=0.0)
+    assert near.vouched and not near.refused and near.unusual and "radiograph model reads it" in near.unusual_note()
+    assert GateVerdict(VOUCH_NEAR * 1.1 + 1e-6, 1.1, radiograph_probability=1.0, grain=0.0).refused
+    assert GateVerdict(1.2, 1.1, radiograph_probability=RADIOGRAPH_ABOVE - 1e-6, grain=0.0).refused
+    flat = GateVerdict(1.2, 1.1, radiograph_probability=1.0, grain=0.0, grey_entropy=MIN_GREY_ENTROPY - 0.1)
+    assert flat.refused and not flat.vouched
+
+
 def test_what_the_radiograph_model_reads_as_clearly_not_a_radiograph_is_refused_whatever_its_score():
     """A photograph whose features the OOD score lets through (a turned or inverted one did) is refused when the model
     gives it P < RADIOGRAPH_BELOW; one along the radiographs' direction never is."""
@@ -341,7 +352,7 @@ def test_what_the_radiograph_model_reads_as_clearly_not_a_radiograph_is_refused_
 
 def test_a_refusal_says_what_the_radiograph_model_read():
     smooth = GateVerdict(2.0, 1.1, radiograph_probability=0.97, grain=VOUCH_GRAIN / 3)
-    assert smooth.refused and "overrules the score only for a grainy image" in smooth.reason()
+    assert smooth.refused and "only for a grainy image or one near the limit (up to 1.43)" in smooth.reason()
     below = GateVerdict(2.0, 1.1, radiograph_probability=0.5, grain=0.01)
     assert below.refused and "P(radiograph) 0.500, below the 0.9" in below.reason()
     none = GateVerdict(2.0, 1.1, radiograph_probability=0.005, grain=0.01)
