@@ -167,9 +167,9 @@ def padding_box(gray: np.ndarray) -> CropBox:
     h, w = gray.shape
     top, bottom = _padding_lines(gray), _padding_lines(gray[::-1])
     left, right = _padding_lines(gray.T), _padding_lines(gray.T[::-1])
-    if not top + bottom + left + right:
-        return FULL_BOX
     inner = gray[top:h - bottom, left:w - right]
+    if not top + bottom + left + right or not inner.size:  # nothing cut, or nothing left (a blank image)
+        return FULL_BOX
     band = max(1, int(PAD_RING * min(inner.shape)))
     ring = np.concatenate([inner[:band].ravel(), inner[-band:].ravel(), inner[:, :band].ravel(), inner[:, -band:].ravel()])
     if np.median(ring) >= 0.5:
