@@ -123,6 +123,11 @@ N_SCALARS = 2
 #: over the three turns, because the model can be sure a film is sideways but not which way
 #: (docs/ablations.md, section 6). On the served ensemble it flags 26 of the 1,892 upright holdout films (1.4 %).
 TURN_FLAG_ABOVE = 0.6
+#: P(not upright) of the best of the three turns of a film flagged as maybe rotated, up to which that turn is applied:
+#: the turn confirmed by the image it makes. On 300 validation films, 45 upside-down or sideways copies were flagged
+#: and not turned; for 44 of them one turn gave at most 0.10 (most below 0.03) and the other two at least 0.47
+#: (mostly above 0.8); the one clean film flagged gave 0.69 at best (runs: docs/shift.md).
+TURN_CONFIRM_BELOW = 0.15
 #: Neighbours for the k-NN out-of-distribution distance (the k-th nearest training image).
 DEFAULT_K = 20
 QUARTER_TURNS = (0, 1, 2, 3)  # np.rot90 k that was applied to the upright image
@@ -488,16 +493,19 @@ class InputGate:
         but a turn is suggested (p >= TURN_FLAG_ABOVE: a sideways hand is then scored turned, not refused), and
         when the gate is sure the image is not upright (P(not upright) >= TURN_ABOVE) but not which turn undoes
         it: then each of the three turns is tried and the one whose result looks most upright is applied (an
-        upside-down film is not scored as given with "not sure enough to turn it").
+        upside-down film is not scored as given with "not sure enough to turn it"). A suspected turn the gate is not
+        sure of (P(not upright) from TURN_FLAG_ABOVE) is tried the same way, and applied when its result looks surely
+        upright (P(not upright) at most TURN_CONFIRM_BELOW); otherwise the image is scored as given with the flag.
         """
         scored, turn, notes = verdict, 0, []
         if verdict.apply_turn or (verdict.refused and verdict.turn):
             turned = self.verdicts(turned_features(verdict.turn))[0]
             if verdict.apply_turn or not turned.refused:
                 scored, turn, notes = turned, verdict.turn, [verdict.turned_note()]
-        elif verdict.turn and verdict.rotated_probability >= TURN_ABOVE:
+        elif verdict.turn:
             k, turned = self._most_upright(turned_features)
-            if not turned.refused or verdict.refused:
+            sure = verdict.rotated_probability >= TURN_ABOVE or turned.rotated_probability <= TURN_CONFIRM_BELOW
+            if sure and (not turned.refused or verdict.refused):
                 scored, turn, notes = turned, k, [verdict.turned_note(k)]
         notes += [w for w in scored.warnings() if w not in notes]
         return GateDecision(scored, verdict, Correction(turn=turn), tuple(notes))

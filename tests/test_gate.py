@@ -11,7 +11,7 @@ import pytest
 from boneage_core.errors import ArtifactError, InputError
 from boneage_core.gate import (GATE_FILE, LEVELS, MIN_GREY_ENTROPY, MIRROR_ABOVE, NO_CORRECTION, POOLED, RADIOGRAPH_ABOVE,
                                RADIOGRAPH_BELOW, RADIOGRAPH_FITS, RESCUE_ABOVE, VOUCH_GRAIN, VOUCH_NEAR,
-                               TURN_ABOVE, TURN_FLAG_ABOVE,
+                               TURN_ABOVE, TURN_CONFIRM_BELOW, TURN_FLAG_ABOVE,
                                Correction, GateVerdict, InputGate, NotARadiographError, QUARTER_TURNS, distinct_numbers,
                                fit_gate, kth_distance, load_gate, unit_rows)
 from negatives import negative_set
@@ -487,7 +487,11 @@ def test_decide_turns_a_film_it_is_sure_is_not_upright_by_the_turn_that_makes_it
     assert sorted(asked) == [1, 2, 3] and decision.turn == 2 and not decision.refused
     assert "turned by 180 degrees" in decision.warnings[0] and "not sure" not in " ".join(decision.warnings)
     unsure = GateVerdict(0.5, 1.0, turn=1, turn_probability=0.6, rotated_probability=0.9)  # below TURN_ABOVE
-    flagged = gate.decide_turn(unsure, _never_turned)
+    asked.clear()
+    confirmed = gate.decide_turn(unsure, turned)  # one turn makes it surely upright: applied
+    assert sorted(asked) == [1, 2, 3] and confirmed.turn == 2 and "turned by 180 degrees" in confirmed.warnings[0]
+    assert gate.verdicts(upright)[0].rotated_probability <= TURN_CONFIRM_BELOW
+    flagged = gate.decide_turn(unsure, lambda k: sideways)  # no turn makes it look upright: scored as given, flagged
     assert flagged.turn == 0 and flagged.turn_flagged and "scored as given" in flagged.warnings[0]
 
 
