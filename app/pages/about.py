@@ -98,7 +98,7 @@ def _preprocessing(predictor: Predictor) -> None:
     st.markdown(
         f"Each image is read as grayscale ({ACCEPTED}, 8 or 16 bit, inverted MONOCHROME1 "
         f"handled), resized to **{first.image_size}×{first.image_size} px** without keeping the aspect ratio "
-        f"(like the training copies), contrast-stretched between its **{first.low_percentile:g}th and "
+        f"(like the training copies) after white padding around the film is cut off, contrast-stretched between its **{first.low_percentile:g}th and "
         f"{first.high_percentile:g}th percentiles** to [0, 1] (a grainy film, grainier than any training film, is "
         "smoothed before the stretch), then normalised inside the network. These values "
         "are read from the checkpoint" + ("s." if same else "s (they differ between members; see the table)."))
@@ -113,11 +113,12 @@ def _preprocessing(predictor: Predictor) -> None:
         "scoring, an input gate compares the image's features (the pooled features and the texture statistics of a "
         f"mid-level backbone block of `{predictor.gate_name}`) with the training images and refuses what does not "
         "look like a hand radiograph; a radiograph-or-not model on the same features, trained on films and on "
-        "images that are not hand radiographs, lets a grainy film it reads as a radiograph through with a warning "
-        "and refuses what it reads as clearly not one. The gate judges the image as given; it inverts back an "
-        "inverted grey scale, turns back a film it is sure is rotated, tries the likeliest turn before refusing, "
-        "mirrors a right hand, and flags a possible rotation. A HOG + XGBoost model on the same split is the "
-        "baseline.")
+        "images that are not hand radiographs, lets a grainy film or one just past the limit that it reads as a "
+        "radiograph through with a warning, refuses what it reads as clearly not one, and must read an image "
+        "rescued by a correction as a radiograph. The gate judges the image as given; it inverts back an "
+        "inverted grey scale, turns back a film it is sure is rotated or that one turn makes surely upright, tries "
+        "the likeliest turn before refusing, mirrors a right hand, and flags a possible rotation. A HOG + XGBoost "
+        "model on the same split is the baseline.")
     st.markdown("**Stages** (bone-age ranges):")
     st.dataframe(pd.DataFrame({
         "stage": predictor.scheme.names,
