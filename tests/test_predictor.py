@@ -326,6 +326,7 @@ def test_a_turn_is_tried_on_the_gate_member_alone(committed_predictor, fullres_d
                 continue
             turned = any("was turned" in w for w in pred.warnings)
             searched = any("of the three turns" in w for w in pred.warnings)  # sure it is turned, not which way
+            flagged = any("may be rotated" in w for w in pred.warnings)  # its three turns tried, none surely upright
             assert (pred.turn != 0) == turned and pred.to_dict()["turned_degrees"] == 90 * pred.turn
             assert pred.mirrored == any("read as a right hand" in w for w in pred.warnings) == pred.to_dict()["mirrored"]
             # `original` is the image as scored: the given one corrected
@@ -333,9 +334,9 @@ def test_a_turn_is_tried_on_the_gate_member_alone(committed_predictor, fullres_d
                 np.rot90(gray, k)))
             corrected = turned or pred.mirrored or pred.inverted
             assert calls["outputs"] == (2 if corrected else 1), (path.name, k)
-            # the turn: never tried when scored as given; the suggested turn, or each of the three when searched;
-            # then the laterality test's mirror image (and the inverted film, when inverted back)
-            assert calls["gate_features"] == (3 if searched else int(turned)) + 1 + pred.inverted, (path.name, k)
+            # the turn: never tried when scored as given; the suggested turn, or each of the three when searched or
+            # flagged; then the laterality test's mirror image (and the inverted film, when inverted back)
+            assert calls["gate_features"] == (3 if searched or flagged else int(turned)) + 1 + pred.inverted, (path.name, k)
             tried += calls["gate_features"] - 1
     assert tried >= 1  # some sideways film was tried turned
 
