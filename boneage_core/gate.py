@@ -115,6 +115,7 @@ RADIOGRAPH_FITS = 5
 #: image refused as given pass: a correction rescues a film, not a photograph. On 100 validation films under every
 #: shift of acquisition.SHIFTS, the 9 rescued (inverted, upside down, sideways) got P >= 0.998; the one generated
 #: non-radiograph a correction let through (a camera photograph, given inverted, turned by 270 degrees) got 0.13.
+#: Without a radiograph model (P is NaN) the rule is not applied.
 RESCUE_ABOVE = 0.5
 #: Columns after the two levels in the gate features: the input's grain, then its grey-level entropy.
 N_SCALARS = 2
@@ -316,6 +317,7 @@ class GateDecision:
     correction: Correction = NO_CORRECTION  # what was undone before scoring
     warnings: tuple[str, ...] = ()
     mirror_probability: float | None = None  # P(a right hand / mirrored film); None when not tested (refused)
+    refusal_notes: tuple[str, ...] = ()  # why a correction that would have let it pass was not applied (refused only)
 
     @property
     def refused(self) -> bool:
@@ -464,8 +466,9 @@ class InputGate:
 
         turning = self.decide_turn(verdict, turned)
         if as_given.refused and correction.invert and turning.turn and verdict.refused:
-            return GateDecision(as_given, as_given, warnings=(  # two corrections to pass: a photograph did (docs/shift.md)
-                "only inverting its grey scale and turning it would let it pass; one correction may rescue a film",))
+            return GateDecision(as_given, as_given, refusal_notes=(  # two corrections to pass: a photograph did
+                "it would pass only inverted back and turned; one correction, not two, may make an image refused as "
+                "given pass",))
         verdict, correction = turning.verdict, replace(correction, turn=turning.turn)
         notes += [w for w in turning.warnings if w not in notes]
         features = seen.get(turning.turn, features)
@@ -477,7 +480,7 @@ class InputGate:
                 correction, verdict = replace(correction, mirror=True), self.verdicts(flipped)[0]
                 notes.append(mirrored_note(p_mirror))
         if as_given.refused and not verdict.refused and verdict.radiograph_probability < RESCUE_ABOVE:
-            return GateDecision(as_given, as_given, warnings=(
+            return GateDecision(as_given, as_given, refusal_notes=(
                 f"corrected ({correction.describe()}) it would pass the out-of-distribution limit, but the radiograph "
                 f"model does not read the corrected image as a radiograph (P {verdict.radiograph_probability:.2f}, "
                 f"a correction rescues an image from {RESCUE_ABOVE:g})",))

@@ -149,7 +149,7 @@ class Predictor(Ensemble):
         features = self.gate_features(gray) if grainy else out.gate_features
         decision = self.decisions(features, lambda _: gray)[0]
         if decision.refused:
-            raise NotARadiographError("; ".join([f"{name}: {decision.verdict.reason()}", *decision.warnings]))
+            raise NotARadiographError("; ".join([f"{name}: {decision.verdict.reason()}", *decision.refusal_notes]))
         if decision.correction:
             gray = decision.correction.apply(gray)
             images = self.inputs(gray, grainy)

@@ -59,7 +59,7 @@ PREPROCESS_VERSION = 3
 #: A border row or column is bright padding when its median is at least PAD_BRIGHT and at least PAD_SHARE of its
 #: pixels lie within PAD_TOLERANCE of that median (JPEG and noise of a few grey levels on the padding stay within it).
 #: A side is cut only when its padding holds at least PAD_MIN_SHARE of the image (a line or two of a scanner's frame
-#: is left); at most half of the image is ever cut. Of the 12,611 films of the data set 77 are cut, most by 2-5 % of
+#: is left); at most half of the image is ever cut from each side. Of the 12,611 films of the data set 77 are cut, most by 2-5 % of
 #: one side, the most by 14 % (on every 10th film, 705 of 1,262 have dark uniform border lines).
 PAD_BRIGHT = 0.75
 PAD_TOLERANCE = 0.03

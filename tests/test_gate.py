@@ -234,6 +234,7 @@ def test_an_image_refused_as_given_is_not_rescued_by_inverting_and_turning_it(ga
     two = gate.decide(given, lambda c: asked.append(c) or (inside if c.turn else far_turned if c.invert else given))
     assert two.as_given.refused and two.as_given.inverted and any(c.invert and c.turn for c in asked)
     assert two.refused and two.correction == NO_CORRECTION and "does not look like" in two.verdict.reason()
+    assert "only inverted back and turned" in two.refusal_notes[0]
 
 
 def _clean_fit_args(rng: np.random.Generator) -> tuple:
@@ -385,7 +386,8 @@ def test_a_correction_rescues_an_image_refused_as_given_only_when_the_corrected_
     assert doubting  # the synthetic model has a middle ground
     refused = doubting[len(doubting) // 2].decide(given, turned_back)
     assert refused.refused and refused.correction == NO_CORRECTION and refused.as_given.score > refused.as_given.limit
-    assert "turned by" in refused.warnings[0] and "does not read the corrected image as a radiograph" in refused.warnings[0]
+    note = refused.refusal_notes[0]
+    assert "turned by" in note and "does not read the corrected image as a radiograph" in note and not refused.warnings
 
 
 def test_the_radiograph_model_needs_both_classes_and_survives_the_file(tmp_path):
