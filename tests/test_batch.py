@@ -253,7 +253,7 @@ def test_end_to_end_on_full_size_samples_with_the_committed_models(fullres_dir, 
     code = batch.main(["--artifacts", str(committed_artifacts), "--list", str(lst), "--out", str(out),
                        "--threads", "2", "--no-progress"])
     assert code == 0
-    frame = pd.read_csv(out, keep_default_na=False)
+    frame = pd.read_csv(out, keep_default_na=False, dtype={"model_version": str})  # "1406e5714933" is not a float
     assert len(frame) == 3 and (frame["error"] == "").all()
     probabilities = frame[[f"p_{name}" for name in DEFAULT_SCHEME.names]]
     assert np.allclose(probabilities.sum(axis=1), 1, atol=2e-3)
