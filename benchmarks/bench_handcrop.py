@@ -13,7 +13,7 @@ import numpy as np
 
 from boneage_core.handmask import WORK_SIDE, segment_hand
 from boneage_core.imaging import load_gray
-from boneage_core.preprocess import FULL_BOX, PreprocessSpec, box_pixels, hand_crop_box, preprocess, squash_resize
+from boneage_core.preprocess import FULL_BOX, PreprocessSpec, box_pixels, crop_box, preprocess, squash_resize
 
 
 def evenly_spaced(folder: Path, n: int) -> list[Path]:
@@ -38,7 +38,7 @@ def measure(paths: list[Path], image_size: int, repeats: int) -> list[dict]:
     rows = []
     for path in paths:
         gray = load_gray(path)
-        box = hand_crop_box(gray)
+        box = crop_box(gray, cropped)  # as preprocess cuts it: white padding off, then the hand
         top, left, bottom, right = box_pixels(box, gray.shape)
         native = segment_hand(gray).mask  # the mask in the image's own geometry, an independent check
         rows.append({

@@ -150,12 +150,19 @@ def hand_crop_box(gray: np.ndarray, margin: float = HAND_CROP_MARGIN) -> CropBox
     return (top / WORK_SIDE, left / WORK_SIDE, bottom / WORK_SIDE, right / WORK_SIDE)
 
 
+def _bright_uniform(lines: np.ndarray) -> np.ndarray:
+    """Per row of `lines`: whether it is bright padding (see PAD_BRIGHT)."""
+    median = np.median(lines, axis=1, keepdims=True)
+    return (median[:, 0] >= PAD_BRIGHT) & ((np.abs(lines - median) <= PAD_TOLERANCE).mean(1) >= PAD_SHARE)
+
+
 def _padding_lines(lines: np.ndarray) -> int:
-    """How many of the leading rows of `lines` (at most half of them) are bright padding (see PAD_BRIGHT); 0 when
-    fewer than PAD_MIN_SHARE of them are."""
+    """How many of the leading rows of `lines` (at most half of them) are bright padding; 0 when fewer than
+    PAD_MIN_SHARE of them are. The outer row alone is read when it is not padding (nearly every film)."""
     outer = lines[: len(lines) // 2]
-    median = np.median(outer, axis=1, keepdims=True)
-    padding = (median[:, 0] >= PAD_BRIGHT) & ((np.abs(outer - median) <= PAD_TOLERANCE).mean(1) >= PAD_SHARE)
+    if not len(outer) or not _bright_uniform(outer[:1])[0]:
+        return 0
+    padding = _bright_uniform(outer)
     n = len(padding) if padding.all() else int(np.argmin(padding))
     return n if n >= PAD_MIN_SHARE * len(lines) else 0
 
