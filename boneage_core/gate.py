@@ -28,7 +28,9 @@ other body parts, parts of films, films inside photographs; none of the test set
 (input grain >= VOUCH_GRAIN) that the OOD score would refuse is scored with "unusual image: check it" when the model
 gives it P >= RADIOGRAPH_ABOVE (a grainy film's texture lies as far from the training films as a photograph's, but the
 model tells them apart: docs/shift.md); an image it gives P < RADIOGRAPH_BELOW is refused whatever its OOD score.
-It does not reliably refuse kinds of image it has never seen, hence only grainy images are overruled.
+It does not reliably refuse kinds of image it has never seen, hence it overrules the score only for grainy images and
+for images near the limit (VOUCH_NEAR); and a correction (inverting, turning, mirroring) rescues an image refused as
+given only when the model reads the corrected image as a radiograph (RESCUE_ABOVE).
 
 A fifth, plain check reads no network: the grey-level entropy of the model input (``preprocess.grey_entropy``, the
 last gate feature). A radiograph is a continuum of grey; a drawing, a phantom or a screenshot is a few flat levels
