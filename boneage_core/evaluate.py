@@ -24,6 +24,7 @@ from .calibration import interval_columns, interval_coverage
 from .data import attach_paths, load_images, read_labels
 from .ensemble import Ensemble
 from .errors import BoneAgeError, ImageLoadError, MissingArtifactError
+from .gate import GateDecision
 from .heads import AGE, BASELINE, CNN, STAGE, UNCORRECTED, age_stage_column, get_head, head_metrics, system_column
 from .imaging import load_gray
 from .inference import ensemble_outputs, member_features, resolve_device
@@ -144,16 +145,16 @@ def cnn_columns(ensemble: Ensemble, frame: pd.DataFrame, cache_dir, per_view: bo
     return result
 
 
-def as_given(ensemble: Ensemble, features: np.ndarray, paths: list) -> np.ndarray:
-    """Gate features of the images as given: a grainy film's rows (prepared smoothed, like every member input) are
-    replaced by the gate network's features of the film unsmoothed, what the app's gate reads (one more read of
-    each file to measure its grain; no film of the data set is grainy)."""
-    out = features
-    for i, path in enumerate(tqdm(paths, desc="grain", disable=len(paths) < 100)):
+def decisions_as_given(ensemble: Ensemble, features: np.ndarray, paths: list) -> list[GateDecision]:
+    """The gate's decision on each film as given, each file read once: a grainy film's row (prepared smoothed, like
+    every member input) is replaced by the gate network's features of the film unsmoothed, what the app's gate reads,
+    and a correction the gate tries (the laterality test reads every scored film's mirror image) is made from the
+    same read."""
+    out = []
+    for i, path in enumerate(tqdm(paths, desc="gate", disable=len(paths) < 100)):
         gray = load_gray(path)
-        if is_grainy(gray):
-            out = out.copy() if out is features else out
-            out[i] = ensemble.gate_features(gray)[0]
+        row = ensemble.gate_features(gray) if is_grainy(gray) else features[i:i + 1]
+        out.append(ensemble.decisions(row, lambda _, gray=gray: gray)[0])
     return out
 
 
@@ -162,8 +163,8 @@ def gate_columns(ensemble: Ensemble, frame: pd.DataFrame, cache_dir,
     """The input gate's decision per image, by the rule the app and the CLIs apply (:meth:`Ensemble.decisions`).
 
     Columns: score as given, refused, turn applied, turn flagged, mirrored back, inverted back. The gate reads each
-    film as given (:func:`as_given`). A film that needs a correction tried is read again from its file, corrected and prepared like an upload (every scored film is:
-    the laterality test reads its mirror image). The CNN columns score the
+    film as given, and a correction it tries is prepared like an upload from the same read (:func:`decisions_as_given`).
+    The CNN columns score the
     images as given (their labels are for them as filmed); these columns say how often the app would
     refuse, turn or flag a real radiograph. `features` (rows, gate features), when given, are the
     member's from the CNN columns' pass (:func:`cnn_columns`), so its images are not run twice. Returns the
@@ -177,7 +178,7 @@ def gate_columns(ensemble: Ensemble, frame: pd.DataFrame, cache_dir,
         rows, pixels = _aligned(frame, images)
         features = rows.index, member_features(net, torch.from_numpy(pixels), ensemble.device, progress=True)
     paths = frame.loc[features[0], "path"].tolist()
-    decisions = ensemble.decisions(as_given(ensemble, features[1], paths), lambda i: load_gray(paths[i]))
+    decisions = decisions_as_given(ensemble, features[1], paths)
     out = pd.DataFrame({"gate_score": [d.as_given.score for d in decisions],
                         "gate_refused": [d.refused for d in decisions],
                         "gate_turn": [d.turn for d in decisions],

@@ -507,10 +507,10 @@ class InputGate:
             turned = self.verdicts(turned_features(verdict.turn))[0]
             if verdict.apply_turn or not turned.refused:
                 scored, turn, notes = turned, verdict.turn, [verdict.turned_note()]
-        elif verdict.turn:
+        elif verdict.turn:  # not refused as given (else the branch above): a turn must not make it refused
             k, turned = self._most_upright(turned_features)
             sure = verdict.rotated_probability >= TURN_ABOVE or turned.rotated_probability <= TURN_CONFIRM_BELOW
-            if sure and (not turned.refused or verdict.refused):
+            if sure and not turned.refused:
                 scored, turn, notes = turned, k, [verdict.turned_note(k)]
         notes += [w for w in scored.warnings() if w not in notes]
         return GateDecision(scored, verdict, Correction(turn=turn), tuple(notes))

@@ -202,3 +202,19 @@ def test_the_gate_columns_judge_a_grainy_film_as_given(committed_predictor, data
         decision = committed_predictor.decide(load_gray(path))
         assert gate["gate_score"].iloc[i] == pytest.approx(decision.as_given.score, rel=1e-4)
         assert not gate["gate_refused"].iloc[i] and not decision.refused
+
+
+def test_the_gate_columns_read_each_file_once(committed_predictor, fullres_dir, monkeypatch):
+    """The gate's columns read each film once: its grain, its decision and the corrections it tries (the laterality
+    test reads every scored film's mirror image) come from the same read."""
+    labels = attach_paths(read_labels(fullres_dir / "boneage-samples.csv").head(3), fullres_dir)
+    reads: list[str] = []
+
+    def counted(path, *args, **kwargs):
+        reads.append(str(path))
+        return load_gray(path, *args, **kwargs)
+
+    monkeypatch.setattr(evaluate, "load_gray", counted)
+    gate = evaluate.gate_columns(committed_predictor, labels, None)
+    assert not gate["gate_refused"].any()
+    assert sorted(reads) == sorted(map(str, labels["path"]))
