@@ -13,20 +13,27 @@ import pandas as pd
 from boneage_core.errors import InputError
 from boneage_core.imaging import load_gray
 from boneage_core.manifest import PREDICTIONS_FILE
-from boneage_core.predictor import Predictor
+from boneage_core.predictor import Prediction, Predictor
 from benchmarks.samples import load_from_args
 from tests.negatives import negative_set
 
-VARIANTS = {"turned 90": lambda g: np.rot90(g, 1), "turned 180": lambda g: np.rot90(g, 2),
-            "turned 270": lambda g: np.rot90(g, 3), "mirrored (right hand)": lambda g: g[:, ::-1]}
+#: Transformed copies of each full-size sample, with the correction that undoes each (quarter turns, mirrored).
+VARIANTS = {"turned 90": (lambda g: np.rot90(g, 1), (3, False)), "turned 180": (lambda g: np.rot90(g, 2), (2, False)),
+            "turned 270": (lambda g: np.rot90(g, 3), (1, False)),
+            "mirrored (right hand)": (lambda g: g[:, ::-1], (0, True))}
 
 
 def _outcome(predictor: Predictor, image: np.ndarray, male: bool) -> tuple[str, float | None, list[str]]:
+    pred = _predict(predictor, image, male)
+    return ("refused", None, [pred]) if isinstance(pred, str) else ("scored", pred.bone_age_months, pred.warnings)
+
+
+def _predict(predictor: Predictor, image: np.ndarray, male: bool) -> Prediction | str:
+    """The prediction, or the refusal's message."""
     try:
-        pred = predictor.predict(np.ascontiguousarray(image), male=male)
+        return predictor.predict(np.ascontiguousarray(image), male=male)
     except InputError as exc:
-        return "refused", None, [str(exc)]
-    return "scored", pred.bone_age_months, pred.warnings
+        return str(exc)
 
 
 def holdout_refusals(artifacts: Path) -> str:
@@ -40,21 +47,42 @@ def holdout_refusals(artifacts: Path) -> str:
             f"{int(frame['gate_mirrored'].astype(str).str.lower().eq('true').sum())}")
 
 
+def what_was_done(pred: Prediction | str, undo: tuple[int, bool]) -> str:
+    """One copy's outcome: refused, undone (the correction that undoes the transform, and no other), flagged as maybe
+    rotated, corrected otherwise, or read as given with no orientation flag."""
+    if isinstance(pred, str):
+        return "refused"
+    if (pred.turn, pred.mirrored) == undo and undo != (0, False):
+        return "undone"
+    if pred.gate is not None and pred.gate.turn_flagged:
+        return "flagged"
+    return "corrected otherwise" if pred.turn or pred.mirrored else "read as given"
+
+
 def samples_and_variants(predictor: Predictor, samples: Path) -> list[str]:
+    """Per transform of the full-size samples: how many copies were refused, undone, flagged, corrected otherwise or
+    read as given, the median change of the estimate against the sample as filmed, and the ids of the copies read as
+    given or corrected otherwise (a film filmed tilted may be read nearer upright turned: look at it)."""
     labels = pd.read_csv(samples / "boneage-samples.csv")
     rows = []
     for _, row in labels.iterrows():
         gray = load_gray(samples / f"{row['id']}.png")
-        status, upright, _ = _outcome(predictor, gray, bool(row["male"]))
-        rows.append({"variant": "as filmed", "status": status, "warned": False, "delta": 0.0})
-        for name, make in VARIANTS.items():
-            status, age, warnings = _outcome(predictor, make(gray), bool(row["male"]))
+        filmed = _predict(predictor, gray, bool(row["male"]))
+        upright = None if isinstance(filmed, str) else filmed.bone_age_months
+        rows.append({"variant": "as filmed", "id": row["id"], "outcome": what_was_done(filmed, (0, False)),
+                     "delta": 0.0})
+        for name, (make, undo) in VARIANTS.items():
+            pred = _predict(predictor, make(gray), bool(row["male"]))
+            age = None if isinstance(pred, str) else pred.bone_age_months
             delta = abs(age - upright) if age is not None and upright is not None else np.nan
-            rows.append({"variant": name, "status": status, "warned": bool(warnings), "delta": delta})
-    table = pd.DataFrame(rows).groupby("variant", sort=False).agg(
-        refused=("status", lambda s: int((s == "refused").sum())), corrected_or_flagged=("warned", "sum"),
-        median_abs_change=("delta", "median"), n=("status", "size"))
-    return [f"full-size samples (n={len(labels)}) and transformed copies:", table.to_string()]
+            rows.append({"variant": name, "id": row["id"], "outcome": what_was_done(pred, undo), "delta": delta})
+    frame = pd.DataFrame(rows)
+    table = pd.crosstab(frame["variant"], frame["outcome"]).reindex(frame["variant"].unique())
+    table["median_abs_change"] = frame.groupby("variant", sort=False)["delta"].median()
+    missed = frame[frame["outcome"].isin(["read as given", "corrected otherwise"]) & (frame["variant"] != "as filmed")]
+    lines = [f"full-size samples (n={len(labels)}) and transformed copies:", table.to_string()]
+    lines += [f"  {r.variant}: sample {r.id} {r.outcome}" for r in missed.itertuples()]
+    return lines
 
 
 #: The generated negatives are also tried in these forms: the gate corrects inverted and turned films, and must not
