@@ -78,6 +78,11 @@ class TrainConfig:
     fit: FitConfig = field(default_factory=FitConfig)  # the training loop's own settings (batch, optimizer, EMA, budget)
     members: tuple[str, ...] = ()  # model files served and evaluated (empty: the ones this run trained)
     gate_network: str = ""  # model file whose features the gate stage fits the input gate on (empty: the first member with an age head)
+    gate_fit_images: int = 2000  # training films of the gate's k-NN banks (the gate stage)
+    gate_turned: int = 800  # the first of them also turned, mirrored, inverted and shifted for the orientation, grey-scale,
+    # laterality and radiograph-or-not models
+    gate_counterexample_sources: int = 150  # films of those cut up and photographed into the radiograph model's negatives
+    gate_counterexample_variants: int = 16  # variants of each kind of counterexample (counterexamples.counterexamples)
     # HOG + XGBoost baseline
     baseline_image_size: int = 128
     hog_pixels_per_cell: int = 16
@@ -102,8 +107,19 @@ class TrainConfig:
         if self.preset and self.preset not in PRESETS:
             raise ValueError(f"unknown preset {self.preset!r}; choose from {tuple(PRESETS)}")
         self._check_model_name()
+        self._check_gate_counts()
         object.__setattr__(self, "views", as_views(self.views))  # validated, in TTA_SCALES order
         self.training_phases()  # validates the phase text
+
+    def _check_gate_counts(self) -> None:
+        counts = {k: getattr(self, k) for k in ("gate_fit_images", "gate_turned", "gate_counterexample_sources",
+                                                "gate_counterexample_variants")}
+        low = [f"{k} = {v}" for k, v in counts.items() if v < 1]
+        if low:
+            raise ValueError(f"the gate stage needs at least one of each: {', '.join(low)}")
+        if self.gate_turned > self.gate_fit_images:
+            raise ValueError(f"gate_turned ({self.gate_turned}) are the first of the gate_fit_images "
+                             f"({self.gate_fit_images}): it cannot be larger")
 
     def _check_model_name(self) -> None:
         """Validate --model-name and store it without a .pt suffix."""

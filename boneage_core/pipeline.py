@@ -285,8 +285,8 @@ def gate_network(cfg: TrainConfig, staging: Path, members: list[str]) -> str:
     return name
 
 
-def _radiograph_examples(paths: list, spec: PreprocessSpec, seed: int, n_sources: int = 150,
-                         n_variants: int = 16) -> tuple[np.ndarray, np.ndarray]:
+def _radiograph_examples(paths: list, spec: PreprocessSpec, seed: int, n_sources: int,
+                         n_variants: int) -> tuple[np.ndarray, np.ndarray]:
     """uint8 model inputs (N, S, S) for the gate's radiograph-or-not model: four variants of each film at `paths`
     (``acquisition.radiograph_variants``), and ``counterexamples`` (parts of the first `n_sources` films and those
     films inside photographs among them); images too blank to prepare are left out. Prepared as the gate reads an
@@ -303,10 +303,10 @@ def _radiograph_examples(paths: list, spec: PreprocessSpec, seed: int, n_sources
     return radiographs, np.stack(not_radiographs)
 
 
-def gate_stage(cfg: TrainConfig, ds: Dataset, staging: Path, members: list[str], n_fit: int = 2000,
-               n_turned: int = 800) -> None:
-    """Fit the input gate on the gate network's features (:func:`gate_network`): `n_fit` training images for the
-    banks, validation images for the limits. The first `n_turned` are also turned, mirrored and inverted, and twice
+def gate_stage(cfg: TrainConfig, ds: Dataset, staging: Path, members: list[str]) -> None:
+    """Fit the input gate on the gate network's features (:func:`gate_network`): `cfg.gate_fit_images` training images
+    for the banks, validation images for the limits. The first `cfg.gate_turned` are also turned, mirrored and
+    inverted, and twice
     shifted (a random MILD shift other than noise, and made grainy), each shifted copy as given, turned, inverted and
     mirrored, for the orientation, grey-scale and laterality models; and in four uploads each
     (:func:`_radiograph_examples`) against the ``counterexamples`` (made from package sample files and these films)
@@ -321,9 +321,9 @@ def gate_stage(cfg: TrainConfig, ds: Dataset, staging: Path, members: list[str],
     device = resolve_device(cfg.device)
     net, meta = load_member(staging / member, device)  # forward passes only: OpenVINO on the CPU
     spec = net.spec.preprocess
-    train = ds.part("train")
-    train_rows, train_img = _images_for(ds, train.iloc[np.random.default_rng(cfg.seed).permutation(len(train))[:n_fit]],
-                                        spec, cfg)
+    train, n_turned = ds.part("train"), cfg.gate_turned
+    order = np.random.default_rng(cfg.seed).permutation(len(train))[:cfg.gate_fit_images]
+    train_rows, train_img = _images_for(ds, train.iloc[order], spec, cfg)
     _, val_img = _images_for(ds, ds.part("val"), spec, cfg)
     train_f = member_features(net, train_img, device, progress=True)
     base = train_img[:n_turned]
@@ -340,7 +340,9 @@ def gate_stage(cfg: TrainConfig, ds: Dataset, staging: Path, members: list[str],
     # invert two more clean low-contrast holdout films (docs/shift.md)
     shifted_inverted = member_features(net, 255 - shifted_img[:len(shifted_paths)], device, progress=True)
     shifted_mirrored = member_features(net, shifted_img[:, :, ::-1], device, progress=True)
-    radiographs, not_radiographs = _radiograph_examples(train_rows["path"].tolist()[:n_turned], spec, cfg.seed)
+    radiographs, not_radiographs = _radiograph_examples(train_rows["path"].tolist()[:n_turned], spec, cfg.seed,
+                                                        cfg.gate_counterexample_sources,
+                                                        cfg.gate_counterexample_variants)
     gate = fit_gate(train_f, member_features(net, val_img, device, progress=True), turned, mirrored,
                     train_f[:n_turned], inverted, n_pooled=torch_net(net).backbone.num_features, shifted=shifted,
                     shifted_inverted=shifted_inverted, shifted_mirrored=shifted_mirrored, shifted_turned=shifted_turned,

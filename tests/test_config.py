@@ -35,7 +35,9 @@ def test_stage_order_and_model_layouts():
                                        (dict(backbone="resnet50"), "resnet50"),
                                        (dict(phases="64"), "64"),
                                        (dict(phases="16:2"), "16:2"),
-                                       (dict(phases="64:1:fast"), "fast")])
+                                       (dict(phases="64:1:fast"), "fast"),
+                                       (dict(gate_counterexample_variants=0), "gate_counterexample_variants = 0"),
+                                       (dict(gate_fit_images=100), "gate_turned \\(800\\)")])
 def test_invalid_values_raise(bad, match):
     with pytest.raises(ValueError, match=match):
         replace(TrainConfig(), **bad)

@@ -537,3 +537,18 @@ def test_input_grain_reads_the_noise_a_network_input_carries(data_299):
     noisy = input_grain(np.stack([prepare(as_upload(noise(load_gray(p), 3)), spec, grainy=False) for p in films]))
     assert clean.max() < VOUCH_GRAIN < noisy.min()
     assert input_grain((np.random.default_rng(0).random((1, 64, 64)) * 255).astype(np.uint8))[0] > 10 * VOUCH_GRAIN
+
+
+def test_a_hand_crop_heatmap_of_a_padded_film_lands_on_the_hand_of_the_film(data_299):
+    """crop_box cuts the padding, then finds the hand: the hand box of a padded film is the film's own hand box moved
+    by the padding, and a heatmap goes back there (nothing on the padding)."""
+    gray = load_gray(data_299 / "boneage-training-dataset" / "1377.webp")
+    padded = _white_padded(gray, 0, 100, 0, 0)
+    spec = PreprocessSpec(64, hand_crop=True)
+    film = box_pixels(crop_box(gray, spec), gray.shape)
+    top, left, bottom, right = box_pixels(crop_box(padded, spec), padded.shape)
+    assert film != (0, 0) + gray.shape  # the hand does not fill the film: the crop is exercised
+    np.testing.assert_allclose((top, left - 100, bottom, right - 100), film, atol=2)
+    back = heatmap_to_original(np.ones((64, 64), np.float32), padded.shape, crop_box(padded, spec))
+    assert back[:, :100].max() == 0 and back[top:bottom, left:right].min() > 0
+    assert back.sum() == back[top:bottom, left:right].sum()

@@ -443,3 +443,10 @@ def test_the_gate_network_is_the_one_asked_for_else_the_first_member_with_an_age
     assert gate_network(replace(cfg, gate_network="multihead"), quick_run, []) == "multihead.pt"
     with pytest.raises(MissingArtifactError, match="--gate-network other.pt: no such model file"):
         gate_network(replace(cfg, gate_network="other.pt"), quick_run, ["multihead.pt"])
+
+
+def test_the_gate_stage_counts_are_flags():
+    cfg = train.parse_args(["--data-dir", "d", "--gate-fit-images", "500", "--gate-turned", "100",
+                      "--gate-counterexample-sources", "20", "--gate-counterexample-variants", "2"])
+    assert (cfg.gate_fit_images, cfg.gate_turned, cfg.gate_counterexample_sources,
+            cfg.gate_counterexample_variants) == (500, 100, 20, 2)
