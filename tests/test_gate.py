@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from boneage_core.errors import ArtifactError, InputError
-from boneage_core.gate import (GATE_FILE, LEVELS, MIN_GREY_ENTROPY, MIRROR_ABOVE, NO_CORRECTION, POOLED, RADIOGRAPH_ABOVE,
+from boneage_core.gate import (DOUBT_BELOW, GATE_FILE, LEVELS, MIN_GREY_ENTROPY, MIRROR_ABOVE, NO_CORRECTION, POOLED, RADIOGRAPH_ABOVE,
                                RADIOGRAPH_BELOW, RADIOGRAPH_FITS, RESCUE_ABOVE, VOUCH_GRAIN, VOUCH_NEAR,
                                TURN_ABOVE, TURN_CONFIRM_BELOW, TURN_FLAG_ABOVE,
                                Correction, GateVerdict, InputGate, NotARadiographError, QUARTER_TURNS, distinct_numbers,
@@ -599,3 +599,29 @@ def test_the_committed_gate_accepts_films_under_ordinary_acquisition_shifts(comm
     # p = 0.5 for every film, finds none; a film between 0.35 and 0.65 is mirrored neither way, and a test film may be
     # a right hand as filmed). The rate on 300 test films is bench_gate_shift's (docs/shift.md).
     assert found >= 2, found
+
+
+def test_a_film_the_radiograph_model_doubts_is_scored_with_a_warning():
+    """Within the OOD limit, P(radiograph) between RADIOGRAPH_BELOW and DOUBT_BELOW: scored as unusual, with its own
+    note; from DOUBT_BELOW, or with no radiograph model (P NaN), as usual; below RADIOGRAPH_BELOW, refused."""
+    doubted = GateVerdict(0.5, 1.1, radiograph_probability=DOUBT_BELOW - 1e-6)
+    assert doubted.doubtful and doubted.unusual and not doubted.refused
+    assert "radiograph model is not sure" in doubted.unusual_note() and f"{DOUBT_BELOW - 1e-6:.2f}" in doubted.unusual_note()
+    for usual in (GateVerdict(0.5, 1.1, radiograph_probability=DOUBT_BELOW), GateVerdict(0.5, 1.1)):
+        assert not usual.doubtful and not usual.unusual and not usual.refused
+    clearly_not = GateVerdict(0.5, 1.1, radiograph_probability=RADIOGRAPH_BELOW - 1e-6)
+    assert not clearly_not.doubtful and clearly_not.refused and not clearly_not.unusual
+    past = GateVerdict(1.05, 1.1, radiograph_probability=0.5)  # past the usual limit too: that note, which says more
+    assert past.unusual and "farther from the training radiographs" in past.unusual_note()
+
+
+@pytest.mark.slow
+def test_the_framed_low_contrast_films_read_far_off_are_now_flagged(committed_predictor, data_299):
+    """Two test films, small and low-contrast in wide black frames, were read 27 and 64 months too old with no warning;
+    the radiograph model doubts them (P 0.22 and 0.70): they carry the unusual-image warning. An ordinary film does not."""
+    folder = data_299 / "boneage-training-dataset"
+    for film in ("3395", "3820"):
+        pred = committed_predictor.predict(folder / f"{film}.webp", male=film == "3820")
+        assert pred.gate.doubtful and any("radiograph model is not sure" in w for w in pred.warnings), film
+    ordinary = committed_predictor.predict(folder / "1377.webp", male=True)
+    assert not ordinary.gate.unusual and not any("unusual image" in w for w in ordinary.warnings)
