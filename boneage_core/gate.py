@@ -28,8 +28,8 @@ other body parts, parts of films, films inside photographs; none of the test set
 (input grain >= VOUCH_GRAIN) that the OOD score would refuse is scored with "unusual image: check it" when the model
 gives it P >= RADIOGRAPH_ABOVE (a grainy film's texture lies as far from the training films as a photograph's, but the
 model tells them apart: docs/shift.md); an image it gives P < RADIOGRAPH_BELOW is refused whatever its OOD score;
-and an image the OOD score lets through that it gives P < DOUBT_BELOW is scored with the same warning (the served
-ensemble read such films with 2-4 times the usual error).
+and an image the OOD score lets through that it gives P < DOUBT_BELOW is scored with an "unusual image: check it"
+warning that says so (the served ensemble read such films with 2-5 times the usual error).
 It does not reliably refuse kinds of image it has never seen, hence it overrules the score only for grainy images and
 for images near the limit (VOUCH_NEAR); and a correction (inverting, turning, mirroring) rescues an image refused as
 given only when the model reads the corrected image as a radiograph (RESCUE_ABOVE).
@@ -103,8 +103,8 @@ RADIOGRAPH_ABOVE = 0.9
 RADIOGRAPH_BELOW = 0.01
 #: An image the OOD score lets through that the radiograph-or-not model does not read as a radiograph (P below this, but
 #: not below RADIOGRAPH_BELOW) is scored with "unusual image: check it": the same line as RADIOGRAPH_ABOVE. The served
-#: ensemble's error on such films is 2-4 times the rest's: on the validation split 5 of 1,892 films (0.26 %), MAE 16.0
-#: months against 7.51; on the test split 6 (0.32 %), MAE 31.6 against 7.55, among them two small low-contrast films in
+#: ensemble's error on such films is 2-5 times the rest's: on the validation split 5 of 1,892 films (0.26 %), MAE 16.0
+#: months against 7.51; on the test split 4 (0.21 %), MAE 39.9 against 7.56, among them two small low-contrast films in
 #: wide black frames read 27 and 64 months too old with no warning before (docs/shift.md, "Doubtful films").
 DOUBT_BELOW = RADIOGRAPH_ABOVE
 #: Grain of the gate's input (``preprocess.input_grain``) from which the radiograph-or-not model may overrule the OOD
@@ -272,7 +272,7 @@ class GateVerdict:
         if self.doubtful and self.score <= self.usual_limit:
             return (f"unusual image, check it: the radiograph model is not sure this is a hand radiograph like the "
                     f"training films (P(radiograph) {self.radiograph_probability:.2f}, below {DOUBT_BELOW:g}), though "
-                    f"its out-of-distribution score ({score}) is usual. Films it doubts were read with 2 to 4 times "
+                    f"its out-of-distribution score ({score}) is usual. Films it doubts were read with 2 to 5 times "
                     "the usual error; the estimate is given, but check the film's contrast and framing and that it is a "
                     "whole left-hand radiograph")
         if self.vouched:
@@ -281,10 +281,12 @@ class GateVerdict:
                     f"radiograph: p = {self.radiograph_probability:.2f}); a grainy, noisy or differently processed film "
                     "reads like this. The estimate is given; check the image quality and that this is a whole left-hand "
                     "radiograph")
+        doubt = (f"; the radiograph model is not sure it is a hand radiograph either (P(radiograph) "
+                 f"{self.radiograph_probability:.2f}, below {DOUBT_BELOW:g})" if self.doubtful else "")
         return (f"unusual image, check it: it lies farther from the training radiographs than any validation "
                 f"radiograph (out-of-distribution score {score}, above {limit}; refused above "
-                f"{self.limit:.2f}); the estimate is given, but check that this is a whole left-hand radiograph of "
-                "usual quality")
+                f"{self.limit:.2f}){doubt}; the estimate is given, but check that this is a whole left-hand radiograph "
+                "of usual quality")
 
     def reason(self) -> str:
         if self.flat:

@@ -611,8 +611,10 @@ def test_a_film_the_radiograph_model_doubts_is_scored_with_a_warning():
         assert not usual.doubtful and not usual.unusual and not usual.refused
     clearly_not = GateVerdict(0.5, 1.1, radiograph_probability=RADIOGRAPH_BELOW - 1e-6)
     assert not clearly_not.doubtful and clearly_not.refused and not clearly_not.unusual
-    past = GateVerdict(1.05, 1.1, radiograph_probability=0.5)  # past the usual limit too: that note, which says more
+    past = GateVerdict(1.05, 1.1, radiograph_probability=0.5)  # past the usual limit too: both reasons in one note
     assert past.unusual and "farther from the training radiographs" in past.unusual_note()
+    assert "radiograph model is not sure it is a hand radiograph either (P(radiograph) 0.50" in past.unusual_note()
+    assert "radiograph model" not in GateVerdict(1.05, 1.1, radiograph_probability=0.95).unusual_note()
 
 
 @pytest.mark.slow

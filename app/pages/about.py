@@ -115,7 +115,7 @@ def _preprocessing(predictor: Predictor) -> None:
         "look like a hand radiograph; a radiograph-or-not model on the same features, trained on films and on "
         "images that are not hand radiographs, lets a grainy film or one just past the limit that it reads as a "
         "radiograph through with a warning, refuses what it reads as clearly not one, warns about a film it doubts "
-        "(films it doubted were read with 2 to 4 times the usual error), and must read an image "
+        "(films it doubted were read with 2 to 5 times the usual error), and must read an image "
         "rescued by a correction as a radiograph. The gate judges the image as given; it inverts back an "
         "inverted grey scale, turns back a film it is sure is rotated or that one turn makes surely upright, tries "
         "the likeliest turn before refusing, mirrors a right hand, and flags a possible rotation. A HOG + XGBoost "
