@@ -36,6 +36,12 @@ class EnsembleOutputs:
     members: dict[str, dict[str, list[np.ndarray]]]  # per member: {head: [one array per view]}
     gate_features: np.ndarray | None  # the gate network's features of the unzoomed view (None without a gate)
 
+    def age_spread(self) -> np.ndarray | None:
+        """Per image, the largest minus the smallest member estimate of the age (months, uncalibrated, each member's
+        views combined); None with fewer than two members with an age head."""
+        ages = [ensemble_outputs([m])[AGE] for m in self.members.values() if AGE in m]
+        return None if len(ages) < 2 else np.ptp(np.stack(ages), axis=0)
+
 
 def _calibration(folder: Path, hashes: dict[str, str], views: Views, notes: list[str]) -> AgeCalibration | None:
     """The folder's calibration when it was fitted for exactly these member files and views; else None with a note."""

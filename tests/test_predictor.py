@@ -394,3 +394,24 @@ def test_a_grainy_film_is_judged_as_given_and_read_smoothed(committed_predictor,
     clean = committed_predictor.predict(film, male=True)
     assert not any("grainy" in w for w in clean.warnings)
     assert abs(pred.bone_age_months - clean.bone_age_months) < 12.0
+
+
+def test_the_report_warns_when_the_networks_disagree():
+    """Above MEMBER_SPREAD_ABOVE months between the members' estimates the report says so; at or below, nothing."""
+    from boneage_core.predictor import MEMBER_SPREAD_ABOVE, spread_warnings
+
+    assert spread_warnings(MEMBER_SPREAD_ABOVE) == []
+    (note,) = spread_warnings(MEMBER_SPREAD_ABOVE + 20.4)
+    assert "networks disagree" in note and "50 months apart" in note
+
+
+@pytest.mark.slow
+def test_a_compressed_film_the_networks_disagree_on_is_flagged(committed_predictor, data_299):
+    """Validation film 4298 (42 months) saved as JPEG q30 was read 56 months too old with no warning: its members lie
+    about 50 months apart, and the report says so. The film as given (members within about 10 months) is not flagged."""
+    from boneage_core.acquisition import SHIFTS
+
+    gray = load_gray(data_299 / "boneage-training-dataset" / "4298.webp")
+    compressed = committed_predictor.predict(SHIFTS["JPEG q30"](gray), male=True)
+    assert any("networks disagree" in w for w in compressed.warnings)
+    assert not any("networks disagree" in w for w in committed_predictor.predict(gray, male=True).warnings)
