@@ -12,7 +12,7 @@ from boneage_core import plots
 from boneage_core.heads import AGE, CNN, STAGE, age_stage_column, get_head, system_column
 from boneage_core.imaging import ACCEPTED
 from boneage_core.manifest import Manifest
-from boneage_core.predictor import Predictor
+from boneage_core.predictor import MEMBER_SPREAD_ABOVE, Predictor
 from boneage_core.report import DISCLAIMER
 from boneage_core.views import describe_views
 
@@ -118,7 +118,8 @@ def _preprocessing(predictor: Predictor) -> None:
         "(films it doubted were read with 2 to 5 times the usual error), and must read an image "
         "rescued by a correction as a radiograph. The gate judges the image as given; it inverts back an "
         "inverted grey scale, turns back a film it is sure is rotated or that one turn makes surely upright, tries "
-        "the likeliest turn before refusing, mirrors a right hand, and flags a possible rotation. A HOG + XGBoost "
+        "the likeliest turn before refusing, mirrors a right hand, and flags a possible rotation. When the networks' "
+        f"estimates lie more than {MEMBER_SPREAD_ABOVE:g} months apart, the report says they disagree. A HOG + XGBoost "
         "model on the same split is the baseline.")
     st.markdown("**Stages** (bone-age ranges):")
     st.dataframe(pd.DataFrame({
