@@ -103,9 +103,10 @@ RADIOGRAPH_ABOVE = 0.9
 RADIOGRAPH_BELOW = 0.01
 #: An image the OOD score lets through that the radiograph-or-not model does not read as a radiograph (P below this, but
 #: not below RADIOGRAPH_BELOW) is scored with "unusual image: check it": the same line as RADIOGRAPH_ABOVE. The served
-#: ensemble's error on such films is 2-5 times the rest's: on the validation split 5 of 1,892 films (0.26 %), MAE 16.0
-#: months against 7.51; on the test split 4 (0.21 %), MAE 39.9 against 7.56, among them two small low-contrast films in
-#: wide black frames read 27 and 64 months too old with no warning before (docs/shift.md, "Doubtful films").
+#: ensemble's error on such films is 2-5 times the rest's (model version c877f9986816): on the validation split 5 of
+#: 1,892 films (0.26 %), MAE 15.7 months against 7.51; on the test split 4 (0.21 %), MAE 41.0 against 7.55, among them
+#: two small low-contrast films in wide black frames read 31 and 65 months too old, with no warning before
+#: (docs/shift.md, "Doubtful films").
 DOUBT_BELOW = RADIOGRAPH_ABOVE
 #: Grain of the gate's input (``preprocess.input_grain``) from which the radiograph-or-not model may overrule the OOD
 #: score: the overrule is for grainy films. Gate inputs (256 px) of the 5,784 films of the gate's banks, validation
