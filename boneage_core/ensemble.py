@@ -245,6 +245,10 @@ class Ensemble:
             out.append(self.gate.decide(features[i:i + 1], corrected))
         return out
 
-    def decide(self, gray: np.ndarray) -> GateDecision:
-        """The input gate's decision on one gray image (as given), by the rule ``Predictor.predict`` applies."""
-        return self.decisions(self.gate_features(gray), lambda _: gray)[0]
+    def decide(self, gray: np.ndarray, features: np.ndarray | None = None) -> GateDecision:
+        """The input gate's decision on one gray image as given, by the rule ``Predictor.predict`` applies.
+
+        `features`: the gate features (1, F) of the members' pass over this image, reused when the members read it as
+        the gate does; pass None for a grainy film (the members read it smoothed, the gate reads it as given), and
+        they are computed from `gray`. Every correction the gate tries is made from `gray`."""
+        return self.decisions(self.gate_features(gray) if features is None else features, lambda _: gray)[0]

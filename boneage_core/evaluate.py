@@ -146,15 +146,12 @@ def cnn_columns(ensemble: Ensemble, frame: pd.DataFrame, cache_dir, per_view: bo
 
 
 def decisions_as_given(ensemble: Ensemble, features: np.ndarray, paths: list) -> list[GateDecision]:
-    """The gate's decision on each film as given, each file read once: a grainy film's row (prepared smoothed, like
-    every member input) is replaced by the gate network's features of the film unsmoothed, what the app's gate reads,
-    and a correction the gate tries (the laterality test reads every scored film's mirror image) is made from the
-    same read."""
+    """The gate's decision on each film as given (:meth:`Ensemble.decide`, the rule the app applies), each file read
+    once: a grainy film's row (prepared smoothed, like every member input) is not reused."""
     out = []
     for i, path in enumerate(tqdm(paths, desc="gate", disable=len(paths) < 100)):
         gray = load_gray(path)
-        row = ensemble.gate_features(gray) if is_grainy(gray) else features[i:i + 1]
-        out.append(ensemble.decisions(row, lambda _, gray=gray: gray)[0])
+        out.append(ensemble.decide(gray, None if is_grainy(gray) else features[i:i + 1]))
     return out
 
 

@@ -161,8 +161,7 @@ class Predictor(Ensemble):
         notes = grain_warnings(grain)
         if out.gate_features is None:
             return gray, out, self._first_input(images), None, notes, NO_CORRECTION
-        features = self.gate_features(gray) if grainy else out.gate_features
-        decision = self.decisions(features, lambda _: gray)[0]
+        decision = self.decide(gray, None if grainy else out.gate_features)
         if decision.refused:
             raise NotARadiographError("; ".join([f"{name}: {decision.verdict.reason()}", *decision.refusal_notes]))
         if decision.correction:
