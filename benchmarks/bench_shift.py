@@ -2,6 +2,13 @@
 
 python -m benchmarks.bench_shift --n 50 --samples ../shared/data/samples-fullres --out shift.md   # docs/shift.md; all: --n 1892
 python -m benchmarks.bench_shift --artifacts runs/abl299_f3 --split val --n 200 --transforms "clean,JPEG q30,noise sigma 3"
+python -m benchmarks.bench_shift --readings runs/shift_all --shard 0/2 &  python -m benchmarks.bench_shift --readings runs/shift_all --shard 1/2
+python -m benchmarks.bench_shift --readings runs/shift_all --samples ../shared/data/samples-fullres --out shift.md  # the tables
+
+The whole test split takes hours (about 0.26 s per film and transform on one thread). With --readings DIR each film's
+readings are appended to a CSV in DIR as soon as it is read, and a run reads only the films DIR does not hold yet: a run
+that is stopped goes on where it stopped, and --shard K/N lets N processes share the films. The tables are printed
+when every film of a set has been read (by this run or by earlier ones, of the same model version).
 
 --artifacts may be a training run's folder (its checkpoints, without gate or calibration): the same rows for
 candidate members, on validation films (--split val) so that a recipe is chosen without looking at the test split.
@@ -41,6 +48,10 @@ COUNTED = {"unusual": "unusual", "flagged turned": "flagged_turned", "turned bac
            "inverted back": "inverted"}
 
 
+#: One reading per row: the film, the transform, its true age, the estimate (NaN when refused) and the gate's findings.
+READING_COLUMNS = ["id", "transform", "age", "estimate", *COUNTED.values()]
+
+
 @dataclass
 class Reading:
     """One film under one transform: the estimate (None when refused) and what the gate said."""
@@ -66,16 +77,64 @@ def read_film(predictor: Predictor, film: np.ndarray | bytes, male: bool, name: 
                    mirrored=pred.mirrored, inverted=pred.inverted)
 
 
-def measure(predictor: Predictor, films: pd.DataFrame, what: str, shifts: dict[str, Shift] = SHIFTS) -> pd.DataFrame:
-    """One row per (film, transform): id, transform, true age, estimate, gate flags. `films`: id, path, boneage, male."""
+def measure(predictor: Predictor, films: pd.DataFrame, what: str, shifts: dict[str, Shift] = SHIFTS,
+            keep: Path | None = None) -> pd.DataFrame:
+    """One row per (film, transform): id, transform, true age, estimate, gate flags. `films`: id, path, boneage, male.
+
+    keep: a CSV that each film's rows are appended to as soon as it is read (with the model version).
+    """
     rows = []
     for film in tqdm(films.itertuples(index=False), total=len(films), desc=what, unit="film"):
         gray = load_gray(film.path)
+        film_rows = []
         for name, shift in shifts.items():
             reading = read_film(predictor, Path(film.path).read_bytes() if name == CLEAN else shift(gray),
                                 bool(film.male), f"{film.id} ({name})")
-            rows.append({"id": film.id, "transform": name, "age": float(film.boneage), **vars(reading)})
-    return pd.DataFrame(rows)
+            film_rows.append({"id": film.id, "transform": name, "age": float(film.boneage), **vars(reading)})
+        if keep is not None:
+            kept = pd.DataFrame(film_rows).assign(version=predictor.version)
+            kept.to_csv(keep, mode="a", header=not keep.exists(), index=False)
+        rows += film_rows
+    return pd.DataFrame(rows, columns=READING_COLUMNS)
+
+
+def kept_readings(folder: Path, which: str, version: str) -> pd.DataFrame:
+    """Every reading of one film set (`which`: test, val or samples) kept in `folder` by earlier runs of `version`."""
+    parts = [pd.read_csv(f, dtype={"id": str}) for f in sorted(folder.glob(f"{which}-*.csv"))]
+    if not parts:
+        return pd.DataFrame(columns=READING_COLUMNS)
+    kept = pd.concat(parts, ignore_index=True)
+    other = sorted(set(kept["version"].astype(str)) - {version})
+    if other:
+        raise SystemExit(f"{folder} holds readings of model version(s) {', '.join(other)}, not of {version}: "
+                         "give --readings a new folder")
+    return kept.drop_duplicates(["id", "transform"], keep="last")[READING_COLUMNS]
+
+
+def unread(films: pd.DataFrame, kept: pd.DataFrame, transforms: list[str]) -> pd.DataFrame:
+    """The films that lack a reading under any of `transforms`."""
+    have = kept[kept["transform"].isin(transforms)].groupby("id")["transform"].nunique()
+    complete = set(have[have == len(transforms)].index)
+    return films[~films["id"].isin(complete)]
+
+
+def shard(films: pd.DataFrame, spec: str | None) -> pd.DataFrame:
+    """'K/N' -> every N-th film from the K-th (0-based); None -> all of them."""
+    if spec is None:
+        return films
+    k, n = (int(v) for v in spec.split("/"))
+    return films.iloc[k::n]
+
+
+def _shard_spec(text: str) -> str:
+    """argparse type for --shard: 'K/N' with 0 <= K < N."""
+    try:
+        k, n = (int(v) for v in text.split("/"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--shard takes K/N, e.g. 0/2; got {text!r}") from None
+    if not 0 <= k < n:
+        raise argparse.ArgumentTypeError(f"--shard K/N needs 0 <= K < N; got {text!r}")
+    return f"{k}/{n}"
 
 
 def summarise(readings: pd.DataFrame) -> pd.DataFrame:
@@ -137,28 +196,60 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", type=Path, default=None, help="also write the tables to this markdown file")
+    parser.add_argument("--readings", type=Path, default=None,
+                        help="keep each film's readings in this folder and read only the films it does not hold yet")
+    parser.add_argument("--shard", type=_shard_spec, default=None,
+                        help="K/N: read only every N-th film from the K-th (processes sharing one --readings folder)")
     args = parser.parse_args(argv)
+    if args.shard is not None and args.readings is None:
+        parser.error("--shard needs --readings (the folder the shards' readings meet in)")
     torch.set_num_threads(args.threads)
     predictor = Predictor.load(args.artifacts)
     sets = {}
     if args.n != 0:
-        sets[f"{args.split} split (299 px WebP)"] = split_films(args.artifacts, args.data_dir, args.n, args.seed, args.split)
+        sets[args.split] = (f"{args.split} split (299 px WebP)",
+                            split_films(args.artifacts, args.data_dir, args.n, args.seed, args.split))
     if args.samples is not None:
-        sets["full-size samples (PNG)"] = attach_paths(read_labels(args.samples / SAMPLES_LABELS), args.samples)
+        sets["samples"] = ("full-size samples (PNG)",
+                           attach_paths(read_labels(args.samples / SAMPLES_LABELS), args.samples))
     started = datetime.now(timezone.utc)
-    parts = []
-    for what, films in sets.items():
-        table = summarise(measure(predictor, films, what, args.transforms))
-        parts.append(f"### {what}, n = {len(films)}\n\n{markdown(table)}\n")
+    parts, read_here = [], 0
+    for which, (what, films) in sets.items():
+        readings, todo = _read_set(predictor, args, which, what, films)
+        read_here += todo
+        if readings["id"].nunique() < len(films):
+            print(f"{what}: {readings['id'].nunique()} of {len(films)} films read so far (in {args.readings}); "
+                  "run again, or wait for the other shards, for the table", flush=True)
+            continue
+        parts.append(f"### {what}, n = {len(films)}\n\n{markdown(summarise(readings))}\n")
         print(parts[-1], flush=True)
     minutes = (datetime.now(timezone.utc) - started).total_seconds() / 60
     footer = (f"{started:%Y-%m-%d %H:%M} UTC, {args.artifacts} ({', '.join(predictor.members)}), model version "
-              f"{predictor.version}, {args.threads} thread(s), "
-              f"{minutes:.1f} min. MAE and changes in months.")
+              f"{predictor.version}, {args.threads} thread(s), {read_here} film(s) read in "
+              f"{minutes:.1f} min{'' if args.readings is None else f', the rest kept in {args.readings}'}. "
+              "MAE and changes in months.")
     print(footer)
-    if args.out is not None:
+    if args.out is not None and parts:
         args.out.write_text("\n".join(parts) + "\n" + footer + "\n", encoding="utf-8")
     return 0
+
+
+def _read_set(predictor: Predictor, args: argparse.Namespace, which: str, what: str,
+              films: pd.DataFrame) -> tuple[pd.DataFrame, int]:
+    """This set's readings (kept ones plus those read now, of its films and transforms) and how many films were read."""
+    names = list(args.transforms)
+    if args.readings is None:
+        return measure(predictor, films, what, args.transforms), len(films)
+    args.readings.mkdir(parents=True, exist_ok=True)
+    kept = kept_readings(args.readings, which, predictor.version)
+    todo = unread(shard(films, args.shard), kept, names)
+    print(f"{what}: {len(films) - len(unread(films, kept, names))} of {len(films)} films kept in {args.readings}, "
+          f"{len(todo)} to read now", flush=True)
+    keep = args.readings / f"{which}-{(args.shard or '0/1').replace('/', 'of')}.csv"
+    fresh = measure(predictor, todo, what, args.transforms, keep=keep)
+    readings = pd.concat([kept, fresh], ignore_index=True).drop_duplicates(["id", "transform"], keep="last")
+    readings = readings[readings["id"].isin(films["id"]) & readings["transform"].isin(names)]
+    return readings[~readings["id"].isin(unread(films, readings, names)["id"])], len(todo)
 
 
 if __name__ == "__main__":

@@ -140,3 +140,71 @@ def test_transforms_option_picks_rows_with_clean_first_and_names_unknown_ones():
     assert list(_transforms("clean,JPEG q30")) == [shift.CLEAN, "JPEG q30"]
     with pytest.raises(argparse.ArgumentTypeError, match="JPEG q31"):
         _transforms("JPEG q31")
+
+
+def _readings(ids: list[str], transforms: list[str], version: str = "v1") -> pd.DataFrame:
+    return pd.DataFrame([{"id": i, "transform": t, "age": 100.0, "estimate": 101.0, "unusual": False,
+                          "flagged_turned": False, "turned": False, "mirrored": False, "inverted": False,
+                          "version": version} for i in ids for t in transforms])
+
+
+def test_unread_films_lack_a_reading_under_some_transform_and_shards_split_the_films() -> None:
+    from benchmarks.bench_shift import shard, unread
+
+    films = pd.DataFrame({"id": list("abcdefg")})
+    kept = pd.concat([_readings(["a"], [shift.CLEAN, "x"]), _readings(["b"], [shift.CLEAN])])
+    assert list(unread(films, kept, [shift.CLEAN, "x"])["id"]) == list("bcdefg")
+    assert list(unread(films, kept, [shift.CLEAN])["id"]) == list("cdefg")
+    assert list(shard(films, "1/3")["id"]) == ["b", "e"]
+    assert list(shard(films, None)["id"]) == list("abcdefg")
+    together = pd.concat([shard(films, f"{k}/3") for k in range(3)])
+    assert sorted(together["id"]) == list("abcdefg")
+
+
+def test_shard_option_needs_k_below_n() -> None:
+    import argparse
+
+    from benchmarks.bench_shift import _shard_spec
+
+    assert _shard_spec("1/2") == "1/2"
+    for bad in ("2/2", "a/2", "1", "-1/2"):
+        with pytest.raises(argparse.ArgumentTypeError, match="K/N"):
+            _shard_spec(bad)
+
+
+def test_kept_readings_join_the_shards_and_refuse_another_model_version(tmp_path) -> None:
+    from benchmarks.bench_shift import READING_COLUMNS, kept_readings
+
+    _readings(["a", "b"], [shift.CLEAN]).to_csv(tmp_path / "test-0of2.csv", index=False)
+    again = _readings(["b"], [shift.CLEAN]).assign(estimate=90.0)
+    again.to_csv(tmp_path / "test-1of2.csv", index=False)
+    _readings(["z"], [shift.CLEAN]).to_csv(tmp_path / "samples-0of1.csv", index=False)
+    kept = kept_readings(tmp_path, "test", "v1")
+    assert list(kept.columns) == READING_COLUMNS and sorted(kept["id"]) == ["a", "b"]
+    assert kept.set_index("id").loc["b", "estimate"] == 90.0  # the later shard's file wins a duplicate
+    assert kept_readings(tmp_path, "val", "v1").empty
+    with pytest.raises(SystemExit, match="v1, not of v2"):
+        kept_readings(tmp_path, "test", "v2")
+
+
+def test_a_run_with_readings_goes_on_where_the_shards_stopped(tmp_path, data_299, committed_artifacts,
+                                                             committed_predictor, monkeypatch, capsys) -> None:
+    """Shard 0 of 2 reads one of two films and prints no table; a plain run then reads only the other film, and the
+    table counts both."""
+    import torch
+
+    from benchmarks import bench_shift
+
+    monkeypatch.setattr(bench_shift.Predictor, "load", classmethod(lambda cls, *a, **k: committed_predictor))
+    common = ["--artifacts", str(committed_artifacts), "--data-dir", str(data_299), "--n", "2",
+              "--transforms", "JPEG q75", "--readings", str(tmp_path / "kept"), "--threads",
+              str(torch.get_num_threads())]
+    assert bench_shift.main(common + ["--shard", "0/2"]) == 0
+    assert "1 of 2 films read so far" in capsys.readouterr().out
+    first = pd.read_csv(tmp_path / "kept" / "test-0of2.csv", dtype={"id": str})
+    assert len(first) == 2 and set(first["version"]) == {committed_predictor.version}
+    assert bench_shift.main(common + ["--out", str(tmp_path / "shift.md")]) == 0
+    second = pd.read_csv(tmp_path / "kept" / "test-0of1.csv", dtype={"id": str})
+    assert len(second) == 2 and set(second["id"]).isdisjoint(first["id"])
+    table = (tmp_path / "shift.md").read_text()
+    assert "n = 2" in table and "| JPEG q75 | 2 |" in table and "1 film(s) read" in table
