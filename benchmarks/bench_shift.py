@@ -3,12 +3,14 @@
 python -m benchmarks.bench_shift --n 50 --samples ../shared/data/samples-fullres --out shift.md   # docs/shift.md; all: --n 1892
 python -m benchmarks.bench_shift --artifacts runs/abl299_f3 --split val --n 200 --transforms "clean,JPEG q30,noise sigma 3"
 python -m benchmarks.bench_shift --readings runs/shift_all --shard 0/2 &  python -m benchmarks.bench_shift --readings runs/shift_all --shard 1/2
+python -m benchmarks.bench_shift --readings runs/shift_all --kept-only   # a look at the tables so far
 python -m benchmarks.bench_shift --readings runs/shift_all --samples ../shared/data/samples-fullres --out shift.md  # the tables
 
 The whole test split takes hours (about 0.26 s per film and transform on one thread). With --readings DIR each film's
 readings are appended to a CSV in DIR as soon as it is read, and a run reads only the films DIR does not hold yet: a run
 that is stopped goes on where it stopped, and --shard K/N lets N processes share the films. The tables are printed
-when every film of a set has been read (by this run or by earlier ones, of the same model version).
+over the films read so far (by this run or by earlier ones, of the same model version); the heading says when they are
+not yet all of the set.
 
 --artifacts may be a training run's folder (its checkpoints, without gate or calibration): the same rows for
 candidate members, on validation films (--split val) so that a recipe is chosen without looking at the test split.
@@ -200,9 +202,11 @@ def main(argv: list[str] | None = None) -> int:
                         help="keep each film's readings in this folder and read only the films it does not hold yet")
     parser.add_argument("--shard", type=_shard_spec, default=None,
                         help="K/N: read only every N-th film from the K-th (processes sharing one --readings folder)")
+    parser.add_argument("--kept-only", action="store_true",
+                        help="read no film: the tables of the films --readings holds (a look at a run going on)")
     args = parser.parse_args(argv)
-    if args.shard is not None and args.readings is None:
-        parser.error("--shard needs --readings (the folder the shards' readings meet in)")
+    if (args.shard is not None or args.kept_only) and args.readings is None:
+        parser.error("--shard and --kept-only need --readings (the folder the readings are kept in)")
     torch.set_num_threads(args.threads)
     predictor = Predictor.load(args.artifacts)
     sets = {}
@@ -217,11 +221,14 @@ def main(argv: list[str] | None = None) -> int:
     for which, (what, films) in sets.items():
         readings, todo = _read_set(predictor, args, which, what, films)
         read_here += todo
-        if readings["id"].nunique() < len(films):
-            print(f"{what}: {readings['id'].nunique()} of {len(films)} films read so far (in {args.readings}); "
-                  "run again, or wait for the other shards, for the table", flush=True)
+        done = readings["id"].nunique()
+        if done == 0:
+            print(f"{what}: none of {len(films)} films read yet (in {args.readings})", flush=True)
             continue
-        parts.append(f"### {what}, n = {len(films)}\n\n{markdown(summarise(readings))}\n")
+        heading = f"{what}, n = {len(films)}" if done == len(films) else (
+            f"{what}: {done} of {len(films)} films read so far (in {args.readings}; run again, or wait for the other "
+            "shards, for all of them)")
+        parts.append(f"### {heading}\n\n{markdown(summarise(readings))}\n")
         print(parts[-1], flush=True)
     minutes = (datetime.now(timezone.utc) - started).total_seconds() / 60
     footer = (f"{started:%Y-%m-%d %H:%M} UTC, {args.artifacts} ({', '.join(predictor.members)}), model version "
@@ -242,7 +249,7 @@ def _read_set(predictor: Predictor, args: argparse.Namespace, which: str, what: 
         return measure(predictor, films, what, args.transforms), len(films)
     args.readings.mkdir(parents=True, exist_ok=True)
     kept = kept_readings(args.readings, which, predictor.version)
-    todo = unread(shard(films, args.shard), kept, names)
+    todo = unread(shard(films, args.shard), kept, names).iloc[:0 if args.kept_only else None]
     print(f"{what}: {len(films) - len(unread(films, kept, names))} of {len(films)} films kept in {args.readings}, "
           f"{len(todo)} to read now", flush=True)
     keep = args.readings / f"{which}-{(args.shard or '0/1').replace('/', 'of')}.csv"

@@ -189,8 +189,8 @@ def test_kept_readings_join_the_shards_and_refuse_another_model_version(tmp_path
 
 def test_a_run_with_readings_goes_on_where_the_shards_stopped(tmp_path, data_299, committed_artifacts,
                                                              committed_predictor, monkeypatch, capsys) -> None:
-    """Shard 0 of 2 reads one of two films and prints no table; a plain run then reads only the other film, and the
-    table counts both."""
+    """Shard 0 of 2 reads one of two films and prints its table as so far; a plain run then reads only the other film,
+    and the table counts both."""
     import torch
 
     from benchmarks import bench_shift
@@ -201,6 +201,8 @@ def test_a_run_with_readings_goes_on_where_the_shards_stopped(tmp_path, data_299
               str(torch.get_num_threads())]
     assert bench_shift.main(common + ["--shard", "0/2"]) == 0
     assert "1 of 2 films read so far" in capsys.readouterr().out
+    assert bench_shift.main(common + ["--kept-only"]) == 0
+    assert "1 of 2 films read so far" in capsys.readouterr().out and not (tmp_path / "kept" / "test-0of1.csv").exists()
     first = pd.read_csv(tmp_path / "kept" / "test-0of2.csv", dtype={"id": str})
     assert len(first) == 2 and set(first["version"]) == {committed_predictor.version}
     assert bench_shift.main(common + ["--out", str(tmp_path / "shift.md")]) == 0
