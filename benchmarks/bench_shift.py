@@ -9,7 +9,8 @@ python -m benchmarks.bench_shift --readings runs/shift_all --samples ../shared/d
 The whole test split takes hours (about 0.26 s per film and transform on one thread). With --readings DIR each film's
 readings are appended to a CSV in DIR as soon as it is read, and a run reads only the films DIR does not hold yet: a run
 that is stopped goes on where it stopped, and --shard K/N lets N processes share the films. The tables are printed
-over the films read so far (by this run or by earlier ones, of the same model version); the heading says when they are
+over the films read so far (by this run or by earlier ones of the same model version; one folder per film set and code: the
+readings are not tied to the code that made them); the heading says when they are
 not yet all of the set.
 
 --artifacts may be a training run's folder (its checkpoints, without gate or calibration): the same rows for
@@ -25,6 +26,8 @@ and inverted back by the gate, and how far each estimate moved.
 from __future__ import annotations
 
 import argparse
+import hashlib
+import os
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -38,6 +41,7 @@ from boneage_core.artifacts import SPLIT_FILE
 from boneage_core.data import attach_paths, find_dataset, read_labels, with_split
 from boneage_core.gate import NotARadiographError
 from boneage_core.imaging import load_gray
+from boneage_core.manifest import UNVERSIONED
 from boneage_core.predictor import Predictor
 from boneage_core.preprocess import to_uint8
 from boneage_core.acquisition import CLEAN, SHIFTS, Shift
@@ -83,7 +87,7 @@ def measure(predictor: Predictor, films: pd.DataFrame, what: str, shifts: dict[s
             keep: Path | None = None) -> pd.DataFrame:
     """One row per (film, transform): id, transform, true age, estimate, gate flags. `films`: id, path, boneage, male.
 
-    keep: a CSV that each film's rows are appended to as soon as it is read (with the model version).
+    keep: a CSV that each film's rows are appended to as soon as it is read (with :func:`readings_tag`).
     """
     rows = []
     for film in tqdm(films.itertuples(index=False), total=len(films), desc=what, unit="film"):
@@ -94,22 +98,45 @@ def measure(predictor: Predictor, films: pd.DataFrame, what: str, shifts: dict[s
                                 bool(film.male), f"{film.id} ({name})")
             film_rows.append({"id": film.id, "transform": name, "age": float(film.boneage), **vars(reading)})
         if keep is not None:
-            kept = pd.DataFrame(film_rows).assign(version=predictor.version)
-            kept.to_csv(keep, mode="a", header=not keep.exists(), index=False)
+            append_readings(keep, pd.DataFrame(film_rows).assign(version=readings_tag(predictor)))
         rows += film_rows
     return pd.DataFrame(rows, columns=READING_COLUMNS)
 
 
+def readings_tag(predictor: Predictor) -> str:
+    """What kept readings must share to be joined: the model version (manifest hash), or for a training run's folder
+    without a manifest a hash of its members' checkpoints."""
+    if predictor.version != UNVERSIONED:
+        return predictor.version
+    members = ",".join(f"{name}={sha}" for name, sha in sorted(predictor.member_hashes.items()))
+    return f"{UNVERSIONED}-{hashlib.sha256(members.encode()).hexdigest()[:12]}"
+
+
+def append_readings(path: Path, rows: pd.DataFrame) -> None:
+    """Append one film's rows to a CSV in a single write, the header first when the file is new; a line left without
+    its newline (a run killed while writing) is ended first, so only that row is lost."""
+    with open(path, "a+b") as f:
+        end = f.seek(0, os.SEEK_END)
+        broken = end > 0 and (f.seek(end - 1) or f.read(1)) != b"\n"
+        text = ("\n" if broken else "") + rows.to_csv(index=False, header=end == 0)
+        os.write(f.fileno(), text.encode("utf-8"))
+
+
 def kept_readings(folder: Path, which: str, version: str) -> pd.DataFrame:
-    """Every reading of one film set (`which`: test, val or samples) kept in `folder` by earlier runs of `version`."""
-    parts = [pd.read_csv(f, dtype={"id": str}) for f in sorted(folder.glob(f"{which}-*.csv"))]
+    """Every reading of one film set (`which`: test, val or samples) kept in `folder` by earlier runs of `version`
+    (:func:`readings_tag`); the newest file's row wins a duplicate, rows cut short are dropped."""
+    files = sorted(folder.glob(f"{which}-*.csv"), key=lambda f: f.stat().st_mtime)
+    parts = [pd.read_csv(f, dtype={"id": str, "version": str}, on_bad_lines="skip") for f in files]
     if not parts:
         return pd.DataFrame(columns=READING_COLUMNS)
     kept = pd.concat(parts, ignore_index=True)
+    kept = kept.dropna(subset=[c for c in [*READING_COLUMNS, "version"] if c != "estimate"])
     other = sorted(set(kept["version"].astype(str)) - {version})
     if other:
         raise SystemExit(f"{folder} holds readings of model version(s) {', '.join(other)}, not of {version}: "
                          "give --readings a new folder")
+    flags = list(COUNTED.values())
+    kept[flags] = kept[flags].astype(bool)
     return kept.drop_duplicates(["id", "transform"], keep="last")[READING_COLUMNS]
 
 
@@ -207,6 +234,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if (args.shard is not None or args.kept_only) and args.readings is None:
         parser.error("--shard and --kept-only need --readings (the folder the readings are kept in)")
+    if args.kept_only and not args.readings.is_dir():
+        parser.error(f"--kept-only: no folder {args.readings}")
     torch.set_num_threads(args.threads)
     predictor = Predictor.load(args.artifacts)
     sets = {}
@@ -233,7 +262,7 @@ def main(argv: list[str] | None = None) -> int:
     minutes = (datetime.now(timezone.utc) - started).total_seconds() / 60
     footer = (f"{started:%Y-%m-%d %H:%M} UTC, {args.artifacts} ({', '.join(predictor.members)}), model version "
               f"{predictor.version}, {args.threads} thread(s), {read_here} film(s) read in "
-              f"{minutes:.1f} min{'' if args.readings is None else f', the rest kept in {args.readings}'}. "
+              f"{minutes:.1f} min{'' if args.readings is None else f', readings kept in {args.readings}'}. "
               "MAE and changes in months.")
     print(footer)
     if args.out is not None and parts:
@@ -248,7 +277,7 @@ def _read_set(predictor: Predictor, args: argparse.Namespace, which: str, what: 
     if args.readings is None:
         return measure(predictor, films, what, args.transforms), len(films)
     args.readings.mkdir(parents=True, exist_ok=True)
-    kept = kept_readings(args.readings, which, predictor.version)
+    kept = kept_readings(args.readings, which, readings_tag(predictor))
     todo = unread(shard(films, args.shard), kept, names).iloc[:0 if args.kept_only else None]
     print(f"{what}: {len(films) - len(unread(films, kept, names))} of {len(films)} films kept in {args.readings}, "
           f"{len(todo)} to read now", flush=True)
@@ -256,6 +285,7 @@ def _read_set(predictor: Predictor, args: argparse.Namespace, which: str, what: 
     fresh = measure(predictor, todo, what, args.transforms, keep=keep)
     readings = pd.concat([kept, fresh], ignore_index=True).drop_duplicates(["id", "transform"], keep="last")
     readings = readings[readings["id"].isin(films["id"]) & readings["transform"].isin(names)]
+    readings = readings.sort_values("transform", key=lambda t: t.map(names.index), kind="stable")
     return readings[~readings["id"].isin(unread(films, readings, names)["id"])], len(todo)
 
 

@@ -17,7 +17,7 @@ from .errors import ArtifactError, MissingArtifactError
 from .gate import GATE_FILE, GateDecision, InputGate, check_network, gate_member
 from .heads import AGE
 from .inference import ensemble_outputs, image_gate_features, member_features, member_outputs
-from .manifest import manifest_version, model_files, read_manifest, verify_models
+from .manifest import UNVERSIONED, manifest_version, model_files, read_manifest, verify_models
 from .preprocess import CropBox, PreprocessSpec, crop_box, is_grainy, prepare
 from .runtime import Member, load_member, runtime_of
 from .stages import StageScheme
@@ -92,7 +92,7 @@ class Ensemble:
     """The members of an artifacts folder with their views, calibration and input gate."""
 
     def __init__(self, members: dict[str, Member], device: torch.device, calibration: AgeCalibration | None = None,
-                 views: Views = NO_TTA, version: str = "unversioned", notes: list[str] | None = None,
+                 views: Views = NO_TTA, version: str = UNVERSIONED, notes: list[str] | None = None,
                  meta: dict[str, dict] | None = None, gate: InputGate | None = None, gate_name: str | None = None,
                  gate_net: Member | None = None):
         if not members:

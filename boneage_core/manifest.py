@@ -25,6 +25,8 @@ logger = logging.getLogger(__name__)
 
 MANIFEST_FORMAT = "boneage-manifest/1"
 MODEL_SUFFIX = ".pt"
+#: The model version of a folder without a manifest (a training run's folder).
+UNVERSIONED = "unversioned"
 #: Files produced by evaluating the members; stale when the members change.
 EVALUATED_FILES = (METRICS_FILE, PREDICTIONS_FILE)
 #: Files fitted for the members (manifest key -> file name); hash-checked with the models when listed.
@@ -126,7 +128,7 @@ def read_manifest(folder: str | os.PathLike) -> Manifest | None:
 def manifest_version(folder: str | os.PathLike) -> str:
     """The model version shown to users: the first 12 hex digits of manifest.json's sha256 ('unversioned' without one)."""
     path = Path(folder) / MANIFEST_FILE
-    return file_sha256(path)[:12] if path.is_file() else "unversioned"
+    return file_sha256(path)[:12] if path.is_file() else UNVERSIONED
 
 
 def verify_models(folder: str | os.PathLike, manifest: Manifest, known: Mapping[str, str] | None = None

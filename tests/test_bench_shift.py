@@ -173,18 +173,40 @@ def test_shard_option_needs_k_below_n() -> None:
 
 
 def test_kept_readings_join_the_shards_and_refuse_another_model_version(tmp_path) -> None:
-    from benchmarks.bench_shift import READING_COLUMNS, kept_readings
+    import os
 
-    _readings(["a", "b"], [shift.CLEAN]).to_csv(tmp_path / "test-0of2.csv", index=False)
-    again = _readings(["b"], [shift.CLEAN]).assign(estimate=90.0)
-    again.to_csv(tmp_path / "test-1of2.csv", index=False)
-    _readings(["z"], [shift.CLEAN]).to_csv(tmp_path / "samples-0of1.csv", index=False)
+    from benchmarks.bench_shift import READING_COLUMNS, append_readings, kept_readings
+
+    append_readings(tmp_path / "test-1of2.csv", _readings(["a", "b"], [shift.CLEAN]))
+    append_readings(tmp_path / "test-0of2.csv", _readings(["b"], [shift.CLEAN]).assign(estimate=90.0))
+    os.utime(tmp_path / "test-1of2.csv", (1, 1))  # older than test-0of2.csv
+    append_readings(tmp_path / "samples-0of1.csv", _readings(["z"], [shift.CLEAN]))
     kept = kept_readings(tmp_path, "test", "v1")
     assert list(kept.columns) == READING_COLUMNS and sorted(kept["id"]) == ["a", "b"]
-    assert kept.set_index("id").loc["b", "estimate"] == 90.0  # the later shard's file wins a duplicate
+    assert kept.set_index("id").loc["b", "estimate"] == 90.0  # the newest file's row wins a duplicate
     assert kept_readings(tmp_path, "val", "v1").empty
     with pytest.raises(SystemExit, match="v1, not of v2"):
         kept_readings(tmp_path, "test", "v2")
+
+
+def test_readings_survive_the_csv_and_a_run_killed_while_writing(tmp_path) -> None:
+    """Numeric ids stay strings (leading zeros too), a refusal stays NaN, flags stay booleans; a row cut short by a
+    killed run is dropped and the next film's rows still land."""
+    from benchmarks.bench_shift import append_readings, kept_readings
+
+    path = tmp_path / "test-0of1.csv"
+    first = _readings(["0137", "4360"], [shift.CLEAN, "x"]).assign(mirrored=[True, False, False, True])
+    first.loc[1, "estimate"] = np.nan
+    append_readings(path, first)
+    with open(path, "ab") as f:
+        f.write(b"9999,clean,100.0,1")  # a run killed mid-row
+    append_readings(path, _readings(["5000"], [shift.CLEAN]))
+    assert path.read_text().count("id,transform") == 1
+    kept = kept_readings(path.parent, "test", "v1").reset_index(drop=True)
+    assert list(kept["id"]) == ["0137", "0137", "4360", "4360", "5000"]
+    assert np.isnan(kept.loc[1, "estimate"]) and kept.loc[0, "estimate"] == 101.0
+    assert kept["mirrored"].tolist() == [True, False, False, True, False] and kept["mirrored"].dtype == bool
+    pd.testing.assert_frame_equal(summarise(kept[kept["id"] != "5000"]), summarise(first.drop(columns="version")))
 
 
 def test_a_run_with_readings_goes_on_where_the_shards_stopped(tmp_path, data_299, committed_artifacts,
@@ -203,6 +225,9 @@ def test_a_run_with_readings_goes_on_where_the_shards_stopped(tmp_path, data_299
     assert "1 of 2 films read so far" in capsys.readouterr().out
     assert bench_shift.main(common + ["--kept-only"]) == 0
     assert "1 of 2 films read so far" in capsys.readouterr().out and not (tmp_path / "kept" / "test-0of1.csv").exists()
+    with pytest.raises(SystemExit):
+        bench_shift.main(common[:-4] + ["--readings", str(tmp_path / "typo"), "--kept-only"])
+    assert not (tmp_path / "typo").exists()
     first = pd.read_csv(tmp_path / "kept" / "test-0of2.csv", dtype={"id": str})
     assert len(first) == 2 and set(first["version"]) == {committed_predictor.version}
     assert bench_shift.main(common + ["--out", str(tmp_path / "shift.md")]) == 0
@@ -210,3 +235,6 @@ def test_a_run_with_readings_goes_on_where_the_shards_stopped(tmp_path, data_299
     assert len(second) == 2 and set(second["id"]).isdisjoint(first["id"])
     table = (tmp_path / "shift.md").read_text()
     assert "n = 2" in table and "| JPEG q75 | 2 |" in table and "1 film(s) read" in table
+    whole = tmp_path / "whole.md"  # one run without kept readings: the same table
+    assert bench_shift.main(common[:-4] + ["--threads", common[-1], "--out", str(whole)]) == 0
+    assert whole.read_text().split("\n\n")[:2] == table.split("\n\n")[:2]
