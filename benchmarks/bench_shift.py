@@ -195,13 +195,13 @@ def markdown(table: pd.DataFrame) -> str:
 
 
 def split_films(artifacts: Path, data_dir: Path, n: int | None, seed: int, split: str = "test") -> pd.DataFrame:
-    """One split's films (id, path, boneage, male); a seeded random `n` of them when n is smaller."""
+    """One split's films (id, path, boneage, male) in a seeded random order; the first `n` of them when n is smaller
+    (the films of a run stopped early, or of a shard, are a random sample of the split, not its first ids)."""
     csv, image_dir = find_dataset(data_dir)
     films = with_split(attach_paths(read_labels(csv), image_dir), pd.read_csv(artifacts / SPLIT_FILE, dtype={"id": str}))
     films = films[films["split"] == split].reset_index(drop=True)
-    if n is not None and n < len(films):
-        films = films.sample(n=n, random_state=seed).reset_index(drop=True)
-    return films
+    n = len(films) if n is None else min(n, len(films))
+    return films.sample(n=n, random_state=seed).reset_index(drop=True)
 
 
 def _transforms(text: str) -> dict[str, Shift]:
