@@ -7,7 +7,7 @@ python -m benchmarks.bench_shift --readings runs/shift_all --kept-only   # a loo
 python -m benchmarks.bench_shift --readings runs/shift_all --samples ../shared/data/samples-fullres --out shift.md  # the tables
 
 The whole test split takes hours (about 0.26 s per film and transform on one thread). With --readings DIR each film's
-readings are appended to a CSV in DIR as soon as it is read, and a run reads only the films DIR does not hold yet: a run
+readings are appended to a CSV in DIR as soon as it is read, and a run reads only the readings DIR does not hold yet: a run
 that is stopped goes on where it stopped, and --shard K/N lets N processes share the films. The tables are printed
 over the films read so far (by this run or by earlier ones of the same model version; one folder per film set and code: the
 readings are not tied to the code that made them); the heading says when they are
@@ -84,16 +84,19 @@ def read_film(predictor: Predictor, film: np.ndarray | bytes, male: bool, name: 
 
 
 def measure(predictor: Predictor, films: pd.DataFrame, what: str, shifts: dict[str, Shift] = SHIFTS,
-            keep: Path | None = None) -> pd.DataFrame:
+            keep: Path | None = None, have: set[tuple[str, str]] = frozenset()) -> pd.DataFrame:
     """One row per (film, transform): id, transform, true age, estimate, gate flags. `films`: id, path, boneage, male.
 
-    keep: a CSV that each film's rows are appended to as soon as it is read (with :func:`readings_tag`).
+    keep: a CSV that each film's rows are appended to as soon as it is read (with :func:`readings_tag`); have: the
+    (id, transform) readings kept already, not read again.
     """
     rows = []
     for film in tqdm(films.itertuples(index=False), total=len(films), desc=what, unit="film"):
         gray = load_gray(film.path)
         film_rows = []
         for name, shift in shifts.items():
+            if (film.id, name) in have:
+                continue
             reading = read_film(predictor, Path(film.path).read_bytes() if name == CLEAN else shift(gray),
                                 bool(film.male), f"{film.id} ({name})")
             film_rows.append({"id": film.id, "transform": name, "age": float(film.boneage), **vars(reading)})
@@ -282,7 +285,7 @@ def _read_set(predictor: Predictor, args: argparse.Namespace, which: str, what: 
     print(f"{what}: {len(films) - len(unread(films, kept, names))} of {len(films)} films kept in {args.readings}, "
           f"{len(todo)} to read now", flush=True)
     keep = args.readings / f"{which}-{(args.shard or '0/1').replace('/', 'of')}.csv"
-    fresh = measure(predictor, todo, what, args.transforms, keep=keep)
+    fresh = measure(predictor, todo, what, args.transforms, keep=keep, have=set(zip(kept["id"], kept["transform"])))
     readings = pd.concat([kept, fresh], ignore_index=True).drop_duplicates(["id", "transform"], keep="last")
     readings = readings[readings["id"].isin(films["id"]) & readings["transform"].isin(names)]
     readings = readings.sort_values("transform", key=lambda t: t.map(names.index), kind="stable")

@@ -235,6 +235,11 @@ def test_a_run_with_readings_goes_on_where_the_shards_stopped(tmp_path, data_299
     assert len(second) == 2 and set(second["id"]).isdisjoint(first["id"])
     table = (tmp_path / "shift.md").read_text()
     assert "n = 2" in table and "| JPEG q75 | 2 |" in table and "1 film(s) read" in table
+    first[first["transform"] == shift.CLEAN].to_csv(tmp_path / "kept" / "test-0of2.csv", index=False)  # one dropped
+    assert bench_shift.main(common + ["--out", str(tmp_path / "again.md")]) == 0
+    third = pd.read_csv(tmp_path / "kept" / "test-0of1.csv", dtype={"id": str})
+    assert len(third) == 3 and third.iloc[-1]["transform"] == "JPEG q75"  # only the missing reading was made again
+    assert (tmp_path / "again.md").read_text().split("\n\n")[:2] == table.split("\n\n")[:2]
     whole = tmp_path / "whole.md"  # one run without kept readings: the same table
     assert bench_shift.main(common[:-4] + ["--threads", common[-1], "--out", str(whole)]) == 0
     assert whole.read_text().split("\n\n")[:2] == table.split("\n\n")[:2]

@@ -190,6 +190,26 @@ def test_decide_mirrors_a_right_hand_and_inverts_an_inverted_film_back(gate):
     assert "grey scale was inverted" in decision.warnings[0] and len(decision.warnings) == 1
 
 
+def test_an_inversion_is_applied_only_when_the_image_inverted_back_confirms_it(gate):
+    """A film that reads as inverted but whose inverted-back image reads as inverted too (or lies farther from the
+    training films) is scored as given with a warning, not inverted: a false inversion was read ~25 months off."""
+    rng = np.random.default_rng(14)
+    left = _features(rng, 1)
+    looks_inverted = left + 0.7 * TURN_SHIFT * np.eye(W)[INVERT_DIM]  # P(inverted) ~0.6, unusual, not refused
+    asked: list[Correction] = []
+    decision = gate.decide(looks_inverted, lambda c: asked.append(c) or looks_inverted)  # inverted back: no change
+    assert decision.as_given.inverted and not decision.correction.invert and not decision.refused
+    assert asked[0] == Correction(invert=True) and Correction(invert=True, mirror=True) not in asked
+    assert "may be inverted" in decision.warnings[0] and "scored as given" in decision.warnings[0]
+    far = left + TURN_SHIFT * np.eye(W)[0]
+    farther = gate.decide(looks_inverted, lambda c: far if c.invert else looks_inverted)
+    back = gate.verdicts(far)[0]
+    assert not back.inverted and back.score > farther.as_given.score  # reads upright but lies farther: not confirmed
+    assert not farther.correction.invert and "may be inverted" in farther.warnings[0]
+    confirmed = gate.decide(looks_inverted, _corrected_to(looks_inverted, []))
+    assert confirmed.correction.invert and confirmed.as_given.confirms_inversion(confirmed.verdict)
+
+
 def test_decide_does_not_test_the_laterality_of_a_refused_image(gate):
     rng = np.random.default_rng(13)
     decision = gate.decide(_features(rng, 1, shift=25.0), _never_turned)
