@@ -78,10 +78,12 @@ INVERT_ABOVE = 0.5
 #: with a warning. On 1,000 validation films (docs/shift.md, "False inversions"): of the 997 inverted copies found, 996
 #: read at most 0.183 inverted back (99.5 % at most 0.038); the one left reads inverted both ways, and so does the film as
 #: filmed. Of 33 copies read as inverted that were not (as filmed, gamma 0.6, JPEG q30, tilted by 20 degrees, upside
-#: down, white padding), which P(inverted) alone inverted (such films were read 25 months off on average on the test
-#: split), 9 are still inverted, all of 4 films that read inverted as filmed too. The OOD score is no check: inverted
-#: back, 3 of the 997 lay farther from the training films than as given.
+#: down, white padding), which P(inverted) alone inverted (on the test split such readings moved 25 months from the
+#: clean reading on average), 9 are still inverted, all of 4 films that read inverted as filmed too. The OOD score is
+#: no check: inverted back, 3 of the 997 lay farther from the training films than as given.
 INVERT_CONFIRM_BELOW = 0.2
+#: How the warning for an inversion not confirmed begins (GateVerdict.inverted_unsure_note).
+INVERT_UNSURE = "the grey scale may be inverted"
 #: Probability from which a film is read as mirrored (a right hand): it is mirrored back before scoring. Chosen on 400
 #: validation films as given and mirrored (issue 29: at most 1 % of clean films flagged, at least 95 % of mirrored ones
 #: found): at 0.5, 1.75 % and 97.75 %; at 0.65, 1.0 % (4 films, some of them right hands as filmed) and 96.75 %;
@@ -241,9 +243,9 @@ class GateVerdict:
 
     def inverted_unsure_note(self, back: "GateVerdict") -> str:
         """The warning for an image that reads as inverted but whose inverted-back image does not confirm it."""
-        return (f"the grey scale may be inverted (p = {self.inverted_probability:.2f}), but inverted back the image "
-                f"reads as inverted too (p = {back.inverted_probability:.2f}): it was scored as given; check that bone "
-                "is shown white")
+        return (f"{INVERT_UNSURE} (p = {self.inverted_probability:.2f} that it is), but inverted back the image does "
+                f"not read surely right either (p = {back.inverted_probability:.2f} that it is still inverted): it was "
+                "read as given; check that bone is shown white")
 
     def confirms_inversion(self, back: "GateVerdict") -> bool:
         """Whether `back`, the verdict on this image inverted back, confirms that its grey scale was inverted."""
@@ -515,10 +517,10 @@ class InputGate:
             return seen[k]
 
         turning = self.decide_turn(verdict, turned)
-        if as_given.refused and correction.invert and turning.turn and verdict.refused:
+        if as_given.refused and as_given.inverted and turning.turn and verdict.refused:
             return GateDecision(as_given, as_given, refusal_notes=(  # two corrections to pass: a photograph did
-                "it would pass only inverted back and turned; one correction, not two, may make an image refused as "
-                "given pass",))
+                f"it would pass only turned, and its grey scale reads as inverted{'' if correction.invert else ' (not surely)'}"
+                "; one correction, not two, may make an image refused as given pass",))
         verdict, correction = turning.verdict, replace(correction, turn=turning.turn)
         notes += [w for w in turning.warnings if w not in notes]
         features = seen.get(turning.turn, features)
@@ -536,7 +538,8 @@ class InputGate:
                 f"a correction rescues an image from {RESCUE_ABOVE:g})",))
         if verdict.unusual:
             notes.append(verdict.unusual_note())
-        return GateDecision(verdict, as_given, correction, tuple(notes), p_mirror)
+        doubt = tuple(n for n in notes if n.startswith(INVERT_UNSURE)) if verdict.refused else ()
+        return GateDecision(verdict, as_given, correction, tuple(notes), p_mirror, refusal_notes=doubt)
 
     def decide_turn(self, verdict: GateVerdict, turned_features: Callable[[int], np.ndarray]) -> GateDecision:
         """The turn part of the rule, for an image with this verdict (after any grey-scale correction).

@@ -200,7 +200,7 @@ def test_an_inversion_is_applied_only_when_the_image_inverted_back_confirms_it(g
     decision = gate.decide(looks_inverted, lambda c: asked.append(c) or looks_inverted)  # inverted back: no change
     assert decision.as_given.inverted and not decision.correction.invert and not decision.refused
     assert asked[0] == Correction(invert=True) and Correction(invert=True, mirror=True) not in asked
-    assert "may be inverted" in decision.warnings[0] and "scored as given" in decision.warnings[0]
+    assert "may be inverted" in decision.warnings[0] and "read as given" in decision.warnings[0]
     unsure = left + 0.6 * TURN_SHIFT * np.eye(W)[INVERT_DIM]  # inverted back: P(inverted) above the check
     assert INVERT_CONFIRM_BELOW < gate.verdicts(unsure)[0].inverted_probability < INVERT_ABOVE
     assert not gate.decide(looks_inverted, lambda c: unsure if c.invert else looks_inverted).correction.invert
@@ -252,7 +252,12 @@ def test_an_image_refused_as_given_is_not_rescued_by_inverting_and_turning_it(ga
     two = gate.decide(given, lambda c: asked.append(c) or (inside if c.turn else far_turned if c.invert else given))
     assert two.as_given.refused and two.as_given.inverted and any(c.invert and c.turn for c in asked)
     assert two.refused and two.correction == NO_CORRECTION and "does not look like" in two.verdict.reason()
-    assert "only inverted back and turned" in two.refusal_notes[0]
+    assert "only turned, and its grey scale reads as inverted;" in two.refusal_notes[0]
+    asked = []  # its grey scale in doubt (inverted back it still reads inverted): a turn alone does not rescue it
+    unsure = gate.decide(given, lambda c: asked.append(c) or (inside if c.turn else given))
+    assert Correction(invert=True) in asked and not any(c.invert and c.turn for c in asked)
+    assert unsure.refused and unsure.correction == NO_CORRECTION
+    assert "inverted (not surely)" in unsure.refusal_notes[0]
 
 
 def _clean_fit_args(rng: np.random.Generator) -> tuple:

@@ -117,7 +117,7 @@ def _preprocessing(predictor: Predictor) -> None:
         "radiograph through with a warning, refuses what it reads as clearly not one, warns about a film it doubts "
         "(films it doubted were read with 2 to 5 times the usual error), and must read an image "
         "rescued by a correction as a radiograph. The gate judges the image as given; it inverts back an "
-        "inverted grey scale when the image inverted back reads as a normal film (else it warns), turns back a film it is sure is rotated or that one turn makes surely upright, tries "
+        "inverted grey scale when the image inverted back reads as surely not inverted (else it warns), turns back a film it is sure is rotated or that one turn makes surely upright, tries "
         "the likeliest turn before refusing, mirrors a right hand, and flags a possible rotation. When the networks' "
         f"estimates lie more than {MEMBER_SPREAD_ABOVE:g} months apart, the report says they disagree. A HOG + XGBoost "
         "model on the same split is the baseline.")
