@@ -21,7 +21,8 @@ from .ensemble import Ensemble
 from .errors import InputError
 from .gate import GateVerdict, NotARadiographError
 from .heads import AGE, STAGE, get_head
-from .imaging import ImageLoadError, ImageSource, check_gray_array, load_gray, source_name
+from .imaging import (ImageLoadError, ImageSource, check_gray_array, compression_warnings, jpeg_quality, load_gray,
+                      read_bytes, source_name)
 from .gate import NO_CORRECTION
 from .inference import to_input
 from .models import BoneAgeNet, HeadOutput
@@ -105,13 +106,15 @@ class Explanation:
         return bool(self.model_heatmap.max() <= 0)
 
 
-def gray_of(source: ImageSource | np.ndarray, name: str | None = None) -> tuple[np.ndarray, str]:
-    """An image source or a 2-D array -> (float gray image, display name); InputError for bad arrays."""
+def gray_of(source: ImageSource | np.ndarray, name: str | None = None) -> tuple[np.ndarray, str, list[str]]:
+    """An image source or a 2-D array -> (float gray image, display name, what the file says of its reading: a strongly
+    compressed JPEG); the file is read once. InputError for bad arrays."""
     if isinstance(source, np.ndarray):
         name = name or "array"
-        return check_gray_array(source, name), name
+        return check_gray_array(source, name), name, []
     name = name or source_name(source)
-    return load_gray(source, name=name), name
+    data = read_bytes(source)
+    return load_gray(data, name=name), name, compression_warnings(jpeg_quality(data))
 
 
 def spread_warnings(spread: float) -> list[str]:
@@ -183,7 +186,7 @@ class Predictor(Ensemble):
         views=None uses the artifacts' own test-time views (how their holdout metrics and intervals were made).
         """
         male, views = parse_sex(male), (self.views if views is None else as_views(views))
-        gray, name = gray_of(source, name)
+        gray, name, file_notes = gray_of(source, name)
         try:
             gray, out, model_input, verdict, gate_notes, correction = self._gated_outputs(gray, male, views, name)
         except ImageLoadError as exc:
@@ -200,7 +203,7 @@ class Predictor(Ensemble):
             stage, source_kind = int(stage_from_age), STAGE_FROM_AGE
         calibration = self.calibration_for(views)
         interval = None if (age is None or calibration is None) else calibration.interval(age)
-        warnings = gate_notes + input_warnings(model_input)
+        warnings = file_notes + gate_notes + input_warnings(model_input)
         spread = out.age_spread()
         warnings += [] if spread is None else spread_warnings(float(spread[0]))
         if source_kind == STAGE_FROM_HEAD and age is not None:
@@ -231,7 +234,7 @@ class Predictor(Ensemble):
 
         male = parse_sex(male)
         net = self.member_for(head)
-        gray, name = gray_of(source, name)
+        gray, name, _ = gray_of(source, name)
         spec = net.spec.preprocess
         box = crop_box(gray, spec)  # found once: the model's input and the heatmap's way back share it
         x = to_input(torch.from_numpy(prepare(gray, spec, box))[None], self.device)  # as member_outputs feeds it

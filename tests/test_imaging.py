@@ -512,3 +512,22 @@ def test_every_listed_extension_is_read_and_found_in_folders(fullres_sample, dic
     names = {p.name for p in find_images(tmp_path)} - {"reference.png"}
     assert names == {f"film{ext.replace('.', '_')}{ext}" for ext in imaging.IMAGE_EXTENSIONS}
     assert len(index_images(tmp_path)) == len(imaging.IMAGE_EXTENSIONS) + 1
+
+
+@pytest.mark.parametrize("quality", [20, 30, 45, 50, 75, 90, 95])
+def test_jpeg_quality_is_read_off_the_quantisation_table(quality: int) -> None:
+    from boneage_core.acquisition import jpeg
+    from boneage_core.imaging import jpeg_quality
+
+    film = np.random.default_rng(quality).random((96, 80)).astype(np.float32)
+    assert jpeg_quality(jpeg(film, quality)) == quality
+
+
+def test_jpeg_quality_is_none_for_other_files_and_only_low_quality_is_warned() -> None:
+    from boneage_core.imaging import JPEG_QUALITY_WARN_BELOW, compression_warnings, jpeg_quality
+
+    film = (np.random.default_rng(0).random((64, 64)) * 255).astype(np.uint8)
+    assert jpeg_quality(_png_bytes(film)) is None and jpeg_quality(b"\xff\xd8 not really a JPEG") is None
+    assert compression_warnings(None) == [] and compression_warnings(JPEG_QUALITY_WARN_BELOW) == []
+    (warning,) = compression_warnings(JPEG_QUALITY_WARN_BELOW - 1)
+    assert f"quality about {JPEG_QUALITY_WARN_BELOW - 1}" in warning and "PNG or DICOM" in warning

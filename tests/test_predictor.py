@@ -416,3 +416,18 @@ def test_a_compressed_film_the_networks_disagree_on_is_flagged(committed_predict
     compressed = committed_predictor.predict(SHIFTS["JPEG q30"](gray), male=True)
     assert any("networks disagree" in w for w in compressed.warnings)
     assert not any("networks disagree" in w for w in committed_predictor.predict(gray, male=True).warnings)
+
+
+def test_a_strongly_compressed_jpeg_is_read_with_a_warning(committed_predictor, fullres_dir):
+    """The file's own JPEG quality is read once with its pixels: quality 30 is warned, 90 and arrays are not, and the
+    estimate is the same as from the decoded pixels (the warning adds nothing to the reading)."""
+    from boneage_core.acquisition import jpeg
+
+    gray = load_gray(fullres_dir / "1377.png")
+    low = committed_predictor.predict(jpeg(gray, 30), male=False)
+    assert any("strongly compressed JPEG (quality about 30" in w for w in low.warnings), low.warnings
+    high = committed_predictor.predict(io.BytesIO(jpeg(gray, 90)), male=False)
+    assert not any("compressed JPEG" in w for w in high.warnings), high.warnings
+    same = committed_predictor.predict(load_gray(jpeg(gray, 30)), male=False)
+    assert not any("compressed JPEG" in w for w in same.warnings)
+    assert same.bone_age_months == low.bone_age_months
