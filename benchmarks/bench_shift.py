@@ -150,23 +150,20 @@ def unread(films: pd.DataFrame, kept: pd.DataFrame, transforms: list[str]) -> pd
     return films[~films["id"].isin(complete)]
 
 
-def shard(films: pd.DataFrame, spec: str | None) -> pd.DataFrame:
-    """'K/N' -> every N-th film from the K-th (0-based); None -> all of them."""
-    if spec is None:
-        return films
-    k, n = (int(v) for v in spec.split("/"))
-    return films.iloc[k::n]
+def shard(films: pd.DataFrame, spec: tuple[int, int] | None) -> pd.DataFrame:
+    """(K, N) -> every N-th film from the K-th (0-based); None -> all of them."""
+    return films if spec is None else films.iloc[spec[0]::spec[1]]
 
 
-def _shard_spec(text: str) -> str:
-    """argparse type for --shard: 'K/N' with 0 <= K < N."""
+def _shard_spec(text: str) -> tuple[int, int]:
+    """argparse type for --shard: 'K/N' with 0 <= K < N -> (K, N)."""
     try:
         k, n = (int(v) for v in text.split("/"))
     except ValueError:
         raise argparse.ArgumentTypeError(f"--shard takes K/N, e.g. 0/2; got {text!r}") from None
     if not 0 <= k < n:
         raise argparse.ArgumentTypeError(f"--shard K/N needs 0 <= K < N; got {text!r}")
-    return f"{k}/{n}"
+    return k, n
 
 
 def summarise(readings: pd.DataFrame) -> pd.DataFrame:
@@ -281,10 +278,12 @@ def _read_set(predictor: Predictor, args: argparse.Namespace, which: str, what: 
         return measure(predictor, films, what, args.transforms), len(films)
     args.readings.mkdir(parents=True, exist_ok=True)
     kept = kept_readings(args.readings, which, readings_tag(predictor))
-    todo = unread(shard(films, args.shard), kept, names).iloc[:0 if args.kept_only else None]
-    print(f"{what}: {len(films) - len(unread(films, kept, names))} of {len(films)} films kept in {args.readings}, "
+    missing = unread(films, kept, names)
+    todo = unread(shard(films, args.shard), kept, names).iloc[:0 if args.kept_only else None]  # stable shards
+    print(f"{what}: {len(films) - len(missing)} of {len(films)} films kept in {args.readings}, "
           f"{len(todo)} to read now", flush=True)
-    keep = args.readings / f"{which}-{(args.shard or '0/1').replace('/', 'of')}.csv"
+    k, n = args.shard or (0, 1)
+    keep = args.readings / f"{which}-{k}of{n}.csv"
     fresh = measure(predictor, todo, what, args.transforms, keep=keep, have=set(zip(kept["id"], kept["transform"])))
     readings = pd.concat([kept, fresh], ignore_index=True).drop_duplicates(["id", "transform"], keep="last")
     readings = readings[readings["id"].isin(films["id"]) & readings["transform"].isin(names)]

@@ -501,7 +501,7 @@ class InputGate:
         as_given = verdict = self.verdicts(features)[0]
         if as_given.flat or as_given.clearly_not:  # no correction makes a drawing or a photograph a film
             return GateDecision(as_given, as_given)
-        correction, notes = NO_CORRECTION, []
+        correction, notes, doubt = NO_CORRECTION, [], ()
         if verdict.inverted:
             back = features_of(Correction(invert=True))
             back_verdict = self.verdicts(back)[0]
@@ -509,7 +509,8 @@ class InputGate:
                 correction, features = Correction(invert=True), back
                 verdict, notes = back_verdict, [verdict.inverted_note()]
             else:
-                notes = [verdict.inverted_unsure_note(back_verdict)]
+                doubt = (verdict.inverted_unsure_note(back_verdict),)
+                notes = list(doubt)
         seen: dict[int, np.ndarray] = {}
 
         def turned(k: int) -> np.ndarray:
@@ -538,8 +539,8 @@ class InputGate:
                 f"a correction rescues an image from {RESCUE_ABOVE:g})",))
         if verdict.unusual:
             notes.append(verdict.unusual_note())
-        doubt = tuple(n for n in notes if n.startswith(INVERT_UNSURE)) if verdict.refused else ()
-        return GateDecision(verdict, as_given, correction, tuple(notes), p_mirror, refusal_notes=doubt)
+        return GateDecision(verdict, as_given, correction, tuple(notes), p_mirror,
+                            refusal_notes=doubt if verdict.refused else ())
 
     def decide_turn(self, verdict: GateVerdict, turned_features: Callable[[int], np.ndarray]) -> GateDecision:
         """The turn part of the rule, for an image with this verdict (after any grey-scale correction).

@@ -40,6 +40,7 @@ logger = logging.getLogger(__name__)
 #: levels 3.3 % (30.8 against 7.9): docs/shift.md, "Networks that disagree".
 MEMBER_SPREAD_ABOVE = 30.0
 
+
 @dataclass
 class Prediction:
     """One radiograph's result: bone age, stage with probabilities, and what the model saw."""

@@ -155,9 +155,9 @@ def test_unread_films_lack_a_reading_under_some_transform_and_shards_split_the_f
     kept = pd.concat([_readings(["a"], [shift.CLEAN, "x"]), _readings(["b"], [shift.CLEAN])])
     assert list(unread(films, kept, [shift.CLEAN, "x"])["id"]) == list("bcdefg")
     assert list(unread(films, kept, [shift.CLEAN])["id"]) == list("cdefg")
-    assert list(shard(films, "1/3")["id"]) == ["b", "e"]
+    assert list(shard(films, (1, 3))["id"]) == ["b", "e"]
     assert list(shard(films, None)["id"]) == list("abcdefg")
-    together = pd.concat([shard(films, f"{k}/3") for k in range(3)])
+    together = pd.concat([shard(films, (k, 3)) for k in range(3)])
     assert sorted(together["id"]) == list("abcdefg")
 
 
@@ -166,7 +166,7 @@ def test_shard_option_needs_k_below_n() -> None:
 
     from benchmarks.bench_shift import _shard_spec
 
-    assert _shard_spec("1/2") == "1/2"
+    assert _shard_spec("1/2") == (1, 2)
     for bad in ("2/2", "a/2", "1", "-1/2"):
         with pytest.raises(argparse.ArgumentTypeError, match="K/N"):
             _shard_spec(bad)
