@@ -190,6 +190,25 @@ def test_decide_mirrors_a_right_hand_and_inverts_an_inverted_film_back(gate):
     assert "grey scale was inverted" in decision.warnings[0] and len(decision.warnings) == 1
 
 
+def test_a_film_that_passes_unmirrored_is_not_refused_on_its_mirror_image(gate, monkeypatch):
+    """Mirroring decides laterality, not whether the image is a radiograph: two noisy test films vouched for as given
+    were refused once mirrored, on their mirror images' P(radiograph) (0.67 and 0.86; docs/shift.md)."""
+    rng = np.random.default_rng(12)
+    left = _features(rng, 1)
+    right = left + 0.2 * TURN_SHIFT * np.eye(W)[5]
+    real = gate.verdicts
+
+    def verdicts(features: np.ndarray) -> list[GateVerdict]:  # the mirror image (left) reads as not a radiograph
+        return [dataclasses.replace(v, score=10 * v.limit, radiograph_probability=0.5) for v in real(features)] \
+            if features is left else real(features)
+
+    monkeypatch.setattr(gate, "verdicts", verdicts)
+    assert verdicts(left)[0].refused and not verdicts(right)[0].refused
+    decision = gate.decide(right, lambda c: left if c.mirror else right)
+    assert decision.correction == Correction(mirror=True) and not decision.refused
+    assert decision.verdict.score == real(right)[0].score and "read as a right hand" in decision.warnings[0]
+
+
 def test_an_inversion_is_applied_only_when_the_image_inverted_back_confirms_it(gate):
     """A film that reads as inverted but whose inverted-back image reads as inverted too (P above INVERT_CONFIRM_BELOW)
     is scored as given with a warning, not inverted: a false inversion was read ~25 months off."""
