@@ -493,8 +493,8 @@ class InputGate:
 
         `features_of(c)` gives the gate features of the image corrected by `c` (:meth:`Correction.apply`). In order:
         an inverted grey scale is inverted back when the image inverted back confirms it
-        (:meth:`GateVerdict.confirms_inversion`; else it is scored as given with a warning); the turn is decided (:meth:`decide_turn`); unless refused, the
-        laterality test reads the image (as corrected so far) and its mirror image, and a right hand is mirrored (an
+        (:meth:`GateVerdict.confirms_inversion`; else it is scored as given with a warning); the turn is decided
+        (:meth:`decide_turn`); unless refused, the laterality test reads the image (as corrected so far) and its mirror image, and a right hand is mirrored (an
         image that passes unmirrored is not refused on its mirror image's verdict).
         An image refused as given stays refused when only inverting it back *and* turning it would let it pass, and
         when the corrected image that passes is not read as a radiograph (P < RESCUE_ABOVE).
@@ -520,9 +520,10 @@ class InputGate:
 
         turning = self.decide_turn(verdict, turned)
         if as_given.refused and as_given.inverted and turning.turn and verdict.refused:
+            surely = "" if correction.invert else " (not surely)"
             return GateDecision(as_given, as_given, refusal_notes=(  # two corrections to pass: a photograph did
-                f"it would pass only turned, and its grey scale reads as inverted{'' if correction.invert else ' (not surely)'}"
-                "; one correction, not two, may make an image refused as given pass",))
+                f"it would pass only turned, and its grey scale reads as inverted{surely}; one correction, not two, "
+                "may make an image refused as given pass",))
         verdict, correction = turning.verdict, replace(correction, turn=turning.turn)
         notes += [w for w in turning.warnings if w not in notes]
         features = seen.get(turning.turn, features)
@@ -533,8 +534,10 @@ class InputGate:
             if p_mirror >= MIRROR_ABOVE:
                 correction, mirrored = replace(correction, mirror=True), self.verdicts(flipped)[0]
                 notes.append(mirrored_note(p_mirror))
-                if not mirrored.refused:  # a mirror decides laterality, not whether it is a radiograph: an image that
-                    verdict = mirrored  # passes unmirrored is not refused on its mirror image (2 noisy test films were)
+                # a mirror decides laterality, not whether it is a radiograph: an image that passes unmirrored is not
+                # refused on its mirror image's verdict (2 noisy test films were)
+                if not mirrored.refused:
+                    verdict = mirrored
         if as_given.refused and not verdict.refused and verdict.radiograph_probability < RESCUE_ABOVE:
             return GateDecision(as_given, as_given, refusal_notes=(
                 f"corrected ({correction.describe()}) it would pass the out-of-distribution limit, but the radiograph "

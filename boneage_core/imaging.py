@@ -319,6 +319,10 @@ def _text_hint(data: bytes) -> str:
     return f" but a text file (it starts with {first!r})"
 
 
+#: What PIL raises on bytes it cannot decode (a corrupt, truncated or unknown file).
+_DECODE_ERRORS = (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError, struct.error)
+
+
 def _load_raster(data: bytes, name: str) -> np.ndarray:
     try:
         with _open_raster(data, name) as img:
@@ -330,7 +334,7 @@ def _load_raster(data: bytes, name: str) -> np.ndarray:
             return _pil_to_gray(img, name)
     except ImageLoadError:
         raise
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError, struct.error) as exc:
+    except _DECODE_ERRORS as exc:
         raise _decode_failure(data, name, exc) from exc
 
 
@@ -350,7 +354,7 @@ def jpeg_quality(data: bytes) -> int | None:
     try:
         with Image.open(io.BytesIO(data), formats=("JPEG",)) as img:
             tables = getattr(img, "quantization", None) or {}
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError, struct.error):
+    except _DECODE_ERRORS:
         return None
     if 0 not in tables:
         return None
@@ -372,8 +376,8 @@ def compression_warnings(quality: int | None) -> list[str]:
         return []
     return [f"the image is a strongly compressed JPEG (quality about {quality}; below {JPEG_QUALITY_WARN_BELOW}): "
             "compression erases fine bone detail, and test films saved at quality 30 were read 4.7 months from their "
-            "uncompressed reading on average and more than 2 years off it on 4 in 100; read the film from a PNG or DICOM "
-            "export, or a JPEG of quality 75 or more, if you can"]
+            "uncompressed reading on average and more than 2 years off it on 4 in 100; read the film from a PNG or "
+            "DICOM export, or a JPEG of quality 75 or more, if you can"]
 
 
 # --- DICOM ---

@@ -19,11 +19,10 @@ import torch
 from .calibration import PredictionInterval
 from .ensemble import Ensemble
 from .errors import InputError
-from .gate import GateVerdict, NotARadiographError
+from .gate import NO_CORRECTION, GateVerdict, NotARadiographError
 from .heads import AGE, STAGE, get_head
 from .imaging import (ImageLoadError, ImageSource, check_gray_array, compression_warnings, jpeg_quality, load_gray,
                       read_bytes, source_name)
-from .gate import NO_CORRECTION
 from .inference import to_input
 from .models import BoneAgeNet, HeadOutput
 from .preprocess import NOISE_LIMIT, crop_box, film_grain, grain_warnings, heatmap_to_original, input_warnings, prepare

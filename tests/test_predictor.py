@@ -337,7 +337,8 @@ def test_a_turn_is_tried_on_the_gate_member_alone(committed_predictor, fullres_d
             # the turn: never tried when scored as given; the suggested turn, or each of the three when searched or
             # flagged; then the laterality test's mirror image (and the image inverted back, when it read as inverted)
             inversion_tried = pred.inverted or any(w.startswith(INVERT_UNSURE) for w in pred.warnings)
-            assert calls["gate_features"] == (3 if searched or flagged else int(turned)) + 1 + inversion_tried, (path.name, k)
+            expected = (3 if searched or flagged else int(turned)) + 1 + inversion_tried
+            assert calls["gate_features"] == expected, (path.name, k)
             tried += calls["gate_features"] - 1
     assert tried >= 1  # some sideways film was tried turned
 
